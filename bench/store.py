@@ -1,0 +1,349 @@
+"""Link store benchmark: insert and lookup throughput, size and query plans at 10k and 100k links.
+
+Usage::
+
+    python bench/store.py                     # SQLite (+ Postgres if BPSYNC_TEST_POSTGRES_URL)
+    python bench/store.py --quick             # 10k links only (well under a minute)
+    python bench/store.py --postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test
+    python bench/store.py --json              # machine-readable figures
+
+For each backend, in a fresh database (SQLite: a temporary file; Postgres: a temporary
+schema, dropped at the end):
+
+1. ``api insert``: links created the way the daemon does it, through the store API
+   (create_pending_link + confirm_link + record_field_states of 4 fields: 3 transactions);
+2. ``bulk insert``: the rest up to 10,000 and then 100,000 links (each with 4 field
+   states) in batches, the way a migration or backfill import would;
+3. at 10k and at 100k: lookups of one live link by BigPanda id and by ServiceNow sys_id
+   through the store API (random ids, one transaction each), the database size, and the
+   query plan of the lookup (it must use an index: O(log n), not a scan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from sync.constants import Side
+from sync.model import LIVE_LINK_STATES
+from sync.store import open_store, upgrade_database
+from sync.store import tables as t
+from sync.store.sql import SqlStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+FIELDS_PER_SIDE = ("short_description", "urgency")
+BATCH = 5_000
+
+
+def bp_id(i: int) -> str:
+    return f"{i:024x}"
+
+
+def sys_id(i: int) -> str:
+    return f"{i:032x}"
+
+
+@dataclass
+class Checkpoint:
+    links: int
+    lookup_bp_per_s: float
+    lookup_sn_per_s: float
+    lookup_bp_us: float
+    lookup_sn_us: float
+    size_bytes: int
+    plan_bp: list[str]
+    plan_sn: list[str]
+    index_used: bool
+
+
+@dataclass
+class Result:
+    backend: str
+    api_links: int
+    api_links_per_s: float
+    bulk_links_per_s: float
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+
+async def api_insert(store: SqlStore, first: int, count: int) -> float:
+    started = time.perf_counter()
+    for i in range(first, first + count):
+        now = T0 + timedelta(seconds=i)
+        link = await store.create_pending_link(bp_id(i), now)
+        await store.confirm_link(link.id, sys_id(i), f"INC{i:07d}", now)
+        await store.record_field_states(
+            link.id, Side.SERVICENOW, {"short_description": f"incident {i}", "urgency": "2"}, now
+        )
+    return count / (time.perf_counter() - started)
+
+
+async def bulk_insert(store: SqlStore, first: int, last: int) -> float:
+    """Links ``first..last-1`` with explicit ids (= i), 4 field states each."""
+    started = time.perf_counter()
+    for start in range(first, last, BATCH):
+        stop = min(last, start + BATCH)
+        now = T0 + timedelta(seconds=start)
+        link_rows = [
+            {
+                "id": i,
+                "bp_incident_id": bp_id(i),
+                "sn_sys_id": sys_id(i),
+                "sn_number": f"INC{i:07d}",
+                "state": "linked" if i % 10 else "resolved",
+                "created_at": now,
+                "updated_at": now,
+                "resolved_at": None if i % 10 else now,
+                "reopen_deadline": None,
+                "previous_link_id": None,
+            }
+            for i in range(start, stop)
+        ]
+        field_rows = [
+            {
+                "link_id": i,
+                "side": side.value,
+                "name": name,
+                "value": f"{name} of {i}",
+                "synced_at": now,
+            }
+            for i in range(start, stop)
+            for side in Side
+            for name in FIELDS_PER_SIDE
+        ]
+        async with store.engine.begin() as conn:
+            await conn.execute(insert(t.links), link_rows)
+            await conn.execute(insert(t.field_state), field_rows)
+    if store.engine.dialect.name == "postgresql":
+        async with store.engine.begin() as conn:  # explicit ids: move the sequence past them
+            await conn.execute(
+                text("SELECT setval(pg_get_serial_sequence('links', 'id'), max(id)) FROM links")
+            )
+    return (last - first) / (time.perf_counter() - started)
+
+
+async def lookups(store: SqlStore, total: int, count: int, *, by_sn: bool) -> float:
+    rng = random.Random(total)
+    keys = [rng.randrange(1, total + 1) for _ in range(count)]
+    started = time.perf_counter()
+    for i in keys:
+        link = await (
+            store.live_link_for_sn(sys_id(i)) if by_sn else store.live_link_for_bp(bp_id(i))
+        )
+        assert link is not None, i
+    return count / (time.perf_counter() - started)
+
+
+async def plan(store: SqlStore, *, by_sn: bool) -> list[str]:
+    """The plan of the exact query the store runs for a live-link lookup."""
+    column = t.links.c.sn_sys_id if by_sn else t.links.c.bp_incident_id
+    query = (
+        select(t.links)
+        .where(column == (sys_id(7) if by_sn else bp_id(7)))
+        .where(t.links.c.state.in_([s.value for s in LIVE_LINK_STATES]))
+        .limit(1)
+    )
+    dialect = store.engine.dialect
+    sql = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    async with store.engine.connect() as conn:
+        if dialect.name == "sqlite":
+            rows = await conn.execute(text("EXPLAIN QUERY PLAN " + sql))
+            return [str(row[-1]) for row in rows]
+        rows = await conn.execute(text("EXPLAIN " + sql))
+        return [str(row[0]) for row in rows]
+
+
+def uses_index(lines: list[str]) -> bool:
+    """SQLite says ``SEARCH links USING INDEX ...``, Postgres ``Index Scan using ...``;
+    a full scan is ``SCAN links`` / ``Seq Scan``."""
+    if any(line.startswith("SCAN") or "Seq Scan" in line for line in lines):
+        return False
+    return any("INDEX" in line.upper() for line in lines)
+
+
+async def db_size(store: SqlStore, sqlite_path: Path | None) -> int:
+    if sqlite_path is not None:
+        async with store.engine.connect() as conn:  # fold the WAL in, so the file is the size
+            await conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        return sum(
+            p.stat().st_size
+            for p in (sqlite_path, Path(f"{sqlite_path}-wal"), Path(f"{sqlite_path}-shm"))
+            if p.exists()
+        )
+    async with store.engine.connect() as conn:
+        value = await conn.execute(
+            text(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            )
+        )
+        return int(value.scalar_one())
+
+
+async def checkpoint(
+    store: SqlStore, total: int, lookups_n: int, sqlite_path: Path | None
+) -> Checkpoint:
+    async with store.engine.begin() as conn:  # fresh statistics, as autovacuum would have
+        await conn.execute(text("ANALYZE"))
+    by_bp = await lookups(store, total, lookups_n, by_sn=False)
+    by_sn = await lookups(store, total, lookups_n, by_sn=True)
+    plan_bp = await plan(store, by_sn=False)
+    plan_sn = await plan(store, by_sn=True)
+    return Checkpoint(
+        links=total,
+        lookup_bp_per_s=round(by_bp, 1),
+        lookup_sn_per_s=round(by_sn, 1),
+        lookup_bp_us=round(1e6 / by_bp, 1),
+        lookup_sn_us=round(1e6 / by_sn, 1),
+        size_bytes=await db_size(store, sqlite_path),
+        plan_bp=plan_bp,
+        plan_sn=plan_sn,
+        index_used=uses_index(plan_bp) and uses_index(plan_sn),
+    )
+
+
+async def run_backend(
+    name: str,
+    url: str,
+    *,
+    sizes: list[int],
+    api_n: int,
+    lookups_n: int,
+    sqlite_path: Path | None,
+) -> Result:
+    await upgrade_database(url)
+    store = await open_store(url)
+    assert isinstance(store, SqlStore)
+    try:
+        api_rate = await api_insert(store, 1, api_n)
+        result = Result(name, api_n, round(api_rate, 1), 0.0)
+        done = api_n
+        bulk_rates = []
+        for size in sizes:
+            bulk_rates.append(await bulk_insert(store, done + 1, size + 1))
+            done = size
+            result.checkpoints.append(await checkpoint(store, size, lookups_n, sqlite_path))
+            log(f"  {name}: {size:,} links measured")
+        result.bulk_links_per_s = round(sum(bulk_rates) / len(bulk_rates), 1)
+        return result
+    finally:
+        await store.close()
+
+
+async def postgres_run(base_url: str, sizes: list[int], api_n: int, lookups_n: int) -> Result:
+    schema = f"bpsync_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(base_url)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base_url).update_query_dict({"search_path": schema})
+        return await run_backend(
+            "postgres",
+            url.render_as_string(hide_password=False),
+            sizes=sizes,
+            api_n=api_n,
+            lookups_n=lookups_n,
+            sqlite_path=None,
+        )
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await admin.dispose()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def report(results: list[Result]) -> None:
+    for r in results:
+        print(f"\n== {r.backend}")
+        print(
+            f"insert via store API : {r.api_links_per_s:>10,.0f} links/s "
+            f"({r.api_links:,} links, 3 transactions each)"
+        )
+        print(f"bulk insert          : {r.bulk_links_per_s:>10,.0f} links/s (4 field states each)")
+        print(
+            f"{'links':>8} {'by bp id/s':>11} {'µs':>7} {'by sys_id/s':>12} {'µs':>7} "
+            f"{'size MB':>9}  index"
+        )
+        for c in r.checkpoints:
+            print(
+                f"{c.links:>8,} {c.lookup_bp_per_s:>11,.0f} {c.lookup_bp_us:>7.0f} "
+                f"{c.lookup_sn_per_s:>12,.0f} {c.lookup_sn_us:>7.0f} "
+                f"{c.size_bytes / 1e6:>9.1f}  {'yes' if c.index_used else 'NO'}"
+            )
+        last = r.checkpoints[-1]
+        print(f"plan, lookup by BigPanda id at {last.links:,}:")
+        for line in last.plan_bp:
+            print(f"    {line}")
+        print(f"plan, lookup by sys_id at {last.links:,}:")
+        for line in last.plan_sn:
+            print(f"    {line}")
+
+
+async def main_async(args: argparse.Namespace) -> list[Result]:
+    sizes = [10_000] if args.quick else [10_000, 100_000]
+    api_n = 500 if args.quick else 2_000
+    lookups_n = args.lookups
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bpsync-bench-") as tmp:
+        path = Path(tmp) / "bpsync.db"
+        log(f"sqlite: {path}")
+        results.append(
+            await run_backend(
+                "sqlite",
+                f"sqlite+aiosqlite:///{path.as_posix()}",
+                sizes=sizes,
+                api_n=api_n,
+                lookups_n=lookups_n,
+                sqlite_path=path,
+            )
+        )
+    if args.postgres_url:
+        log("postgres: temporary schema")
+        results.append(await postgres_run(args.postgres_url, sizes, api_n, lookups_n))
+    else:
+        log("postgres: skipped (no --postgres-url and no BPSYNC_TEST_POSTGRES_URL)")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k links only")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BPSYNC_TEST_POSTGRES_URL"),
+        help="Postgres to measure (a temporary schema is used); default $BPSYNC_TEST_POSTGRES_URL",
+    )
+    parser.add_argument("--lookups", type=int, default=2_000, help="lookups per measurement")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        report(results)
+        print(f"\n(total {time.perf_counter() - started:.1f} s)")
+    if not all(c.index_used for r in results for c in r.checkpoints):
+        log("a lookup does not use an index")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Actions: what the pure planner decides and the executor carries out.
+
+Every action is a frozen dataclass named by its verb. The planner (``sync.planner``)
+returns a list of them for one BigPanda incident / ServiceNow incident pair; the
+executor (``sync.executor``) runs each through the clients and records its outcome in
+the store on its own.
+
+Field state ("last synced value", SPEC B5): a write action carries ``record_bp`` and
+``record_sn``: the values to store as last-synced on each side *after the write
+succeeded* (BigPanda tag id -> value, ServiceNow field -> value). The next poll then
+sees those values and recognises them as bpsync's own, so nothing is echoed back.
+:class:`RecordSynced` stores values without any write (both sides already agree).
+
+Look-ups (SPEC B12): a field whose value must be looked up in ServiceNow (a user by
+e-mail, a group or CI by name) is given as a :class:`RefLookup`; the executor resolves
+it (cached) and leaves the field out, with one warning, when nothing or several match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sync.constants import Side
+from sync.model import BPIncident, FieldState, Link, SNIncident
+
+
+@dataclass(frozen=True, slots=True)
+class RefLookup:
+    """A reference field's value, to find as ``table.column = value`` (e.g. sys_user.email)."""
+
+    table: str
+    column: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInput:
+    """Everything the planner knows about one pair.
+
+    ``bp`` / ``sn`` is None when that side did not show up in this cycle's poll: it has
+    not changed since the last sync, so its mapped values are the last-synced ones in
+    ``synced``. ``environment_id`` is the BigPanda environment the incident was seen in.
+    """
+
+    bp: BPIncident | None
+    sn: SNIncident | None
+    link: Link | None
+    synced: Mapping[tuple[Side, str], FieldState] = field(default_factory=dict)
+    environment_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateServiceNowIncident:
+    """B1/B9: create (or adopt, B2) the ServiceNow incident of a BigPanda incident.
+
+    The executor follows the idempotent protocol: pending link -> search
+    ``correlation_id`` -> create with ``correlation_id`` = ``bp_incident_id`` -> confirm
+    link -> set the link tag. ``previous_link_id`` is set when this replaces a link after
+    a reopen past the window (the old link becomes superseded).
+    """
+
+    bp_incident_id: str
+    environment_id: str
+    fields: Mapping[str, str]
+    lookups: Mapping[str, RefLookup] = field(default_factory=dict)
+    previous_link_id: int | None = None
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: str = "sn.create"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateServiceNowFields:
+    """B3: PATCH only the changed fields."""
+
+    link_id: int
+    bp_incident_id: str
+    sys_id: str
+    fields: Mapping[str, str]
+    lookups: Mapping[str, RefLookup] = field(default_factory=dict)
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: str = "sn.update"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateBigPandaTags:
+    """B4: upsert the changed incident tags; delete ``remove_tags`` (their field was emptied)."""
+
+    link_id: int
+    bp_incident_id: str
+    environment_id: str
+    tags: Mapping[str, str]
+    sys_id: str | None = None
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: str = "bp.tags"
+    remove_tags: tuple[str, ...] = ()
+    """Tag ids to delete (``DELETE .../tags/{tag_id}``): a mapped field became empty."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveServiceNow:
+    """B7: state Resolved with close code, close notes and ``resolved_by``."""
+
+    link_id: int
+    bp_incident_id: str
+    sys_id: str
+    close_code: str
+    close_notes: str
+    resolved_by: RefLookup | None = None
+    reopen_deadline: datetime | None = None
+    kind: str = "sn.resolve"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveBigPanda:
+    """B8: resolve the BigPanda incident; ``comment`` carries the closure code and notes."""
+
+    link_id: int
+    bp_incident_id: str
+    environment_id: str
+    comment: str
+    sys_id: str | None = None
+    reopen_deadline: datetime | None = None
+    kind: str = "bp.resolve"
+
+
+@dataclass(frozen=True, slots=True)
+class ReopenServiceNow:
+    """B9: a BigPanda reopen inside the window moves the same ServiceNow incident to In Progress."""
+
+    link_id: int
+    bp_incident_id: str
+    sys_id: str
+    work_note: str
+    kind: str = "sn.reopen"
+
+
+@dataclass(frozen=True, slots=True)
+class CommentBigPanda:
+    """A comment on the BigPanda incident (closure code, B14 error messages)."""
+
+    bp_incident_id: str
+    environment_id: str
+    text: str
+    link_id: int | None = None
+    kind: str = "bp.comment"
+
+
+@dataclass(frozen=True, slots=True)
+class SetLinkTag:
+    """Set the ``link_tag`` tag to the ServiceNow URL (or ``error``, B14)."""
+
+    bp_incident_id: str
+    environment_id: str
+    tag_id: str
+    value: str
+    link_id: int | None = None
+    kind: str = "bp.link_tag"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkLinkResolved:
+    """Store only: both sides are resolved; reopen allowed until ``reopen_deadline``."""
+
+    link_id: int
+    resolved_at: datetime
+    reopen_deadline: datetime
+    kind: str = "link.resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class MarkLinkLinked:
+    """Store only: a resolved link is live again (after a reopen on either side)."""
+
+    link_id: int
+    kind: str = "link.linked"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSynced:
+    """Store only: remember values as last-synced (both sides already agree)."""
+
+    link_id: int
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: str = "link.record"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordConflict:
+    """B6: both sides changed ``sn_field``/``bp_tag``; ``winner`` per conflict_policy. Audited."""
+
+    link_id: int
+    bp_incident_id: str
+    bp_tag: str
+    sn_field: str
+    bp_value: str | None
+    sn_value: str | None
+    winner: Side
+    policy: str
+    kind: str = "conflict"
+
+
+Action = (
+    CreateServiceNowIncident
+    | UpdateServiceNowFields
+    | UpdateBigPandaTags
+    | ResolveServiceNow
+    | ResolveBigPanda
+    | ReopenServiceNow
+    | CommentBigPanda
+    | SetLinkTag
+    | MarkLinkResolved
+    | MarkLinkLinked
+    | RecordSynced
+    | RecordConflict
+)
+
+#: actions that only touch the store (no HTTP write)
+STORE_ONLY_KINDS = frozenset({"link.resolved", "link.linked", "link.record", "conflict"})
+
+
+__all__ = [
+    "STORE_ONLY_KINDS",
+    "Action",
+    "BPIncident",
+    "CommentBigPanda",
+    "CreateServiceNowIncident",
+    "FieldState",
+    "Link",
+    "MarkLinkLinked",
+    "MarkLinkResolved",
+    "PlanInput",
+    "RecordConflict",
+    "RecordSynced",
+    "RefLookup",
+    "ReopenServiceNow",
+    "ResolveBigPanda",
+    "ResolveServiceNow",
+    "SNIncident",
+    "SetLinkTag",
+    "UpdateBigPandaTags",
+    "UpdateServiceNowFields",
+]

@@ -1,0 +1,89 @@
+"""What every command shares: the settings context, async running, one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sync.errors import BpsyncError, ConfigError
+from sync.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+@dataclass
+class CliContext:
+    """Carried in ``click.Context.obj``: where the settings come from."""
+
+    config_path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    def settings(self, **extra: Any) -> Settings:
+        """Load the settings once (CLI flags > env > .env > TOML > defaults).
+
+        ``extra`` are command-specific dotted overrides (``{"http_port": 0}``); passing
+        them reloads.
+        """
+        if self._settings is None or extra:
+            merged = {**self.overrides, **{k: v for k, v in extra.items() if v is not None}}
+            self._settings = load_settings(self.config_path, merged)
+        return self._settings
+
+
+def get_ctx(ctx: click.Context) -> CliContext:
+    obj = ctx.find_object(CliContext)
+    if obj is None:  # a command invoked without the group (tests)
+        obj = CliContext()
+        ctx.obj = obj
+    return obj
+
+
+pass_cli = click.make_pass_decorator(CliContext, ensure=True)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; Ctrl-C is handled by main()."""
+    return asyncio.run(coro)
+
+
+def fail(message: str) -> click.ClickException:
+    """A one-line user-facing error (exit code 1)."""
+    return click.ClickException(message)
+
+
+def require(value: T | None, setting: str, hint: str = "") -> T:
+    """Return ``value`` or raise a ConfigError naming the missing setting."""
+    if value is None or value == "":
+        env = "BPSYNC_" + setting.upper().replace(".", "__")
+        extra = f" {hint}" if hint else ""
+        raise ConfigError(f"missing setting {setting} (or {env}).{extra}", setting=setting)
+    return value
+
+
+def load_json_argument(text: str, what: str = "payload") -> Any:
+    """Parse ``JSON`` or ``@file.json`` into a value; errors name the problem and position."""
+    source = "argument"
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BpsyncError(f"cannot read {what} file {path}: {exc.strerror}") from None
+        source = str(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BpsyncError(
+            f"{what} is not valid JSON ({source}, line {exc.lineno} column {exc.colno}): {exc.msg}"
+        ) from None
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))

@@ -1,0 +1,153 @@
+"""The contracts of the two API clients, as the engine uses them.
+
+The real clients (``sync.clients.servicenow``, ``sync.clients.bigpanda``) implement
+these; engine tests use fakes that implement them too. Every method raises only
+:mod:`sync.errors` types (``TransientError``, ``PermanentError``/``NotFoundError``,
+``FatalError``) on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from sync.model import BPIncident
+
+#: a ServiceNow record as the Table API returns it with display_value=false
+SNRecord = dict[str, Any]
+
+
+class ServiceNowAPI(Protocol):
+    """ServiceNow Table API, incident table plus reference look-ups."""
+
+    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord: ...
+
+    async def get_incident(self, sys_id: str) -> SNRecord:
+        """Raises NotFoundError for an unknown sys_id."""
+        ...
+
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+        """PATCH with only ``fields``; returns the updated record."""
+        ...
+
+    async def delete_incident(self, sys_id: str) -> None: ...
+
+    async def find_by_correlation_id(
+        self, correlation_id: str, *, active_only: bool = False
+    ) -> list[SNRecord]:
+        """Incidents whose ``correlation_id`` equals the value (escaped query)."""
+        ...
+
+    async def list_changed(
+        self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
+    ) -> list[SNRecord]:
+        """Incidents correlated with BigPanda updated at or after ``since - overlap_s``,
+        ordered by (sys_updated_on, sys_id), keyset-paged, de-duplicated by
+        (sys_id, sys_mod_count). ``since=None`` lists from the beginning."""
+        ...
+
+    async def query(
+        self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
+    ) -> list[SNRecord]:
+        """Equality look-up on any table (``sys_user`` by email, ...); values escaped."""
+        ...
+
+    async def check_auth(self) -> None:
+        """One cheap authorised call; raises FatalError when credentials are refused."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BPEnvironment:
+    id: str
+    name: str
+    filter: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BPActivity:
+    id: str
+    type: str
+    timestamp: int
+    created_by: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BPSearchPage:
+    total: int
+    items: list[BPIncident]
+
+
+class BigPandaAPI(Protocol):
+    """BigPanda Incidents API v2, incident tags, activities, alerts ingest."""
+
+    async def list_environments(self) -> list[BPEnvironment]: ...
+
+    async def search_incidents(
+        self,
+        environment_id: str,
+        *,
+        query: str | None = None,
+        from_s: int | None = None,
+        to_s: int | None = None,
+        sort_by: str | None = None,
+        folder: str | None = None,
+        page: int = 1,
+        page_size: int = 10,
+        expand_alerts: bool = False,
+    ) -> BPSearchPage: ...
+
+    async def get_incident(
+        self, environment_id: str, incident_id: str, *, expand_alerts: bool = True
+    ) -> BPIncident:
+        """Raises NotFoundError for an unknown id."""
+        ...
+
+    async def list_changed(
+        self, environment_id: str, since_s: int | None, *, overlap_s: float, page_size: int
+    ) -> list[BPIncident]:
+        """Incidents whose ``updated_at`` >= ``since_s - overlap_s`` (docs section 0): pages
+        through the search with ``from`` = since - overlap, not stopping at old
+        ``changed_at``; includes incidents whose only change was a tag edit."""
+        ...
+
+    async def resolve_incident(self, environment_id: str, incident_id: str, comment: str) -> bool:
+        """True when resolved now, False when it was already resolved (HTTP 409)."""
+        ...
+
+    async def add_comment(self, environment_id: str, incident_id: str, text: str) -> None: ...
+
+    async def list_activities(
+        self, incident_id: str, *, types: Sequence[str] | None = None
+    ) -> list[BPActivity]: ...
+
+    async def get_tags(self, environment_id: str, incident_id: str) -> dict[str, str]: ...
+
+    async def set_tag(
+        self, environment_id: str, incident_id: str, tag_id: str, value: str
+    ) -> None: ...
+
+    async def set_tags(
+        self, environment_id: str, incident_id: str, values: Mapping[str, str]
+    ) -> None: ...
+
+    async def delete_tag(self, environment_id: str, incident_id: str, tag_id: str) -> None: ...
+
+    async def check_auth(self) -> None:
+        """One cheap authorised call; raises FatalError when the key is refused."""
+        ...
+
+
+class RequestObserver(Protocol):
+    """Called once per HTTP request a client makes (for metrics and logs).
+
+    ``endpoint`` is the path template (``/api/now/table/{table}/{sys_id}``), ``status``
+    None for a transport error.
+    """
+
+    def __call__(
+        self, side: str, method: str, endpoint: str, status: int | None, duration_s: float
+    ) -> None: ...

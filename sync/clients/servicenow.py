@@ -1,0 +1,887 @@
+"""ServiceNow Table API client (aiohttp), implementing :class:`sync.clients.base.ServiceNowAPI`.
+
+Contract (docs/servicenow-api.md sections 0, 1, 2 and 6; SPEC B13, B16, B19, B20):
+
+- The session is injected (:func:`make_session` builds the right one: no cookie jar, so
+  concurrent requests are not serialised on one ServiceNow session; a total timeout of
+  ``servicenow.timeout``; TLS verification unless ``verify_tls = false``).
+- Base URL from ``servicenow.url`` or ``servicenow.instance``; paths ``/api/now/table/...``.
+- Auth: Basic (``username``/``password``) or, when ``client_id`` is set, the OAuth password
+  grant at ``POST /oauth_token.do`` (form-encoded). The token is refreshed before it
+  expires (by the injected clock) with the refresh grant (falling back to a new password
+  grant when the refresh token is refused); a 401 on a bearer request triggers exactly one
+  refresh and one replay. Secrets never reach a log line or an exception message.
+- Sync reads always send ``sysparm_display_value=false`` and
+  ``sysparm_exclude_reference_link=true`` (raw UTC values, references as bare sys_ids).
+- Every query is built by :mod:`sync.clients.snquery` (escaped values, validated names).
+- Concurrency is bounded by ``asyncio.Semaphore(servicenow.max_concurrency)``; the
+  optional observer is called once per HTTP request with the path template.
+- Every outcome goes through :func:`classify`, the single place that decides between
+  success, :class:`TransientError`, :class:`PermanentError`/:class:`NotFoundError` and
+  :class:`FatalError`. The client never retries (except the single OAuth refresh); the
+  executor decides.
+
+Classification decisions worth knowing:
+
+- HTTP 500 with a JSON error body is **permanent**: SPEC B13 names "501 and above" as
+  transient, and a ServiceNow 500 with an error body is a server-side script failure
+  that repeats for the same input. A 500 whose body is not JSON (a proxy or Tomcat page)
+  is transient.
+- 403 is **fatal** (the integration user lacks rights: nothing works until an operator
+  acts), except a 403 on a write whose message is ServiceNow's record-level refusal
+  ("Operation Failed", e.g. "Data Policy Exception: ... mandatory: Resolution code") or
+  which mentions a data policy: that one is **permanent** (this record, this payload).
+- 202 on a GET (ServiceNow's session queue overflow, docs 6.8) is transient.
+- A 2xx answer that is not JSON (hibernating instance, proxy login page) or is malformed
+  JSON is transient; a JSON answer without ``result`` is permanent, naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from sync.clients.base import RequestObserver, SNRecord
+from sync.clients.snquery import (
+    EncodedQuery,
+    Op,
+    check_correlation_id,
+    check_field,
+    check_sn_datetime,
+    check_sys_id,
+    check_table,
+    equality_query,
+    sn_datetime,
+)
+from sync.clock import Clock
+from sync.errors import (
+    ApiError,
+    ConfigError,
+    FatalError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from sync.settings import ServiceNowSettings, redact_url
+
+log = logging.getLogger(__name__)
+
+SIDE = "servicenow"
+TABLE_PATH = "/api/now/table/{table}"
+RECORD_PATH = "/api/now/table/{table}/{sys_id}"
+TOKEN_PATH = "/oauth_token.do"  # noqa: S105 - a path, not a password
+
+#: raw values for sync logic (docs 0 and 6.4)
+SYNC_READ_PARAMS: Mapping[str, str] = {
+    "sysparm_display_value": "false",
+    "sysparm_exclude_reference_link": "true",
+}
+#: refresh the OAuth access token this long before it expires (capped at half its life)
+TOKEN_REFRESH_MARGIN_S = 60.0
+#: the fields list_changed always needs for keyset paging and de-duplication
+KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
+#: longest non-JSON body excerpt put in an error message
+_EXCERPT_CHARS = 160
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+# --------------------------------------------------------------------------- session
+
+
+class _TlsWarning:
+    """Logs the "TLS verification is off" warning once per process."""
+
+    done = False
+
+    @classmethod
+    def emit(cls) -> None:
+        if not cls.done:
+            cls.done = True
+            log.warning(
+                "servicenow.verify_tls is false: TLS certificates of ServiceNow are NOT "
+                "verified (use only for a lab instance with a self-signed certificate)"
+            )
+
+
+def make_session(settings: ServiceNowSettings) -> aiohttp.ClientSession:
+    """The HTTP session the client expects; call from a coroutine and close it when done.
+
+    No cookie jar (``DummyCookieJar``): ServiceNow serialises the transactions of one
+    session, so sharing its JSESSIONID would defeat the bounded concurrency (docs 6.8).
+    """
+    if not settings.verify_tls:
+        _TlsWarning.emit()
+    connector = aiohttp.TCPConnector(
+        ssl=settings.verify_tls,
+        limit=settings.max_concurrency + 1,  # +1: an OAuth token request may run alongside
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=settings.timeout),
+    )
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What came back over HTTP, before classification."""
+
+    status: int
+    content_type: str
+    """Media type, lower-case, without parameters; ``""`` when the header is missing."""
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A successful outcome: ``body`` is ``result`` (or the whole JSON), None for 204."""
+
+    body: Any
+    headers: Mapping[str, str]
+
+
+def media_type(header: str | None) -> str:
+    """``"text/html; charset=utf-8"`` -> ``"text/html"``."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP-date), else ``X-RateLimit-Reset``
+    (a UNIX timestamp, docs 1.6); None when neither is usable."""
+    raw = (headers.get("Retry-After") or "").strip()
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        if when is not None:
+            if when.tzinfo is None:  # an HTTP-date is GMT by definition
+                when = when.replace(tzinfo=UTC)
+            return max(0.0, (when - now).total_seconds())
+    reset = (headers.get("X-RateLimit-Reset") or "").strip()
+    if reset:
+        try:
+            return max(0.0, float(reset) - now.timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def _text_excerpt(body: bytes) -> str:
+    text = " ".join(body.decode("utf-8", errors="replace").split())
+    if len(text) > _EXCERPT_CHARS:
+        text = text[:_EXCERPT_CHARS] + "..."
+    return text
+
+
+def _error_fields(data: Any) -> tuple[str | None, str | None]:
+    """ServiceNow's ``{"error": {"message", "detail"}}`` (or OAuth's flat error) fields."""
+    if not isinstance(data, Mapping):
+        return None, None
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        return _one_line(error.get("message")), _one_line(error.get("detail"))
+    if isinstance(error, str):  # /oauth_token.do: {"error": "server_error", "error_description"}
+        description = _one_line(data.get("error_description"))
+        return (description or _one_line(error)), (_one_line(error) if description else None)
+    return None, None
+
+
+def _one_line(value: Any) -> str | None:
+    """ServiceNow's words on one line (its data-policy detail holds ``\\n\\t``)."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    return text or None
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Connection refused`` rather than asyncio's ``Connect call failed ('h', 1)``."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _classify_exception(exc: BaseException, *, method: str, url: str) -> ApiError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return FatalError(
+            SIDE,
+            f"TLS certificate of {exc.host} not trusted ({exc.certificate_error}); "
+            "fix the certificate chain or set servicenow.verify_tls = false for a lab instance",
+            method=method,
+            url=url,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError) and (
+        isinstance(exc, aiohttp.ClientConnectorDNSError)
+        or isinstance(exc.os_error, socket.gaierror)
+    ):
+        return TransientError(
+            SIDE,
+            f"instance unreachable: cannot resolve host {exc.host} (DNS)",
+            method=method,
+            url=url,
+        )
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return TransientError(
+            SIDE, "request timed out (servicenow.timeout)", method=method, url=url
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = _os_reason(exc.os_error)
+        return TransientError(
+            SIDE,
+            f"instance unreachable: cannot connect to {exc.host}:{exc.port} ({reason})",
+            method=method,
+            url=url,
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return TransientError(SIDE, "server disconnected before answering", method=method, url=url)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TransientError(SIDE, f"answer cut short ({exc})", method=method, url=url)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return FatalError(
+            SIDE, f"invalid URL {exc.url} (check servicenow.url)", method=method, url=url
+        )
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return PermanentError(
+            SIDE, "too many redirects (is servicenow.url right?)", method=method, url=url
+        )
+    if isinstance(exc, OSError):  # ECONNRESET, EPIPE, ENETUNREACH after connect, ...
+        reason = _os_reason(exc)
+        return TransientError(SIDE, f"connection error: {reason}", method=method, url=url)
+    return TransientError(
+        SIDE, f"network error: {type(exc).__name__}: {exc}", method=method, url=url
+    )
+
+
+def classify(
+    outcome: HttpAnswer | BaseException,
+    *,
+    method: str,
+    url: str,
+    now: datetime,
+    expect_result: bool = True,
+) -> Parsed | ApiError:
+    """Decide what one HTTP outcome means: a :class:`Parsed` success or the error to raise.
+
+    ``outcome`` is the answer, or the exception the transport raised (aiohttp's
+    ``ClientError``, ``OSError``, ``TimeoutError``). ``expect_result`` is False for
+    ``/oauth_token.do``, whose JSON has no ``result`` wrapper. ``url`` must carry no
+    secret (it goes into the message).
+    """
+    if isinstance(outcome, BaseException):
+        return _classify_exception(outcome, method=method, url=url)
+    status, ctype, body = outcome.status, outcome.content_type, outcome.body
+
+    data: Any = None
+    json_problem: str | None = None
+    if body.strip():
+        if not _is_json_type(ctype):
+            json_problem = f"expected JSON, got {ctype or 'no content type'}"
+        else:
+            try:
+                data = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as exc:
+                json_problem = f"malformed JSON in the answer ({exc})"
+    sn_message, sn_detail = _error_fields(data)
+
+    if 200 <= status < 300:
+        if status == 202 and method == "GET":
+            return TransientError(
+                SIDE,
+                "HTTP 202 without a result (ServiceNow session queue full?)",
+                method=method,
+                url=url,
+            )
+        if not body.strip():
+            if status == 204 or method == "DELETE":
+                return Parsed(None, outcome.headers)
+            return TransientError(
+                SIDE,
+                f"HTTP {status} with an empty body (expected JSON)",
+                status=status,
+                method=method,
+                url=url,
+            )
+        if json_problem is not None:
+            hint = (
+                " (instance hibernating or a proxy page?)"
+                if json_problem.startswith("expected JSON")
+                else ""
+            )
+            return TransientError(SIDE, json_problem + hint, status=status, method=method, url=url)
+        if not expect_result:
+            return Parsed(data, outcome.headers)
+        if not isinstance(data, Mapping) or "result" not in data:
+            shape = (
+                f"an object with keys {sorted(data)[:5]}"
+                if isinstance(data, Mapping)
+                else f"a JSON {type(data).__name__}"
+            )
+            return PermanentError(
+                SIDE,
+                f"unexpected answer shape: no 'result' member (got {shape})",
+                status=status,
+                method=method,
+                url=url,
+            )
+        return Parsed(data["result"], outcome.headers)
+
+    # --- failures: ServiceNow's own words when it gave some
+    if sn_message is None:
+        if json_problem is not None:
+            excerpt = _text_excerpt(body) if ctype.startswith("text/") else ""
+            sn_message = f"HTTP {status} with a non-JSON body ({ctype or 'no content type'})"
+            if excerpt:
+                sn_detail = excerpt
+        else:
+            sn_message = f"HTTP {status}"
+    text = f"{sn_message} {sn_detail or ''}"
+    retry_after_s = parse_retry_after(outcome.headers, now)
+
+    if status == 401:
+        return FatalError(
+            SIDE,
+            f"authentication refused: {sn_message}",
+            status=status,
+            detail=sn_detail,
+            method=method,
+            url=url,
+        )
+    if status == 403:
+        record_level = "data policy" in text.lower() or (
+            method in _WRITE_METHODS and sn_message.strip().lower() == "operation failed"
+        )
+        if record_level:
+            return PermanentError(
+                SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
+            )
+        return FatalError(
+            SIDE,
+            f"permission refused: {sn_message}",
+            status=status,
+            detail=sn_detail,
+            method=method,
+            url=url,
+        )
+    if status == 404:
+        return NotFoundError(
+            SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
+        )
+    if status == 429:
+        return TransientError(
+            SIDE,
+            sn_message,
+            retry_after_s=retry_after_s,
+            status=status,
+            detail=sn_detail,
+            method=method,
+            url=url,
+        )
+    if status == 500:
+        if json_problem is not None:  # not ServiceNow speaking: a proxy or the servlet container
+            return TransientError(
+                SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
+            )
+        return PermanentError(
+            SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
+        )
+    if status >= 501:
+        return TransientError(
+            SIDE,
+            sn_message,
+            retry_after_s=retry_after_s,
+            status=status,
+            detail=sn_detail,
+            method=method,
+            url=url,
+        )
+    return PermanentError(SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: the records and ``X-Total-Count`` (None when not sent)."""
+
+    records: list[SNRecord]
+    total: int | None
+
+
+@dataclass(slots=True)
+class _Token:
+    access: str
+    refresh: str | None
+    expires_at: float
+    """On the clock's monotonic scale."""
+
+
+def _mod_count(record: Mapping[str, Any]) -> int:
+    raw = str(record.get("sys_mod_count", "") or "0")
+    return int(raw) if raw.isdigit() else 0
+
+
+class ServiceNowClient:
+    """The Table API client; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: ServiceNowSettings,
+        clock: Clock,
+        *,
+        observer: RequestObserver | None = None,
+    ) -> None:
+        base = settings.base_url
+        if not base:
+            raise ConfigError(
+                "missing setting servicenow.url (or servicenow.instance; "
+                "env BPSYNC_SERVICENOW__URL)",
+                setting="servicenow.url",
+            )
+        if not settings.username:
+            raise ConfigError(
+                "missing setting servicenow.username (or BPSYNC_SERVICENOW__USERNAME)",
+                setting="servicenow.username",
+            )
+        if settings.password is None or not settings.password.get_secret_value():
+            raise ConfigError(
+                "missing setting servicenow.password (or BPSYNC_SERVICENOW__PASSWORD, "
+                "or BPSYNC_SERVICENOW__PASSWORD_FILE)",
+                setting="servicenow.password",
+            )
+        if settings.uses_oauth and (
+            settings.client_secret is None or not settings.client_secret.get_secret_value()
+        ):
+            raise ConfigError(
+                "missing setting servicenow.client_secret (OAuth needs it with client_id)",
+                setting="servicenow.client_secret",
+            )
+        self._session = session
+        self._settings = settings
+        self._clock = clock
+        self._observer = observer
+        self._base = base.rstrip("/")
+        self._shown_base = redact_url(self._base)
+        self._table = check_table(settings.table)
+        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._token: _Token | None = None
+        self._token_lock = asyncio.Lock()
+        self._basic: str | None = None
+        if not settings.uses_oauth:
+            pair = f"{settings.username}:{settings.password.get_secret_value()}"
+            self._basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"ServiceNowClient({self._shown_base!r}, table={self._table!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    # ------------------------------------------------------------------ transport
+    async def _send(
+        self,
+        method: str,
+        template: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: bytes | Mapping[str, str] | None,
+        headers: Mapping[str, str],
+    ) -> HttpAnswer | BaseException:
+        started = self._clock.monotonic()
+        status: int | None = None
+        try:
+            async with self._session.request(
+                method, url, params=params, data=data, headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                status = response.status
+                return HttpAnswer(
+                    status=status,
+                    content_type=media_type(response.headers.get("Content-Type")),
+                    headers=response.headers,
+                    body=body,
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return exc
+        finally:
+            if self._observer is not None:
+                self._observer(SIDE, method, template, status, self._clock.monotonic() - started)
+
+    async def _request(
+        self,
+        method: str,
+        template: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+    ) -> Parsed:
+        """One Table API call (plus at most one OAuth refresh and replay on a 401)."""
+        data = None if json_body is None else json.dumps(json_body).encode("utf-8")
+        shown = self._shown_base + path
+        replayed = False
+        while True:
+            headers = {"Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            bearer = await self._bearer() if self._basic is None else None
+            headers["Authorization"] = self._basic or f"Bearer {bearer}"
+            async with self._semaphore:
+                outcome = await self._send(
+                    method, template, self._base + path, params=params, data=data, headers=headers
+                )
+            if (
+                bearer is not None
+                and not replayed
+                and isinstance(outcome, HttpAnswer)
+                and outcome.status == 401
+            ):
+                # the token expired early or was revoked: one refresh, one replay
+                replayed = True
+                await self._renew_after_401(bearer)
+                continue
+            result = classify(outcome, method=method, url=shown, now=self._clock.now())
+            if isinstance(result, ApiError):
+                raise result
+            return result
+
+    # ------------------------------------------------------------------ OAuth
+    async def _bearer(self) -> str:
+        token = self._token
+        if token is None or self._clock.monotonic() >= token.expires_at:
+            async with self._token_lock:
+                token = self._token
+                if token is None or self._clock.monotonic() >= token.expires_at:
+                    token = await self._obtain_token(token)
+                    self._token = token
+        return token.access
+
+    async def _renew_after_401(self, used_access: str) -> None:
+        async with self._token_lock:
+            current = self._token
+            if current is None or current.access == used_access:
+                # nobody renewed it meanwhile (concurrent 401s renew once)
+                self._token = await self._obtain_token(current)
+
+    async def _obtain_token(self, old: _Token | None) -> _Token:
+        if old is not None and old.refresh:
+            try:
+                return await self._grant("refresh_token", {"refresh_token": old.refresh}, old)
+            except (FatalError, PermanentError) as exc:
+                log.info("ServiceNow refused the OAuth refresh token; logging in again: %s", exc)
+        password = self._settings.password
+        assert password is not None  # checked in __init__
+        return await self._grant(
+            "password",
+            {"username": self._settings.username or "", "password": password.get_secret_value()},
+            None,
+        )
+
+    async def _grant(self, grant_type: str, extra: Mapping[str, str], old: _Token | None) -> _Token:
+        secret = self._settings.client_secret
+        assert secret is not None  # checked in __init__
+        form = {
+            "grant_type": grant_type,
+            "client_id": self._settings.client_id or "",
+            "client_secret": secret.get_secret_value(),
+            **extra,
+        }
+        outcome = await self._send(
+            "POST",
+            TOKEN_PATH,
+            self._base + TOKEN_PATH,
+            params=None,
+            data=form,
+            headers={"Accept": "application/json"},
+        )
+        shown = self._shown_base + TOKEN_PATH
+        result = classify(
+            outcome, method="POST", url=shown, now=self._clock.now(), expect_result=False
+        )
+        if isinstance(result, (FatalError, PermanentError)):
+            raise FatalError(
+                SIDE,
+                f"OAuth {grant_type} grant refused: {result.message}",
+                status=result.status,
+                detail=result.detail,
+                method="POST",
+                url=shown,
+            )
+        if isinstance(result, ApiError):
+            raise result
+        data = result.body
+        access = data.get("access_token") if isinstance(data, Mapping) else None
+        if not isinstance(access, str) or not access:
+            raise FatalError(
+                SIDE, "OAuth token answer lacks access_token", method="POST", url=shown
+            )
+        try:
+            lifetime_s = float(data.get("expires_in", 1800))
+        except (TypeError, ValueError):
+            lifetime_s = 1800.0
+        margin_s = min(TOKEN_REFRESH_MARGIN_S, lifetime_s / 2)
+        refresh = data.get("refresh_token")
+        return _Token(
+            access=access,
+            # the refresh grant may answer without a new refresh token (docs 1.7): keep the old
+            refresh=refresh
+            if isinstance(refresh, str) and refresh
+            else (old.refresh if old else None),
+            expires_at=self._clock.monotonic() + lifetime_s - margin_s,
+        )
+
+    # ------------------------------------------------------------------ generic table ops
+    @staticmethod
+    def _record(value: Any, what: str) -> SNRecord:
+        if not isinstance(value, dict):
+            raise PermanentError(
+                SIDE, f"unexpected answer shape for {what}: result is not an object"
+            )
+        return value
+
+    @staticmethod
+    def _payload(fields: Mapping[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in fields.items():
+            check_field(name)
+            if not isinstance(value, str):
+                raise PermanentError(
+                    SIDE, f"value of field {name} must be a string, not {type(value).__name__}"
+                )
+            out[name] = value
+        return out
+
+    async def create(self, table: str, fields: Mapping[str, str]) -> SNRecord:
+        """POST one record; returns the record as stored (after business rules)."""
+        check_table(table)
+        parsed = await self._request(
+            "POST",
+            TABLE_PATH,
+            f"/api/now/table/{table}",
+            params=SYNC_READ_PARAMS,
+            json_body=self._payload(fields),
+        )
+        return self._record(parsed.body, f"create on {table}")
+
+    async def get(
+        self, table: str, sys_id: str, *, fields: Sequence[str] | None = None
+    ) -> SNRecord:
+        """GET one record; NotFoundError when it does not exist (or an ACL hides it)."""
+        check_table(table)
+        check_sys_id(sys_id)
+        params = dict(SYNC_READ_PARAMS)
+        if fields:
+            params["sysparm_fields"] = ",".join(check_field(f) for f in fields)
+        parsed = await self._request(
+            "GET", RECORD_PATH, f"/api/now/table/{table}/{sys_id}", params=params
+        )
+        return self._record(parsed.body, f"{table} {sys_id}")
+
+    async def update(self, table: str, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+        """PATCH only ``fields``; returns the record as stored (after business rules)."""
+        check_table(table)
+        check_sys_id(sys_id)
+        parsed = await self._request(
+            "PATCH",
+            RECORD_PATH,
+            f"/api/now/table/{table}/{sys_id}",
+            params=SYNC_READ_PARAMS,
+            json_body=self._payload(fields),
+        )
+        return self._record(parsed.body, f"{table} {sys_id}")
+
+    async def delete(self, table: str, sys_id: str) -> None:
+        """DELETE one record; NotFoundError when it does not exist."""
+        check_table(table)
+        check_sys_id(sys_id)
+        await self._request("DELETE", RECORD_PATH, f"/api/now/table/{table}/{sys_id}")
+
+    async def list_page(
+        self,
+        table: str,
+        query: EncodedQuery | None,
+        *,
+        fields: Sequence[str] | None = None,
+        limit: int,
+        offset: int = 0,
+    ) -> Page:
+        """One GET of a list; ``total`` from ``X-Total-Count``."""
+        check_table(table)
+        if limit < 1:
+            raise PermanentError(SIDE, f"list limit must be at least 1, got {limit}")
+        params = dict(SYNC_READ_PARAMS)
+        encoded = query.build() if query is not None else ""
+        if encoded:
+            params["sysparm_query"] = encoded
+        if fields:
+            params["sysparm_fields"] = ",".join(check_field(f) for f in fields)
+        params["sysparm_limit"] = str(limit)
+        if offset:
+            params["sysparm_offset"] = str(offset)
+        parsed = await self._request("GET", TABLE_PATH, f"/api/now/table/{table}", params=params)
+        if not isinstance(parsed.body, list) or not all(isinstance(r, dict) for r in parsed.body):
+            raise PermanentError(
+                SIDE,
+                f"unexpected answer shape for a list of {table}: result is not a list of objects",
+            )
+        total_raw = parsed.headers.get("X-Total-Count")
+        total = int(total_raw) if total_raw and total_raw.strip().isdigit() else None
+        return Page(records=parsed.body, total=total)
+
+    async def list_records(
+        self,
+        table: str,
+        query: EncodedQuery | None,
+        *,
+        fields: Sequence[str] | None = None,
+        limit: int,
+        offset: int = 0,
+    ) -> list[SNRecord]:
+        """The records of :meth:`list_page`."""
+        page = await self.list_page(table, query, fields=fields, limit=limit, offset=offset)
+        return page.records
+
+    # ------------------------------------------------------------------ ServiceNowAPI
+    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord:
+        return await self.create(self._table, fields)
+
+    async def get_incident(self, sys_id: str) -> SNRecord:
+        return await self.get(self._table, sys_id)
+
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+        return await self.update(self._table, sys_id, fields)
+
+    async def delete_incident(self, sys_id: str) -> None:
+        await self.delete(self._table, sys_id)
+
+    async def find_by_correlation_id(
+        self, correlation_id: str, *, active_only: bool = False
+    ) -> list[SNRecord]:
+        query = EncodedQuery().eq("correlation_id", check_correlation_id(correlation_id))
+        if active_only:
+            query.eq("active", "true")
+        query.order_by("sys_created_on").order_by("sys_id")
+        return await self.list_records(self._table, query, limit=self._settings.page_size)
+
+    async def query(
+        self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
+    ) -> list[SNRecord]:
+        return await self.list_records(
+            table, equality_query(dict(conditions)), fields=fields, limit=limit
+        )
+
+    async def check_auth(self) -> None:
+        await self.list_records(self._table, None, fields=["sys_id"], limit=1)
+
+    @staticmethod
+    def changed_query(floor: datetime | None, after: tuple[str, str] | None) -> EncodedQuery:
+        """The incremental poll's query (docs section 0).
+
+        First page: ``sys_updated_on>=<floor>^correlation_idISNOTEMPTY`` ordered by
+        (sys_updated_on, sys_id). Later pages (keyset after ``(ts, sys_id)`` of the last
+        row): ``sys_updated_on>ts^correlation_idISNOTEMPTY^NQsys_updated_on=ts^sys_id>id
+        ^correlation_idISNOTEMPTY`` with the same ORDERBY terms: an ``^NQ`` group is an OR
+        of complete conditions, so the restriction is repeated in each group, and the
+        sort terms come once at the end and apply to the whole query.
+
+        "Correlated with BigPanda" is ``correlation_idISNOTEMPTY`` rather than
+        ``correlation_display=BigPanda``: bpsync always writes the BigPanda incident id
+        into ``correlation_id`` (the field the idempotent create searches on), while
+        ``correlation_display`` is a label that people, the native BigPanda integration
+        or an import may leave empty or spell differently. Incidents correlated with
+        another tool are filtered out by the engine through the link store.
+        """
+        query = EncodedQuery()
+        if after is None:
+            if floor is not None:
+                query.where("sys_updated_on", Op.GE, sn_datetime(floor))
+            query.is_not_empty("correlation_id")
+        else:
+            ts, sys_id = after
+            query.where("sys_updated_on", Op.GT, check_sn_datetime(ts))
+            query.is_not_empty("correlation_id")
+            query.new_group()
+            query.eq("sys_updated_on", ts).where("sys_id", Op.GT, check_sys_id(sys_id))
+            query.is_not_empty("correlation_id")
+        return query.order_by("sys_updated_on").order_by("sys_id")
+
+    async def list_changed(
+        self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
+    ) -> list[SNRecord]:
+        """Keyset-paged incremental listing; see :meth:`changed_query`.
+
+        The loop ends when ``X-Total-Count`` shows the page covered every remaining row,
+        or on an empty page when the header is missing. A page may be short (or empty)
+        while rows remain when ServiceNow filters rows by ACL after applying the limit
+        (docs 1.5): then the same keyset is asked again with an offset. An updated row
+        moves behind the keyset and is read again; de-duplication keeps, per sys_id,
+        the highest ``sys_mod_count``. The result is ordered by (sys_updated_on, sys_id).
+        """
+        floor = None if since is None else since - timedelta(seconds=overlap_s)
+        wanted = None if fields is None else sorted({*fields, *KEY_FIELDS})
+        limit = self._settings.page_size
+        newest: dict[str, SNRecord] = {}
+        after: tuple[str, str] | None = None
+        offset = 0
+        while True:
+            page = await self.list_page(
+                self._table,
+                self.changed_query(floor, after),
+                fields=wanted,
+                limit=limit,
+                offset=offset,
+            )
+            previous_key = after
+            for record in page.records:
+                key = (
+                    check_sn_datetime(str(record.get("sys_updated_on", ""))),
+                    check_sys_id(str(record.get("sys_id", ""))),
+                )
+                if previous_key is not None and key <= previous_key:
+                    # a server ignoring ORDERBY or the keyset would make this loop forever
+                    raise PermanentError(
+                        SIDE,
+                        "incremental listing out of order: ServiceNow did not honour "
+                        f"ORDERBYsys_updated_on^ORDERBYsys_id (row {key[1]} at {key[0]})",
+                    )
+                previous_key = key
+                seen = newest.get(key[1])
+                if seen is None or _mod_count(record) >= _mod_count(seen):
+                    newest[key[1]] = record
+            covered = page.total is not None and offset + limit >= page.total
+            if covered or (page.total is None and not page.records):
+                break
+            if page.records:
+                after = previous_key
+                offset = 0
+            else:
+                offset += limit  # a window hidden by ACLs: step over it
+        return sorted(newest.values(), key=lambda r: (r["sys_updated_on"], r["sys_id"]))

@@ -1,0 +1,495 @@
+"""The coordinator: one sync cycle, and the health of both sides.
+
+``run_cycle()`` (what the scheduler calls every ``poll_interval``):
+
+1. Recover pending links that no outbox item owns (crash between link and enqueue):
+   adopted by ``correlation_id``, or superseded and re-planned (never a second create).
+2. Drive due outbox items (retries, dead items with attempts left, expired leases).
+3. Poll BigPanda (``list_changed`` per shared environment: ``bigpanda.environments``, or
+   every environment from ``list_environments`` when that is empty) and ServiceNow
+   (``list_changed``), each from its cursor minus ``cursor_overlap`` (SPEC B16).
+   Every polled change has a key ``<id>:<version>:<epoch s>`` (BigPanda: version = a
+   digest of status, end and tags, as ``updated_at`` has whole seconds; ServiceNow:
+   ``sys_mod_count``); a key in the cursor's ``seen`` set was
+   processed already and is dropped, so changes that share a second with the cursor are
+   neither missed nor processed twice. ``seen`` keeps the keys of the overlap window.
+4. Pair changes: a BigPanda incident with its live link (and the ServiceNow incident if
+   it changed too); a ServiceNow change with its live link; a ServiceNow change without
+   a link only when its ``correlation_id`` names a BigPanda incident that has no live
+   link (adopted by the planner's create, B2); anything else is ignored. A BigPanda
+   incident that may need a create is fetched with its alerts.
+5. Plan each pair (the pure planner), check the guards (:mod:`sync.guards`), execute.
+6. Advance each cursor past what was recorded: a pair whose outcome is not recorded
+   (an unexpected error) holds the watermark at its change, to be polled again; after
+   ``MAX_PAIR_FAILURES`` consecutive failures the change is given up with an ERROR line.
+
+Errors: a side that cannot be polled fails the cycle; the outage is logged once (WARNING,
+ERROR for refused credentials) and the recovery once (INFO). A tripped guard fails the
+cycle with :class:`~sync.errors.GuardTripped` before any write of it is sent (cursors
+stay, so the same changes are guarded again next cycle) until the condition clears;
+``force`` (``bpsync run --force``) overrides every guard for the life of the process,
+with a WARNING line each time (restart without it to re-arm the guards). ``FatalError`` and
+``StoreError`` (``FencedError`` too) stop the cycle. ``run_cycle`` never raises: the
+error is in the returned :class:`CycleReport` and was logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from sync.actions import Action, CreateServiceNowIncident, PlanInput
+from sync.clients.base import BigPandaAPI, ServiceNowAPI
+from sync.clock import Clock, epoch_s, from_epoch_s
+from sync.constants import BP_ID_PATTERN, Side
+from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoundError
+from sync.executor import Executor
+from sync.guards import check_empty_side, check_mass_resolve
+from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
+from sync.settings import Settings
+from sync.store.base import Cursor, LinkStore, OutboxState
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Planner = Callable[[PlanInput, Settings, datetime], list[Action]]
+
+#: consecutive cycles a change may fail unexpectedly before it is given up
+MAX_PAIR_FAILURES = 3
+
+
+class CoordinatorMetrics(Protocol):
+    """What the coordinator reports (``sync.engine`` adapts ``sync.metrics.Metrics``)."""
+
+    def cycle_done(self, outcome: str, duration_s: float) -> None: ...
+
+    def state(
+        self,
+        *,
+        outbox_depth: int,
+        dead_letters: int,
+        live_links: int,
+        cursor_lag_s: Mapping[str, float],
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class CycleReport:
+    """What one cycle did; ``error`` is None for a good cycle."""
+
+    pairs: int = 0
+    actions: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    error: BaseException | None = None
+    guard: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class _Change:
+    key: str
+    at: datetime
+
+
+@dataclass(slots=True)
+class _Pair:
+    bp: BPIncident | None
+    sn: SNIncident | None
+    link: Link | None
+    environment_id: str | None
+    changes: list[_Change] = field(default_factory=list)
+
+
+def _bp_change(incident: BPIncident) -> _Change:
+    """BigPanda stamps changes in whole seconds, so two edits in one second share
+    ``updated_at``: the key also carries a digest of what the sync reads."""
+    stamp = incident.updated_at or incident.changed_at or incident.start or 0
+    content = json.dumps(
+        [incident.status, incident.active, incident.end, sorted(incident.tags.items())],
+        default=str,
+    )
+    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
+    return _Change(f"{incident.id}:{digest}:{stamp}", from_epoch_s(stamp))
+
+
+def _sn_change(incident: SNIncident) -> _Change:
+    stamp = incident.sys_updated_on
+    return _Change(f"{incident.sys_id}:{incident.sys_mod_count}:{epoch_s(stamp)}", stamp)
+
+
+def _key_epoch(key: str) -> int:
+    try:
+        return int(key.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+class Coordinator:
+    """Runs sync cycles: poll, pair, plan, guard, execute, advance cursors."""
+
+    def __init__(
+        self,
+        store: LinkStore,
+        servicenow: ServiceNowAPI,
+        bigpanda: BigPandaAPI,
+        executor: Executor,
+        settings: Settings,
+        *,
+        clock: Clock,
+        planner: Planner | None = None,
+        metrics: CoordinatorMetrics | None = None,
+        force: bool = False,
+    ) -> None:
+        if planner is None:
+            from sync.planner import plan as default_plan
+
+            planner = default_plan  # the pure planner; tests may inject their own
+        self._store = store
+        self._sn = servicenow
+        self._bp = bigpanda
+        self._executor = executor
+        self._settings = settings
+        self._clock = clock
+        self._plan = planner
+        self._metrics = metrics
+        self.force = force
+        self.last_success_at: datetime | None = None
+        self.cycles = 0
+        self._down: dict[str, str] = {}
+        self._pair_failures: dict[str, int] = {}
+        self._last_guard: str | None = None
+
+    # ------------------------------------------------------------------ the cycle
+
+    async def run_cycle(self) -> CycleReport:
+        """One cycle; never raises (the error is in the report and logged once)."""
+        started = self._clock.monotonic()
+        report = CycleReport()
+        try:
+            await self._cycle(report)
+        except GuardTripped as exc:
+            report.error, report.guard = exc, exc.guard
+            if self._last_guard != exc.guard:
+                log.error("cycle stopped: %s", exc, extra={"guard": exc.guard})  # noqa: TRY400
+            self._last_guard = exc.guard
+        except BpsyncError as exc:
+            report.error = exc
+            if not isinstance(exc, ApiError) or exc.side not in self._down:
+                log.error("cycle stopped: %s", exc)  # noqa: TRY400 - one line, no trace
+        except Exception as exc:  # a bug must not kill the scheduler
+            report.error = exc
+            log.exception("cycle failed unexpectedly")
+        else:
+            self.last_success_at = self._clock.now()
+            if self._last_guard is not None:
+                log.info("guard %s cleared", self._last_guard)
+                self._last_guard = None
+        report.duration_s = self._clock.monotonic() - started
+        self.cycles += 1
+        if self._metrics is not None:
+            outcome = "ok" if report.ok else ("guard" if report.guard else "error")
+            self._metrics.cycle_done(outcome, report.duration_s)
+            await self._report_state()
+        return report
+
+    async def _cycle(self, report: CycleReport) -> None:
+        replan = await self._executor.recover_pending_links()
+        await self._executor.drive_due()
+        live_links = await self._store.count_links(LIVE_LINK_STATES)
+        bp_cursor = await self._store.get_cursor(Side.BIGPANDA)
+        sn_cursor = await self._store.get_cursor(Side.SERVICENOW)
+        environments = await self._guarded_poll(Side.BIGPANDA, self._environments(live_links))
+        bp_polled = await self._guarded_poll(
+            Side.BIGPANDA, self._poll_bigpanda(environments, bp_cursor, live_links)
+        )
+        sn_polled = await self._guarded_poll(
+            Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
+        )
+        pairs = await self._pair(bp_polled, sn_polled, replan, environments)
+        now = self._clock.now()
+        plans: list[tuple[_Pair, list[Action]]] = []
+        failed: set[str] = set()
+        for pair in pairs:
+            try:
+                inp = PlanInput(
+                    bp=pair.bp,
+                    sn=pair.sn,
+                    link=pair.link,
+                    synced=await self._store.field_states(pair.link.id) if pair.link else {},
+                    environment_id=pair.environment_id,
+                )
+                plans.append((pair, self._plan(inp, self._settings, now)))
+            except ValueError as exc:  # a planner refusing odd data: this pair only
+                log.error("cannot plan %s: %s", self._pair_ids(pair), exc)  # noqa: TRY400
+                failed.update(c.key for c in pair.changes)
+        self._check_guards([actions for _, actions in plans], live_links)
+        report.pairs = len(pairs)
+        for pair, actions in plans:
+            if not actions:
+                continue
+            try:
+                result = await self._executor.execute(actions, environment_id=pair.environment_id)
+            except (FatalError, BpsyncError):
+                raise
+            except Exception:  # one pair's bug must not stop the others
+                log.exception("executing %s failed", self._pair_ids(pair))
+                failed.update(c.key for c in pair.changes)
+                continue
+            report.actions += len(actions)
+            for _, outcome in result.outcomes:
+                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+            if not result.recorded:
+                failed.update(c.key for c in pair.changes)
+        await self._advance(Side.BIGPANDA, bp_cursor, bp_polled[1], failed)
+        await self._advance(Side.SERVICENOW, sn_cursor, sn_polled[1], failed)
+
+    def _check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
+        try:
+            check_mass_resolve(self._settings.guard, plans, live_links)
+        except GuardTripped as exc:
+            if not self.force:
+                raise
+            log.warning("guard %s overridden by --force: %s", exc.guard, exc)
+
+    # ------------------------------------------------------------------ polling
+
+    async def _guarded_poll(self, side: Side, poll: Awaitable[T]) -> T:
+        """Await a poll of ``side``: log an outage once and a recovery once."""
+        try:
+            value = await poll
+        except ApiError as exc:
+            if side.value not in self._down:
+                self._down[side.value] = str(exc)
+                level = logging.ERROR if isinstance(exc, FatalError) else logging.WARNING
+                log.log(level, "%s is unavailable: %s", side.value, exc, extra={"side": side.value})
+            raise
+        if self._down.pop(side.value, None) is not None:
+            log.info("%s is available again", side.value, extra={"side": side.value})
+        return value
+
+    async def _environments(self, live_links: int) -> list[str]:
+        configured = list(self._settings.bigpanda.environments)
+        if configured:
+            return configured
+        found = [env.id for env in await self._bp.list_environments()]
+        self._check_empty(Side.BIGPANDA, len(found), live_links, what="environments")
+        return found
+
+    async def _poll_bigpanda(
+        self, environments: Sequence[str], cursor: Cursor, live_links: int
+    ) -> tuple[list[tuple[BPIncident, str]], list[_Change]]:
+        """Changed incidents (each with its environment) and every change key polled."""
+        since_s = None if cursor.watermark is None else epoch_s(cursor.watermark)
+        found: dict[str, tuple[BPIncident, str]] = {}
+        changes: list[_Change] = []
+        total = 0
+        for env in environments:
+            incidents = await self._bp.list_changed(
+                env,
+                since_s,
+                overlap_s=self._settings.cursor_overlap,
+                page_size=self._settings.retrieval_count,
+            )
+            total += len(incidents)
+            for incident in incidents:
+                change = _bp_change(incident)
+                if change.key in cursor.seen or incident.id in found:
+                    continue
+                found[incident.id] = (incident, env)
+                changes.append(change)
+        if cursor.watermark is None:
+            self._check_empty(Side.BIGPANDA, total, live_links)
+        return list(found.values()), changes
+
+    async def _poll_servicenow(
+        self, cursor: Cursor, live_links: int
+    ) -> tuple[list[SNIncident], list[_Change]]:
+        records = await self._sn.list_changed(
+            cursor.watermark, overlap_s=self._settings.cursor_overlap
+        )
+        if cursor.watermark is None:
+            self._check_empty(Side.SERVICENOW, len(records), live_links)
+        found: dict[str, SNIncident] = {}
+        changes: list[_Change] = []
+        for record in records:
+            try:
+                incident = SNIncident.from_record(record)
+            except ValueError as exc:  # B19: one malformed record is skipped, named
+                log.warning("ServiceNow record skipped: %s", exc)
+                continue
+            change = _sn_change(incident)
+            if change.key in cursor.seen:
+                continue
+            found[incident.sys_id] = incident  # the latest version wins
+            changes.append(change)
+        return list(found.values()), changes
+
+    def _check_empty(
+        self, side: Side, count: int, live_links: int, *, what: str = "incidents"
+    ) -> None:
+        try:
+            check_empty_side(self._settings.guard, side.value, what, count, live_links)
+        except GuardTripped as exc:
+            if not self.force:
+                raise
+            log.warning("guard %s overridden by --force: %s", exc.guard, exc)
+
+    # ------------------------------------------------------------------ pairing
+
+    async def _pair(
+        self,
+        bp_polled: tuple[list[tuple[BPIncident, str]], list[_Change]],
+        sn_polled: tuple[list[SNIncident], list[_Change]],
+        replan: Sequence[Link],
+        environments: Sequence[str],
+    ) -> list[_Pair]:
+        pairs: dict[str, _Pair] = {}
+        bp_changes = {c.key.split(":", 1)[0]: c for c in bp_polled[1]}
+        sn_changes = {c.key.split(":", 1)[0]: c for c in sn_polled[1]}
+        for incident, env in bp_polled[0]:
+            link = await self._store.live_link_for_bp(incident.id)
+            pair = _Pair(incident, None, link, env, [bp_changes[incident.id]])
+            pairs[incident.id] = pair
+        for sn in sn_polled[0]:
+            change = sn_changes[sn.sys_id]
+            link = await self._store.live_link_for_sn(sn.sys_id)
+            if link is not None:
+                known = pairs.get(link.bp_incident_id)
+                if known is not None:
+                    known.sn = sn
+                    known.changes.append(change)
+                    continue
+                link_env = await self._executor.environment_of(link.bp_incident_id)
+                if link_env is None and len(environments) == 1:
+                    link_env = environments[0]
+                pairs[link.bp_incident_id] = _Pair(None, sn, link, link_env, [change])
+                continue
+            corr = sn.correlation_id
+            if not re.fullmatch(BP_ID_PATTERN, corr or ""):
+                continue  # not a BigPanda incident's: ignored (the change counts as seen)
+            known = pairs.get(corr)
+            if known is not None:
+                if known.link is None:
+                    known.sn = sn
+                    known.changes.append(change)
+                continue
+            if await self._store.live_link_for_bp(corr) is not None:
+                continue  # an old incident of a linked BigPanda incident: history
+            fetched = await self._fetch_bp(corr, environments)
+            if fetched is not None:
+                pairs[corr] = _Pair(fetched[0], sn, None, fetched[1], [change])
+        for link in replan:
+            if link.bp_incident_id in pairs:
+                continue
+            fetched = await self._fetch_bp(link.bp_incident_id, environments)
+            if fetched is not None:
+                pairs[link.bp_incident_id] = _Pair(fetched[0], None, None, fetched[1])
+        for pair in pairs.values():
+            await self._expand_for_create(pair)
+        return list(pairs.values())
+
+    async def _expand_for_create(self, pair: _Pair) -> None:
+        """An incident that may need a create is fetched with its alerts (B10, B11)."""
+        bp = pair.bp
+        if bp is None or not bp.active or bp.alerts or pair.environment_id is None:
+            return
+        if pair.link is not None and pair.link.state != LinkState.RESOLVED:
+            return
+        try:
+            pair.bp = await self._bp.get_incident(pair.environment_id, bp.id, expand_alerts=True)
+        except NotFoundError:
+            log.warning("BigPanda incident %s vanished while being synced", bp.id)
+
+    async def _fetch_bp(
+        self, incident_id: str, environments: Sequence[str]
+    ) -> tuple[BPIncident, str] | None:
+        remembered = await self._executor.environment_of(incident_id)
+        candidates: list[str] = [remembered] if remembered else []
+        candidates += [env for env in environments if env != remembered]
+        for env in candidates:
+            try:
+                incident = await self._bp.get_incident(env, incident_id, expand_alerts=True)
+            except NotFoundError:
+                continue
+            return incident, env
+        return None
+
+    @staticmethod
+    def _pair_ids(pair: _Pair) -> str:
+        bp_id = pair.bp.id if pair.bp else (pair.link.bp_incident_id if pair.link else "?")
+        sn_id = pair.sn.sys_id if pair.sn else (pair.link.sn_sys_id if pair.link else None)
+        return f"BigPanda {bp_id} / ServiceNow {sn_id or '-'}"
+
+    # ------------------------------------------------------------------ cursors
+
+    async def _advance(
+        self, side: Side, cursor: Cursor, changes: Sequence[_Change], failed: set[str]
+    ) -> None:
+        """Move the watermark past what was recorded; keep the overlap window's keys."""
+        if not changes:
+            return
+        given_up = set()
+        for key in failed:
+            count = self._pair_failures.get(key, 0) + 1
+            self._pair_failures[key] = count
+            if count >= MAX_PAIR_FAILURES:
+                given_up.add(key)
+                log.error("change %s failed %d cycles in a row; given up", key, count)
+        for change in changes:
+            if change.key not in failed:
+                self._pair_failures.pop(change.key, None)
+        held = [c.at for c in changes if c.key in failed and c.key not in given_up]
+        done = [c for c in changes if c.key not in failed or c.key in given_up]
+        watermark = max([c.at for c in done], default=cursor.watermark)
+        if cursor.watermark is not None and (watermark is None or watermark < cursor.watermark):
+            watermark = cursor.watermark
+        if held and watermark is not None:
+            watermark = min(watermark, *held)
+            if cursor.watermark is not None:
+                watermark = max(watermark, cursor.watermark)
+        if watermark is None:
+            return
+        floor_s = epoch_s(watermark - timedelta(seconds=self._settings.cursor_overlap))
+        seen = {k for k in cursor.seen if _key_epoch(k) >= floor_s}
+        seen |= {c.key for c in done if _key_epoch(c.key) >= floor_s}
+        seen -= failed - given_up
+        await self._store.advance_cursor(
+            Cursor(side=side, watermark=watermark, seen=frozenset(seen)), self._clock.now()
+        )
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _report_state(self) -> None:
+        assert self._metrics is not None
+        try:
+            depth = await self._store.count_outbox([OutboxState.PENDING, OutboxState.IN_FLIGHT])
+            dead = await self._store.count_outbox([OutboxState.DEAD])
+            live = await self._store.count_links([LinkState.LINKED, LinkState.RESOLVED])
+            now = self._clock.now()
+            lag: dict[str, float] = {}
+            for side in Side:
+                cursor = await self._store.get_cursor(side)
+                if cursor.watermark is not None:
+                    lag[side.value] = max(0.0, (now - cursor.watermark).total_seconds())
+        except BpsyncError as exc:
+            log.debug("metrics not refreshed: %s", exc)
+            return
+        self._metrics.state(
+            outbox_depth=depth, dead_letters=dead, live_links=live, cursor_lag_s=lag
+        )
+
+
+def creates_in(actions: Sequence[Action]) -> int:
+    """How many creates a plan holds (for reports)."""
+    return sum(1 for a in actions if isinstance(a, CreateServiceNowIncident))

@@ -1,0 +1,1 @@
+"""Strict local emulators of the ServiceNow Table API and the BigPanda API (aiohttp.web)."""

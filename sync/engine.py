@@ -1,0 +1,136 @@
+"""Wiring: from :class:`~sync.settings.Settings` to a ready executor and coordinator.
+
+:func:`build_engine` opens the HTTP sessions and the two clients, the link store
+(unless one is given), the look-up cache, the executor and the coordinator. The
+:class:`Engine` owns what it opened: ``close()`` closes the sessions, then the store.
+``sync.runtime.daemon`` and the CLI commands that sync (backfill) use it; the engine
+tests build the same objects from fakes instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync.clients.base import BigPandaAPI, ServiceNowAPI
+from sync.clock import Clock, SystemClock
+from sync.coordinator import Coordinator, CoordinatorMetrics
+from sync.executor import Executor, ExecutorMetrics
+from sync.lookups import Lookups
+from sync.settings import Settings
+from sync.store.base import LinkStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Engine:
+    """The objects of one running sync, and how to close them."""
+
+    settings: Settings
+    store: LinkStore
+    servicenow: ServiceNowAPI
+    bigpanda: BigPandaAPI
+    executor: Executor
+    coordinator: Coordinator
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def check_credentials(self) -> None:
+        """One authorised call per side; FatalError (refused) or TransientError propagate."""
+        await self.servicenow.check_auth()
+        await self.bigpanda.check_auth()
+
+    async def close(self) -> None:
+        """Close the sessions, then the store (each once, errors logged)."""
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:  # closing must go on whatever one closer does
+                log.exception("error while closing")
+        self.closers.clear()
+
+
+class MetricsBridge:
+    """Feeds ``sync.metrics.Metrics`` from the executor's and coordinator's reports."""
+
+    def __init__(self, metrics: Any) -> None:
+        self._m = metrics
+
+    def action_done(self, kind: str, outcome: str, duration_s: float) -> None:
+        self._m.action_done(kind, outcome, duration_s)
+
+    def notification(self, kind: str) -> None:
+        self._m.notification(kind)
+
+    def cycle_done(self, outcome: str, duration_s: float) -> None:
+        self._m.cycle_done(outcome, duration_s)
+
+    def state(
+        self,
+        *,
+        outbox_depth: int,
+        dead_letters: int,
+        live_links: int,
+        cursor_lag_s: Mapping[str, float],
+    ) -> None:
+        self._m.engine_state(
+            outbox_depth=outbox_depth,
+            dead_letters=dead_letters,
+            live_links=live_links,
+            cursor_lag_s=cursor_lag_s,
+        )
+
+
+async def build_engine(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    store: LinkStore | None = None,
+    metrics: Any | None = None,
+    force: bool = False,
+) -> Engine:
+    """Sessions, clients, store, executor and coordinator from the settings."""
+    from sync.clients.bigpanda import BigPandaClient
+    from sync.clients.bigpanda import make_session as make_bp_session
+    from sync.clients.servicenow import ServiceNowClient
+    from sync.clients.servicenow import make_session as make_sn_session
+
+    clock = clock or SystemClock()
+    closers: list[Callable[[], Awaitable[None]]] = []
+    if store is None:
+        from sync.store import open_store
+
+        store = await open_store(settings.effective_database_url)
+    closers.append(store.close)
+    observer = getattr(metrics, "observe_request", None)
+    sn_session = make_sn_session(settings.servicenow)
+    closers.append(sn_session.close)
+    bp_session = make_bp_session(settings.bigpanda)
+    closers.append(bp_session.close)
+    servicenow = ServiceNowClient(sn_session, settings.servicenow, clock, observer=observer)
+    bigpanda = BigPandaClient(bp_session, settings.bigpanda, clock, observer=observer)
+    bridge = MetricsBridge(metrics) if metrics is not None else None
+    executor_metrics: ExecutorMetrics | None = bridge
+    coordinator_metrics: CoordinatorMetrics | None = bridge
+    executor = Executor(
+        store,
+        servicenow,
+        bigpanda,
+        settings,
+        clock,
+        lookups=Lookups(servicenow, clock),
+        metrics=executor_metrics,
+    )
+    coordinator = Coordinator(
+        store,
+        servicenow,
+        bigpanda,
+        executor,
+        settings,
+        clock=clock,
+        metrics=coordinator_metrics,
+        force=force,
+    )
+    return Engine(settings, store, servicenow, bigpanda, executor, coordinator, closers)

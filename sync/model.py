@@ -1,0 +1,161 @@
+"""Plain, frozen snapshots of both sides and of the link state.
+
+These are what the pure planner reads. The clients parse vendor JSON into them; the
+store returns :class:`Link` and :class:`FieldState`. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sync.constants import SN_DATETIME_FORMAT, SN_RESOLVED_STATES, Side
+
+
+@dataclass(frozen=True, slots=True)
+class BPAlert:
+    """One alert of a BigPanda incident (expanded form)."""
+
+    id: str
+    status: str
+    """Lower-case: critical, warning, unknown or ok."""
+    active: bool = True
+    start: int | None = None
+    """Epoch seconds (the seed's ``startedOn``)."""
+    updated_at: int | None = None
+    primary_property: str | None = None
+    secondary_property: str | None = None
+    source_system: str | None = None
+    incident_key: str | None = None
+    description: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Alert tags, name -> value (several values of one tag joined with ``", "``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BPIncident:
+    """A BigPanda incident as the sync sees it."""
+
+    id: str
+    status: str
+    """Lower-case current status: the worst among the active alerts."""
+    active: bool
+    severity: str = ""
+    start: int | None = None
+    end: int | None = None
+    changed_at: int | None = None
+    updated_at: int | None = None
+    environments: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Incident tags, tag_id -> value."""
+    alerts: tuple[BPAlert, ...] = ()
+    """Expanded alerts; empty when the incident was fetched without ``expand=alerts``."""
+    alert_ids: tuple[str, ...] = ()
+    ai_summary: str | None = None
+    """AI Incident Analysis summary, when known."""
+
+
+@dataclass(frozen=True, slots=True)
+class SNIncident:
+    """A ServiceNow incident (read with ``sysparm_display_value=false``)."""
+
+    sys_id: str
+    number: str
+    state: int
+    active: bool
+    sys_mod_count: int
+    sys_updated_on: datetime
+    correlation_id: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)
+    """Every field that was returned, as ServiceNow's strings."""
+
+    @property
+    def resolved(self) -> bool:
+        return self.state in SN_RESOLVED_STATES
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SNIncident:
+        """Build from a Table API record (display_value=false, exclude_reference_link=true).
+
+        Reference fields that still come as ``{"link": ..., "value": ...}`` are reduced to
+        their value. Raises ``ValueError`` naming the field when a required one is missing
+        or malformed.
+        """
+        flat: dict[str, str] = {}
+        for key, raw in record.items():
+            value = raw.get("value", "") if isinstance(raw, Mapping) else raw
+            flat[key] = "" if value is None else str(value)
+        try:
+            sys_id = flat["sys_id"]
+            updated = datetime.strptime(flat["sys_updated_on"], SN_DATETIME_FORMAT)
+        except KeyError as exc:
+            raise ValueError(f"ServiceNow record lacks field {exc.args[0]}") from None
+        except ValueError:
+            raise ValueError(
+                f"ServiceNow record {flat.get('sys_id', '?')}: bad sys_updated_on "
+                f"{flat.get('sys_updated_on')!r}"
+            ) from None
+        state_raw = flat.get("state", "") or "1"
+        try:
+            state = int(state_raw)
+        except ValueError:
+            raise ValueError(f"ServiceNow record {sys_id}: bad state {state_raw!r}") from None
+        mod = flat.get("sys_mod_count", "") or "0"
+        return cls(
+            sys_id=sys_id,
+            number=flat.get("number", ""),
+            state=state,
+            active=flat.get("active", "true") == "true",
+            sys_mod_count=int(mod) if mod.isdigit() else 0,
+            sys_updated_on=updated.replace(tzinfo=UTC),
+            correlation_id=flat.get("correlation_id", ""),
+            fields=flat,
+        )
+
+
+class LinkState(StrEnum):
+    """Life of one BigPanda incident <-> ServiceNow incident pair."""
+
+    PENDING = "pending"
+    """Create intended and recorded, not yet confirmed (the sys_id may be unknown)."""
+    LINKED = "linked"
+    RESOLVED = "resolved"
+    """Both sides resolved; may be reopened until ``reopen_deadline``."""
+    SUPERSEDED = "superseded"
+    """A newer link replaced this one after a reopen past the window (kept as history)."""
+
+
+#: states in which a link is "live": at most one live link per BigPanda incident
+LIVE_LINK_STATES = frozenset({LinkState.PENDING, LinkState.LINKED, LinkState.RESOLVED})
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One row of the link table."""
+
+    id: int
+    bp_incident_id: str
+    sn_sys_id: str | None
+    sn_number: str | None
+    state: LinkState
+    created_at: datetime
+    resolved_at: datetime | None = None
+    reopen_deadline: datetime | None = None
+    previous_link_id: int | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldState:
+    """The last value bpsync synced for one mapped field on one side of a link."""
+
+    link_id: int
+    side: Side
+    name: str
+    """ServiceNow field name, or BigPanda tag id."""
+    value: str | None
+    synced_at: datetime

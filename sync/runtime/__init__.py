@@ -1,0 +1,1 @@
+"""The daemon runtime: scheduling, health, metrics server, leadership, systemd."""

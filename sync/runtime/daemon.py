@@ -1,0 +1,299 @@
+"""The long-running process behind ``bpsync run``.
+
+Start-up, in order; each failure is ONE line naming the problem and exit code 1:
+
+1. Settings were loaded by the CLI (a bad setting never gets here). ``verify_tls = false``
+   on either side logs a WARNING.
+2. The database: the embedded default SQLite (``database_url`` unset) is created and
+   upgraded to the newest migration automatically: nobody else manages that file. Any
+   configured URL (an explicit SQLite path or Postgres) is only checked: an old schema
+   stops start-up with a line naming ``bpsync db upgrade`` (upgrading a shared database
+   is the operator's decision).
+3. One writer: SQLite takes a single-instance lock next to the database file (a second
+   daemon exits with one line); Postgres runs leader election (advisory lock): a standby
+   tries to take the lead every poll interval and reports ``leader 0``; the leader takes
+   a new store epoch (``take_epoch``), so a deposed leader's writes are fenced; when
+   ``still_leader()`` fails it stops writing and goes back to standby.
+4. Credentials of both APIs (``check_auth``) before the first cycle.
+5. The HTTP server (``/healthz``, ``/readyz``, ``/metrics``) on ``http_port``.
+6. APScheduler (``AsyncIOScheduler``, interval ``poll_interval``, ``max_instances=1``,
+   ``coalesce=True``) calls one tick: leadership check, then ``coordinator.run_cycle``.
+   systemd gets READY once the first tick is scheduled, and watchdog pings.
+
+Stop (SIGTERM or SIGINT): no new cycle starts; the cycle in flight finishes its writes
+(bounded by ``DRAIN_TIMEOUT_S``, then cancelled: every write is in the outbox, so a
+cancelled write is sent again after the restart); the server, sessions, store and lock
+are closed; exit 0 well within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from sync.clock import Clock, SystemClock
+from sync.coordinator import CycleReport
+from sync.engine import Engine, build_engine
+from sync.errors import ApiError, StoreError
+from sync.settings import Settings
+from sync.store.base import FencedError
+
+log = logging.getLogger(__name__)
+
+#: how long a stop waits for the in-flight cycle before cancelling it (SPEC B17: < 10 s)
+DRAIN_TIMEOUT_S = 8.0
+
+
+@dataclass
+class DaemonOptions:
+    force: bool = False
+    once: bool = False
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def _sqlite_path(url: str) -> str:
+    return url.split(":///", 1)[1] if ":///" in url else url
+
+
+async def prepare_database(settings: Settings) -> str:
+    """Upgrade the embedded default SQLite; check any configured database's schema."""
+    from sync.store import check_schema, upgrade_database
+
+    url = settings.effective_database_url
+    embedded = settings.database_url is None or not settings.database_url.get_secret_value()
+    if embedded:
+        before, after = await upgrade_database(url)
+        if before != after:
+            log.info("embedded database upgraded", extra={"before": before, "after": after})
+    else:
+        await check_schema(url)
+    return url
+
+
+class Daemon:
+    """Leadership, scheduling, health and a graceful stop around one Engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: DaemonOptions,
+        *,
+        clock: Clock | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.engine = engine
+        self.health: Any = None
+        self.metrics: Any = None
+        self.leader = False
+        self._elector: Any = None
+        self._lock: Any = None
+        self._server: Any = None
+        self._notifier: Any = None
+        self._scheduler: Any = None
+        self._stop = asyncio.Event()
+        self._current: asyncio.Task[Any] | None = None
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Everything up to (not including) the first cycle; raises on a start-up error."""
+        from sync.metrics import Metrics
+        from sync.runtime.health import HealthState
+
+        for side in ("servicenow", "bigpanda"):
+            if not getattr(self.settings, side).verify_tls:
+                log.warning("%s.verify_tls is off: TLS certificates are NOT verified", side)
+        url = await prepare_database(self.settings)
+        await self._take_single_writer(url)
+        self.metrics = Metrics()
+        self.health = HealthState(self.clock, self.settings.poll_interval)
+        if self.engine is None:
+            self.engine = await build_engine(
+                self.settings, clock=self.clock, metrics=self.metrics, force=self.options.force
+            )
+        # a refused credential (FatalError) or an unreachable API stops start-up: one line
+        await self.engine.check_credentials()
+        self.leader = self._elector is None
+        self.health.leader = self.leader
+        self._set_leader_gauge()
+        if self.options.once:
+            return
+        from sync.runtime.server import start_http_server
+
+        store = self.engine.store
+        self._server = await start_http_server(
+            self.settings.http_host,
+            self.settings.http_port,
+            health=self.health,
+            metrics=self.metrics,
+            db_ping=store.ping,
+        )
+
+    async def _take_single_writer(self, url: str) -> None:
+        if _is_postgres(url):
+            from sync.runtime.leader import PostgresLeaderElector
+
+            self._elector = PostgresLeaderElector(url, holder=self._holder, clock=self.clock)
+        else:
+            from sync.runtime.leader import SqliteSingleInstanceLock
+
+            self._lock = SqliteSingleInstanceLock(_sqlite_path(url))
+            self._lock.acquire()
+
+    async def tick(self) -> CycleReport | None:
+        """One scheduled run: leadership first, then a cycle (never raises)."""
+        self._current = asyncio.current_task()
+        try:
+            if not await self._lead():
+                return None
+            assert self.engine is not None
+            report = await self.engine.coordinator.run_cycle()
+            if isinstance(report.error, FencedError):
+                await self._step_down(f"fenced: {report.error}")
+            if report.ok:
+                self.health.cycle_succeeded()
+            else:
+                self.health.cycle_failed(report.error)
+            return report
+        finally:
+            self._current = None
+
+    async def _lead(self) -> bool:
+        """True when this process may write now (Postgres: leader election)."""
+        if self._elector is None:
+            return True
+        assert self.engine is not None
+        try:
+            if self.leader:
+                if await self._elector.still_leader():
+                    return True
+                await self._step_down("lost the leader lock")
+                return False
+            if not await self._elector.try_acquire():
+                return False
+            epoch = await self.engine.store.take_epoch(self._holder, self.clock.now())
+        except (StoreError, ApiError, OSError) as exc:
+            log.warning("leader election failed: %s", exc)
+            await self._step_down(str(exc))
+            return False
+        self.leader = True
+        self.health.leader = True
+        self._set_leader_gauge()
+        log.info("this replica leads", extra={"epoch": epoch, "holder": self._holder})
+        return True
+
+    async def _step_down(self, why: str) -> None:
+        if self._elector is None or not self.leader:
+            return
+        self.leader = False
+        self.health.leader = False
+        self._set_leader_gauge()
+        log.warning("stepping down to standby: %s", why)
+        with contextlib.suppress(Exception):
+            await self._elector.release()
+
+    def _set_leader_gauge(self) -> None:
+        setter = getattr(self.metrics, "set_leader", None)
+        if callable(setter):
+            setter(self.leader)
+
+    async def serve(self) -> None:
+        """Schedule cycles until SIGTERM/SIGINT, then drain and return."""
+        from sync.runtime.notify import SystemdNotifier
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        self._notifier = SystemdNotifier.from_env()
+        self._scheduler = AsyncIOScheduler(event_loop=loop)
+        self._scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.poll_interval,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=self.clock.now(),
+            id="sync-cycle",
+        )
+        watchdog_s = self._notifier.watchdog_interval_s()
+        if watchdog_s:
+            self._scheduler.add_job(
+                self._notifier.watchdog, "interval", seconds=max(0.5, watchdog_s / 2)
+            )
+        self._scheduler.start()
+        self._notifier.ready()
+        log.info(
+            "bpsync running",
+            extra={
+                "poll_interval_s": self.settings.poll_interval,
+                "http_port": getattr(self._server, "port", None),
+                "leader": self.leader,
+            },
+        )
+        await self._stop.wait()
+        log.info("stopping: finishing the cycle in flight")
+        self._notifier.stopping()
+        self._scheduler.shutdown(wait=False)
+        await self._drain()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        current = self._current
+        if current is None or current.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(current), timeout=DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("the cycle in flight did not finish in %.0fs: cancelled", DRAIN_TIMEOUT_S)
+            current.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await current
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+        if self._elector is not None and self.leader:
+            with contextlib.suppress(Exception):
+                await self._elector.release()
+        if self.engine is not None:
+            await self.engine.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+async def run_daemon(
+    settings: Settings, options: DaemonOptions, *, clock: Clock | None = None
+) -> int:
+    """The whole process: start, serve (or one cycle with ``once``), close. Exit code."""
+    daemon = Daemon(settings, options, clock=clock)
+    try:
+        await daemon.start()
+        if options.once:
+            report = await daemon.tick()
+            return 0 if report is not None and report.ok else 1
+        await daemon.serve()
+        return 0
+    finally:
+        await daemon.close()
+
+
+__all__ = ["DRAIN_TIMEOUT_S", "Daemon", "DaemonOptions", "prepare_database", "run_daemon"]

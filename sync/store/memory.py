@@ -1,0 +1,512 @@
+"""``MemoryStore``: the in-memory twin of the SQL link store, for engine tests.
+
+It implements :class:`sync.store.base.LinkStore` with exactly the semantics of
+:class:`sync.store.sql.SqlStore`; one contract suite (``tests/store``) runs against both.
+The semantics both follow, where the protocol leaves a choice:
+
+- Every datetime given must be aware; every datetime returned is aware UTC.
+- Unknown link or outbox ids in a write raise :class:`StoreError` (``no link 7``).
+- ``links_for_bp``, ``list_links`` and ``list_audit`` are newest first (id descending);
+  ``list_outbox`` is queue order (id ascending).
+- ``create_pending_link``: state ``pending``, no sys_id; a live link for the incident
+  raises :class:`DuplicateLinkError`; ``previous_link_id`` must name an existing link.
+- ``confirm_link``: sets sys_id and number; ``pending`` becomes ``linked`` (``linked``
+  and ``resolved`` keep their state); a superseded link raises StoreError; another live
+  link with that sys_id raises DuplicateLinkError.
+- ``set_link_state``: to ``resolved``: ``resolved_at`` (default ``now``) and
+  ``reopen_deadline`` are set; to ``pending``/``linked`` (a reopen): both are set to the
+  given values (default: cleared); to ``superseded``: given values replace, others kept.
+  Going back to a live state while another link is live raises DuplicateLinkError.
+- ``record_field_states``: upsert per (link, side, name); a None value is stored as None.
+- ``enqueue``: new items are ``pending``, due ``now``, 0 attempts; an existing item with
+  the key that is not ``done`` (pending, in flight or dead) is returned unchanged.
+- ``claim_due``: ``pending`` items with ``next_attempt_at <= now`` and ``in_flight``
+  items with ``updated_at + lease_s <= now``, ordered by (next_attempt_at, id), become
+  ``in_flight`` with ``updated_at = now``; attempts are not touched.
+- ``fail``: attempts + 1, back to ``pending`` at ``next_attempt_at``, ``last_error`` set.
+- ``dead_letter``: attempts + 1 (it records the attempt that gave up), state ``dead``.
+- ``complete``: state ``done`` (kept as history; its key is free for a new item).
+- ``retry_dead``: dead -> pending, attempts 0, due ``now``, last error kept; returns the
+  number of items moved (0 for an id that is not dead).
+- ``drop_dead``: deletes a dead item; False when the id is not a dead item.
+- ``get_cursor`` of a side never advanced: ``Cursor(side, None, frozenset())``;
+  ``advance_cursor`` stores the cursor as given (the caller decides what "advance" means).
+- ``take_epoch``: the first epoch is 1; fencing: see :meth:`MemoryStore.fence`.
+
+:meth:`MemoryStore.replica` gives a second store over the same data with its own
+fence, the way two daemons share one database. Methods never await while they change
+data, so each is atomic under asyncio, like a transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sync.constants import Side
+from sync.errors import StoreError
+from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
+from sync.store import as_utc, opt_utc
+from sync.store.base import (
+    AuditEntry,
+    Cursor,
+    DuplicateLinkError,
+    FencedError,
+    OutboxItem,
+    OutboxState,
+)
+
+
+@dataclass
+class _Data:
+    """Everything a database would hold; shared by replicas of one MemoryStore."""
+
+    links: dict[int, Link] = field(default_factory=dict)
+    field_states: dict[tuple[int, Side, str], FieldState] = field(default_factory=dict)
+    outbox: dict[int, OutboxItem] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    cursors: dict[Side, Cursor] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    epoch: int = 0
+    holder: str | None = None
+    next_link_id: int = 1
+    next_outbox_id: int = 1
+    next_audit_id: int = 1
+
+
+class MemoryStore:
+    """A :class:`~sync.store.base.LinkStore` kept in process memory."""
+
+    def __init__(self, *, _data: _Data | None = None) -> None:
+        self._data = _data if _data is not None else _Data()
+        self._fenced_epoch: int | None = None
+        self._closed = False
+
+    def replica(self) -> MemoryStore:
+        """Another store over the same data, with its own fence (a second daemon)."""
+        return MemoryStore(_data=self._data)
+
+    # --- lifecycle
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def _write(self) -> _Data:
+        """Every write starts here: the store must be open and, when fenced, still lead."""
+        self._check_open()
+        if self._fenced_epoch is not None and self._data.epoch != self._fenced_epoch:
+            raise FencedError(
+                f"leader epoch is {self._data.epoch}, this replica holds {self._fenced_epoch}: "
+                "another replica leads"
+            )
+        return self._data
+
+    def _read(self) -> _Data:
+        self._check_open()
+        return self._data
+
+    # --- links
+
+    def _link(self, data: _Data, link_id: int) -> Link:
+        link = data.links.get(link_id)
+        if link is None:
+            raise StoreError(f"no link {link_id}")
+        return link
+
+    async def get_link(self, link_id: int) -> Link | None:
+        return self._read().links.get(link_id)
+
+    async def live_link_for_bp(self, bp_incident_id: str) -> Link | None:
+        for link in self._read().links.values():
+            if link.bp_incident_id == bp_incident_id and link.state in LIVE_LINK_STATES:
+                return link
+        return None
+
+    async def live_link_for_sn(self, sn_sys_id: str) -> Link | None:
+        for link in self._read().links.values():
+            if link.sn_sys_id == sn_sys_id and link.state in LIVE_LINK_STATES:
+                return link
+        return None
+
+    async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
+        found = [x for x in self._read().links.values() if x.bp_incident_id == bp_incident_id]
+        return sorted(found, key=lambda x: x.id, reverse=True)
+
+    async def links_for_sn(self, sn_sys_id: str) -> list[Link]:
+        """Every link ever confirmed with this sys_id, newest first (not in the protocol)."""
+        found = [x for x in self._read().links.values() if x.sn_sys_id == sn_sys_id]
+        return sorted(found, key=lambda x: x.id, reverse=True)
+
+    def _live_conflict(
+        self, data: _Data, link_id: int, bp_incident_id: str, sn_sys_id: str | None
+    ) -> None:
+        for other in data.links.values():
+            if other.id == link_id or other.state not in LIVE_LINK_STATES:
+                continue
+            if other.bp_incident_id == bp_incident_id:
+                raise DuplicateLinkError(
+                    f"BigPanda incident {bp_incident_id} already has live link {other.id}"
+                )
+            if sn_sys_id is not None and other.sn_sys_id == sn_sys_id:
+                raise DuplicateLinkError(
+                    f"ServiceNow incident {sn_sys_id} already has live link {other.id}"
+                )
+
+    async def create_pending_link(
+        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
+    ) -> Link:
+        now = as_utc(now)
+        data = self._write()
+        if previous_link_id is not None:
+            self._link(data, previous_link_id)
+        self._live_conflict(data, 0, bp_incident_id, None)
+        link = Link(
+            id=data.next_link_id,
+            bp_incident_id=bp_incident_id,
+            sn_sys_id=None,
+            sn_number=None,
+            state=LinkState.PENDING,
+            created_at=now,
+            previous_link_id=previous_link_id,
+            updated_at=now,
+        )
+        data.next_link_id += 1
+        data.links[link.id] = link
+        return link
+
+    async def confirm_link(
+        self, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
+    ) -> Link:
+        now = as_utc(now)
+        data = self._write()
+        link = self._link(data, link_id)
+        if link.state not in LIVE_LINK_STATES:
+            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
+        self._live_conflict(data, link_id, link.bp_incident_id, sn_sys_id)
+        state = LinkState.LINKED if link.state == LinkState.PENDING else link.state
+        link = dataclasses.replace(
+            link, sn_sys_id=sn_sys_id, sn_number=sn_number, state=state, updated_at=now
+        )
+        data.links[link_id] = link
+        return link
+
+    async def set_link_state(
+        self,
+        link_id: int,
+        state: LinkState,
+        now: datetime,
+        *,
+        resolved_at: datetime | None = None,
+        reopen_deadline: datetime | None = None,
+    ) -> Link:
+        now = as_utc(now)
+        resolved_at = opt_utc(resolved_at)
+        reopen_deadline = opt_utc(reopen_deadline)
+        data = self._write()
+        link = self._link(data, link_id)
+        state = LinkState(state)
+        if state in LIVE_LINK_STATES and link.state not in LIVE_LINK_STATES:
+            self._live_conflict(data, link_id, link.bp_incident_id, link.sn_sys_id)
+        new_resolved, new_deadline = link_times_for(
+            state,
+            now,
+            old_resolved_at=link.resolved_at,
+            old_deadline=link.reopen_deadline,
+            resolved_at=resolved_at,
+            reopen_deadline=reopen_deadline,
+        )
+        link = dataclasses.replace(
+            link,
+            state=state,
+            resolved_at=new_resolved,
+            reopen_deadline=new_deadline,
+            updated_at=now,
+        )
+        data.links[link_id] = link
+        return link
+
+    async def list_links(
+        self, states: Collection[LinkState] | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[Link]:
+        links = sorted(self._read().links.values(), key=lambda x: x.id, reverse=True)
+        if states is not None:
+            wanted = {LinkState(s) for s in states}
+            links = [x for x in links if x.state in wanted]
+        return links[offset : offset + limit]
+
+    async def count_links(self, states: Collection[LinkState] | None = None) -> int:
+        links = self._read().links.values()
+        if states is None:
+            return len(links)
+        wanted = {LinkState(s) for s in states}
+        return sum(1 for x in links if x.state in wanted)
+
+    # --- field state
+
+    async def field_states(self, link_id: int) -> dict[tuple[Side, str], FieldState]:
+        return {
+            (side, name): fs
+            for (lid, side, name), fs in self._read().field_states.items()
+            if lid == link_id
+        }
+
+    async def record_field_states(
+        self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
+    ) -> None:
+        now = as_utc(now)
+        data = self._write()
+        self._link(data, link_id)
+        side = Side(side)
+        for name, value in values.items():
+            data.field_states[(link_id, side, name)] = FieldState(
+                link_id=link_id, side=side, name=name, value=value, synced_at=now
+            )
+
+    # --- outbox and dead letters
+
+    def _item(self, data: _Data, item_id: int) -> OutboxItem:
+        item = data.outbox.get(item_id)
+        if item is None:
+            raise StoreError(f"no outbox item {item_id}")
+        return item
+
+    async def enqueue(
+        self,
+        kind: str,
+        target: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str,
+        now: datetime,
+        *,
+        link_id: int | None = None,
+        bp_incident_id: str | None = None,
+        sn_sys_id: str | None = None,
+    ) -> OutboxItem:
+        now = as_utc(now)
+        data = self._write()
+        for item in data.outbox.values():
+            if item.idempotency_key == idempotency_key and item.state != OutboxState.DONE:
+                return item
+        if link_id is not None:
+            self._link(data, link_id)
+        item = OutboxItem(
+            id=data.next_outbox_id,
+            kind=kind,
+            target=target,
+            # a deep copy, as a JSON column would: later changes by the caller do not leak in
+            payload=copy.deepcopy(dict(payload)),
+            idempotency_key=idempotency_key,
+            state=OutboxState.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            link_id=link_id,
+            bp_incident_id=bp_incident_id,
+            sn_sys_id=sn_sys_id,
+        )
+        data.next_outbox_id += 1
+        data.outbox[item.id] = item
+        return item
+
+    async def claim_due(self, now: datetime, *, limit: int, lease_s: float) -> list[OutboxItem]:
+        now = as_utc(now)
+        data = self._write()
+        lease_cutoff = now - timedelta(seconds=lease_s)
+        due = [
+            item
+            for item in data.outbox.values()
+            if (item.state == OutboxState.PENDING and item.next_attempt_at <= now)
+            or (item.state == OutboxState.IN_FLIGHT and item.updated_at <= lease_cutoff)
+        ]
+        due.sort(key=lambda x: (x.next_attempt_at, x.id))
+        claimed = []
+        for old in due[: max(0, limit)]:
+            item = dataclasses.replace(old, state=OutboxState.IN_FLIGHT, updated_at=now)
+            data.outbox[item.id] = item
+            claimed.append(item)
+        return claimed
+
+    async def complete(self, item_id: int, now: datetime) -> None:
+        now = as_utc(now)
+        data = self._write()
+        item = self._item(data, item_id)
+        data.outbox[item_id] = dataclasses.replace(item, state=OutboxState.DONE, updated_at=now)
+
+    async def fail(
+        self, item_id: int, error: str, next_attempt_at: datetime, now: datetime
+    ) -> OutboxItem:
+        now = as_utc(now)
+        next_attempt_at = as_utc(next_attempt_at)
+        data = self._write()
+        old = self._item(data, item_id)
+        item = dataclasses.replace(
+            old,
+            state=OutboxState.PENDING,
+            attempts=old.attempts + 1,
+            last_error=error,
+            next_attempt_at=next_attempt_at,
+            updated_at=now,
+        )
+        data.outbox[item_id] = item
+        return item
+
+    async def dead_letter(self, item_id: int, error: str, now: datetime) -> OutboxItem:
+        now = as_utc(now)
+        data = self._write()
+        old = self._item(data, item_id)
+        item = dataclasses.replace(
+            old,
+            state=OutboxState.DEAD,
+            attempts=old.attempts + 1,
+            last_error=error,
+            updated_at=now,
+        )
+        data.outbox[item_id] = item
+        return item
+
+    async def list_outbox(
+        self, states: Collection[OutboxState] | None = None, *, limit: int = 100
+    ) -> list[OutboxItem]:
+        items = sorted(self._read().outbox.values(), key=lambda x: x.id)
+        if states is not None:
+            wanted = {OutboxState(s) for s in states}
+            items = [x for x in items if x.state in wanted]
+        return items[:limit]
+
+    async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
+        items = self._read().outbox.values()
+        if states is None:
+            return len(items)
+        wanted = {OutboxState(s) for s in states}
+        return sum(1 for x in items if x.state in wanted)
+
+    async def retry_dead(self, item_id: int | None, now: datetime) -> int:
+        now = as_utc(now)
+        data = self._write()
+        moved = 0
+        for item in list(data.outbox.values()):
+            if item.state != OutboxState.DEAD or (item_id is not None and item.id != item_id):
+                continue
+            data.outbox[item.id] = dataclasses.replace(
+                item, state=OutboxState.PENDING, attempts=0, next_attempt_at=now, updated_at=now
+            )
+            moved += 1
+        return moved
+
+    async def drop_dead(self, item_id: int) -> bool:
+        data = self._write()
+        item = data.outbox.get(item_id)
+        if item is None or item.state != OutboxState.DEAD:
+            return False
+        del data.outbox[item_id]
+        return True
+
+    # --- audit
+
+    async def append_audit(
+        self,
+        kind: str,
+        outcome: str,
+        now: datetime,
+        *,
+        link_id: int | None = None,
+        bp_incident_id: str | None = None,
+        sn_sys_id: str | None = None,
+        field: str | None = None,
+        bp_value: str | None = None,
+        sn_value: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        now = as_utc(now)
+        data = self._write()
+        data.audit.append(
+            AuditEntry(
+                id=data.next_audit_id,
+                at=now,
+                kind=kind,
+                outcome=outcome,
+                link_id=link_id,
+                bp_incident_id=bp_incident_id,
+                sn_sys_id=sn_sys_id,
+                field=field,
+                bp_value=bp_value,
+                sn_value=sn_value,
+                detail=copy.deepcopy(dict(detail or {})),
+            )
+        )
+        data.next_audit_id += 1
+
+    async def list_audit(
+        self, *, link_id: int | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[AuditEntry]:
+        found = [
+            entry
+            for entry in reversed(self._read().audit)
+            if (link_id is None or entry.link_id == link_id)
+            and (kind is None or entry.kind == kind)
+        ]
+        return found[:limit]
+
+    # --- cursors and checkpoints
+
+    async def get_cursor(self, side: Side) -> Cursor:
+        side = Side(side)
+        return self._read().cursors.get(side, Cursor(side=side, watermark=None))
+
+    async def advance_cursor(self, cursor: Cursor, now: datetime) -> None:
+        as_utc(now)
+        data = self._write()
+        side = Side(cursor.side)
+        data.cursors[side] = Cursor(
+            side=side, watermark=opt_utc(cursor.watermark), seen=frozenset(cursor.seen)
+        )
+
+    async def get_checkpoint(self, name: str) -> str | None:
+        return self._read().checkpoints.get(name)
+
+    async def set_checkpoint(self, name: str, value: str, now: datetime) -> None:
+        as_utc(now)
+        self._write().checkpoints[name] = value
+
+    # --- high availability
+
+    async def take_epoch(self, holder: str, now: datetime) -> int:
+        as_utc(now)
+        data = self._read()
+        data.epoch += 1
+        data.holder = holder
+        self._fenced_epoch = data.epoch
+        return data.epoch
+
+    def fence(self, epoch: int | None) -> None:
+        """From now on every write checks the stored epoch equals ``epoch`` (None: off)."""
+        self._fenced_epoch = epoch
+
+
+def link_times_for(
+    state: LinkState,
+    now: datetime,
+    *,
+    old_resolved_at: datetime | None,
+    old_deadline: datetime | None,
+    resolved_at: datetime | None,
+    reopen_deadline: datetime | None,
+) -> tuple[datetime | None, datetime | None]:
+    """``(resolved_at, reopen_deadline)`` after ``set_link_state`` (shared with SqlStore)."""
+    if state == LinkState.RESOLVED:
+        return (resolved_at or now, reopen_deadline)
+    if state == LinkState.SUPERSEDED:
+        return (resolved_at or old_resolved_at, reopen_deadline or old_deadline)
+    return (resolved_at, reopen_deadline)

@@ -1,0 +1,480 @@
+"""Executor: outbox before send, retries, Retry-After, dead letters, notify, B14, creates."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from sync.actions import (
+    CreateServiceNowIncident,
+    RefLookup,
+    ResolveServiceNow,
+    UpdateBigPandaTags,
+    UpdateServiceNowFields,
+)
+from sync.clock import FakeClock
+from sync.constants import Side
+from sync.errors import FatalError, PermanentError, TransientError
+from sync.executor import Executor, decode_action, encode_action, link_tag_value
+from sync.model import LinkState
+from sync.store.base import OutboxItem, OutboxState
+from sync.store.memory import MemoryStore
+from tests.engine.conftest import SN_URL, make_settings
+from tests.fakes import FakeBigPanda, FakeServiceNow
+
+
+async def _linked_pair(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> tuple[str, str, int]:
+    incident = bp.add_incident()
+    record = sn.add_incident(correlation_id=incident.id, short_description="x")
+    link = await store.create_pending_link(incident.id, clock.now())
+    await store.confirm_link(link.id, record["sys_id"], record["number"], clock.now())
+    await store.set_checkpoint(f"bp_env:{incident.id}", "env1", clock.now())
+    return incident.id, record["sys_id"], link.id
+
+
+async def _updates(store: MemoryStore) -> list[OutboxItem]:
+    return [i for i in await store.list_outbox() if i.kind == "sn.update"]
+
+
+def _transient(message: str = "503", retry_after_s: float | None = None) -> TransientError:
+    return TransientError("servicenow", message, status=503, retry_after_s=retry_after_s)
+
+
+async def test_payload_round_trip() -> None:
+    action = ResolveServiceNow(
+        1,
+        "b" * 24,
+        "s" * 32,
+        "Solution provided",
+        "done",
+        resolved_by=RefLookup("sys_user", "email", "a@b.c"),
+    )
+    assert decode_action(encode_action(action)) == action
+    tags = UpdateBigPandaTags(1, "b" * 24, "env1", {"a": "1"}, remove_tags=("x", "y"))
+    assert decode_action(encode_action(tags)) == tags
+
+
+async def test_create_records_link_and_sets_link_tag(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda
+) -> None:
+    incident = bp.add_incident()
+    action = CreateServiceNowIncident(
+        incident.id, "env1", {"short_description": "disk full"}, record_sn={"impact": "1"}
+    )
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.create", "ok")]
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None and link.state == LinkState.LINKED and link.sn_sys_id
+    record = sn.incidents[link.sn_sys_id]
+    assert record["correlation_id"] == incident.id
+    assert record["correlation_display"] == "BigPanda"
+    expected = link_tag_value(SN_URL, record["number"], link.sn_sys_id)
+    assert (
+        expected == f"{record['number']} {SN_URL}/nav_to.do?uri=incident.do?sys_id={link.sn_sys_id}"
+    )
+    assert bp.incidents[incident.id].tags["servicenow_link"] == expected
+    states = await store.field_states(link.id)
+    assert states[(Side.SERVICENOW, "impact")].value == "1"
+    assert await store.count_outbox([OutboxState.DONE]) == 2  # the create and the tag
+
+
+async def test_outbox_item_exists_before_the_send(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    seen: list[tuple[OutboxState, str]] = []
+
+    async def inspect(method: str, args: tuple[Any, ...]) -> None:
+        if method == "update_incident":
+            items = await store.list_outbox()
+            seen.extend((item.state, item.kind) for item in items)
+
+    sn.before_call = inspect
+    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    await executor.execute([action], environment_id="env1")
+    assert seen == [(OutboxState.PENDING, "sn.update")]
+    assert [i.state for i in await store.list_outbox()] == [OutboxState.DONE]
+
+
+async def test_transient_then_success_inside_the_cycle(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", _transient(), _transient())
+    action = UpdateServiceNowFields(
+        link_id, incident_id, sys_id, {"impact": "2"}, record_sn={"impact": "2"}
+    )
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.update", "ok")]
+    times = [t for name, t in sn.calls if name == "update_incident"]
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [0.5, 1.0]
+    assert sn.incidents[sys_id]["impact"] == "2"
+    [item] = await store.list_outbox()
+    assert item.state == OutboxState.DONE and item.attempts == 0
+
+
+async def test_retry_after_is_honoured(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", _transient("429", retry_after_s=2.0))
+    first = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    await executor.execute([first], environment_id="env1")
+    times = [t for name, t in sn.calls if name == "update_incident"]
+    assert len(times) == 2 and times[1] - times[0] >= 2.0
+
+
+async def test_long_retry_after_defers_to_a_later_cycle(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    executor = Executor(store, sn, bp, make_settings(**{"retry.interval": 5.0}), clock)
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", _transient("429", retry_after_s=30.0))
+    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    start = clock.monotonic()
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.update", "retry")]
+    [item] = await store.list_outbox()
+    assert item.next_attempt_at >= clock.now() + timedelta(seconds=29)
+    # another write to ServiceNow in the same window is not sent before Retry-After elapses
+    other = UpdateServiceNowFields(link_id, incident_id, sys_id, {"urgency": "2"})
+    await executor.execute([other], environment_id="env1")
+    assert sn.count("update_incident") == 1
+    clock.advance(31)
+    report = await executor.drive_due()
+    assert report.completed == 2
+    times = [t for name, t in sn.calls if name == "update_incident"]
+    assert all(t - start >= 30.0 for t in times[1:])
+    assert sn.incidents[sys_id]["impact"] == "2" and sn.incidents[sys_id]["urgency"] == "2"
+
+
+async def test_permanent_failure_one_attempt_b14_then_recovery(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next(
+        "update_incident",
+        PermanentError(
+            "servicenow", "Invalid value", status=400, detail="impact must be 1, 2 or 3"
+        ),
+    )
+    bad = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "9"})
+    result = await executor.execute([bad], environment_id="env1")
+    assert result.outcomes == [("sn.update", "dead")]
+    assert sn.count("update_incident") == 1
+    [dead] = await store.list_outbox([OutboxState.DEAD])
+    assert dead.attempts == 1 and "Invalid value" in (dead.last_error or "")
+    incident = bp.incidents[incident_id]
+    assert len(incident.comments) == 1
+    assert "Invalid value" in incident.comments[0] and "impact must be 1" in incident.comments[0]
+    assert incident.tags["servicenow_link"] == "error"
+    assert executor.notifications == 1
+    # nothing more is sent for it, however many cycles pass
+    clock.advance(3600)
+    await executor.drive_due()
+    assert sn.count("update_incident") == 1
+    # a later successful ServiceNow write sets the tag back to the incident's link
+    good = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    await executor.execute([good], environment_id="env1")
+    number = sn.incidents[sys_id]["number"]
+    assert incident.tags["servicenow_link"] == link_tag_value(SN_URL, number, sys_id)
+
+
+class _NotifySink:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            self.bodies.append(await request.json())
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/notify", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/notify"
+
+    async def stop(self) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_attempts_dead_letter_and_notify_exactly(
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = _NotifySink()
+    await sink.start()
+    try:
+        settings = make_settings(
+            **{
+                "retry.attempts": 6,
+                "retry.dlq_after": 5,
+                "retry.notify_after": 6,
+                "retry.interval": 900.0,
+                "retry.in_cycle_attempts": 1,
+                "retry.notify_url": sink.url,
+            }
+        )
+        executor = Executor(store, sn, bp, settings, clock)
+        incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+        sn.fail_next("update_incident", *[_transient(f"503 #{n}") for n in range(1, 7)])
+        action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+        await executor.execute([action], environment_id="env1")
+        observed: list[tuple[int, OutboxState, int]] = []
+        [item] = await _updates(store)
+        observed.append((item.attempts, item.state, len(sink.bodies)))
+        for _ in range(5):
+            clock.advance(899)  # not yet due
+            await executor.drive_due()
+            assert len(await _updates(store)) == 1
+            clock.advance(1)
+            await executor.drive_due()
+            [item] = await _updates(store)
+            observed.append((item.attempts, item.state, len(sink.bodies)))
+        pending, dead = OutboxState.PENDING, OutboxState.DEAD
+        assert observed == [
+            (1, pending, 0),
+            (2, pending, 0),
+            (3, pending, 0),
+            (4, pending, 0),
+            (5, dead, 0),
+            (6, dead, 1),
+        ]
+        assert sn.count("update_incident") == 6
+        # exhausted: no 7th attempt
+        clock.advance(10_000)
+        await executor.drive_due()
+        assert sn.count("update_incident") == 6
+        [body] = sink.bodies
+        assert body["bp_incident_id"] == incident_id and body["sn_sys_id"] == sys_id
+        assert body["attempts"] == 6 and "503 #6" in body["reason"]
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and getattr(errors[0], "sn_sys_id", None) == sys_id
+        # B14 after the last attempt
+        assert bp.incidents[incident_id].tags["servicenow_link"] == "error"
+        # `dlq retry` starts over, and a fixed failure succeeds and clears it
+        assert await store.retry_dead(None, clock.now()) == 1
+        await executor.drive_due()
+        [item] = await _updates(store)
+        assert item.state == OutboxState.DONE
+        assert sn.incidents[sys_id]["impact"] == "2"
+    finally:
+        await sink.stop()
+
+
+async def test_a_dead_item_succeeding_on_its_last_attempt_leaves_the_dlq(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    settings = make_settings(**{"retry.in_cycle_attempts": 1, "retry.interval": 10.0})
+    executor = Executor(store, sn, bp, settings, clock)
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", *[_transient() for _ in range(5)])
+    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "3"})
+    await executor.execute([action], environment_id="env1")
+    for _ in range(4):
+        clock.advance(10)
+        await executor.drive_due()
+    [item] = await store.list_outbox()
+    assert (item.state, item.attempts) == (OutboxState.DEAD, 5)
+    clock.advance(10)
+    await executor.drive_due()
+    [item] = await store.list_outbox()
+    assert item.state == OutboxState.DONE
+    assert executor.notifications == 0
+    assert "servicenow_link" not in bp.incidents[incident_id].tags
+
+
+async def test_fatal_error_propagates_and_keeps_the_item(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", FatalError("servicenow", "User Not Authenticated", status=401))
+    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    with pytest.raises(FatalError):
+        await executor.execute([action], environment_id="env1")
+    [item] = await store.list_outbox()
+    assert item.state == OutboxState.PENDING and item.attempts == 0
+    await executor.drive_due()
+    assert sn.incidents[sys_id]["impact"] == "2"
+
+
+async def test_writes_to_one_target_keep_their_order(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", *[_transient() for _ in range(3)])
+    old = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "1"})
+    new = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "3"})
+    assert (await executor.execute([old], environment_id="env1")).outcomes == [
+        ("sn.update", "retry")
+    ]
+    assert (await executor.execute([new], environment_id="env1")).outcomes == [
+        ("sn.update", "queued")
+    ]
+    assert sn.incidents[sys_id].get("impact") is None
+    clock.advance(60)
+    await executor.drive_due()
+    assert [w[2] for w in sn.writes] == [{"impact": "1"}, {"impact": "3"}]
+    assert sn.incidents[sys_id]["impact"] == "3"
+
+
+async def test_in_flight_item_of_a_crashed_process_is_sent_again(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    settings = make_settings()
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    crashed = Executor(store, sn, bp, settings, clock)
+
+    class Crash(BaseException):
+        pass
+
+    sn.fail_next("update_incident", Crash())
+    action = UpdateBigPandaTags(link_id, incident_id, "env1", {"owner": "ops"})
+    with pytest.raises(Crash):
+        await crashed.execute(
+            [UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"}), action],
+            environment_id="env1",
+        )
+    await store.claim_due(clock.now(), limit=10, lease_s=60)  # a drive that died mid-way
+    restarted = Executor(store, sn, bp, settings, clock)
+    assert (await restarted.drive_due()).completed == 0  # the lease still holds
+    clock.advance(121)
+    assert (await restarted.drive_due()).completed == 1
+    assert sn.incidents[sys_id]["impact"] == "2"
+
+
+async def test_create_adopts_an_existing_incident(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda
+) -> None:
+    incident = bp.add_incident()
+    existing = sn.add_incident(correlation_id=incident.id, short_description="old", impact="2")
+    action = CreateServiceNowIncident(
+        incident.id, "env1", {"short_description": "new text", "impact": "2"}
+    )
+    await executor.execute([action], environment_id="env1")
+    assert sn.count("create_incident") == 0
+    assert len(sn.incidents) == 1
+    assert sn.writes == [("update", existing["sys_id"], {"short_description": "new text"})]
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None and link.sn_sys_id == existing["sys_id"]
+
+
+async def test_create_skipped_when_a_live_link_exists(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident = bp.add_incident()
+    await store.create_pending_link(incident.id, clock.now())
+    action = CreateServiceNowIncident(incident.id, "env1", {"short_description": "x"})
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.create", "skipped")]
+    assert sn.count("create_incident") == 0
+
+
+async def test_create_timeout_retried_adopts_instead_of_duplicating(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda
+) -> None:
+    incident = bp.add_incident()
+
+    async def create_then_fail(method: str, args: tuple[Any, ...]) -> None:
+        if method == "create_incident" and sn.count("create_incident") == 1:
+            sn._create(dict(args[0]))  # the create reached ServiceNow, the answer was lost
+            raise _transient("timeout")
+
+    sn.before_call = create_then_fail
+    action = CreateServiceNowIncident(incident.id, "env1", {"short_description": "x"})
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.create", "ok")]
+    assert len(sn.incidents) == 1
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None and link.sn_sys_id in sn.incidents
+
+
+async def test_pending_link_recovery_adopts_instead_of_creating(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident = bp.add_incident()
+    # crashed after the create reached ServiceNow, before anything else was recorded
+    link = await store.create_pending_link(incident.id, clock.now())
+    await store.set_checkpoint(f"bp_env:{incident.id}", "env1", clock.now())
+    record = sn.add_incident(correlation_id=incident.id)
+    replan = await executor.recover_pending_links()
+    assert replan == []
+    confirmed = await store.get_link(link.id)
+    assert confirmed is not None and confirmed.sn_sys_id == record["sys_id"]
+    assert confirmed.state == LinkState.LINKED
+    assert sn.count("create_incident") == 0
+    assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
+
+
+async def test_pending_link_without_incident_is_handed_back_for_planning(
+    executor: Executor, store: MemoryStore, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident = bp.add_incident()
+    link = await store.create_pending_link(incident.id, clock.now())
+    [superseded] = await executor.recover_pending_links()
+    assert superseded.id == link.id and superseded.state == LinkState.SUPERSEDED
+    assert await store.live_link_for_bp(incident.id) is None
+
+
+async def test_reopen_past_window_supersedes_and_ignores_the_old_incident(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, old_sys_id, old_link = await _linked_pair(store, sn, bp, clock)
+    sn.change(old_sys_id, state="6")  # resolved: still active in ServiceNow
+    action = CreateServiceNowIncident(
+        incident_id, "env1", {"short_description": "again"}, previous_link_id=old_link
+    )
+    await executor.execute([action], environment_id="env1")
+    links = await store.links_for_bp(incident_id)
+    assert [link.state for link in links] == [LinkState.LINKED, LinkState.SUPERSEDED]
+    assert links[0].previous_link_id == old_link
+    assert links[0].sn_sys_id != old_sys_id
+    assert sn.count("create_incident") == 1
+
+
+async def test_lookups_fill_found_fields_and_warn_once(
+    executor: Executor,
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sn.tables["sys_user"] = [{"sys_id": "u1", "email": "ann@example.com"}]
+    caplog.set_level(logging.WARNING)
+    for _ in range(2):
+        incident = bp.add_incident()
+        action = CreateServiceNowIncident(
+            incident.id,
+            "env1",
+            {"short_description": "x"},
+            lookups={
+                "caller_id": RefLookup("sys_user", "email", "ann@example.com"),
+                "opened_by": RefLookup("sys_user", "email", "nobody@example.com"),
+            },
+        )
+        assert (await executor.execute([action], environment_id="env1")).outcomes == [
+            ("sn.create", "ok")
+        ]
+    created = [w for w in sn.writes if w[0] == "create"]
+    assert len(created) == 2
+    assert all(w[2]["caller_id"] == "u1" and "opened_by" not in w[2] for w in created)
+    warnings = [r for r in caplog.records if "nobody@example.com" in r.getMessage()]
+    assert len(warnings) == 1
+    assert sn.count("query") == 2  # one per value, then cached
