@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sync.emulators.control import serve_app
+from sync.emulators.servicenow import create_app
 
 
 @dataclass
@@ -34,10 +35,7 @@ class Result:
 
 @pytest.fixture
 async def sn_url() -> AsyncIterator[str]:
-    module = pytest.importorskip(
-        "sync.emulators.servicenow", reason="ServiceNow emulator not in the tree yet"
-    )
-    async with serve_app(module.create_app()) as url:
+    async with serve_app(create_app()) as url:
         yield url
 
 
