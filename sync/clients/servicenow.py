@@ -43,8 +43,6 @@ import base64
 import email.utils
 import json
 import logging
-import os
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,6 +51,16 @@ from typing import Any
 import aiohttp
 
 from sync.clients.base import RequestObserver, SNRecord
+from sync.clients.http import (
+    HttpAnswer,
+    Parsed,
+    classify_exception,
+    is_json_type,
+    media_type,  # noqa: F401 - re-exported: tests and callers import it from here
+    one_line,
+    send,
+    text_excerpt,
+)
 from sync.clients.snquery import (
     EncodedQuery,
     Op,
@@ -91,8 +99,6 @@ SYNC_READ_PARAMS: Mapping[str, str] = {
 TOKEN_REFRESH_MARGIN_S = 60.0
 #: the fields list_changed always needs for keyset paging and de-duplication
 KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
-#: longest non-JSON body excerpt put in an error message
-_EXCERPT_CHARS = 160
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -137,34 +143,6 @@ def make_session(settings: ServiceNowSettings) -> aiohttp.ClientSession:
 # --------------------------------------------------------------------------- classification
 
 
-@dataclass(frozen=True, slots=True)
-class HttpAnswer:
-    """What came back over HTTP, before classification."""
-
-    status: int
-    content_type: str
-    """Media type, lower-case, without parameters; ``""`` when the header is missing."""
-    headers: Mapping[str, str]
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """A successful outcome: ``body`` is ``result`` (or the whole JSON), None for 204."""
-
-    body: Any
-    headers: Mapping[str, str]
-
-
-def media_type(header: str | None) -> str:
-    """``"text/html; charset=utf-8"`` -> ``"text/html"``."""
-    return (header or "").split(";", 1)[0].strip().lower()
-
-
-def _is_json_type(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
-
-
 def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     """Seconds to wait from ``Retry-After`` (seconds or HTTP-date), else ``X-RateLimit-Reset``
     (a UNIX timestamp, docs 1.6); None when neither is usable."""
@@ -191,90 +169,17 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None
     return None
 
 
-def _text_excerpt(body: bytes) -> str:
-    text = " ".join(body.decode("utf-8", errors="replace").split())
-    if len(text) > _EXCERPT_CHARS:
-        text = text[:_EXCERPT_CHARS] + "..."
-    return text
-
-
 def _error_fields(data: Any) -> tuple[str | None, str | None]:
     """ServiceNow's ``{"error": {"message", "detail"}}`` (or OAuth's flat error) fields."""
     if not isinstance(data, Mapping):
         return None, None
     error = data.get("error")
     if isinstance(error, Mapping):
-        return _one_line(error.get("message")), _one_line(error.get("detail"))
+        return one_line(error.get("message")), one_line(error.get("detail"))
     if isinstance(error, str):  # /oauth_token.do: {"error": "server_error", "error_description"}
-        description = _one_line(data.get("error_description"))
-        return (description or _one_line(error)), (_one_line(error) if description else None)
+        description = one_line(data.get("error_description"))
+        return (description or one_line(error)), (one_line(error) if description else None)
     return None, None
-
-
-def _one_line(value: Any) -> str | None:
-    """ServiceNow's words on one line (its data-policy detail holds ``\\n\\t``)."""
-    if value is None:
-        return None
-    text = " ".join(str(value).split())
-    return text or None
-
-
-def _os_reason(exc: OSError) -> str:
-    """``Connection refused`` rather than asyncio's ``Connect call failed ('h', 1)``."""
-    if exc.errno:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _classify_exception(exc: BaseException, *, method: str, url: str) -> ApiError:
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return FatalError(
-            SIDE,
-            f"TLS certificate of {exc.host} not trusted ({exc.certificate_error}); "
-            "fix the certificate chain or set servicenow.verify_tls = false for a lab instance",
-            method=method,
-            url=url,
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError) and (
-        isinstance(exc, aiohttp.ClientConnectorDNSError)
-        or isinstance(exc.os_error, socket.gaierror)
-    ):
-        return TransientError(
-            SIDE,
-            f"instance unreachable: cannot resolve host {exc.host} (DNS)",
-            method=method,
-            url=url,
-        )
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return TransientError(
-            SIDE, "request timed out (servicenow.timeout)", method=method, url=url
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = _os_reason(exc.os_error)
-        return TransientError(
-            SIDE,
-            f"instance unreachable: cannot connect to {exc.host}:{exc.port} ({reason})",
-            method=method,
-            url=url,
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return TransientError(SIDE, "server disconnected before answering", method=method, url=url)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return TransientError(SIDE, f"answer cut short ({exc})", method=method, url=url)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return FatalError(
-            SIDE, f"invalid URL {exc.url} (check servicenow.url)", method=method, url=url
-        )
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return PermanentError(
-            SIDE, "too many redirects (is servicenow.url right?)", method=method, url=url
-        )
-    if isinstance(exc, OSError):  # ECONNRESET, EPIPE, ENETUNREACH after connect, ...
-        reason = _os_reason(exc)
-        return TransientError(SIDE, f"connection error: {reason}", method=method, url=url)
-    return TransientError(
-        SIDE, f"network error: {type(exc).__name__}: {exc}", method=method, url=url
-    )
 
 
 def classify(
@@ -293,13 +198,15 @@ def classify(
     secret (it goes into the message).
     """
     if isinstance(outcome, BaseException):
-        return _classify_exception(outcome, method=method, url=url)
+        return classify_exception(
+            outcome, side=SIDE, section="servicenow", server="instance", method=method, url=url
+        )
     status, ctype, body = outcome.status, outcome.content_type, outcome.body
 
     data: Any = None
     json_problem: str | None = None
     if body.strip():
-        if not _is_json_type(ctype):
+        if not is_json_type(ctype):
             json_problem = f"expected JSON, got {ctype or 'no content type'}"
         else:
             try:
@@ -353,7 +260,7 @@ def classify(
     # --- failures: ServiceNow's own words when it gave some
     if sn_message is None:
         if json_problem is not None:
-            excerpt = _text_excerpt(body) if ctype.startswith("text/") else ""
+            excerpt = text_excerpt(body) if ctype.startswith("text/") else ""
             sn_message = f"HTTP {status} with a non-JSON body ({ctype or 'no content type'})"
             if excerpt:
                 sn_detail = excerpt
@@ -515,25 +422,18 @@ class ServiceNowClient:
         data: bytes | Mapping[str, str] | None,
         headers: Mapping[str, str],
     ) -> HttpAnswer | BaseException:
-        started = self._clock.monotonic()
-        status: int | None = None
-        try:
-            async with self._session.request(
-                method, url, params=params, data=data, headers=headers, allow_redirects=False
-            ) as response:
-                body = await response.read()
-                status = response.status
-                return HttpAnswer(
-                    status=status,
-                    content_type=media_type(response.headers.get("Content-Type")),
-                    headers=response.headers,
-                    body=body,
-                )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return exc
-        finally:
-            if self._observer is not None:
-                self._observer(SIDE, method, template, status, self._clock.monotonic() - started)
+        return await send(
+            self._session,
+            self._clock,
+            self._observer,
+            side=SIDE,
+            method=method,
+            template=template,
+            url=url,
+            params=params,
+            data=data,
+            headers=headers,
+        )
 
     async def _request(
         self,
