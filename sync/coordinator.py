@@ -49,7 +49,7 @@ from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock, epoch_s, from_epoch_s
 from sync.constants import BP_ID_PATTERN, Side
 from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoundError
-from sync.executor import Executor
+from sync.executor import Executor, PairResult
 from sync.guards import check_empty_side, check_mass_resolve
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.settings import Settings
@@ -94,6 +94,21 @@ class CycleReport:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(slots=True)
+class IncidentOutcome:
+    """What :meth:`Coordinator.sync_bigpanda_incidents` planned and did for one incident.
+
+    ``link`` is the live link before; ``result`` None: not executed (no actions, a dry
+    run, or ``error``)."""
+
+    bp_incident_id: str
+    environment_id: str
+    link: Link | None
+    actions: list[Action] = field(default_factory=list)
+    result: PairResult | None = None
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -222,14 +237,7 @@ class Coordinator:
         failed: set[str] = set()
         for pair in pairs:
             try:
-                inp = PlanInput(
-                    bp=pair.bp,
-                    sn=pair.sn,
-                    link=pair.link,
-                    synced=await self._store.field_states(pair.link.id) if pair.link else {},
-                    environment_id=pair.environment_id,
-                )
-                plans.append((pair, self._plan(inp, self._settings, now)))
+                plans.append((pair, await self._plan_pair(pair, now)))
             except ValueError as exc:  # a planner refusing odd data: this pair only
                 log.error("cannot plan %s: %s", self._pair_ids(pair), exc)  # noqa: TRY400
                 failed.update(c.key for c in pair.changes)
@@ -253,6 +261,63 @@ class Coordinator:
                 failed.update(c.key for c in pair.changes)
         await self._advance(Side.BIGPANDA, bp_cursor, bp_polled[1], failed)
         await self._advance(Side.SERVICENOW, sn_cursor, sn_polled[1], failed)
+
+    async def _plan_pair(self, pair: _Pair, now: datetime) -> list[Action]:
+        """The planner's actions for one pair (ValueError: the planner refuses its data)."""
+        inp = PlanInput(
+            bp=pair.bp,
+            sn=pair.sn,
+            link=pair.link,
+            synced=await self._store.field_states(pair.link.id) if pair.link else {},
+            environment_id=pair.environment_id,
+        )
+        return self._plan(inp, self._settings, now)
+
+    # ------------------------------------------------------------------ given incidents
+
+    async def sync_bigpanda_incidents(
+        self, incidents: Sequence[tuple[BPIncident, str]], *, execute: bool = True
+    ) -> list[IncidentOutcome]:
+        """Plan (and, unless ``execute`` is False, execute) these BigPanda incidents,
+        each with its environment, as a cycle plans and executes a polled change: the
+        same pairing with the live link, the same planner, guards and executor; no poll
+        and no cursor (``bpsync backfill``). With ``execute=False`` nothing is written
+        (only reads: the link store and, for a possible create, the incident's alerts).
+
+        One incident's planner refusal or unexpected error is in its outcome; a
+        ``GuardTripped``, ``FatalError`` or ``StoreError`` propagates.
+        """
+        now = self._clock.now()
+        outcomes: list[IncidentOutcome] = []
+        plans: list[tuple[_Pair, IncidentOutcome]] = []
+        for incident, env in incidents:
+            pair = _Pair(incident, None, await self._store.live_link_for_bp(incident.id), env)
+            outcome = IncidentOutcome(incident.id, env, pair.link)
+            outcomes.append(outcome)
+            await self._expand_for_create(pair)
+            try:
+                outcome.actions = await self._plan_pair(pair, now)
+            except ValueError as exc:
+                outcome.error = f"cannot plan: {exc}"
+                continue
+            plans.append((pair, outcome))
+        live_links = await self._store.count_links(LIVE_LINK_STATES)
+        self._check_guards([o.actions for _, o in plans], live_links)
+        if not execute:
+            return outcomes
+        for pair, outcome in plans:
+            if not outcome.actions:
+                continue
+            try:
+                outcome.result = await self._executor.execute(
+                    outcome.actions, environment_id=pair.environment_id
+                )
+            except BpsyncError:
+                raise
+            except Exception as exc:  # one incident's bug must not stop the others
+                log.exception("executing %s failed", self._pair_ids(pair))
+                outcome.error = f"{type(exc).__name__}: {exc}"
+        return outcomes
 
     def _check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
         try:
@@ -400,8 +465,29 @@ class Coordinator:
         return list(pairs.values())
 
     async def _expand_for_create(self, pair: _Pair) -> None:
-        """An incident that may need a create is fetched with its alerts (B10, B11)."""
+        """An incident that may need a create is fetched with its alerts (B10, B11).
+
+        A resolved link whose BigPanda incident is active again, without a ServiceNow
+        change in this cycle, also gets the current ServiceNow record: the planner takes
+        an unchanged side of a resolved link as Resolved (6), but ServiceNow may have
+        closed it since (B9: a Closed incident is never reopened, a new one is created).
+        """
         bp = pair.bp
+        link = pair.link
+        if (
+            bp is not None
+            and bp.active
+            and pair.sn is None
+            and link is not None
+            and link.state == LinkState.RESOLVED
+            and link.sn_sys_id
+        ):
+            try:
+                pair.sn = SNIncident.from_record(await self._sn.get_incident(link.sn_sys_id))
+            except NotFoundError:
+                log.warning("ServiceNow incident %s vanished while being synced", link.sn_sys_id)
+            except ValueError as exc:
+                log.warning("ServiceNow record skipped: %s", exc)
         if bp is None or not bp.active or bp.alerts or pair.environment_id is None:
             return
         if pair.link is not None and pair.link.state != LinkState.RESOLVED:

@@ -254,6 +254,13 @@ def _ids_of(action: Action) -> tuple[str | None, str | None, int | None]:
     return bp, sn, link
 
 
+def _ref_value(value: Any) -> str:
+    """A reference field's sys_id, whether bare or ``{"link", "value"}``."""
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    return "" if value is None else str(value)
+
+
 def _reason(exc: ApiError) -> str:
     return str(exc)
 
@@ -755,11 +762,16 @@ class Executor:
                 "close_code": action.close_code,
                 "close_notes": action.close_notes,
             }
+            resolved_by = None
             if action.resolved_by is not None:
                 resolved_by = await self._lookups.resolve(action.resolved_by)
                 if resolved_by is not None:
                     values["resolved_by"] = resolved_by
-            await self._sn.update_incident(action.sys_id, values)
+            record = await self._sn.update_incident(action.sys_id, values)
+            if resolved_by is not None and _ref_value(record.get("resolved_by")) != resolved_by:
+                # the Resolved business rule stamps the API user on the state change:
+                # resolved_by_email's user is set once the incident is Resolved (B7)
+                await self._sn.update_incident(action.sys_id, {"resolved_by": resolved_by})
             if action.reopen_deadline is not None:
                 await self._store.set_link_state(
                     action.link_id,
