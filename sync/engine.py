@@ -105,12 +105,18 @@ async def build_engine(
         store = await open_store(settings.effective_database_url)
     closers.append(store.close)
     observer = getattr(metrics, "observe_request", None)
-    sn_session = make_sn_session(settings.servicenow)
-    closers.append(sn_session.close)
-    bp_session = make_bp_session(settings.bigpanda)
-    closers.append(bp_session.close)
-    servicenow = ServiceNowClient(sn_session, settings.servicenow, clock, observer=observer)
-    bigpanda = BigPandaClient(bp_session, settings.bigpanda, clock, observer=observer)
+    try:
+        sn_session = make_sn_session(settings.servicenow)
+        closers.append(sn_session.close)
+        bp_session = make_bp_session(settings.bigpanda)
+        closers.append(bp_session.close)
+        servicenow = ServiceNowClient(sn_session, settings.servicenow, clock, observer=observer)
+        bigpanda = BigPandaClient(bp_session, settings.bigpanda, clock, observer=observer)
+    except BaseException:
+        # a client refusing its settings (ConfigError) must not leak what was opened
+        for closer in reversed(closers):
+            await closer()
+        raise
     bridge = MetricsBridge(metrics) if metrics is not None else None
     executor_metrics: ExecutorMetrics | None = bridge
     coordinator_metrics: CoordinatorMetrics | None = bridge

@@ -536,6 +536,18 @@ class Executor:
         extra: Mapping[str, Any] | None = None,
     ) -> str:
         """enqueue -> (send now unless queued behind an older write) -> complete/fail."""
+        item, meta = await self._enqueue(action, env, result, extra=extra)
+        return await self._send_enqueued(item, action, env, meta)
+
+    async def _enqueue(
+        self,
+        action: WriteAction,
+        env: str | None,
+        result: PairResult,
+        *,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[OutboxItem, dict[str, Any]]:
+        """Record the write in the outbox (SPEC B15: before it is sent)."""
         meta: dict[str, Any] = {"environment_id": env, **(extra or {})}
         payload = {"action": encode_action(action), **meta}
         target = target_of(action)
@@ -556,10 +568,15 @@ class Executor:
         except Exception:
             result.recorded = False
             raise
+        return item, meta
+
+    async def _send_enqueued(
+        self, item: OutboxItem, action: WriteAction, env: str | None, meta: Mapping[str, Any]
+    ) -> str:
         if item.state != OutboxState.PENDING or item.attempts > 0:
             return "queued"  # the same write is already waiting for its retry
-        self._open.setdefault(target, set()).add(item.id)
-        if self._blocked(target, item.id):
+        self._open.setdefault(item.target, set()).add(item.id)
+        if self._blocked(item.target, item.id):
             return "queued"
         return await self._drive(item, action, env, meta)
 
@@ -587,10 +604,14 @@ class Executor:
             return await self._failed(item, action, env, exc, retry_after_s=exc.retry_after_s)
         except PermanentError as exc:
             return await self._failed_permanently(item, action, env, exc)
+        # follow-ups (the link tag after a create) are in the outbox BEFORE this item is
+        # complete: killed in between, the create is re-driven (idempotent, B2) and the
+        # follow-up is still there, never lost (B15)
+        queued = [(f, await self._enqueue(f, env, PairResult())) for f in follow_ups]
         await self._store.complete(item.id, self._clock.now())
         self._close(item)
-        for follow_up in follow_ups:
-            await self._run_write(follow_up, env, PairResult())
+        for follow_up, (f_item, f_meta) in queued:
+            await self._send_enqueued(f_item, follow_up, env, f_meta)
         return "ok"
 
     async def _attempt(
@@ -793,9 +814,16 @@ class Executor:
                 )
             return await self._after_servicenow_success(action.link_id, env)
         if isinstance(action, UpdateBigPandaTags):
-            if action.tags:
-                await self._bp.set_tags(action.environment_id, action.bp_incident_id, action.tags)
-            for tag_id in action.remove_tags:
+            tags, remove_tags = dict(action.tags), action.remove_tags
+            if remove_tags:
+                # several calls: a retry after a partial success must not resend what
+                # already landed (an echo, B5), so send only what still differs
+                current = await self._bp.get_tags(action.environment_id, action.bp_incident_id)
+                tags = {k: v for k, v in tags.items() if current.get(k) != v}
+                remove_tags = tuple(t for t in remove_tags if t in current)
+            if tags:
+                await self._bp.set_tags(action.environment_id, action.bp_incident_id, tags)
+            for tag_id in remove_tags:
                 await self._bp.delete_tag(action.environment_id, action.bp_incident_id, tag_id)
             await self._record(action.link_id, action.record_bp, action.record_sn)
             return []

@@ -22,7 +22,10 @@ from sync.errors import BpsyncError
 
 #: command name -> "module:attribute" of a click command or group
 _COMMANDS: dict[str, str] = {
+    "config": "sync.cli.config:config",
+    "backfill": "sync.cli.backfill:backfill",
     "db": "sync.cli.db:db",
+    "demo": "sync.cli.demo:demo",
     "dlq": "sync.cli.dlq:dlq",
     "links": "sync.cli.links:links",
     "emulate": "sync.cli.emulate:emulate",
@@ -83,7 +86,8 @@ def cli(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with the error boundary: one line on stderr, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="bpsync", standalone_mode=False)
+        # standalone_mode=False: click returns ctx.exit(code)'s code instead of exiting
+        code = cli.main(args=argv, prog_name="bpsync", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
@@ -107,4 +111,4 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
