@@ -334,6 +334,8 @@ class Executor:
         self._not_before: dict[str, float] = {}
         #: target -> ids of open items (pending retry / in flight / dead with attempts left)
         self._open: dict[str, set[int]] = {}
+        #: bp incident id -> (sys_id, link id) confirmed by a create, for its log line
+        self._created: dict[str, tuple[str, int]] = {}
         self.notifications = 0
 
     # ------------------------------------------------------------------ public API
@@ -924,6 +926,7 @@ class Executor:
             )
         await self._record(link_id, action.record_bp, action.record_sn)
         assert link.sn_sys_id is not None
+        self._created[action.bp_incident_id] = (link.sn_sys_id, link_id)
         value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
         return [
             SetLinkTag(
@@ -964,6 +967,8 @@ class Executor:
         self, action: Action, outcome: str, duration_s: float, *, retry: bool = False
     ) -> None:
         bp_id, sn_id, link_id = _ids_of(action)
+        if isinstance(action, CreateServiceNowIncident):
+            sn_id, link_id = self._created.pop(action.bp_incident_id, (sn_id, link_id))
         log.info(
             "%s %s",
             action.kind,

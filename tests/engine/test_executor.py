@@ -85,6 +85,28 @@ async def test_create_records_link_and_sets_link_tag(
     assert await store.count_outbox([OutboxState.DONE]) == 2  # the create and the tag
 
 
+async def test_create_log_line_names_both_ids(
+    executor: Executor,
+    store: MemoryStore,
+    bp: FakeBigPanda,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # one line per action with both ids (issue 7): a create knows its sys_id only after
+    # the write, and the operator grepping for either id must find the line
+    incident = bp.add_incident()
+    caplog.set_level(logging.INFO, logger="sync.executor")
+    action = CreateServiceNowIncident(incident.id, "env1", {"short_description": "x"})
+    await executor.execute([action], environment_id="env1")
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None
+    lines = [r for r in caplog.records if getattr(r, "kind", None) == "sn.create"]
+    assert len(lines) == 1
+    assert lines[0].__dict__["bp_incident_id"] == incident.id
+    assert lines[0].__dict__["sn_sys_id"] == link.sn_sys_id
+    assert lines[0].__dict__["link_id"] == link.id
+    assert lines[0].__dict__["outcome"] == "ok"
+
+
 async def test_outbox_item_exists_before_the_send(
     executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
 ) -> None:
