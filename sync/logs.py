@@ -101,7 +101,13 @@ def setup_logging(
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiohttp's access log is noisy and its own; keep it at WARNING unless DEBUG
-    logging.getLogger("aiohttp.access").setLevel(
-        logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    # aiohttp's access log and alembic's per-start migration chatter ("Context impl
+    # SQLiteImpl") are noisy and not bpsync's; keep them at WARNING unless DEBUG
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in ("aiohttp.access", "alembic"):
+        logging.getLogger(name).setLevel(quiet)
+    # APScheduler logs every run at INFO and a run skipped while a long cycle is still
+    # going (max_instances=1, expected) at WARNING: noise every poll interval
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if level.upper() == "DEBUG" else logging.ERROR
     )

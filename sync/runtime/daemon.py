@@ -170,6 +170,12 @@ class Daemon:
             else:
                 self.health.cycle_failed(report.error)
             return report
+        except asyncio.CancelledError:
+            if not self._stop.is_set():
+                raise
+            # the stop's drain timed out: the outbox sends the rest after the restart
+            log.warning("cycle cancelled by the stop; its pending writes resume on restart")
+            return None
         finally:
             self._current = None
 
@@ -248,8 +254,11 @@ class Daemon:
         await self._stop.wait()
         log.info("stopping: finishing the cycle in flight")
         self._notifier.stopping()
-        self._scheduler.shutdown(wait=False)
+        # pause first, drain, then shut down: APScheduler's AsyncIOExecutor.shutdown()
+        # cancels the running job's task whatever ``wait`` says
+        self._scheduler.pause()
         await self._drain()
+        self._scheduler.shutdown(wait=False)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -270,7 +279,7 @@ class Daemon:
         if self._server is not None:
             await self._server.close()
             self._server = None
-        if self._elector is not None and self.leader:
+        if self._elector is not None:  # a standby holds a connection too
             with contextlib.suppress(Exception):
                 await self._elector.release()
         if self.engine is not None:

@@ -1,0 +1,173 @@
+"""Prometheus metrics of one daemon, on its own registry.
+
+Each :class:`Metrics` owns a :class:`prometheus_client.CollectorRegistry` (never the
+process-global one), so several daemons in one test process do not clash. The engine
+feeds it through ``sync.engine.MetricsBridge`` (``action_done``, ``notification``,
+``cycle_done``, ``engine_state``), the HTTP clients through ``observe_request`` (the
+``RequestObserver`` signature of ``sync.clients.base``), the daemon through
+``set_leader``; ``GET /metrics`` serves :meth:`Metrics.render`.
+
+Series (all prefixed ``bpsync_``):
+
+- ``cycles_total{outcome}`` and ``cycle_duration_seconds{outcome}``
+- ``actions_total{kind,outcome}`` and ``action_duration_seconds{kind}``
+- ``http_requests_total{side,method,endpoint,status}`` and
+  ``http_request_duration_seconds{side,method,endpoint}`` (``endpoint`` is the path
+  template, ``status`` is ``error`` for a transport failure)
+- ``notifications_total{kind}`` (operators notified: B13)
+- gauges: ``outbox_depth``, ``dead_letters``, ``live_links``,
+  ``cursor_lag_seconds{side}``, ``leader`` (1 = this replica writes),
+  ``last_cycle_timestamp_seconds{outcome}``
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+#: the ``Content-Type`` of :meth:`Metrics.render`'s output: the classic text format that
+#: ``generate_latest`` writes by default (newer clients label CONTENT_TYPE_LATEST 1.0.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_CYCLE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_ACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """Every metric of one daemon; thread-safe (prometheus_client locks per child)."""
+
+    def __init__(self, namespace: str = "bpsync") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ns = namespace
+        self.cycles = Counter(
+            "cycles", "Sync cycles run, by outcome.", ["outcome"], namespace=ns, registry=r
+        )
+        self.cycle_duration = Histogram(
+            "cycle_duration_seconds",
+            "Duration of one sync cycle, by outcome.",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+            buckets=_CYCLE_BUCKETS,
+        )
+        self.last_cycle = Gauge(
+            "last_cycle_timestamp_seconds",
+            "Unix time the last cycle of each outcome ended.",
+            ["outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.actions = Counter(
+            "actions",
+            "Actions executed (writes to either side), by kind and outcome.",
+            ["kind", "outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.action_duration = Histogram(
+            "action_duration_seconds",
+            "Duration of one action, by kind.",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+            buckets=_ACTION_BUCKETS,
+        )
+        self.http_requests = Counter(
+            "http_requests",
+            "HTTP requests made to the APIs, by side, method, endpoint template and status.",
+            ["side", "method", "endpoint", "status"],
+            namespace=ns,
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            "http_request_duration_seconds",
+            "Duration of HTTP requests to the APIs, by side, method and endpoint template.",
+            ["side", "method", "endpoint"],
+            namespace=ns,
+            registry=r,
+            buckets=_HTTP_BUCKETS,
+        )
+        self.notifications = Counter(
+            "notifications",
+            "Operator notifications sent (a write that exhausted its retries), by kind.",
+            ["kind"],
+            namespace=ns,
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "outbox_depth", "Writes waiting in the outbox.", namespace=ns, registry=r
+        )
+        self.dead_letters = Gauge(
+            "dead_letters", "Writes in the dead-letter queue.", namespace=ns, registry=r
+        )
+        self.live_links = Gauge(
+            "live_links", "Live BigPanda <-> ServiceNow links.", namespace=ns, registry=r
+        )
+        self.cursor_lag = Gauge(
+            "cursor_lag_seconds",
+            "How far each side's poll cursor is behind now.",
+            ["side"],
+            namespace=ns,
+            registry=r,
+        )
+        self.leader = Gauge(
+            "leader", "1 when this replica leads (writes), 0 on standby.", namespace=ns, registry=r
+        )
+
+    # ------------------------------------------------------------------ feeders
+
+    def observe_request(
+        self, side: str, method: str, endpoint: str, status: int | None, duration_s: float
+    ) -> None:
+        """One HTTP request of a client (``status`` None: a transport error)."""
+        code = "error" if status is None else str(status)
+        self.http_requests.labels(side, method.upper(), endpoint, code).inc()
+        self.http_duration.labels(side, method.upper(), endpoint).observe(max(0.0, duration_s))
+
+    def action_done(self, kind: str, outcome: str, duration_s: float) -> None:
+        self.actions.labels(kind, outcome).inc()
+        self.action_duration.labels(kind).observe(max(0.0, duration_s))
+
+    def cycle_done(self, outcome: str, duration_s: float) -> None:
+        self.cycles.labels(outcome).inc()
+        self.cycle_duration.labels(outcome).observe(max(0.0, duration_s))
+        self.last_cycle.labels(outcome).set(time.time())
+
+    def notification(self, kind: str) -> None:
+        self.notifications.labels(kind).inc()
+
+    def engine_state(
+        self,
+        *,
+        outbox_depth: int,
+        dead_letters: int,
+        live_links: int,
+        cursor_lag_s: Mapping[str, float],
+    ) -> None:
+        self.outbox_depth.set(outbox_depth)
+        self.dead_letters.set(dead_letters)
+        self.live_links.set(live_links)
+        for side, lag in cursor_lag_s.items():
+            self.cursor_lag.labels(str(side)).set(lag)
+
+    def set_leader(self, leader: bool) -> None:
+        self.leader.set(1 if leader else 0)
+
+    # ------------------------------------------------------------------ output
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this registry."""
+        return generate_latest(self.registry)
+
+
+__all__ = ["CONTENT_TYPE", "Metrics"]

@@ -1,0 +1,89 @@
+"""What ``/readyz`` decides from: the daemon's leadership and its recent cycles.
+
+Readiness rule (SPEC section 2, ``/readyz``):
+
+- the database is reachable (the server pings it on each request), and
+- the leader: a cycle succeeded within ``READY_INTERVALS`` poll intervals;
+- a standby replica (Postgres HA, not leading): the database alone; it reports
+  ``leader: 0`` so a load balancer or an operator can tell it apart.
+
+``/healthz`` (alive) does not use this state: a process that answers is alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sync.clock import Clock
+
+#: a leader is ready when a cycle succeeded within this many poll intervals
+READY_INTERVALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    ready: bool
+    leader: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "status": "ready" if self.ready else "not ready",
+            "leader": 1 if self.leader else 0,
+            "reasons": list(self.reasons),
+        }
+
+
+class HealthState:
+    """Updated by the daemon after every cycle; read by the HTTP server."""
+
+    def __init__(self, clock: Clock, poll_interval: float) -> None:
+        self.clock = clock
+        self.poll_interval = float(poll_interval)
+        self.leader = False
+        self.last_success: float | None = None
+        """``clock.monotonic()`` when the last good cycle ended (None: none yet)."""
+        self.last_failure: float | None = None
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
+
+    @property
+    def max_age_s(self) -> float:
+        return READY_INTERVALS * self.poll_interval
+
+    def cycle_succeeded(self) -> None:
+        self.last_success = self.clock.monotonic()
+        self.consecutive_failures = 0
+        self.last_error = None
+
+    def cycle_failed(self, error: BaseException | str | None) -> None:
+        self.last_failure = self.clock.monotonic()
+        self.consecutive_failures += 1
+        if error is None:
+            self.last_error = "cycle failed"
+        elif isinstance(error, BaseException):
+            self.last_error = str(error) or type(error).__name__
+        else:
+            self.last_error = error
+
+    def readiness(self, db_error: str | None = None) -> Readiness:
+        """Ready or not, with the reasons; ``db_error`` is None when the ping succeeded."""
+        reasons: list[str] = []
+        if db_error is not None:
+            reasons.append(f"database unreachable: {db_error}")
+        if self.leader:
+            if self.last_success is None:
+                reasons.append("no sync cycle has succeeded yet")
+            else:
+                age = self.clock.monotonic() - self.last_success
+                if age > self.max_age_s:
+                    reasons.append(
+                        f"last successful cycle {age:.1f}s ago "
+                        f"(more than {READY_INTERVALS} poll intervals, {self.max_age_s:g}s)"
+                    )
+            if reasons and self.last_error and db_error is None:
+                reasons.append(f"last cycle error: {self.last_error}")
+        return Readiness(ready=not reasons, leader=self.leader, reasons=reasons)
+
+
+__all__ = ["READY_INTERVALS", "HealthState", "Readiness"]
