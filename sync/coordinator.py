@@ -18,10 +18,18 @@
    a link only when its ``correlation_id`` names a BigPanda incident that has no live
    link (adopted by the planner's create, B2); anything else is ignored. A BigPanda
    incident that may need a create is fetched with its alerts.
-5. Plan each pair (the pure planner), check the guards (:mod:`sync.guards`), execute.
+5. Hold the pairs whose link still has open writes (a pending create, a write waiting
+   for its retry): planned now, they would be planned from last-synced values that the
+   waiting write has not recorded yet (echoes, a stale value winning). Their link ids are
+   kept in the store (checkpoint ``held_links``, written before the cursors move), and
+   once their writes have drained they are read on both sides and planned as they are.
+   Plan each pair (the pure planner), check the guards (:mod:`sync.guards`), execute.
 6. Advance each cursor past what was recorded: a pair whose outcome is not recorded
    (an unexpected error) holds the watermark at its change, to be polled again; after
    ``MAX_PAIR_FAILURES`` consecutive failures the change is given up with an ERROR line.
+   The BigPanda keys of incidents bpsync wrote to are forgotten: a person who sets a
+   value back within the same second makes a snapshot with the old key, which must
+   count as new.
 
 Errors: a side that cannot be polled fails the cycle; the outage is logged once (WARNING,
 ERROR for refused credentials) and the recovery once (INFO). A tripped guard fails the
@@ -35,11 +43,12 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
@@ -47,7 +56,7 @@ from typing import Protocol, TypeVar
 from sync.actions import Action, CreateServiceNowIncident, PlanInput
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock, epoch_s, from_epoch_s
-from sync.constants import BP_ID_PATTERN, Side
+from sync.constants import BP_ID_PATTERN, Side, SNState
 from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoundError
 from sync.executor import Executor, PairResult
 from sync.guards import check_empty_side, check_mass_resolve
@@ -63,6 +72,13 @@ Planner = Callable[[PlanInput, Settings, datetime], list[Action]]
 
 #: consecutive cycles a change may fail unexpectedly before it is given up
 MAX_PAIR_FAILURES = 3
+
+#: checkpoint: JSON object, link id -> flags, of the links whose changes wait for their
+#: open writes; flag ``bp_resolved`` / ``sn_resolved``: that side was seen resolved while
+#: held (a resolve and a reopen while held still reach the other side, in that order)
+HELD_CHECKPOINT = "held_links"
+
+Held = dict[int, set[str]]
 
 
 class CoordinatorMetrics(Protocol):
@@ -124,6 +140,30 @@ class _Pair:
     link: Link | None
     environment_id: str | None
     changes: list[_Change] = field(default_factory=list)
+
+
+def _resolved_prelude(pair: _Pair, flags: Collection[str]) -> _Pair | None:
+    """The pair as it was when a side was seen resolved while held, if that side is
+    active again now (resolved and reopened while its writes waited); else None."""
+    bp, sn = pair.bp, pair.sn
+    pre_bp = bp
+    if "bp_resolved" in flags and bp is not None and bp.active:
+        pre_bp = dataclasses.replace(bp, active=False, status="ok")
+    pre_sn = sn
+    if "sn_resolved" in flags and sn is not None and not sn.resolved:
+        pre_sn = dataclasses.replace(sn, state=SNState.RESOLVED)
+    if pre_bp is bp and pre_sn is sn:
+        return None
+    return _Pair(pre_bp, pre_sn, pair.link, pair.environment_id)
+
+
+def _pair_bp_id(pair: _Pair) -> str:
+    """The pair's BigPanda incident id ("" when neither side names one)."""
+    if pair.bp is not None:
+        return pair.bp.id
+    if pair.link is not None:
+        return pair.link.bp_incident_id
+    return pair.sn.correlation_id if pair.sn is not None else ""
 
 
 def _bp_change(incident: BPIncident) -> _Change:
@@ -221,6 +261,7 @@ class Coordinator:
     async def _cycle(self, report: CycleReport) -> None:
         replan = await self._executor.recover_pending_links()
         await self._executor.drive_due()
+        held = await self._held_links()
         live_links = await self._store.count_links(LIVE_LINK_STATES)
         bp_cursor = await self._store.get_cursor(Side.BIGPANDA)
         sn_cursor = await self._store.get_cursor(Side.SERVICENOW)
@@ -232,6 +273,8 @@ class Coordinator:
             Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
         )
         pairs = await self._pair(bp_polled, sn_polled, replan, environments)
+        pairs, held, preludes = await self._hold_busy(pairs, held, environments)
+        await self._run_preludes(preludes, live_links)
         now = self._clock.now()
         plans: list[tuple[_Pair, list[Action]]] = []
         failed: set[str] = set()
@@ -243,6 +286,7 @@ class Coordinator:
                 failed.update(c.key for c in pair.changes)
         self._check_guards([actions for _, actions in plans], live_links)
         report.pairs = len(pairs)
+        wrote_bp: set[str] = set()
         for pair, actions in plans:
             if not actions:
                 continue
@@ -253,13 +297,18 @@ class Coordinator:
             except Exception:  # one pair's bug must not stop the others
                 log.exception("executing %s failed", self._pair_ids(pair))
                 failed.update(c.key for c in pair.changes)
+                self._keep_held(held, pair)
                 continue
             report.actions += len(actions)
-            for _, outcome in result.outcomes:
+            for kind, outcome in result.outcomes:
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+                if kind.startswith("bp.") or kind == "sn.create":
+                    wrote_bp.add(_pair_bp_id(pair))
             if not result.recorded:
                 failed.update(c.key for c in pair.changes)
-        await self._advance(Side.BIGPANDA, bp_cursor, bp_polled[1], failed)
+                self._keep_held(held, pair)
+        await self._save_held(held)
+        await self._advance(Side.BIGPANDA, bp_cursor, bp_polled[1], failed, forget=wrote_bp)
         await self._advance(Side.SERVICENOW, sn_cursor, sn_polled[1], failed)
 
     async def _plan_pair(self, pair: _Pair, now: datetime) -> list[Action]:
@@ -461,8 +510,33 @@ class Coordinator:
             if fetched is not None:
                 pairs[link.bp_incident_id] = _Pair(fetched[0], None, None, fetched[1])
         for pair in pairs.values():
+            await self._fetch_other_side(pair)
             await self._expand_for_create(pair)
         return list(pairs.values())
+
+    async def _fetch_other_side(self, pair: _Pair) -> None:
+        """A linked pair whose changed side is now resolved: read the other side too.
+
+        The planner takes an unchanged side of a ``linked`` link as open, which holds
+        only while bpsync drove every resolve. With ``resolve_servicenow`` or
+        ``resolve_bigpanda`` off (or a resolve still waiting for a retry) the other side
+        may have been resolved already: the planner would then never mark the link
+        resolved (no reopen, B9), or write Resolved over a Closed ServiceNow incident.
+        """
+        link = pair.link
+        if link is None or link.state != LinkState.LINKED or link.sn_sys_id is None:
+            return
+        try:
+            if pair.sn is None and pair.bp is not None and not pair.bp.active:
+                pair.sn = SNIncident.from_record(await self._sn.get_incident(link.sn_sys_id))
+            elif (
+                pair.bp is None and pair.sn is not None and pair.sn.resolved and pair.environment_id
+            ):
+                pair.bp = await self._bp.get_incident(
+                    pair.environment_id, link.bp_incident_id, expand_alerts=False
+                )
+        except (NotFoundError, ValueError) as exc:
+            log.warning("%s: the other side cannot be read: %s", self._pair_ids(pair), exc)
 
     async def _expand_for_create(self, pair: _Pair) -> None:
         """An incident that may need a create is fetched with its alerts (B10, B11).
@@ -497,6 +571,109 @@ class Coordinator:
         except NotFoundError:
             log.warning("BigPanda incident %s vanished while being synced", bp.id)
 
+    # ------------------------------------------------------------------ held pairs
+
+    def _busy(self, link: Link) -> bool:
+        """The link's writes are not all done: a pending create, or an open outbox item."""
+        return link.state == LinkState.PENDING or self._executor.has_open_writes(
+            link.bp_incident_id, link.sn_sys_id
+        )
+
+    async def _held_links(self) -> Held:
+        raw = await self._store.get_checkpoint(HELD_CHECKPOINT)
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+            return {int(link_id): {str(f) for f in flags} for link_id, flags in data.items()}
+        except (ValueError, TypeError, AttributeError):
+            log.error("checkpoint %s unreadable, ignored: %r", HELD_CHECKPOINT, raw[:200])  # noqa: TRY400
+            return {}
+
+    async def _save_held(self, held: Held) -> None:
+        value = json.dumps({str(k): sorted(v) for k, v in sorted(held.items())})
+        if value != (await self._store.get_checkpoint(HELD_CHECKPOINT) or "{}"):
+            await self._store.set_checkpoint(HELD_CHECKPOINT, value, self._clock.now())
+
+    @staticmethod
+    def _keep_held(held: Held, pair: _Pair) -> None:
+        """A pair whose outcome was not recorded stays (or becomes) held."""
+        if pair.link is not None:
+            held.setdefault(pair.link.id, set())
+
+    async def _hold_busy(
+        self, pairs: Sequence[_Pair], held: Held, environments: Sequence[str]
+    ) -> tuple[list[_Pair], Held, list[tuple[_Pair, _Pair]]]:
+        """Split off the pairs whose link has open writes (held: planned once those are
+        done); bring back the held links whose writes are done, read on both sides.
+        Returns the pairs to plan now, the links still held, and (prelude, pair) for
+        released pairs whose side was resolved and reopened while held."""
+        ready: list[_Pair] = []
+        still_held: Held = {}
+        by_link: dict[int, _Pair] = {}
+        for pair in pairs:
+            if pair.link is not None and self._busy(pair.link):
+                flags = still_held[pair.link.id] = held.get(pair.link.id, set())
+                if pair.bp is not None and not pair.bp.active:
+                    flags.add("bp_resolved")
+                if pair.sn is not None and pair.sn.state == SNState.RESOLVED:
+                    flags.add("sn_resolved")
+                log.debug("%s waits for its open writes", self._pair_ids(pair))
+                continue
+            ready.append(pair)
+            if pair.link is not None:
+                by_link[pair.link.id] = pair
+        preludes: list[tuple[_Pair, _Pair]] = []
+        for link_id in sorted(held.keys() - still_held.keys()):
+            link = await self._store.get_link(link_id)
+            if link is None or link.state not in LIVE_LINK_STATES:
+                continue  # superseded or gone: its incident is another link's now
+            if self._busy(link):
+                still_held[link_id] = held[link_id]
+                continue
+            polled = by_link.get(link_id)
+            if polled is None:
+                fetched = await self._fetch_bp(link.bp_incident_id, environments)
+                if fetched is None:
+                    log.warning("held link %d: BigPanda incident not found, released", link_id)
+                    continue
+                polled = _Pair(fetched[0], None, link, fetched[1])
+                ready.append(polled)
+            pair = polled
+            pair.link = link
+            await self._read_both_sides(pair)
+            prelude = _resolved_prelude(pair, held[link_id])
+            if prelude is not None:
+                preludes.append((prelude, pair))
+            await self._expand_for_create(pair)
+        return ready, still_held, preludes
+
+    async def _run_preludes(self, preludes: Sequence[tuple[_Pair, _Pair]], live: int) -> None:
+        """Plan and execute each released pair's resolved state first, then refresh the
+        pair's link: its own plan then sees the reopen (B9)."""
+        for prelude, pair in preludes:
+            actions = await self._plan_pair(prelude, self._clock.now())
+            self._check_guards([actions], live)
+            if actions:
+                await self._executor.execute(actions, environment_id=prelude.environment_id)
+            pair.link = await self._store.live_link_for_bp(_pair_bp_id(pair))
+            await self._expand_for_create(pair)
+
+    async def _read_both_sides(self, pair: _Pair) -> None:
+        """Give a released pair the side it lacks, as it is now: which side changed while
+        it was held is unknown, and a missing side reads as 'unchanged since synced'."""
+        link = pair.link
+        assert link is not None
+        try:
+            if pair.bp is None and pair.environment_id is not None:
+                pair.bp = await self._bp.get_incident(
+                    pair.environment_id, link.bp_incident_id, expand_alerts=False
+                )
+            if pair.sn is None and link.sn_sys_id:
+                pair.sn = SNIncident.from_record(await self._sn.get_incident(link.sn_sys_id))
+        except (NotFoundError, ValueError) as exc:
+            log.warning("%s: a side cannot be read: %s", self._pair_ids(pair), exc)
+
     async def _fetch_bp(
         self, incident_id: str, environments: Sequence[str]
     ) -> tuple[BPIncident, str] | None:
@@ -513,17 +690,24 @@ class Coordinator:
 
     @staticmethod
     def _pair_ids(pair: _Pair) -> str:
-        bp_id = pair.bp.id if pair.bp else (pair.link.bp_incident_id if pair.link else "?")
+        bp_id = _pair_bp_id(pair) or "?"
         sn_id = pair.sn.sys_id if pair.sn else (pair.link.sn_sys_id if pair.link else None)
         return f"BigPanda {bp_id} / ServiceNow {sn_id or '-'}"
 
     # ------------------------------------------------------------------ cursors
 
     async def _advance(
-        self, side: Side, cursor: Cursor, changes: Sequence[_Change], failed: set[str]
+        self,
+        side: Side,
+        cursor: Cursor,
+        changes: Sequence[_Change],
+        failed: set[str],
+        *,
+        forget: Collection[str] = (),
     ) -> None:
-        """Move the watermark past what was recorded; keep the overlap window's keys."""
-        if not changes:
+        """Move the watermark past what was recorded; keep the overlap window's keys,
+        except those of the incidents in ``forget`` (bpsync wrote to them)."""
+        if not changes and not (forget and cursor.seen):
             return
         given_up = set()
         for key in failed:
@@ -550,6 +734,8 @@ class Coordinator:
         seen = {k for k in cursor.seen if _key_epoch(k) >= floor_s}
         seen |= {c.key for c in done if _key_epoch(c.key) >= floor_s}
         seen -= failed - given_up
+        if forget:
+            seen = {k for k in seen if k.split(":", 1)[0] not in forget}
         await self._store.advance_cursor(
             Cursor(side=side, watermark=watermark, seen=frozenset(seen)), self._clock.now()
         )

@@ -109,8 +109,14 @@ from sync.actions import (
 )
 from sync.clients.base import BigPandaAPI, ServiceNowAPI, SNRecord
 from sync.clock import Clock
-from sync.constants import LINK_TAG_ERROR_VALUE, SN_CORRELATION_DISPLAY, Side, SNState
-from sync.errors import ApiError, PermanentError, TransientError
+from sync.constants import (
+    LINK_TAG_ERROR_VALUE,
+    SN_CORRELATION_DISPLAY,
+    SN_RESOLVED_STATES,
+    Side,
+    SNState,
+)
+from sync.errors import ApiError, NotFoundError, PermanentError, TransientError
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
@@ -355,6 +361,14 @@ class Executor:
             if isinstance(action, CreateServiceNowIncident) and outcome != "ok":
                 break  # everything after a create depends on its link
         return result
+
+    def has_open_writes(self, bp_incident_id: str, sn_sys_id: str | None) -> bool:
+        """True while a write to this pair waits in the outbox (a retry, an item in
+        flight, a dead item with attempts left), as known since the last drive_due."""
+        targets = [f"bigpanda:{bp_incident_id}", f"servicenow:create:{bp_incident_id}"]
+        if sn_sys_id:
+            targets.append(f"servicenow:{sn_sys_id}")
+        return any(self._open.get(target) for target in targets)
 
     async def drive_due(self, *, limit: int = DEFAULT_DRIVE_LIMIT) -> DriveReport:
         """Send again what is due: failed writes whose interval passed, dead items with
@@ -780,6 +794,8 @@ class Executor:
             await self._record(action.link_id, action.record_bp, action.record_sn)
             return await self._after_servicenow_success(action.link_id, env)
         if isinstance(action, ResolveServiceNow):
+            if await self._resolve_is_stale(action, env):
+                return []
             values = {
                 "state": str(int(SNState.RESOLVED)),
                 "close_code": action.close_code,
@@ -830,6 +846,8 @@ class Executor:
             await self._record(action.link_id, action.record_bp, action.record_sn)
             return []
         if isinstance(action, ResolveBigPanda):
+            if await self._resolve_is_stale(action, env):
+                return []
             await self._bp.resolve_incident(
                 action.environment_id, action.bp_incident_id, action.comment
             )
@@ -853,6 +871,43 @@ class Executor:
                 action.link_id, Side.BIGPANDA, {action.tag_id: action.value}, self._clock.now()
             )
         return []
+
+    async def _resolve_is_stale(
+        self, action: ResolveServiceNow | ResolveBigPanda, env: str | None
+    ) -> bool:
+        """A resolve sent late (a retry, or queued behind another write of the target)
+        may find the pair moved on: its link resolved or superseded, or the side that was
+        resolved reopened. Sent anyway it would resolve a reopened incident (B9), or mark
+        a superseded link resolved next to the live one. Then it is dropped."""
+        link = await self._store.get_link(action.link_id)
+        if link is None or link.state != LinkState.LINKED:
+            stale = True
+        elif isinstance(action, ResolveServiceNow):
+            env = env or await self.environment_of(action.bp_incident_id)
+            try:
+                bp = None
+                if env is not None:
+                    bp = await self._bp.get_incident(
+                        env, action.bp_incident_id, expand_alerts=False
+                    )
+            except NotFoundError:
+                bp = None
+            stale = bp is not None and bp.active
+        elif action.sys_id is not None:
+            try:
+                record = await self._sn.get_incident(action.sys_id)
+            except NotFoundError:
+                return False
+            stale = int(str(record.get("state") or "1")) not in SN_RESOLVED_STATES
+        else:
+            stale = False
+        if stale:
+            log.info(
+                "%s dropped: the pair changed since it was planned",
+                action.kind,
+                extra={"bp_incident_id": action.bp_incident_id, "link_id": action.link_id},
+            )
+        return stale
 
     async def _after_servicenow_success(self, link_id: int, env: str | None) -> list[WriteAction]:
         """B14, the way back: the link tag says ``error`` -> set it to the link value."""
