@@ -706,8 +706,18 @@ class Coordinator:
         forget: Collection[str] = (),
     ) -> None:
         """Move the watermark past what was recorded; keep the overlap window's keys,
-        except those of the incidents in ``forget`` (bpsync wrote to them)."""
-        if not changes and not (forget and cursor.seen):
+        except those of the incidents in ``forget`` (bpsync wrote to them).
+
+        Idle (nothing held back), a watermark that lags ``now - cursor_overlap`` by a
+        whole overlap moves up to it: otherwise every idle poll re-reads whatever
+        changed in the overlap before the last change seen (a burst, forever). Polls
+        still reach back ``cursor_overlap`` before the watermark, so late commits and
+        clock skew up to that much are covered; the cursor is written at most once per
+        overlap while idle."""
+        overlap = timedelta(seconds=self._settings.cursor_overlap)
+        idle_mark = self._clock.now() - overlap
+        lagging = cursor.watermark is None or idle_mark - cursor.watermark >= overlap
+        if not changes and not (forget and cursor.seen) and not lagging:
             return
         given_up = set()
         for key in failed:
@@ -728,9 +738,11 @@ class Coordinator:
             watermark = min(watermark, *held)
             if cursor.watermark is not None:
                 watermark = max(watermark, cursor.watermark)
+        if not held and (watermark is None or idle_mark - watermark >= overlap):
+            watermark = idle_mark
         if watermark is None:
             return
-        floor_s = epoch_s(watermark - timedelta(seconds=self._settings.cursor_overlap))
+        floor_s = epoch_s(watermark - overlap)
         seen = {k for k in cursor.seen if _key_epoch(k) >= floor_s}
         seen |= {c.key for c in done if _key_epoch(c.key) >= floor_s}
         seen -= failed - given_up

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,49 @@ async def test_servicenow_changes_in_one_second_are_all_seen(
     for inp in seen.values():
         assert inp.link is not None and inp.link.sn_sys_id == inp.sn.sys_id  # type: ignore[union-attr]
         assert inp.environment_id == "env1"
+
+
+async def test_an_idle_poll_stops_rereading_the_last_burst(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """After a burst the watermark sits at the burst's last change; once idle for a whole
+    overlap it moves up to now - overlap, so idle polls no longer return the burst (and a
+    later change is still found, the overlap reaching back before the new watermark)."""
+    planner = RecordingPlanner(_create_new)
+    settings = make_settings(cursor_overlap=30.0)
+    coordinator = _coordinator(store, sn, bp, clock, planner, settings)
+    for _ in range(3):
+        bp.add_incident()
+    await coordinator.run_cycle()  # creates: a burst on ServiceNow
+    clock.advance(1)
+    await coordinator.run_cycle()
+    burst_mark = (await store.get_cursor(Side.SERVICENOW)).watermark
+    assert burst_mark is not None
+    polled: list[int] = []
+    real = sn.list_changed
+
+    async def counting(since: datetime | None, **kw: Any) -> list[dict[str, str]]:
+        rows = await real(since, **kw)
+        polled.append(len(rows))
+        return rows
+
+    sn.list_changed = counting  # type: ignore[method-assign]
+    clock.advance(10)
+    await coordinator.run_cycle()
+    assert polled[-1] == 3  # inside the overlap: the burst is read again (and dropped)
+    clock.advance(60)  # idle for more than an overlap
+    await coordinator.run_cycle()
+    mark = (await store.get_cursor(Side.SERVICENOW)).watermark
+    assert mark is not None and mark == clock.now() - timedelta(seconds=30)
+    clock.advance(15)
+    await coordinator.run_cycle()
+    assert polled[-1] == 0  # the idle poll is one empty page
+    link = next(iter(await store.list_links(limit=10)))
+    assert link.sn_sys_id is not None
+    sn.change(link.sn_sys_id, impact="1")
+    planner.take()
+    await coordinator.run_cycle()
+    assert [i.sn.fields["impact"] for i in planner.take() if i.sn] == ["1"]
 
 
 async def test_a_failing_pair_holds_the_cursor_and_the_others_go_on(
