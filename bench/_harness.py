@@ -1,0 +1,758 @@
+"""Shared pieces of the end-to-end benchmarks (latency, cost, backfill, scale).
+
+Everything runs over loopback, as separate processes, the way an operator runs bpsync:
+
+- :class:`Emulators`: ``python -m sync emulate both --sn-port P --bp-port Q
+  [--rate-limit R]`` (ServiceNow user ``bpsync``/``bpsync``; BigPanda API key
+  ``BPUbpsync-emulator``, org token ``bpsync-org-token``);
+- :class:`Daemon`: ``python -m sync run`` configured through ``BPSYNC_*`` environment
+  variables and a TOML file (``BPSYNC_CONFIG``) holding the tag mapping; its CPU time and
+  RSS come from ``/proc/<pid>/stat`` and ``/proc/<pid>/status`` (``VmHWM`` = peak RSS),
+  its cycles from ``GET /metrics`` (``bpsync_cycles_total``,
+  ``bpsync_cycle_duration_seconds``);
+- :class:`Api`: the emulators' real APIs (the changes a benchmark makes) and their
+  ``/_emulator/`` control API (request counts; fixtures).
+
+Request counts are taken as the difference of two ``GET /_emulator/stats`` snapshots:
+``POST /_emulator/reset`` would also reset the emulators' data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+SN_USER, SN_PASSWORD = "bpsync", "bpsync"
+BP_API_KEY, BP_ORG_TOKEN = "BPUbpsync-emulator", "bpsync-org-token"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+#: the mapping every benchmark uses: BigPanda tag impact_level <-> ServiceNow impact
+IMPACT_MAP = {"high": "1", "medium": "2", "low": "3"}
+IMPACT_MAP_INV = {v: k for k, v in IMPACT_MAP.items()}
+MAPPING: list[dict[str, Any]] = [
+    {
+        "bigpanda_tag": "impact_level",
+        "servicenow_field": "impact",
+        "direction": "both",
+        "value_map": IMPACT_MAP,
+    }
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_mb = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_mb = int(line.split()[1]) / 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_mb": round(mem_mb),
+        "python": sys.version.split()[0],
+    }
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile (``p`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def rnd(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A plain aligned table (numbers right-aligned)."""
+    text_rows = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    print(
+        "  ".join(
+            h.rjust(w) if i else h.ljust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    )
+    print("  ".join("-" * w for w in widths))
+    for row in text_rows:
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:,.2f}"
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_port(
+    port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"process exited with {proc.returncode} before port {port} opened"
+                ) from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"port {port} not open after {timeout_s}s") from None
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any BPSYNC_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BPSYNC_")}
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def spawn(
+    cmd: Sequence[str], cwd: Path, env: Mapping[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with stdout and stderr appended to ``log_path``."""
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            list(cmd), cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> int | None:
+    """SIGTERM, wait, SIGKILL as a last resort; the exit code (None: had to be killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (``/proc/<pid>/stat`` fields 14 and 15)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak) of ``pid`` in MB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in {"VmRSS", "VmHWM"}:
+            out[key] = int(value.split()[0]) / 1024
+    return {"rss_mb": out.get("VmRSS", 0.0), "peak_rss_mb": out.get("VmHWM", 0.0)}
+
+
+# --------------------------------------------------------------------------- emulators
+
+
+@dataclass
+class Emulators:
+    """Both emulators in one subprocess."""
+
+    workdir: Path
+    rate_limit: float | None = None
+    """BigPanda requests/s per endpoint and token; None or 0: off."""
+    sn_port: int = 0
+    bp_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    env_id: str = ""
+
+    @property
+    def sn_url(self) -> str:
+        return f"http://127.0.0.1:{self.sn_port}"
+
+    @property
+    def bp_url(self) -> str:
+        return f"http://127.0.0.1:{self.bp_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "emulators.log"
+
+    async def start(self, api: Api | None = None) -> None:
+        self.sn_port, self.bp_port = free_port(), free_port()
+        cmd = [
+            PYTHON, "-m", "sync", "emulate", "both",
+            "--sn-port", str(self.sn_port), "--bp-port", str(self.bp_port),
+            "--rate-limit", str(self.rate_limit or 0),
+        ]  # fmt: skip
+        self.proc = spawn(cmd, self.workdir, clean_env(), self.log_path)
+        try:
+            await wait_port(self.sn_port, 30, self.proc)
+            await wait_port(self.bp_port, 30, self.proc)
+        except Exception:
+            log(tail(self.log_path))
+            raise
+        if api is not None:
+            self.env_id = await api.seeded_environment()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, 10)
+            self.proc = None
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(
+    path: Path, sections: Mapping[str, Mapping[str, Any]], mapping: Sequence[Mapping[str, Any]]
+) -> Path:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    for rule in mapping:
+        lines.append("[[tag_mapping]]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in rule.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def daemon_env(
+    emus: Emulators,
+    state_dir: Path,
+    *,
+    poll_interval: float,
+    http_port: int | None = None,
+    config: Path | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The ``BPSYNC_*`` environment of a daemon (or ``bpsync backfill``) on the emulators."""
+    values: dict[str, Any] = {
+        "BPSYNC_SERVICENOW__URL": emus.sn_url,
+        "BPSYNC_SERVICENOW__USERNAME": SN_USER,
+        "BPSYNC_SERVICENOW__PASSWORD": SN_PASSWORD,
+        "BPSYNC_BIGPANDA__URL": emus.bp_url,
+        "BPSYNC_BIGPANDA__API_KEY": BP_API_KEY,
+        "BPSYNC_BIGPANDA__BEARER_TOKEN": BP_ORG_TOKEN,
+        "BPSYNC_BIGPANDA__ENVIRONMENTS": emus.env_id,
+        "BPSYNC_STATE_DIR": str(state_dir),
+        "BPSYNC_POLL_INTERVAL": poll_interval,
+        "BPSYNC_HTTP_PORT": http_port if http_port is not None else free_port(),
+        "BPSYNC_LOG_FORMAT": "json",
+    }
+    if config is not None:
+        values["BPSYNC_CONFIG"] = str(config)
+    values.update(extra or {})
+    return clean_env({k: str(v) for k, v in values.items()})
+
+
+@dataclass
+class CycleStats:
+    count: float = 0.0
+    sum_s: float = 0.0
+    errors: float = 0.0
+
+
+class Daemon:
+    """``python -m sync run`` in a subprocess."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+        self.workdir = workdir
+        self.env = dict(env)
+        self.http_port = int(self.env["BPSYNC_HTTP_PORT"])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "daemon.log"
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(
+        self, http: aiohttp.ClientSession, *, first_cycle: bool = True, timeout_s: float = 60
+    ) -> None:
+        self.proc = spawn([PYTHON, "-m", "sync", "run"], self.workdir, self.env, self.log_path)
+        try:
+            await wait_port(self.http_port, timeout_s, self.proc)
+            if first_cycle:
+                deadline = time.monotonic() + timeout_s
+                while (await self.cycles(http)).count < 1:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"daemon exited with {self.proc.returncode}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("no daemon cycle finished")
+                    await asyncio.sleep(0.05)
+        except Exception:
+            log("---- daemon log ----\n" + tail(self.log_path))
+            raise
+
+    def cpu_s(self) -> float:
+        return proc_cpu_s(self.pid)
+
+    def mem(self) -> dict[str, float]:
+        return proc_mem_mb(self.pid)
+
+    async def metrics(
+        self, http: aiohttp.ClientSession
+    ) -> dict[str, list[tuple[dict[str, str], float]]]:
+        async with http.get(f"http://127.0.0.1:{self.http_port}/metrics") as resp:
+            text = await resp.text()
+        return parse_prometheus(text)
+
+    async def cycles(self, http: aiohttp.ClientSession) -> CycleStats:
+        """Cycles finished so far and their summed duration (every outcome)."""
+        m = await self.metrics(http)
+        stats = CycleStats()
+        for labels, value in m.get("bpsync_cycle_duration_seconds_count", []):
+            stats.count += value
+            if labels.get("outcome") != "ok":
+                stats.errors += value
+        for _, value in m.get("bpsync_cycle_duration_seconds_sum", []):
+            stats.sum_s += value
+        return stats
+
+    async def wait_cycles(
+        self, http: aiohttp.ClientSession, n: int, timeout_s: float
+    ) -> CycleStats:
+        """Wait until ``n`` more cycles have finished."""
+        start = await self.cycles(http)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = await self.cycles(http)
+            if now.count >= start.count + n:
+                return now
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"daemon exited with {self.proc.returncode}\n{tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} cycles did not finish within {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> int | None:
+        if self.proc is not None:
+            self.exit_code = stop_process(self.proc)
+            self.proc = None
+        return self.exit_code
+
+    def log_lines(self, pattern: str) -> list[str]:
+        rx = re.compile(pattern)
+        with contextlib.suppress(OSError):
+            return [
+                ln for ln in self.log_path.read_text(errors="replace").splitlines() if rx.search(ln)
+            ]
+        return []
+
+
+class CycleSampler:
+    """Per-cycle durations, from ``bpsync_cycle_duration_seconds`` sum/count read every
+    ``every_s`` (cycles are further apart than that, so each increment is one cycle)."""
+
+    def __init__(self, daemon: Daemon, http: aiohttp.ClientSession, every_s: float = 0.25) -> None:
+        self.daemon = daemon
+        self.http = http
+        self.every_s = every_s
+        self.durations: list[tuple[float, float]] = []
+        """(monotonic time seen, seconds)"""
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = await self.daemon.cycles(self.http)
+        while True:
+            await asyncio.sleep(self.every_s)
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                now = await self.daemon.cycles(self.http)
+                if now.count > last.count:
+                    n = now.count - last.count
+                    each = (now.sum_s - last.sum_s) / n
+                    self.durations.extend((time.monotonic(), each) for _ in range(int(n)))
+                last = now
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [d for t, d in self.durations if start <= t <= end]
+
+
+_METRIC_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _METRIC_RE.match(line)
+        if match is None:
+            continue
+        labels = dict(_LABEL_RE.findall(match.group(2) or ""))
+        with contextlib.suppress(ValueError):
+            out.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return out
+
+
+# --------------------------------------------------------------------------- the APIs
+
+
+@dataclass
+class Stats:
+    """One ``GET /_emulator/stats`` snapshot (or the difference of two)."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+    by_method: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Stats:
+        return cls(
+            Counter(body.get("requests") or {}),
+            Counter(body.get("statuses") or {}),
+            Counter(body.get("by_method") or {}),
+        )
+
+    def __sub__(self, other: Stats) -> Stats:
+        def sub(a: Counter[str], b: Counter[str]) -> Counter[str]:
+            return Counter(
+                {
+                    k: a.get(k, 0) - b.get(k, 0)
+                    for k in set(a) | set(b)
+                    if a.get(k, 0) != b.get(k, 0)
+                }
+            )
+
+        return Stats(
+            sub(self.requests, other.requests),
+            sub(self.statuses, other.statuses),
+            sub(self.by_method, other.by_method),
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_method.values())
+
+    @property
+    def reads(self) -> int:
+        return sum(n for m, n in self.by_method.items() if m in {"GET", "HEAD"})
+
+    @property
+    def writes(self) -> int:
+        return self.total - self.reads
+
+
+class Api:
+    """The emulators' real APIs and their control API, over one aiohttp session."""
+
+    def __init__(self, http: aiohttp.ClientSession, emus: Emulators) -> None:
+        self.http = http
+        self.emus = emus
+        self.sn_auth = aiohttp.BasicAuth(SN_USER, SN_PASSWORD)
+        self.bp_key = {"Authorization": f"Bearer {BP_API_KEY}", "Accept": "application/json"}
+        self.bp_org = {"Authorization": f"Bearer {BP_ORG_TOKEN}"}
+        #: requests this benchmark sent to the counted (non-control) APIs, per side
+        self.own: dict[str, Stats] = {"servicenow": Stats(), "bigpanda": Stats()}
+
+    def _count(self, side: str, method: str) -> None:
+        self.own[side].by_method[method] += 1
+
+    # control ------------------------------------------------------------------
+    async def stats(self, side: str, *, with_log: bool = False) -> dict[str, Any]:
+        base = self.emus.sn_url if side == "servicenow" else self.emus.bp_url
+        url = f"{base}/_emulator/stats" + ("?log=1" if with_log else "")
+        async with self.http.get(url) as resp:
+            resp.raise_for_status()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    async def snapshot(self) -> dict[str, Stats]:
+        return {
+            side: Stats.from_json(await self.stats(side)) for side in ("servicenow", "bigpanda")
+        }
+
+    async def writes(self) -> int:
+        snap = await self.snapshot()
+        return sum(s.writes for s in snap.values())
+
+    async def bp_fixtures(self, items: Sequence[Mapping[str, Any]], chunk: int = 1000) -> list[str]:
+        ids: list[str] = []
+        for i in range(0, len(items), chunk):
+            async with self.http.post(
+                f"{self.emus.bp_url}/_emulator/incidents", json=list(items[i : i + chunk])
+            ) as resp:
+                if resp.status >= 300:
+                    raise RuntimeError(f"fixtures: {resp.status} {await resp.text()}")
+                ids.extend((await resp.json())["incidents"])
+        return ids
+
+    async def bp_dump(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.emus.bp_url}/_emulator/incidents") as resp:
+            resp.raise_for_status()
+            body = await resp.json()
+        items = body.get("incidents", body) if isinstance(body, dict) else body
+        return list(items)
+
+    async def bp_config(self, **values: Any) -> None:
+        async with self.http.post(f"{self.emus.bp_url}/_emulator/config", json=values) as resp:
+            resp.raise_for_status()
+
+    # BigPanda -----------------------------------------------------------------
+    async def seeded_environment(self) -> str:
+        async with self.http.get(
+            f"{self.emus.bp_url}/resources/v2.0/environments", headers=self.bp_key
+        ) as resp:
+            resp.raise_for_status()
+            envs = await resp.json()
+        self._count("bigpanda", "GET")
+        for env in envs:
+            if env.get("name") != "All Incidents":
+                return str(env["id"])
+        return str(envs[0]["id"])
+
+    async def bp_set_tag(self, incident_id: str, tag: str, value: str) -> None:
+        url = (
+            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
+            f"/incidents/{incident_id}/tags/{tag}"
+        )
+        async with self.http.post(url, json={"tag_value": value}, headers=self.bp_key) as resp:
+            self._count("bigpanda", "POST")
+            if resp.status >= 300:
+                raise RuntimeError(f"set tag: {resp.status} {await resp.text()}")
+
+    async def bp_alerts(self, alerts: Sequence[Mapping[str, Any]], app_key: str = "bench") -> None:
+        body = {"app_key": app_key, "alerts": list(alerts)}
+        async with self.http.post(
+            f"{self.emus.bp_url}/data/v2/alerts", json=body, headers=self.bp_org
+        ) as resp:
+            self._count("bigpanda", "POST")
+            if resp.status >= 300:
+                raise RuntimeError(f"alerts: {resp.status} {await resp.text()}")
+
+    # ServiceNow -----------------------------------------------------------------
+    async def sn_query(self, query: str, fields: str, limit: int = 10000) -> list[dict[str, str]]:
+        params = {
+            "sysparm_query": query,
+            "sysparm_fields": fields,
+            "sysparm_limit": str(limit),
+            "sysparm_exclude_reference_link": "true",
+        }
+        async with self.http.get(
+            f"{self.emus.sn_url}/api/now/table/incident",
+            params=params,
+            auth=self.sn_auth,
+            headers={"Accept": "application/json"},
+        ) as resp:
+            self._count("servicenow", "GET")
+            resp.raise_for_status()
+            return list((await resp.json())["result"])
+
+    async def sn_count(self, query: str = "") -> int:
+        params = {"sysparm_query": query, "sysparm_fields": "sys_id", "sysparm_limit": "1"}
+        async with self.http.get(
+            f"{self.emus.sn_url}/api/now/table/incident",
+            params=params,
+            auth=self.sn_auth,
+            headers={"Accept": "application/json"},
+        ) as resp:
+            self._count("servicenow", "GET")
+            resp.raise_for_status()
+            return int(resp.headers.get("X-Total-Count", "0"))
+
+    async def sn_patch(self, sys_id: str, body: Mapping[str, str]) -> None:
+        url = f"{self.emus.sn_url}/api/now/table/incident/{sys_id}"
+        async with self.http.patch(
+            url, json=dict(body), auth=self.sn_auth, headers={"Accept": "application/json"}
+        ) as resp:
+            self._count("servicenow", "PATCH")
+            if resp.status >= 300:
+                raise RuntimeError(f"patch: {resp.status} {await resp.text()}")
+
+    async def sn_create(self, body: Mapping[str, str]) -> dict[str, str]:
+        url = f"{self.emus.sn_url}/api/now/table/incident"
+        async with self.http.post(
+            url,
+            json=dict(body),
+            auth=self.sn_auth,
+            headers={"Accept": "application/json", "X-no-response-body": "false"},
+        ) as resp:
+            self._count("servicenow", "POST")
+            if resp.status >= 300:
+                raise RuntimeError(f"create: {resp.status} {await resp.text()}")
+            return dict((await resp.json())["result"])
+
+
+def tag_values(incident: Mapping[str, Any]) -> dict[str, str]:
+    """``incident_tags`` of an emulator dump, as ``{tag_id: value}``."""
+    tags = incident.get("incident_tags") or []
+    if isinstance(tags, dict):
+        return {str(k): str(v) for k, v in tags.items()}
+    return {str(t.get("tag_id")): str(t.get("tag_value")) for t in tags if isinstance(t, dict)}
+
+
+async def settle(
+    api: Api,
+    daemon: Daemon,
+    *,
+    quiet_cycles: int = 3,
+    timeout_s: float = 120,
+    done: Any = None,
+) -> float:
+    """Wait until ``quiet_cycles`` consecutive cycles made no write on either side (and
+    ``done()`` when given is true); returns the seconds it took."""
+    started = time.monotonic()
+    quiet = 0
+    before = await api.writes()
+    while quiet < quiet_cycles:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the daemon did not settle within {timeout_s}s")
+        await daemon.wait_cycles(api.http, 1, timeout_s)
+        now = await api.writes()
+        ok = now == before and (done is None or await done())
+        quiet = quiet + 1 if ok else 0
+        before = now
+    return time.monotonic() - started
+
+
+def bp_fixture(
+    i: int,
+    *,
+    incident_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    start: int | None = None,
+    prefix: str = "bench",
+) -> dict[str, Any]:
+    """One active BigPanda incident fixture with one critical alert (host ``<prefix>-<i>``)."""
+    start = int(time.time()) - 60 if start is None else start
+    item: dict[str, Any] = {
+        "status": "critical",
+        "start": start,
+        "alerts": [
+            {
+                "status": "critical",
+                "primary_property": "host",
+                "start": start,
+                "description": f"{prefix} incident {i}",
+                "tags": {"host": f"{prefix}-{i}", "check": "cpu"},
+            }
+        ],
+    }
+    if incident_id is not None:
+        item["id"] = incident_id
+    if tags:
+        item["incident_tags"] = dict(tags)
+    return item
+
+
+def bp_id(i: int) -> str:
+    return f"{0xB0000000_00000000_00000000 + i:024x}"
+
+
+def sn_sys_id(i: int) -> str:
+    return f"{0x5A000000_00000000_00000000_00000000 + i:032x}"

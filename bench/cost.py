@@ -1,0 +1,398 @@
+"""HTTP cost: requests per idle cycle per side, and requests per synced change.
+
+Usage::
+
+    python bench/cost.py                   # 10, 100 and 250 active incidents
+    python bench/cost.py --quick           # 10 active incidents, 5 cycles (< 30 s)
+    python bench/cost.py --json            # one JSON object
+
+Both emulators (rate limits off: counts do not depend on pacing) and a daemon
+(``poll_interval`` 1 s, ``retrieval_count`` 100 = BigPanda's largest search page, the tag
+mapping ``impact_level`` <-> ``impact``). Request counts are differences of the
+emulators' ``GET /_emulator/stats`` snapshots; the benchmark's own requests are
+subtracted.
+
+1. Idle: with A active BigPanda incidents (each linked to its ServiceNow incident), the
+   daemon is left to settle (3 cycles without a write, then ``cursor_overlap`` more
+   seconds, so that the last writes are out of the polls' window), then the requests
+   of N cycles are counted (cycles from the daemon's ``bpsync_cycles_total``) and
+   divided by N, per side and kind (read = GET/HEAD, write = the rest), with the
+   daemon's CPU seconds per idle cycle.
+2. Per change (at the second A, or the only one): K changes of one kind at once on K
+   incidents (BigPanda tag ``impact_level``, or ServiceNow field ``impact``), then the
+   daemon settles; the requests beyond the idle cycles' (reads) are divided by K, per
+   side and kind.
+
+Targets: an idle cycle makes 1 list request on ServiceNow and 1 per 100 active incidents
+on BigPanda, 0 writes; a change costs at most 1 write per changed field on the other
+side, 0 writes back (no echo), and no read beyond the poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _harness as h
+
+SIDES = ("servicenow", "bigpanda")
+
+
+@dataclass
+class Idle:
+    active_incidents: int
+    cycles: int
+    sn_reads: float
+    sn_writes: float
+    bp_reads: float
+    bp_writes: float
+    cpu_ms_per_cycle: float
+    cycle_ms: float
+    expected_bp_reads: int
+    target_met: bool
+    requests: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class PerChange:
+    kind: str  # bp_to_sn | sn_to_bp
+    changes: int
+    propagated: int
+    cycles: int
+    sn_reads: float
+    sn_writes: float
+    bp_reads: float
+    bp_writes: float
+    target_met: bool
+    requests: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def per(stats: h.Stats, n: float) -> dict[str, float]:
+    return {k: round(v / n, 3) for k, v in sorted(stats.requests.items())}
+
+
+async def idle_cost(
+    api: h.Api, daemon: h.Daemon, active: int, *, cycles: int, page: int, overlap_s: float
+) -> Idle:
+    await h.settle(api, daemon, quiet_cycles=3, timeout_s=180)
+    # past the cursor overlap: the recent creates and writes no longer fall in the window
+    await asyncio.sleep(overlap_s + 1)
+    await daemon.wait_cycles(api.http, 1, 30)  # start on a cycle boundary
+    before, c0, cpu0 = await api.snapshot(), await daemon.cycles(api.http), daemon.cpu_s()
+    c1 = await daemon.wait_cycles(api.http, cycles, 30 + 5 * cycles)
+    after, cpu1 = await api.snapshot(), daemon.cpu_s()
+    n = c1.count - c0.count
+    sn, bp = after["servicenow"] - before["servicenow"], after["bigpanda"] - before["bigpanda"]
+    expected_bp = max(1, math.ceil(active / page))
+    result = Idle(
+        active_incidents=active,
+        cycles=int(n),
+        sn_reads=round(sn.reads / n, 3),
+        sn_writes=round(sn.writes / n, 3),
+        bp_reads=round(bp.reads / n, 3),
+        bp_writes=round(bp.writes / n, 3),
+        cpu_ms_per_cycle=round(1000 * (cpu1 - cpu0) / n, 1),
+        cycle_ms=round(1000 * (c1.sum_s - c0.sum_s) / n, 1),
+        expected_bp_reads=expected_bp,
+        target_met=False,
+        requests={"servicenow": per(sn, n), "bigpanda": per(bp, n)},
+    )
+    result.target_met = (
+        result.sn_reads <= 1
+        and result.sn_writes == 0
+        and result.bp_writes == 0
+        and result.bp_reads <= expected_bp
+    )
+    return result
+
+
+async def change_cost(
+    api: h.Api,
+    daemon: h.Daemon,
+    idle: Idle,
+    *,
+    kind: str,
+    targets: list[tuple[str, str]],
+    current: dict[str, str],
+) -> PerChange:
+    """K changes of ``kind`` at once on the (bp_id, sys_id) ``targets``."""
+    await h.settle(api, daemon, quiet_cycles=2, timeout_s=120)
+    before, c0 = await api.snapshot(), await daemon.cycles(api.http)
+    own0 = {s: api.own[s].by_method.copy() for s in SIDES}
+    wanted: dict[str, str] = {}
+    for bp, sys_id in targets:
+        value = "high" if current[bp] != "high" else "medium"
+        current[bp] = value
+        if kind == "bp_to_sn":
+            await api.bp_set_tag(bp, "impact_level", value)
+            wanted[sys_id] = h.IMPACT_MAP[value]
+        else:
+            await api.sn_patch(sys_id, {"impact": h.IMPACT_MAP[value]})
+            wanted[bp] = value
+    own = {s: h.Stats(by_method=api.own[s].by_method - own0[s]) for s in SIDES}
+    await h.settle(api, daemon, quiet_cycles=3, timeout_s=120)
+    after, c1 = await api.snapshot(), await daemon.cycles(api.http)
+    n_cycles = c1.count - c0.count
+    k = len(targets)
+    delta = {s: after[s] - before[s] for s in SIDES}
+    # the daemon's own: minus what this benchmark sent, minus the idle cycles' polls
+    reads = {
+        "servicenow": (
+            delta["servicenow"].reads - own["servicenow"].reads - idle.sn_reads * n_cycles
+        )
+        / k,
+        "bigpanda": (delta["bigpanda"].reads - own["bigpanda"].reads - idle.bp_reads * n_cycles)
+        / k,
+    }
+    writes = {s: (delta[s].writes - own[s].writes) / k for s in SIDES}
+    # verify (after the snapshot: these reads are not counted)
+    if kind == "bp_to_sn":
+        rows = await api.sn_query("sys_idIN" + ",".join(wanted), "sys_id,impact")
+        propagated = sum(1 for r in rows if wanted.get(r["sys_id"]) == r.get("impact"))
+    else:
+        dump = {str(i["id"]): h.tag_values(i).get("impact_level") for i in await api.bp_dump()}
+        propagated = sum(1 for bp, v in wanted.items() if dump.get(bp) == v)
+    target_side, source_side = (
+        ("servicenow", "bigpanda") if kind == "bp_to_sn" else ("bigpanda", "servicenow")
+    )
+    met = (
+        propagated == k
+        and writes[target_side] <= 1.0 + 1e-9
+        and writes[source_side] <= 1e-9
+        and reads[target_side] <= 0.05
+        and reads[source_side] <= 0.05
+    )
+    return PerChange(
+        kind=kind,
+        changes=k,
+        propagated=propagated,
+        cycles=int(n_cycles),
+        sn_reads=round(reads["servicenow"], 3),
+        sn_writes=round(writes["servicenow"], 3),
+        bp_reads=round(reads["bigpanda"], 3),
+        bp_writes=round(writes["bigpanda"], 3),
+        target_met=met,
+        requests={s: per(delta[s], k) for s in SIDES},
+    )
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    levels = [10] if args.quick else args.active
+    cycles = 5 if args.quick else args.cycles
+    k = 5 if args.quick else args.changes
+    overlap = 3.0 if args.quick else args.cursor_overlap
+    per_change_level = levels[min(1, len(levels) - 1)]
+    idles: list[Idle] = []
+    changes: list[PerChange] = []
+    with tempfile.TemporaryDirectory(prefix="bpsync-bench-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        emus = h.Emulators(tmp, rate_limit=None)
+        async with aiohttp.ClientSession() as http:
+            api = h.Api(http, emus)
+            await emus.start(api)
+            daemon: h.Daemon | None = None
+            try:
+                config = h.write_config(tmp / "bpsync.toml", {}, h.MAPPING)
+                env = h.daemon_env(
+                    emus,
+                    tmp / "state",
+                    poll_interval=args.poll_interval,
+                    config=config,
+                    extra={
+                        "BPSYNC_BIGPANDA__RATE_LIMIT_PER_S": 1000,
+                        "BPSYNC_RETRIEVAL_COUNT": args.retrieval_count,
+                        "BPSYNC_CURSOR_OVERLAP": overlap,
+                    },
+                )
+                bp_ids: list[str] = []
+                for level in levels:
+                    new = [
+                        h.bp_fixture(i, tags={"impact_level": "low"}, prefix="cost")
+                        for i in range(len(bp_ids), level)
+                    ]
+                    bp_ids += await api.bp_fixtures(new)
+                    if daemon is None:
+                        daemon = h.Daemon(tmp, env)
+                        await daemon.start(http)
+                    idle = await idle_cost(
+                        api,
+                        daemon,
+                        level,
+                        cycles=cycles,
+                        page=args.retrieval_count,
+                        overlap_s=overlap,
+                    )
+                    idles.append(idle)
+                    h.log(
+                        f"  idle with {level} active incidents: "
+                        f"{idle.sn_reads} SN + {idle.bp_reads} BP reads/cycle"
+                    )
+                    if level == per_change_level:
+                        rows = await api.sn_query(
+                            "correlation_idIN" + ",".join(bp_ids), "sys_id,correlation_id"
+                        )
+                        sys_ids = {r["correlation_id"]: r["sys_id"] for r in rows}
+                        current = dict.fromkeys(bp_ids, "low")
+                        pairs = [(bp, sys_ids[bp]) for bp in bp_ids if bp in sys_ids]
+                        half = max(1, min(k, len(pairs) // 2))
+                        for kind, chosen in (
+                            ("bp_to_sn", pairs[:half]),
+                            ("sn_to_bp", pairs[half : 2 * half]),
+                        ):
+                            changes.append(
+                                await change_cost(
+                                    api, daemon, idle, kind=kind, targets=chosen, current=current
+                                )
+                            )
+                            h.log(
+                                f"  {kind}: {changes[-1].sn_writes} SN + "
+                                f"{changes[-1].bp_writes} BP writes/change"
+                            )
+            finally:
+                if daemon is not None:
+                    daemon.stop()
+                emus.stop()
+    return {
+        "idle": [asdict(i) for i in idles],
+        "per_change": [asdict(c) for c in changes],
+        "target_met": all(i.target_met for i in idles) and all(c.target_met for c in changes),
+    }
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any]) -> None:
+    print(
+        f"HTTP requests per idle cycle (poll {args.poll_interval:g} s, retrieval_count "
+        f"{args.retrieval_count}), machine: {info['nproc']} x {info['cpu_model']}"
+    )
+    h.print_table(
+        (
+            "active BP incidents",
+            "cycles",
+            "SN reads",
+            "SN writes",
+            "BP reads",
+            "target BP reads",
+            "BP writes",
+            "CPU ms/cycle",
+            "cycle ms",
+            "target",
+        ),
+        [
+            (
+                i["active_incidents"],
+                i["cycles"],
+                i["sn_reads"],
+                i["sn_writes"],
+                i["bp_reads"],
+                f"<= {i['expected_bp_reads']}",
+                i["bp_writes"],
+                i["cpu_ms_per_cycle"],
+                i["cycle_ms"],
+                "met" if i["target_met"] else "MISSED",
+            )
+            for i in result["idle"]
+        ],
+    )
+    print(
+        "\nHTTP requests per synced change "
+        "(beyond the idle polls; the benchmark's own writes excluded)"
+    )
+    h.print_table(
+        (
+            "change",
+            "changes",
+            "propagated",
+            "SN reads",
+            "SN writes",
+            "BP reads",
+            "BP writes",
+            "target",
+        ),
+        [
+            (
+                c["kind"].replace("_to_", " -> "),
+                c["changes"],
+                c["propagated"],
+                c["sn_reads"],
+                c["sn_writes"],
+                c["bp_reads"],
+                c["bp_writes"],
+                "met" if c["target_met"] else "MISSED",
+            )
+            for c in result["per_change"]
+        ],
+    )
+    for c in result["per_change"]:
+        print(
+            f"  {c['kind']} requests per change, all of the window "
+            "(incl. idle polls and the bench's own):"
+        )
+        for side in SIDES:
+            for name, n in c["requests"][side].items():
+                print(f"    {side:10} {name:80} {n:>7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="10 active incidents, 5 cycles, 5 changes"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of tables"
+    )
+    parser.add_argument(
+        "--active", type=int, nargs="+", default=[10, 100, 250], help="active incident counts"
+    )
+    parser.add_argument("--cycles", type=int, default=10, help="idle cycles counted")
+    parser.add_argument("--changes", type=int, default=10, help="changes per kind")
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--cursor-overlap",
+        type=float,
+        default=30.0,
+        help="setting cursor_overlap (s); idle is measured once it has passed (--quick: 3)",
+    )
+    parser.add_argument(
+        "--retrieval-count",
+        type=int,
+        default=100,
+        help="BigPanda page size (setting retrieval_count)",
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    result = asyncio.run(main_async(args))
+    info = h.machine()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "benchmark": "cost",
+                    "quick": args.quick,
+                    "machine": info,
+                    "poll_interval_s": args.poll_interval,
+                    "retrieval_count": args.retrieval_count,
+                    "cursor_overlap_s": 3.0 if args.quick else args.cursor_overlap,
+                    **result,
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+            )
+        )
+    else:
+        report(result, args, info)
+        print(f"\n(total {time.perf_counter() - started:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
