@@ -13,8 +13,8 @@ emulators' ``GET /_emulator/stats`` snapshots; the benchmark's own requests are
 subtracted.
 
 1. Idle: with A active BigPanda incidents (each linked to its ServiceNow incident), the
-   daemon is left to settle (3 cycles without a write, then ``cursor_overlap`` more
-   seconds, so that the last writes are out of the polls' window), then the requests
+   daemon is left to settle (3 cycles without a write, then twice ``cursor_overlap``
+   more seconds, so that the last writes are out of the polls' window), then the requests
    of N cycles are counted (cycles from the daemon's ``bpsync_cycles_total``) and
    divided by N, per side and kind (read = GET/HEAD, write = the rest), with the
    daemon's CPU seconds per idle cycle.
@@ -87,8 +87,10 @@ async def idle_cost(
     api: h.Api, daemon: h.Daemon, active: int, *, cycles: int, page: int, overlap_s: float
 ) -> Idle:
     await h.settle(api, daemon, quiet_cycles=3, timeout_s=180)
-    # past the cursor overlap: the recent creates and writes no longer fall in the window
-    await asyncio.sleep(overlap_s + 1)
+    # idle for two overlaps: a poll reaches back one overlap before its watermark, and
+    # an idle watermark trails now by one overlap, so the last burst (the creates and
+    # link tags) leaves the polls' window only then (measured apart, see the README)
+    await asyncio.sleep(2 * overlap_s + 2)
     await daemon.wait_cycles(api.http, 1, 30)  # start on a cycle boundary
     before, c0, cpu0 = await api.snapshot(), await daemon.cycles(api.http), daemon.cpu_s()
     c1 = await daemon.wait_cycles(api.http, cycles, 30 + 5 * cycles)

@@ -79,6 +79,7 @@ from sync.clients.http import (
     Parsed,
     classify_exception,
     is_json_type,
+    new_session,
     one_line,
     send,
     text_excerpt,
@@ -149,33 +150,17 @@ class Family(StrEnum):
 # --------------------------------------------------------------------------- session
 
 
-class _TlsWarning:
-    """Logs the "TLS verification is off" warning once per process."""
-
-    done = False
-
-    @classmethod
-    def emit(cls) -> None:
-        if not cls.done:
-            cls.done = True
-            log.warning(
-                "bigpanda.verify_tls is false: TLS certificates of BigPanda are NOT verified "
-                "(use only for a lab or an emulator with a self-signed certificate)"
-            )
-
-
 def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
     """The HTTP session the client expects; call from a coroutine and close it when done.
 
     No cookie jar: BigPanda authenticates every request by its bearer token, and a
     cookie set by a proxy must not leak between the API key and the org token.
     """
-    if not settings.verify_tls:
-        _TlsWarning.emit()
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=settings.verify_tls),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=settings.timeout),
+    return new_session(
+        side="bigpanda",
+        vendor="BigPanda",
+        verify_tls=settings.verify_tls,
+        timeout_s=settings.timeout,
     )
 
 

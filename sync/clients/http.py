@@ -7,12 +7,15 @@
   both vendors (connection refused, DNS, timeouts, TLS, cut-short answers).
 - :func:`send`: one request through an injected session, returning the answer or the
   transport exception (never raising it), and calling the request observer once.
+- :func:`new_session`: the session both clients expect (no cookie jar, TLS as set, a
+  total timeout), warning once per side when TLS verification is off.
 - Small text helpers for vendor messages (:func:`one_line`, :func:`text_excerpt`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -25,8 +28,34 @@ from sync.clients.base import RequestObserver
 from sync.clock import Clock
 from sync.errors import ApiError, FatalError, PermanentError, TransientError
 
+log = logging.getLogger(__name__)
+
 #: longest non-JSON body excerpt put in an error message
 EXCERPT_CHARS = 160
+
+#: sides whose "TLS verification is off" warning was logged (once per process)
+TLS_WARNED: set[str] = set()
+
+
+def new_session(
+    *, side: str, vendor: str, verify_tls: bool, timeout_s: float, limit: int = 100
+) -> aiohttp.ClientSession:
+    """A session without a cookie jar (``DummyCookieJar``), TLS verified unless
+    ``verify_tls`` is off (then one WARNING per ``side`` and process), ``timeout_s`` in
+    total per request, at most ``limit`` connections. Call from a coroutine; close it."""
+    if not verify_tls and side not in TLS_WARNED:
+        TLS_WARNED.add(side)
+        log.warning(
+            "%s.verify_tls is false: TLS certificates of %s are NOT verified "
+            "(use only for a lab or an emulator with a self-signed certificate)",
+            side,
+            vendor,
+        )
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=verify_tls, limit=limit),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
 
 
 @dataclass(frozen=True, slots=True)

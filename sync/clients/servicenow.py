@@ -57,6 +57,7 @@ from sync.clients.http import (
     classify_exception,
     is_json_type,
     media_type,  # noqa: F401 - re-exported: tests and callers import it from here
+    new_session,
     one_line,
     send,
     text_excerpt,
@@ -106,37 +107,18 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # --------------------------------------------------------------------------- session
 
 
-class _TlsWarning:
-    """Logs the "TLS verification is off" warning once per process."""
-
-    done = False
-
-    @classmethod
-    def emit(cls) -> None:
-        if not cls.done:
-            cls.done = True
-            log.warning(
-                "servicenow.verify_tls is false: TLS certificates of ServiceNow are NOT "
-                "verified (use only for a lab instance with a self-signed certificate)"
-            )
-
-
 def make_session(settings: ServiceNowSettings) -> aiohttp.ClientSession:
     """The HTTP session the client expects; call from a coroutine and close it when done.
 
     No cookie jar (``DummyCookieJar``): ServiceNow serialises the transactions of one
     session, so sharing its JSESSIONID would defeat the bounded concurrency (docs 6.8).
     """
-    if not settings.verify_tls:
-        _TlsWarning.emit()
-    connector = aiohttp.TCPConnector(
-        ssl=settings.verify_tls,
+    return new_session(
+        side="servicenow",
+        vendor="ServiceNow",
+        verify_tls=settings.verify_tls,
+        timeout_s=settings.timeout,
         limit=settings.max_concurrency + 1,  # +1: an OAuth token request may run alongside
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=settings.timeout),
     )
 
 

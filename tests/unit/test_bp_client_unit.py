@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from pydantic import SecretStr
 from yarl import URL
 
-from sync.clients import bigpanda as bp
+from sync.clients import http
 from sync.clients.base import BigPandaAPI
 from sync.clients.bigpanda import (
     BigPandaClient,
@@ -434,11 +434,11 @@ async def test_missing_api_key_is_config_error(session: aiohttp.ClientSession) -
 
 
 async def test_make_session_no_cookies_and_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bp._TlsWarning, "done", False)
+    monkeypatch.setattr(http, "TLS_WARNED", set())
     async with make_session(settings(timeout=7, verify_tls=False)) as s:
         assert isinstance(s.cookie_jar, aiohttp.DummyCookieJar)
         assert s.timeout.total == 7
-    assert bp._TlsWarning.done
+    assert "bigpanda" in http.TLS_WARNED
 
 
 # ---------------------------------------------------------------- requests

@@ -20,7 +20,7 @@ from aioresponses import core as aioresponses_core
 from pydantic import SecretStr
 from yarl import URL
 
-from sync.clients import servicenow as sn
+from sync.clients import http
 from sync.clients.servicenow import ServiceNowClient, make_session
 from sync.clients.snquery import QueryError
 from sync.clock import FakeClock
@@ -140,8 +140,8 @@ async def test_instance_name_gives_service_now_url(session: aiohttp.ClientSessio
 async def test_make_session_no_cookies_timeout_and_tls_warning_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sn._TlsWarning, "done", False)
-    with caplog.at_level(logging.WARNING, logger="sync.clients.servicenow"):
+    monkeypatch.setattr(http, "TLS_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="sync.clients.http"):
         async with make_session(settings(verify_tls=False, timeout=7)) as s1:
             assert isinstance(s1.cookie_jar, aiohttp.DummyCookieJar)
             assert s1.timeout.total == 7
