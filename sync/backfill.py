@@ -484,12 +484,7 @@ class Backfill:
             first = next(o for k, o in result.outcomes if k == "sn.create")
             if first != "ok":
                 return "skipped"  # another cycle or replica owns the incident
-            link = await self._store.live_link_for_bp(outcome.bp_incident_id)
-            if link is not None:
-                audit = await self._store.list_audit(link_id=link.id, kind="action", limit=20)
-                if any(entry.outcome == "adopted" for entry in audit):
-                    return "adopted"
-            return "created"
+            return "adopted" if result.adopted else "created"
         return "updated"
 
 

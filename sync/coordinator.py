@@ -43,6 +43,7 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -72,6 +73,9 @@ Planner = Callable[[PlanInput, Settings, datetime], list[Action]]
 
 #: consecutive cycles a change may fail unexpectedly before it is given up
 MAX_PAIR_FAILURES = 3
+#: how many of the given incidents :meth:`Coordinator.sync_bigpanda_incidents` executes
+#: at once (each incident's writes are its own; the store serialises where it must)
+INCIDENT_CONCURRENCY = 10
 
 #: checkpoint: JSON object, link id -> flags, of the links whose changes wait for their
 #: open writes; flag ``bp_resolved`` / ``sn_resolved``: that side was seen resolved while
@@ -339,8 +343,9 @@ class Coordinator:
         now = self._clock.now()
         outcomes: list[IncidentOutcome] = []
         plans: list[tuple[_Pair, IncidentOutcome]] = []
+        live = await self._store.live_links_for_bp([incident.id for incident, _ in incidents])
         for incident, env in incidents:
-            pair = _Pair(incident, None, await self._store.live_link_for_bp(incident.id), env)
+            pair = _Pair(incident, None, live.get(incident.id), env)
             outcome = IncidentOutcome(incident.id, env, pair.link)
             outcomes.append(outcome)
             await self._expand_for_create(pair)
@@ -354,19 +359,50 @@ class Coordinator:
         self._check_guards([o.actions for _, o in plans], live_links)
         if not execute:
             return outcomes
-        for pair, outcome in plans:
-            if not outcome.actions:
-                continue
-            try:
-                outcome.result = await self._executor.execute(
-                    outcome.actions, environment_id=pair.environment_id
-                )
-            except BpsyncError:
-                raise
-            except Exception as exc:  # one incident's bug must not stop the others
-                log.exception("executing %s failed", self._pair_ids(pair))
-                outcome.error = f"{type(exc).__name__}: {exc}"
+        runnable = [(pair, outcome) for pair, outcome in plans if outcome.actions]
+        ids = [outcome.bp_incident_id for _, outcome in runnable]
+        if len(runnable) < 2 or len(set(ids)) < len(ids):
+            for pair, outcome in runnable:  # (an incident given twice: one after the other)
+                await self._execute_incident(pair, outcome)
+            return outcomes
+        # Distinct incidents: executed concurrently, each as it would be alone (its own
+        # links, outbox items and targets). The first store or credentials error
+        # (BpsyncError) cancels the others, as a crash would stop them: each write is in
+        # the outbox before it is sent, so whatever was cut short is driven again.
+        limit = asyncio.Semaphore(INCIDENT_CONCURRENCY)
+
+        async def run(pair: _Pair, outcome: IncidentOutcome) -> None:
+            async with limit:
+                await self._execute_incident(pair, outcome)
+
+        pending = {asyncio.ensure_future(run(pair, outcome)) for pair, outcome in runnable}
+        failure: BaseException | None = None
+        try:
+            while pending and failure is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.cancelled():  # (not by us: a task cancelled from within)
+                        failure = failure or asyncio.CancelledError()
+                    elif task.exception() is not None:
+                        failure = failure or task.exception()
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if failure is not None:
+            raise failure
         return outcomes
+
+    async def _execute_incident(self, pair: _Pair, outcome: IncidentOutcome) -> None:
+        try:
+            outcome.result = await self._executor.execute(
+                outcome.actions, environment_id=pair.environment_id
+            )
+        except BpsyncError:
+            raise
+        except Exception as exc:  # one incident's bug must not stop the others
+            log.exception("executing %s failed", self._pair_ids(pair))
+            outcome.error = f"{type(exc).__name__}: {exc}"
 
     def _check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
         try:

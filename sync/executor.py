@@ -68,11 +68,14 @@ Idempotent create (B2, B15)
 ---------------------------
 ``previous_link_id`` -> that link becomes ``superseded`` (history kept) ->
 ``create_pending_link`` (``DuplicateLinkError``: another cycle or replica owns it, skip)
--> the environment is remembered (checkpoint ``bp_env:<id>``) -> enqueue -> search
+-> the environment is remembered (checkpoint ``bp_env:<id>``) -> enqueue (these three in
+one transaction: ``create_pending_link_and_enqueue``) -> search
 ``correlation_id`` (active incidents not already linked in this incident's history): one
 found is adopted (its fields that differ from the plan are PATCHed), none -> create
 with ``correlation_id`` = BigPanda id and ``correlation_display`` = ``BigPanda`` ->
-``confirm_link`` -> record field states -> :class:`~sync.actions.SetLinkTag`.
+``confirm_link`` -> record field states (with the audit entry, one transaction:
+``confirm_link_and_record``) -> :class:`~sync.actions.SetLinkTag` (enqueued in the
+transaction that completes the create: ``complete_and_enqueue``).
 :meth:`Executor.recover_pending_links` handles pending links without an outbox item
 (a crash between the link and the enqueue, or a dropped dead letter): found by
 ``correlation_id`` -> adopted; not found -> superseded and handed back for re-planning.
@@ -120,7 +123,14 @@ from sync.errors import ApiError, NotFoundError, PermanentError, TransientError
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
-from sync.store.base import DuplicateLinkError, LinkStore, OutboxItem, OutboxState
+from sync.store.base import (
+    DuplicateLinkError,
+    FieldStates,
+    LinkStore,
+    NewOutboxItem,
+    OutboxItem,
+    OutboxState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +277,18 @@ def _ref_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _states(
+    link_id: int, record_bp: Mapping[str, str | None], record_sn: Mapping[str, str | None]
+) -> list[FieldStates]:
+    """The field states to record for a link (no entry for an empty side)."""
+    out = []
+    if record_bp:
+        out.append(FieldStates(link_id, Side.BIGPANDA, record_bp))
+    if record_sn:
+        out.append(FieldStates(link_id, Side.SERVICENOW, record_sn))
+    return out
+
+
 def _reason(exc: ApiError) -> str:
     return str(exc)
 
@@ -284,6 +306,8 @@ class PairResult:
 
     outcomes: list[tuple[str, str]] = field(default_factory=list)
     recorded: bool = True
+    adopted: bool = False
+    """A create adopted the ServiceNow incident found by correlation_id."""
 
     def add(self, kind: str, outcome: str) -> None:
         self.outcomes.append((kind, outcome))
@@ -342,6 +366,8 @@ class Executor:
         self._open: dict[str, set[int]] = {}
         #: bp incident id -> (sys_id, link id) confirmed by a create, for its log line
         self._created: dict[str, tuple[str, int]] = {}
+        #: bp incident ids whose create (in the current execute) adopted an incident
+        self._adopted: set[str] = set()
         self.notifications = 0
 
     # ------------------------------------------------------------------ public API
@@ -356,6 +382,11 @@ class Executor:
         for action in actions:
             started = self._clock.monotonic()
             outcome = await self._execute_one(action, environment_id, result)
+            if (
+                isinstance(action, CreateServiceNowIncident)
+                and action.bp_incident_id in self._adopted
+            ):
+                result.adopted = True  # (_log_action forgets it)
             self._log_action(action, outcome, self._clock.monotonic() - started)
             result.add(action.kind, outcome)
             if isinstance(action, CreateServiceNowIncident) and outcome != "ok":
@@ -528,9 +559,16 @@ class Executor:
             previous = await self._store.get_link(action.previous_link_id)
             if previous is not None and previous.state != LinkState.SUPERSEDED:
                 await self._store.set_link_state(previous.id, LinkState.SUPERSEDED, now)
+        env = action.environment_id
+        # the pending link, the environment and the create's outbox item in one
+        # transaction (all or nothing): a crash leaves either none or all of them
         try:
-            link = await self._store.create_pending_link(
-                action.bp_incident_id, now, previous_link_id=action.previous_link_id
+            link, item = await self._store.create_pending_link_and_enqueue(
+                action.bp_incident_id,
+                now,
+                lambda link: self._new_item(action, env, {"link_id": link.id})[0],
+                previous_link_id=action.previous_link_id,
+                checkpoint=(BP_ENV_CHECKPOINT + action.bp_incident_id, env),
             )
         except DuplicateLinkError:
             log.info(
@@ -538,10 +576,11 @@ class Executor:
                 extra={"bp_incident_id": action.bp_incident_id},
             )
             return "skipped"
-        await self.remember_environment(action.bp_incident_id, action.environment_id)
-        return await self._run_write(
-            action, action.environment_id, result, extra={"link_id": link.id}
-        )
+        except Exception:
+            result.recorded = False
+            raise
+        meta = {"environment_id": env, "link_id": link.id}
+        return await self._send_enqueued(item, action, env, meta)
 
     async def _run_write(
         self,
@@ -564,27 +603,36 @@ class Executor:
         extra: Mapping[str, Any] | None = None,
     ) -> tuple[OutboxItem, dict[str, Any]]:
         """Record the write in the outbox (SPEC B15: before it is sent)."""
+        new, meta = self._new_item(action, env, extra)
+        try:
+            item = await self._store.enqueue(
+                new.kind,
+                new.target,
+                new.payload,
+                new.idempotency_key,
+                self._clock.now(),
+                link_id=new.link_id,
+                bp_incident_id=new.bp_incident_id,
+                sn_sys_id=new.sn_sys_id,
+            )
+        except Exception:
+            result.recorded = False
+            raise
+        return item, meta
+
+    @staticmethod
+    def _new_item(
+        action: WriteAction, env: str | None, extra: Mapping[str, Any] | None = None
+    ) -> tuple[NewOutboxItem, dict[str, Any]]:
+        """The outbox item of a write (its payload: the action and ``meta``) and meta."""
         meta: dict[str, Any] = {"environment_id": env, **(extra or {})}
         payload = {"action": encode_action(action), **meta}
         target = target_of(action)
         key = idempotency_key(action.kind, target, payload)
         bp_id, sn_id, link_id = _ids_of(action)
         link_id = link_id if link_id is not None else meta.get("link_id")
-        try:
-            item = await self._store.enqueue(
-                action.kind,
-                target,
-                payload,
-                key,
-                self._clock.now(),
-                link_id=link_id,
-                bp_incident_id=bp_id,
-                sn_sys_id=sn_id,
-            )
-        except Exception:
-            result.recorded = False
-            raise
-        return item, meta
+        new = NewOutboxItem(action.kind, target, payload, key, link_id, bp_id, sn_id)
+        return new, meta
 
     async def _send_enqueued(
         self, item: OutboxItem, action: WriteAction, env: str | None, meta: Mapping[str, Any]
@@ -612,8 +660,9 @@ class Executor:
         self, item: OutboxItem, action: WriteAction, env: str | None, meta: Mapping[str, Any]
     ) -> str:
         """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
+        records: list[FieldStates] = []
         try:
-            follow_ups = await self._attempt(action, env, meta)
+            follow_ups = await self._attempt(action, env, meta, records)
         except _Deferred as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
         except TransientError as exc:
@@ -623,22 +672,33 @@ class Executor:
         # follow-ups (the link tag after a create) are in the outbox BEFORE this item is
         # complete: killed in between, the create is re-driven (idempotent, B2) and the
         # follow-up is still there, never lost (B15)
-        queued = [(f, await self._enqueue(f, env, PairResult())) for f in follow_ups]
-        await self._store.complete(item.id, self._clock.now())
+        # (one transaction: the field states the write recorded, the follow-ups, complete)
+        news = [self._new_item(f, env) for f in follow_ups]
+        f_items = await self._store.complete_and_enqueue(
+            item.id,
+            self._clock.now(),
+            follow_ups=[new for new, _ in news],
+            field_states=records,
+        )
         self._close(item)
-        for follow_up, (f_item, f_meta) in queued:
+        for follow_up, f_item, (_, f_meta) in zip(follow_ups, f_items, news, strict=True):
             await self._send_enqueued(f_item, follow_up, env, f_meta)
         return "ok"
 
     async def _attempt(
-        self, action: WriteAction, env: str | None, meta: Mapping[str, Any]
+        self,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        records: list[FieldStates],
     ) -> list[WriteAction]:
         side = SIDE_OF_KIND[action.kind].value
         delay_s = self._retry.in_cycle_backoff
         for attempt_no in range(1, self._retry.in_cycle_attempts + 1):
             await self._wait_for(side)
+            records.clear()
             try:
-                return await self._apply(action, env, meta)
+                return await self._apply(action, env, meta, records)
             except TransientError as exc:
                 if exc.retry_after_s:
                     mono = self._clock.monotonic() + exc.retry_after_s
@@ -779,9 +839,14 @@ class Executor:
     # ------------------------------------------------------------------ the writes
 
     async def _apply(
-        self, action: WriteAction, env: str | None, meta: Mapping[str, Any]
+        self,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        records: list[FieldStates],
     ) -> list[WriteAction]:
-        """Send one write and record its effect; returns follow-up writes."""
+        """Send one write and record its effect; returns follow-up writes. Field states
+        appended to ``records`` are recorded with the item's completion (one transaction)."""
         if isinstance(action, CreateServiceNowIncident):
             link_id = meta.get("link_id")
             if not isinstance(link_id, int):
@@ -843,7 +908,7 @@ class Executor:
                 await self._bp.set_tags(action.environment_id, action.bp_incident_id, tags)
             for tag_id in remove_tags:
                 await self._bp.delete_tag(action.environment_id, action.bp_incident_id, tag_id)
-            await self._record(action.link_id, action.record_bp, action.record_sn)
+            records.extend(_states(action.link_id, action.record_bp, action.record_sn))
             return []
         if isinstance(action, ResolveBigPanda):
             if await self._resolve_is_stale(action, env):
@@ -867,8 +932,8 @@ class Executor:
             action.environment_id, action.bp_incident_id, action.tag_id, action.value
         )
         if action.link_id is not None:
-            await self._store.record_field_states(
-                action.link_id, Side.BIGPANDA, {action.tag_id: action.value}, self._clock.now()
+            records.append(
+                FieldStates(action.link_id, Side.BIGPANDA, {action.tag_id: action.value})
             )
         return []
 
@@ -924,15 +989,16 @@ class Executor:
         value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
         return [SetLinkTag(link.bp_incident_id, env, tag, value, link_id=link_id)]
 
-    async def _find_existing(self, bp_incident_id: str, link_id: int) -> SNRecord | None:
+    async def _find_existing(
+        self, bp_incident_id: str, link_id: int, links: Sequence[Link] | None = None
+    ) -> SNRecord | None:
         """An active incident with this correlation_id that no older link of the incident
-        owns (after a reopen past the window, the old incident has the same id)."""
+        owns (after a reopen past the window, the old incident has the same id).
+        ``links``: the incident's links, when the caller has just read them."""
         found = await self._sn.find_by_correlation_id(bp_incident_id, active_only=True)
-        history = {
-            old.sn_sys_id
-            for old in await self._store.links_for_bp(bp_incident_id)
-            if old.id != link_id and old.sn_sys_id
-        }
+        if links is None:
+            links = await self._store.links_for_bp(bp_incident_id)
+        history = {old.sn_sys_id for old in links if old.id != link_id and old.sn_sys_id}
         candidates = [r for r in found if str(r.get("sys_id", "")) not in history]
         if not candidates:
             return None
@@ -943,16 +1009,21 @@ class Executor:
     async def _apply_create(
         self, action: CreateServiceNowIncident, link_id: int
     ) -> list[WriteAction]:
-        link = await self._store.get_link(link_id)
+        # the incident's links (history for _find_existing) hold this one: one read
+        links = await self._store.links_for_bp(action.bp_incident_id)
+        link = next((old for old in links if old.id == link_id), None)
+        if link is None:
+            link = await self._store.get_link(link_id)
         if link is None:
             raise PermanentError("bpsync", f"the pending link {link_id} no longer exists")
         if link.state == LinkState.SUPERSEDED:
             log.info("create dropped: its link was superseded", extra={"link_id": link_id})
             return []
+        adopted_now = False
         if link.sn_sys_id is None:
             values = {**action.fields, **await self._lookups.resolve_fields(action.lookups)}
-            existing = await self._find_existing(action.bp_incident_id, link_id)
-            adopted = existing is not None
+            existing = await self._find_existing(action.bp_incident_id, link_id, links)
+            adopted = adopted_now = existing is not None
             if existing is not None:
                 current = {k: ("" if v is None else str(v)) for k, v in existing.items()}
                 differing = {k: v for k, v in values.items() if current.get(k) != v}
@@ -969,19 +1040,21 @@ class Executor:
                 )
             sys_id = str(record.get("sys_id", "") or (existing or {}).get("sys_id", ""))
             number = str(record.get("number", "") or (existing or {}).get("number", ""))
-            now = self._clock.now()
-            link = await self._store.confirm_link(link_id, sys_id, number, now)
-            await self._store.append_audit(
-                "action",
-                "adopted" if adopted else "created",
-                now,
-                link_id=link_id,
-                bp_incident_id=action.bp_incident_id,
-                sn_sys_id=sys_id,
+            # confirm, audit and field states in one transaction
+            link = await self._store.confirm_link_and_record(
+                link_id,
+                sys_id,
+                number,
+                self._clock.now(),
+                audit_outcome="adopted" if adopted else "created",
+                field_states=_states(link_id, action.record_bp, action.record_sn),
             )
-        await self._record(link_id, action.record_bp, action.record_sn)
+        else:
+            await self._record(link_id, action.record_bp, action.record_sn)
         assert link.sn_sys_id is not None
         self._created[action.bp_incident_id] = (link.sn_sys_id, link_id)
+        if link.sn_sys_id and adopted_now:
+            self._adopted.add(action.bp_incident_id)
         value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
         return [
             SetLinkTag(
@@ -1024,6 +1097,7 @@ class Executor:
         bp_id, sn_id, link_id = _ids_of(action)
         if isinstance(action, CreateServiceNowIncident):
             sn_id, link_id = self._created.pop(action.bp_incident_id, (sn_id, link_id))
+            self._adopted.discard(action.bp_incident_id)
         log.info(
             "%s %s",
             action.kind,

@@ -8,7 +8,7 @@ test suite runs against both. Each method is one short transaction.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -57,6 +57,28 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class NewOutboxItem:
+    """A write to record (the arguments of :meth:`LinkStore.enqueue` but ``now``)."""
+
+    kind: str
+    target: str
+    payload: Mapping[str, Any]
+    idempotency_key: str
+    link_id: int | None = None
+    bp_incident_id: str | None = None
+    sn_sys_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FieldStates:
+    """Values to record as synced for one side of a link (:meth:`record_field_states`)."""
+
+    link_id: int
+    side: Side
+    values: Mapping[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     at: datetime
@@ -97,6 +119,10 @@ class LinkStore(Protocol):
 
     async def live_link_for_sn(self, sn_sys_id: str) -> Link | None: ...
 
+    async def live_links_for_bp(self, bp_incident_ids: Collection[str]) -> dict[str, Link]:
+        """The live link of each of these incidents that has one (one read)."""
+        ...
+
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
         """Every link of the incident, newest first (history across reopens)."""
         ...
@@ -135,6 +161,49 @@ class LinkStore(Protocol):
     async def record_field_states(
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
     ) -> None: ...
+
+    # --- several steps in one transaction (all or nothing): the executor's hot paths
+    async def create_pending_link_and_enqueue(
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        item_for: Callable[[Link], NewOutboxItem],
+        *,
+        previous_link_id: int | None = None,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> tuple[Link, OutboxItem]:
+        """``create_pending_link``, then ``set_checkpoint(*checkpoint)``, then ``enqueue``
+        of ``item_for(link)``, in one transaction: all of them or none. Raises
+        DuplicateLinkError (nothing written) if a live link exists."""
+        ...
+
+    async def confirm_link_and_record(
+        self,
+        link_id: int,
+        sn_sys_id: str,
+        sn_number: str,
+        now: datetime,
+        *,
+        audit_outcome: str | None = None,
+        field_states: Sequence[FieldStates] = (),
+    ) -> Link:
+        """``confirm_link``, then (when ``audit_outcome`` is set) an ``action`` audit
+        entry for the link with both ids, then ``record_field_states`` of each, in one
+        transaction."""
+        ...
+
+    async def complete_and_enqueue(
+        self,
+        item_id: int,
+        now: datetime,
+        *,
+        follow_ups: Sequence[NewOutboxItem] = (),
+        field_states: Sequence[FieldStates] = (),
+    ) -> list[OutboxItem]:
+        """``record_field_states`` of each, ``enqueue`` of each follow-up (idempotent as
+        ``enqueue``), then ``complete(item_id)``, in one transaction: a follow-up is never
+        lost (recorded before its item is done). Returns the follow-ups' items in order."""
+        ...
 
     # --- outbox and dead letters
     async def enqueue(

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +56,8 @@ from sync.store.base import (
     Cursor,
     DuplicateLinkError,
     FencedError,
+    FieldStates,
+    NewOutboxItem,
     OutboxItem,
     OutboxState,
 )
@@ -138,6 +140,14 @@ class MemoryStore:
             if link.sn_sys_id == sn_sys_id and link.state in LIVE_LINK_STATES:
                 return link
         return None
+
+    async def live_links_for_bp(self, bp_incident_ids: Collection[str]) -> dict[str, Link]:
+        wanted = set(bp_incident_ids)
+        return {
+            link.bp_incident_id: link
+            for link in self._read().links.values()
+            if link.bp_incident_id in wanted and link.state in LIVE_LINK_STATES
+        }
 
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
         found = [x for x in self._read().links.values() if x.bp_incident_id == bp_incident_id]
@@ -272,6 +282,88 @@ class MemoryStore:
             data.field_states[(link_id, side, name)] = FieldState(
                 link_id=link_id, side=side, name=name, value=value, synced_at=now
             )
+
+    # --- several steps in one transaction
+
+    async def create_pending_link_and_enqueue(
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        item_for: Callable[[Link], NewOutboxItem],
+        *,
+        previous_link_id: int | None = None,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> tuple[Link, OutboxItem]:
+        # nothing below awaits anything: the steps run as one (every check comes first)
+        as_utc(now)
+        self._write()
+        link = await self.create_pending_link(
+            bp_incident_id, now, previous_link_id=previous_link_id
+        )
+        if checkpoint is not None:
+            await self.set_checkpoint(checkpoint[0], checkpoint[1], now)
+        item = await self._enqueue_new(item_for(link), now)
+        return link, item
+
+    async def confirm_link_and_record(
+        self,
+        link_id: int,
+        sn_sys_id: str,
+        sn_number: str,
+        now: datetime,
+        *,
+        audit_outcome: str | None = None,
+        field_states: Sequence[FieldStates] = (),
+    ) -> Link:
+        data = self._write()
+        for states in field_states:
+            self._link(data, states.link_id)
+        link = await self.confirm_link(link_id, sn_sys_id, sn_number, now)
+        if audit_outcome is not None:
+            await self.append_audit(
+                "action",
+                audit_outcome,
+                now,
+                link_id=link_id,
+                bp_incident_id=link.bp_incident_id,
+                sn_sys_id=sn_sys_id,
+            )
+        for states in field_states:
+            await self.record_field_states(states.link_id, states.side, states.values, now)
+        return link
+
+    async def complete_and_enqueue(
+        self,
+        item_id: int,
+        now: datetime,
+        *,
+        follow_ups: Sequence[NewOutboxItem] = (),
+        field_states: Sequence[FieldStates] = (),
+    ) -> list[OutboxItem]:
+        data = self._write()
+        self._item(data, item_id)
+        for states in field_states:
+            self._link(data, states.link_id)
+        for new in follow_ups:
+            if new.link_id is not None:
+                self._link(data, new.link_id)
+        for states in field_states:
+            await self.record_field_states(states.link_id, states.side, states.values, now)
+        items = [await self._enqueue_new(new, now) for new in follow_ups]
+        await self.complete(item_id, now)
+        return items
+
+    async def _enqueue_new(self, new: NewOutboxItem, now: datetime) -> OutboxItem:
+        return await self.enqueue(
+            new.kind,
+            new.target,
+            new.payload,
+            new.idempotency_key,
+            now,
+            link_id=new.link_id,
+            bp_incident_id=new.bp_incident_id,
+            sn_sys_id=new.sn_sys_id,
+        )
 
     # --- outbox and dead letters
 

@@ -4,6 +4,14 @@ Same semantics as :class:`sync.store.memory.MemoryStore` (its docstring lists th
 contract suite in ``tests/store`` proves both agree). How the SQL side keeps them:
 
 - Every method is one short transaction on a pooled connection.
+- SQLite file: every store call runs whole, on the synchronous pysqlite driver, in one
+  thread of the store's own (``bpsync-sqlite``): one hand-over between threads per call
+  instead of several per statement (aiosqlite's), which cost more than SQLite itself.
+  The calls are serialised there, as SQLite serialises writers anyway; a busy wait for
+  another process's lock blocks that thread, never the event loop. Postgres (asyncpg)
+  and in-memory SQLite use the async engine.
+- The hot statements are built once, with their parameters given at execution;
+  the hot upserts are text (SQLAlchemy does not cache ``on_conflict_do_update``).
 - SQLite: WAL journal, ``busy_timeout``, foreign keys on. pysqlite's own transaction
   handling is switched off and SQLAlchemy emits ``BEGIN`` itself (the SQLAlchemy
   recipe), so reads are real snapshots; writes start with ``BEGIN IMMEDIATE`` so two
@@ -21,12 +29,17 @@ contract suite in ``tests/store`` proves both agree). How the SQL side keeps the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+import functools
+import inspect
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -36,16 +49,19 @@ from sqlalchemy import (
     Connection,
     Row,
     and_,
+    bindparam,
+    create_engine,
     delete,
     event,
     func,
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -61,6 +77,8 @@ from sync.store.base import (
     Cursor,
     DuplicateLinkError,
     FencedError,
+    FieldStates,
+    NewOutboxItem,
     OutboxItem,
     OutboxState,
 )
@@ -117,6 +135,21 @@ def make_engine(url: str) -> AsyncEngine:
         connect_args["server_settings"] = {"search_path": str(search_path)}
         parsed = parsed.difference_update_query(["search_path"])
     return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def make_sqlite_thread_engine(url: str) -> Engine | None:
+    """The synchronous (pysqlite) twin of :func:`make_engine` for a SQLite file, with the
+    same connection setup; None for Postgres and in-memory SQLite (see ``SqlStore``)."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if not database or database == ":memory:" or "mode=memory" in str(parsed):
+        return None
+    engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
@@ -253,7 +286,7 @@ async def open_sql_store(url: str, *, check_schema: bool = True) -> SqlStore:
     except BaseException:
         await engine.dispose()
         raise
-    return SqlStore(engine, url)
+    return SqlStore(engine, url, thread_engine=make_sqlite_thread_engine(url))
 
 
 # --------------------------------------------------------------------------- rows
@@ -314,6 +347,138 @@ def _audit(row: Row[Any]) -> AuditEntry:
 
 _LIVE = [s.value for s in LIVE_LINK_STATES]
 
+# The hot upserts as text, the same on SQLite and Postgres: SQLAlchemy cannot cache an
+# ``on_conflict_do_update`` (it would compile it again on every call).
+# The hot statements, built once: their parameters come at execution (building a
+# statement, and its cache key, on every call costs more than running it on SQLite).
+_LINK_BY_ID = select(t.links).where(t.links.c.id == bindparam("b_id"))
+_LIVE_BY_BP = (
+    select(t.links)
+    .where(t.links.c.bp_incident_id == bindparam("b_value"), t.links.c.state.in_(_LIVE))
+    .limit(1)
+)
+_LIVE_BY_SN = (
+    select(t.links)
+    .where(t.links.c.sn_sys_id == bindparam("b_value"), t.links.c.state.in_(_LIVE))
+    .limit(1)
+)
+_LIVE_BY_BPS = select(t.links).where(
+    t.links.c.bp_incident_id.in_(bindparam("b_values", expanding=True)),
+    t.links.c.state.in_(_LIVE),
+)
+_LINKS_FOR_BP = (
+    select(t.links)
+    .where(t.links.c.bp_incident_id == bindparam("b_value"))
+    .order_by(t.links.c.id.desc())
+)
+_INSERT_LINK = insert(t.links).returning(t.links)
+_CONFIRM_LINK = (
+    update(t.links)
+    .where(t.links.c.id == bindparam("b_id"))
+    .values(
+        sn_sys_id=bindparam("sn_sys_id"),
+        sn_number=bindparam("sn_number"),
+        state=bindparam("state"),
+        updated_at=bindparam("updated_at"),
+    )
+    .returning(t.links)
+)
+_NOT_DONE_WITH_KEY = select(t.outbox).where(
+    t.outbox.c.idempotency_key == bindparam("b_key"),
+    t.outbox.c.state != OutboxState.DONE.value,
+)
+_INSERT_ITEM = insert(t.outbox).returning(t.outbox)
+_COMPLETE_ITEM = (
+    update(t.outbox)
+    .where(t.outbox.c.id == bindparam("b_id"))
+    .values(state=OutboxState.DONE.value, updated_at=bindparam("updated_at"))
+)
+_INSERT_AUDIT = insert(t.audit)
+
+_UPSERT_FIELD_STATE = text(
+    "INSERT INTO field_state (link_id, side, name, value, synced_at) "
+    "VALUES (:link_id, :side, :name, :value, :synced_at) "
+    "ON CONFLICT (link_id, side, name) "
+    "DO UPDATE SET value = excluded.value, synced_at = excluded.synced_at"
+).bindparams(bindparam("synced_at", type_=t.field_state.c.synced_at.type))
+_UPSERT_CHECKPOINT = text(
+    "INSERT INTO checkpoints (name, value, updated_at) VALUES (:name, :value, :updated_at) "
+    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+).bindparams(bindparam("updated_at", type_=t.checkpoints.c.updated_at.type))
+_T = TypeVar("_T")
+
+#: set while a store call runs in its SQLite thread (see ``SqlStore``)
+_in_thread = threading.local()
+
+
+class _InlineConnection:
+    """What the store code needs of an AsyncConnection, over a synchronous Connection:
+    its ``execute`` never suspends, so a whole store call runs in one ``send``."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+
+def _run_inline(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a store call to its end in this (the SQLite) thread; it must not suspend."""
+    _in_thread.active = True
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return cast(_T, stop.value)
+    finally:
+        _in_thread.active = False
+    coro.close()
+    raise RuntimeError("a SQLite store call suspended in the store's thread")
+
+
+def _threaded(
+    method: Callable[..., Coroutine[Any, Any, _T]],
+) -> Callable[..., Coroutine[Any, Any, _T]]:
+    @functools.wraps(method)
+    async def run(self: SqlStore, *args: Any, **kwargs: Any) -> _T:
+        pool = self._thread_pool
+        if pool is None or getattr(_in_thread, "active", False):
+            if pool is None and self._thread_engine is not None:
+                raise StoreError("the store is closed")
+            return await method(self, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool, _run_inline, method(self, *args, **kwargs))
+
+    return run
+
+
+def _audit_values(
+    kind: str,
+    outcome: str,
+    now: datetime,
+    *,
+    link_id: int | None = None,
+    bp_incident_id: str | None = None,
+    sn_sys_id: str | None = None,
+    field: str | None = None,
+    bp_value: str | None = None,
+    sn_value: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "at": now,
+        "kind": kind,
+        "outcome": outcome,
+        "link_id": link_id,
+        "bp_incident_id": bp_incident_id,
+        "sn_sys_id": sn_sys_id,
+        "field": field,
+        "bp_value": bp_value,
+        "sn_value": sn_value,
+        "detail": dict(detail or {}),
+    }
+
 
 # --------------------------------------------------------------------------- the store
 
@@ -321,11 +486,22 @@ _LIVE = [s.value for s in LIVE_LINK_STATES]
 class SqlStore:
     """A :class:`~sync.store.base.LinkStore` on SQLite or Postgres. Build with ``open_store``."""
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, url: str, *, thread_engine: Engine | None = None
+    ) -> None:
         self._engine = engine
         self._url = url
         self._postgres = engine.dialect.name == "postgresql"
         self._fenced_epoch: int | None = None
+        self._link_for_update = self._lock(_LINK_BY_ID)
+        # SQLite file: every store call runs whole in one thread of its own, on the
+        # synchronous driver (one hand-over per call, not several per statement)
+        self._thread_engine = thread_engine
+        self._thread_pool = (
+            None
+            if thread_engine is None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpsync-sqlite")
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -340,15 +516,32 @@ class SqlStore:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._thread_engine is not None:
+            assert getattr(_in_thread, "active", False), "a store call outside its thread"
+            async with _mapped_errors(self._url):
+                with self._thread_engine.connect() as sync_conn, sync_conn.begin():
+                    yield cast(AsyncConnection, _InlineConnection(sync_conn))
+            return
         async with _mapped_errors(self._url), self._engine.connect() as conn, conn.begin():
             yield conn
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *, fenced: bool = True) -> AsyncIterator[AsyncConnection]:
+        if self._thread_engine is not None:
+            assert getattr(_in_thread, "active", False), "a store call outside its thread"
+            async with _mapped_errors(self._url):
+                with self._thread_engine.connect() as sync_conn:
+                    sync_conn.execution_options(**{_WRITE_OPTION: True})
+                    with sync_conn.begin():
+                        conn = cast(AsyncConnection, _InlineConnection(sync_conn))
+                        if fenced and self._fenced_epoch is not None:
+                            await self._check_fence(conn, self._fenced_epoch)
+                        yield conn
+            return
         async with _mapped_errors(self._url), self._engine.connect() as conn:
             await conn.execution_options(**{_WRITE_OPTION: True})
             async with conn.begin():
-                if self._fenced_epoch is not None:
+                if fenced and self._fenced_epoch is not None:
                     await self._check_fence(conn, self._fenced_epoch)
                 yield conn
 
@@ -373,6 +566,11 @@ class SqlStore:
     # --- lifecycle
 
     async def close(self) -> None:
+        pool, self._thread_pool = self._thread_pool, None
+        if pool is not None and self._thread_engine is not None:
+            # queued behind every call still running: they finish first
+            await asyncio.get_running_loop().run_in_executor(pool, self._thread_engine.dispose)
+            pool.shutdown(wait=True)
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -382,37 +580,41 @@ class SqlStore:
     # --- links
 
     async def _get_link(self, conn: AsyncConnection, link_id: int, *, lock: bool) -> Link:
-        query = select(t.links).where(t.links.c.id == link_id)
-        row = (await conn.execute(self._lock(query) if lock else query)).first()
+        query = self._link_for_update if lock else _LINK_BY_ID
+        row = (await conn.execute(query, {"b_id": link_id})).first()
         if row is None:
             raise StoreError(f"no link {link_id}")
         return _link(row)
 
     async def get_link(self, link_id: int) -> Link | None:
         async with self._read() as conn:
-            row = (await conn.execute(select(t.links).where(t.links.c.id == link_id))).first()
+            row = (await conn.execute(_LINK_BY_ID, {"b_id": link_id})).first()
         return None if row is None else _link(row)
 
-    async def _live_by(self, column: ColumnElement[Any], value: str) -> Link | None:
-        query = select(t.links).where(column == value, t.links.c.state.in_(_LIVE)).limit(1)
+    async def _live_by(self, query: Any, value: str) -> Link | None:
         async with self._read() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, {"b_value": value})).first()
         return None if row is None else _link(row)
 
     async def live_link_for_bp(self, bp_incident_id: str) -> Link | None:
-        return await self._live_by(t.links.c.bp_incident_id, bp_incident_id)
+        return await self._live_by(_LIVE_BY_BP, bp_incident_id)
 
     async def live_link_for_sn(self, sn_sys_id: str) -> Link | None:
-        return await self._live_by(t.links.c.sn_sys_id, sn_sys_id)
+        return await self._live_by(_LIVE_BY_SN, sn_sys_id)
+
+    async def live_links_for_bp(self, bp_incident_ids: Collection[str]) -> dict[str, Link]:
+        ids = sorted(set(bp_incident_ids))
+        if not ids:
+            return {}
+        async with self._read() as conn:
+            rows = await conn.execute(_LIVE_BY_BPS, {"b_values": ids})
+            links = [_link(row) for row in rows]
+        return {link.bp_incident_id: link for link in links}
 
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
-        query = (
-            select(t.links)
-            .where(t.links.c.bp_incident_id == bp_incident_id)
-            .order_by(t.links.c.id.desc())
-        )
         async with self._read() as conn:
-            return [_link(row) for row in await conn.execute(query)]
+            rows = await conn.execute(_LINKS_FOR_BP, {"b_value": bp_incident_id})
+            return [_link(row) for row in rows]
 
     async def links_for_sn(self, sn_sys_id: str) -> list[Link]:
         """Every link ever confirmed with this sys_id, newest first (not in the protocol)."""
@@ -422,11 +624,11 @@ class SqlStore:
         async with self._read() as conn:
             return [_link(row) for row in await conn.execute(query)]
 
-    async def create_pending_link(
-        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
-    ) -> Link:
-        now = as_utc(now)
-        values = {
+    @staticmethod
+    def _pending_link_values(
+        bp_incident_id: str, now: datetime, previous_link_id: int | None
+    ) -> dict[str, Any]:
+        return {
             "bp_incident_id": bp_incident_id,
             "sn_sys_id": None,
             "sn_number": None,
@@ -437,12 +639,23 @@ class SqlStore:
             "reopen_deadline": None,
             "previous_link_id": previous_link_id,
         }
+
+    async def _insert_pending_link(
+        self, conn: AsyncConnection, bp_incident_id: str, now: datetime, previous: int | None
+    ) -> Link:
+        if previous is not None:
+            await self._get_link(conn, previous, lock=False)
+        values = self._pending_link_values(bp_incident_id, now, previous)
+        result = await conn.execute(_INSERT_LINK, values)
+        return _link(result.one())
+
+    async def create_pending_link(
+        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
+    ) -> Link:
+        now = as_utc(now)
         try:
             async with self._write() as conn:
-                if previous_link_id is not None:
-                    await self._get_link(conn, previous_link_id, lock=False)
-                result = await conn.execute(insert(t.links).values(values).returning(t.links))
-                return _link(result.one())
+                return await self._insert_pending_link(conn, bp_incident_id, now, previous_link_id)
         except IntegrityError as exc:
             if not _unique_violation(exc):
                 raise StoreError(f"cannot create link: {_describe(exc)}") from exc
@@ -450,25 +663,29 @@ class SqlStore:
                 f"BigPanda incident {bp_incident_id} already has a live link"
             ) from None
 
+    async def _confirm(
+        self, conn: AsyncConnection, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
+    ) -> Link:
+        link = await self._get_link(conn, link_id, lock=True)
+        if link.state not in LIVE_LINK_STATES:
+            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
+        state = LinkState.LINKED if link.state == LinkState.PENDING else link.state
+        params = {
+            "b_id": link_id,
+            "sn_sys_id": sn_sys_id,
+            "sn_number": sn_number,
+            "state": state.value,
+            "updated_at": now,
+        }
+        return _link((await conn.execute(_CONFIRM_LINK, params)).one())
+
     async def confirm_link(
         self, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
     ) -> Link:
         now = as_utc(now)
         try:
             async with self._write() as conn:
-                link = await self._get_link(conn, link_id, lock=True)
-                if link.state not in LIVE_LINK_STATES:
-                    raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
-                state = LinkState.LINKED if link.state == LinkState.PENDING else link.state
-                result = await conn.execute(
-                    update(t.links)
-                    .where(t.links.c.id == link_id)
-                    .values(
-                        sn_sys_id=sn_sys_id, sn_number=sn_number, state=state.value, updated_at=now
-                    )
-                    .returning(t.links)
-                )
-                return _link(result.one())
+                return await self._confirm(conn, link_id, sn_sys_id, sn_number, now)
         except IntegrityError as exc:
             if not _unique_violation(exc):
                 raise StoreError(f"cannot confirm link {link_id}: {_describe(exc)}") from exc
@@ -563,31 +780,141 @@ class SqlStore:
             )
         return out
 
+    async def _record_states(
+        self,
+        conn: AsyncConnection,
+        link_id: int,
+        side: Side,
+        values: Mapping[str, str | None],
+        now: datetime,
+        *,
+        check_link: bool = True,
+    ) -> None:
+        if check_link:
+            await self._get_link(conn, link_id, lock=False)
+        if not values:
+            return
+        rows = [
+            {"link_id": link_id, "side": side.value, "name": name, "value": value, "synced_at": now}
+            for name, value in values.items()
+        ]
+        await conn.execute(_UPSERT_FIELD_STATE, rows)
+
     async def record_field_states(
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
     ) -> None:
         now = as_utc(now)
-        side = Side(side)
         async with self._write() as conn:
-            await self._get_link(conn, link_id, lock=False)
-            if not values:
-                return
-            rows = [
-                {
-                    "link_id": link_id,
-                    "side": side.value,
-                    "name": name,
-                    "value": value,
-                    "synced_at": now,
-                }
-                for name, value in values.items()
-            ]
-            stmt = self._upsert(t.field_state).values(rows)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["link_id", "side", "name"],
-                set_={"value": stmt.excluded.value, "synced_at": stmt.excluded.synced_at},
-            )
-            await conn.execute(stmt)
+            await self._record_states(conn, link_id, Side(side), values, now)
+
+    # --- several steps in one transaction
+
+    async def create_pending_link_and_enqueue(
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        item_for: Callable[[Link], NewOutboxItem],
+        *,
+        previous_link_id: int | None = None,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> tuple[Link, OutboxItem]:
+        now = as_utc(now)
+        try:
+            async with self._write() as conn:
+                link = await self._insert_pending_link(conn, bp_incident_id, now, previous_link_id)
+                if checkpoint is not None:
+                    await self._put_checkpoint(conn, checkpoint[0], checkpoint[1], now)
+                new = item_for(link)
+                # the link was made in this transaction: no need to look it up again
+                item = await self._enqueue_in(conn, new, now, check_link=new.link_id != link.id)
+                return link, item
+        except IntegrityError as exc:
+            if not _unique_violation(exc) or "outbox" in str(exc.orig).lower():
+                raise StoreError(f"cannot create link: {_describe(exc)}") from exc
+            raise DuplicateLinkError(
+                f"BigPanda incident {bp_incident_id} already has a live link"
+            ) from None
+
+    async def confirm_link_and_record(
+        self,
+        link_id: int,
+        sn_sys_id: str,
+        sn_number: str,
+        now: datetime,
+        *,
+        audit_outcome: str | None = None,
+        field_states: Sequence[FieldStates] = (),
+    ) -> Link:
+        now = as_utc(now)
+        try:
+            async with self._write() as conn:
+                link = await self._confirm(conn, link_id, sn_sys_id, sn_number, now)
+                if audit_outcome is not None:
+                    await conn.execute(
+                        _INSERT_AUDIT,
+                        _audit_values(
+                            "action",
+                            audit_outcome,
+                            now,
+                            link_id=link_id,
+                            bp_incident_id=link.bp_incident_id,
+                            sn_sys_id=sn_sys_id,
+                        ),
+                    )
+                for states in field_states:
+                    await self._record_states(
+                        conn,
+                        states.link_id,
+                        Side(states.side),
+                        states.values,
+                        now,
+                        check_link=states.link_id != link_id,
+                    )
+                return link
+        except IntegrityError as exc:
+            if not _unique_violation(exc):
+                raise StoreError(f"cannot confirm link {link_id}: {_describe(exc)}") from exc
+            raise DuplicateLinkError(
+                f"ServiceNow incident {sn_sys_id} already has a live link"
+            ) from None
+
+    async def complete_and_enqueue(
+        self,
+        item_id: int,
+        now: datetime,
+        *,
+        follow_ups: Sequence[NewOutboxItem] = (),
+        field_states: Sequence[FieldStates] = (),
+    ) -> list[OutboxItem]:
+        now = as_utc(now)
+        for attempt in (1, 2):
+            try:
+                async with self._write() as conn:
+                    checked: set[int] = set()
+                    for states in field_states:
+                        await self._record_states(
+                            conn,
+                            states.link_id,
+                            Side(states.side),
+                            states.values,
+                            now,
+                            check_link=states.link_id not in checked,
+                        )
+                        checked.add(states.link_id)
+                    items = []
+                    for new in follow_ups:
+                        check = new.link_id is not None and new.link_id not in checked
+                        items.append(await self._enqueue_in(conn, new, now, check_link=check))
+                        if new.link_id is not None:
+                            checked.add(new.link_id)
+                    await self._complete_in(conn, item_id, now)
+                    return items
+            except IntegrityError as exc:
+                # a concurrent enqueue of a follow-up's key won the race: once more (the
+                # item it made is then found and returned)
+                if attempt == 2 or not _unique_violation(exc):
+                    raise StoreError(f"cannot complete item {item_id}: {_describe(exc)}") from exc
+        raise AssertionError("unreachable: the loop returns or raises")
 
     # --- outbox and dead letters
 
@@ -595,6 +922,32 @@ class SqlStore:
         return select(t.outbox).where(
             t.outbox.c.idempotency_key == key, t.outbox.c.state != OutboxState.DONE.value
         )
+
+    async def _enqueue_in(
+        self, conn: AsyncConnection, new: NewOutboxItem, now: datetime, *, check_link: bool = True
+    ) -> OutboxItem:
+        key = {"b_key": new.idempotency_key}
+        existing = (await conn.execute(_NOT_DONE_WITH_KEY, key)).first()
+        if existing is not None:
+            return _item(existing)
+        if check_link and new.link_id is not None:
+            await self._get_link(conn, new.link_id, lock=False)
+        values = {
+            "kind": new.kind,
+            "target": new.target,
+            "payload": dict(new.payload),
+            "idempotency_key": new.idempotency_key,
+            "state": OutboxState.PENDING.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_error": None,
+            "link_id": new.link_id,
+            "bp_incident_id": new.bp_incident_id,
+            "sn_sys_id": new.sn_sys_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return _item((await conn.execute(_INSERT_ITEM, values)).one())
 
     async def enqueue(
         self,
@@ -609,30 +962,12 @@ class SqlStore:
         sn_sys_id: str | None = None,
     ) -> OutboxItem:
         now = as_utc(now)
-        values = {
-            "kind": kind,
-            "target": target,
-            "payload": dict(payload),
-            "idempotency_key": idempotency_key,
-            "state": OutboxState.PENDING.value,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "last_error": None,
-            "link_id": link_id,
-            "bp_incident_id": bp_incident_id,
-            "sn_sys_id": sn_sys_id,
-            "created_at": now,
-            "updated_at": now,
-        }
+        new = NewOutboxItem(
+            kind, target, payload, idempotency_key, link_id, bp_incident_id, sn_sys_id
+        )
         try:
             async with self._write() as conn:
-                existing = (await conn.execute(self._not_done_with_key(idempotency_key))).first()
-                if existing is not None:
-                    return _item(existing)
-                if link_id is not None:
-                    await self._get_link(conn, link_id, lock=False)
-                result = await conn.execute(insert(t.outbox).values(values).returning(t.outbox))
-                return _item(result.one())
+                return await self._enqueue_in(conn, new, now)
         except IntegrityError as exc:
             # A concurrent enqueue of the same key won the race: return its item.
             if not _unique_violation(exc):
@@ -690,8 +1025,15 @@ class SqlStore:
             raise StoreError(f"no outbox item {item_id}")
         return _item(row)
 
+    async def _complete_in(self, conn: AsyncConnection, item_id: int, now: datetime) -> None:
+        result = await conn.execute(_COMPLETE_ITEM, {"b_id": item_id, "updated_at": now})
+        if result.rowcount == 0:
+            raise StoreError(f"no outbox item {item_id}")
+
     async def complete(self, item_id: int, now: datetime) -> None:
-        await self._update_item(item_id, state=OutboxState.DONE.value, updated_at=as_utc(now))
+        now = as_utc(now)
+        async with self._write() as conn:
+            await self._complete_in(conn, item_id, now)
 
     async def fail(
         self, item_id: int, error: str, next_attempt_at: datetime, now: datetime
@@ -777,18 +1119,18 @@ class SqlStore:
         sn_value: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        values = {
-            "at": as_utc(now),
-            "kind": kind,
-            "outcome": outcome,
-            "link_id": link_id,
-            "bp_incident_id": bp_incident_id,
-            "sn_sys_id": sn_sys_id,
-            "field": field,
-            "bp_value": bp_value,
-            "sn_value": sn_value,
-            "detail": dict(detail or {}),
-        }
+        values = _audit_values(
+            kind,
+            outcome,
+            as_utc(now),
+            link_id=link_id,
+            bp_incident_id=bp_incident_id,
+            sn_sys_id=sn_sys_id,
+            field=field,
+            bp_value=bp_value,
+            sn_value=sn_value,
+            detail=detail,
+        )
         async with self._write() as conn:
             await conn.execute(insert(t.audit).values(values))
 
@@ -838,35 +1180,33 @@ class SqlStore:
             value = (await conn.execute(query)).scalar_one_or_none()
         return None if value is None else str(value)
 
+    async def _put_checkpoint(
+        self, conn: AsyncConnection, name: str, value: str, now: datetime
+    ) -> None:
+        await conn.execute(_UPSERT_CHECKPOINT, {"name": name, "value": value, "updated_at": now})
+
     async def set_checkpoint(self, name: str, value: str, now: datetime) -> None:
-        values = {"name": name, "value": value, "updated_at": as_utc(now)}
+        now = as_utc(now)
         async with self._write() as conn:
-            stmt = self._upsert(t.checkpoints).values(values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            )
-            await conn.execute(stmt)
+            await self._put_checkpoint(conn, name, value, now)
 
     # --- high availability
 
     async def take_epoch(self, holder: str, now: datetime) -> int:
         now = as_utc(now)
-        # Not through _write(): taking the epoch is how a fenced replica becomes leader.
-        async with _mapped_errors(self._url), self._engine.connect() as conn:
-            await conn.execution_options(**{_WRITE_OPTION: True})
-            async with conn.begin():
-                seed = self._upsert(t.leader).values(
-                    id=_LEADER_ID, epoch=0, holder=None, updated_at=now
-                )
-                await conn.execute(seed.on_conflict_do_nothing(index_elements=["id"]))
-                result = await conn.execute(
-                    update(t.leader)
-                    .where(t.leader.c.id == _LEADER_ID)
-                    .values(epoch=t.leader.c.epoch + 1, holder=holder, updated_at=now)
-                    .returning(t.leader.c.epoch)
-                )
-                epoch = int(result.scalar_one())
+        # Not fenced: taking the epoch is how a fenced replica becomes leader.
+        async with self._write(fenced=False) as conn:
+            seed = self._upsert(t.leader).values(
+                id=_LEADER_ID, epoch=0, holder=None, updated_at=now
+            )
+            await conn.execute(seed.on_conflict_do_nothing(index_elements=["id"]))
+            result = await conn.execute(
+                update(t.leader)
+                .where(t.leader.c.id == _LEADER_ID)
+                .values(epoch=t.leader.c.epoch + 1, holder=holder, updated_at=now)
+                .returning(t.leader.c.epoch)
+            )
+            epoch = int(result.scalar_one())
         self._fenced_epoch = epoch
         return epoch
 
@@ -874,6 +1214,13 @@ class SqlStore:
         """From now on every write checks the stored epoch equals ``epoch`` (None: off)."""
         self._fenced_epoch = epoch
 
+
+# Every public store call (the LinkStore protocol) runs whole in the SQLite thread when
+# the store has one (``_threaded``); wrapped here once rather than decorated one by one,
+# so a new method cannot be forgotten. ``close`` manages the thread itself.
+for _name, _method in list(vars(SqlStore).items()):
+    if not _name.startswith("_") and _name != "close" and inspect.iscoroutinefunction(_method):
+        setattr(SqlStore, _name, _threaded(_method))
 
 __all__: Sequence[str] = [
     "SqlStore",

@@ -17,7 +17,9 @@ from sync.store.base import (
     Cursor,
     DuplicateLinkError,
     FencedError,
+    FieldStates,
     LinkStore,
+    NewOutboxItem,
     OutboxState,
 )
 from tests.store.conftest import Backend
@@ -622,3 +624,171 @@ async def test_fence_by_epoch_and_unfenced_stores(backend: Backend) -> None:
     cli.fence(None)  # unfenced (the CLI, a single SQLite daemon): no check
     await cli.set_checkpoint("a", "3", T0)
     assert await daemon.get_checkpoint("a") == "3"
+
+
+# --- several steps in one transaction (the executor's hot paths)
+
+
+def _new(
+    key: str, link_id: int | None = None, target: str = "servicenow:create:x"
+) -> NewOutboxItem:
+    return NewOutboxItem("sn.create", target, {"link_id": link_id, "k": key}, key, link_id, BP1)
+
+
+async def test_create_pending_link_and_enqueue_writes_all_three(store: LinkStore) -> None:
+    link, item = await store.create_pending_link_and_enqueue(
+        BP1, T0, lambda link: _new("create-1", link.id), checkpoint=("bp_env:" + BP1, "env-1")
+    )
+    assert link.state is LinkState.PENDING and link.bp_incident_id == BP1
+    assert (await store.live_link_for_bp(BP1)) == link
+    assert item.state is OutboxState.PENDING and item.attempts == 0
+    assert item.link_id == link.id and item.payload == {"link_id": link.id, "k": "create-1"}
+    assert item.next_attempt_at == T0 and item.bp_incident_id == BP1
+    assert await store.get_checkpoint("bp_env:" + BP1) == "env-1"
+    assert [i.id for i in await store.list_outbox([OutboxState.PENDING])] == [item.id]
+
+
+async def test_create_pending_link_and_enqueue_writes_nothing_on_a_duplicate(
+    store: LinkStore,
+) -> None:
+    first = await store.create_pending_link(BP1, T0)
+    with pytest.raises(DuplicateLinkError):
+        await store.create_pending_link_and_enqueue(
+            BP1, at(1), lambda link: _new("create-2", link.id), checkpoint=("bp_env:" + BP1, "e")
+        )
+    assert await store.links_for_bp(BP1) == [first]
+    assert await store.count_outbox() == 0
+    assert await store.get_checkpoint("bp_env:" + BP1) is None
+
+
+async def test_create_pending_link_and_enqueue_supersedes_nothing_itself(
+    store: LinkStore,
+) -> None:
+    old = await linked(store)
+    await store.set_link_state(old.id, LinkState.SUPERSEDED, at(2))
+    link, item = await store.create_pending_link_and_enqueue(
+        BP1, at(3), lambda link: _new("create-3", link.id), previous_link_id=old.id
+    )
+    assert link.previous_link_id == old.id and item.link_id == link.id
+    assert [x.id for x in await store.links_for_bp(BP1)] == [link.id, old.id]
+
+
+async def test_confirm_link_and_record_writes_link_audit_and_field_states(
+    store: LinkStore,
+) -> None:
+    link = await store.create_pending_link(BP1, T0)
+    confirmed = await store.confirm_link_and_record(
+        link.id,
+        SYS1,
+        "INC001",
+        at(1),
+        audit_outcome="created",
+        field_states=[
+            FieldStates(link.id, Side.BIGPANDA, {"impact_level": "high"}),
+            FieldStates(link.id, Side.SERVICENOW, {"impact": "1", "urgency": None}),
+        ],
+    )
+    assert confirmed.state is LinkState.LINKED and confirmed.sn_sys_id == SYS1
+    assert confirmed.sn_number == "INC001" and confirmed.updated_at == at(1)
+    [entry] = await store.list_audit(link_id=link.id, kind="action")
+    assert (entry.outcome, entry.bp_incident_id, entry.sn_sys_id) == ("created", BP1, SYS1)
+    states = await store.field_states(link.id)
+    assert {k: v.value for k, v in states.items()} == {
+        (Side.BIGPANDA, "impact_level"): "high",
+        (Side.SERVICENOW, "impact"): "1",
+        (Side.SERVICENOW, "urgency"): None,
+    }
+    assert all(v.synced_at == at(1) for v in states.values())
+
+
+async def test_confirm_link_and_record_writes_nothing_when_refused(store: LinkStore) -> None:
+    other = await linked(store, BP2, SYS1)
+    link = await store.create_pending_link(BP1, T0)
+    with pytest.raises(DuplicateLinkError):  # SYS1 is BP2's
+        await store.confirm_link_and_record(
+            link.id,
+            SYS1,
+            "INC9",
+            at(2),
+            audit_outcome="adopted",
+            field_states=[FieldStates(link.id, Side.BIGPANDA, {"a": "b"})],
+        )
+    assert (await store.get_link(link.id)) == link
+    assert await store.list_audit(link_id=link.id) == []
+    assert await store.field_states(link.id) == {}
+    with pytest.raises(StoreError):
+        await store.confirm_link_and_record(999, SYS2, "INC2", at(3), audit_outcome="created")
+    assert (await store.get_link(other.id)) == other
+
+
+async def test_complete_and_enqueue_records_follow_ups_before_done(store: LinkStore) -> None:
+    link = await linked(store)
+    item = await store.enqueue("sn.create", "servicenow:create:x", {}, "create", T0)
+    [tag, comment] = await store.complete_and_enqueue(
+        item.id,
+        at(5),
+        follow_ups=[
+            _new("tag", link.id, "bigpanda:x"),
+            NewOutboxItem("bp.comment", "bigpanda:x", {"text": "hi"}, "comment"),
+        ],
+        field_states=[FieldStates(link.id, Side.BIGPANDA, {"snow": "INC001 url"})],
+    )
+    assert [i.state for i in (tag, comment)] == [OutboxState.PENDING, OutboxState.PENDING]
+    assert tag.id < comment.id and tag.link_id == link.id and comment.link_id is None
+    assert tag.created_at == at(5) and comment.payload == {"text": "hi"}
+    assert [i.id for i in await store.list_outbox([OutboxState.DONE])] == [item.id]
+    assert [i.id for i in await store.list_outbox([OutboxState.PENDING])] == [tag.id, comment.id]
+    states = await store.field_states(link.id)
+    assert states[(Side.BIGPANDA, "snow")].value == "INC001 url"
+    # a follow-up whose key is still open is that item (enqueue's idempotence)
+    other = await store.enqueue("bp.resolve", "bigpanda:y", {}, "other", at(6))
+    [again] = await store.complete_and_enqueue(
+        other.id, at(7), follow_ups=[_new("tag", link.id, "bigpanda:x")]
+    )
+    assert again == tag
+
+
+async def test_complete_and_enqueue_writes_nothing_when_refused(store: LinkStore) -> None:
+    link = await linked(store)
+    with pytest.raises(StoreError):  # no such item
+        await store.complete_and_enqueue(
+            999,
+            at(1),
+            follow_ups=[_new("tag", link.id, "bigpanda:x")],
+            field_states=[FieldStates(link.id, Side.BIGPANDA, {"snow": "v"})],
+        )
+    item = await store.enqueue("sn.update", "servicenow:1", {}, "u", T0)
+    with pytest.raises(StoreError):  # a follow-up for an unknown link
+        await store.complete_and_enqueue(item.id, at(2), follow_ups=[_new("tag", 999)])
+    assert await store.count_outbox() == 1
+    assert (await store.list_outbox())[0].state is OutboxState.PENDING
+    assert await store.field_states(link.id) == {}
+
+
+async def test_combined_writes_are_fenced(backend: Backend) -> None:
+    leader = await backend.open()
+    other = await backend.open()
+    await leader.take_epoch("replica-a", T0)
+    item = await leader.enqueue("k", "t", {}, "key", T0)
+    link = await leader.create_pending_link(BP2, T0)
+    await other.take_epoch("replica-b", at(1))
+    with pytest.raises(FencedError):
+        await leader.create_pending_link_and_enqueue(BP1, at(2), lambda x: _new("c", x.id))
+    with pytest.raises(FencedError):
+        await leader.confirm_link_and_record(link.id, SYS1, "INC1", at(2), audit_outcome="x")
+    with pytest.raises(FencedError):
+        await leader.complete_and_enqueue(item.id, at(2), follow_ups=[_new("f")])
+    assert await other.live_link_for_bp(BP1) is None
+    assert (await other.get_link(link.id)).state is LinkState.PENDING  # type: ignore[union-attr]
+    assert [i.state for i in await other.list_outbox()] == [OutboxState.PENDING]
+
+
+async def test_live_links_for_bp_reads_several_at_once(store: LinkStore) -> None:
+    one = await linked(store, BP1, SYS1)
+    await store.set_link_state(one.id, LinkState.SUPERSEDED, at(2))
+    again = await store.create_pending_link(BP1, at(3), previous_link_id=one.id)
+    two = await linked(store, BP2, SYS2)
+    found = await store.live_links_for_bp([BP1, BP2, "c" * 24, BP1])
+    assert found == {BP1: again, BP2: two}
+    assert await store.live_links_for_bp([]) == {}
+    assert await store.live_links_for_bp(["c" * 24]) == {}
