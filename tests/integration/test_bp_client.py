@@ -22,13 +22,11 @@ from pydantic import SecretStr
 
 from sync.clients.bigpanda import BigPandaClient, make_session
 from sync.clock import Clock, FakeClock, SystemClock
+from sync.emulators import bigpanda as emulator
 from sync.emulators.control import serve_app
 from sync.errors import FatalError, NotFoundError, PermanentError, TransientError
 from sync.settings import BigPandaSettings
 
-emulator = pytest.importorskip(
-    "sync.emulators.bigpanda", reason="BigPanda emulator not in the tree yet"
-)
 ENV: str = emulator.DEFAULT_ENVIRONMENT_ID
 API_KEY = "BPUbpsync-emulator"
 ORG_TOKEN = "bpsync-org-token"
