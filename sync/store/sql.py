@@ -39,11 +39,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapp
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -60,11 +57,15 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from sync.constants import Side
 from sync.errors import StoreError
@@ -88,6 +89,9 @@ from sync.store.memory import link_times_for
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 #: execution option marking a connection whose transaction writes (SQLite: BEGIN IMMEDIATE)
 _WRITE_OPTION = "bpsync_write"
+
+#: Alembic's version table (its default name, as migrations/env.py leaves it)
+_VERSION_TABLE = "alembic_version"
 #: the leader table's only row
 _LEADER_ID = 1
 
@@ -189,7 +193,12 @@ def _unique_violation(exc: IntegrityError) -> bool:
 
 
 def alembic_config() -> Config:
-    """Alembic's configuration, found via the ``migrations`` package (checkout or installed)."""
+    """Alembic's configuration, found via the ``migrations`` package (checkout or installed).
+
+    Alembic is imported only here and in :func:`upgrade_database`, when a database is
+    really upgraded: the daemon's schema check reads the version table itself."""
+    from alembic.config import Config
+
     import migrations
 
     # __path__, not __file__: an editable install made before migrations/__init__.py
@@ -202,13 +211,18 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None, "migrations/versions holds no migration"
-    return head
+    """The newest migration (``migrations.HEAD``, kept equal to Alembic's head by a test)."""
+    import migrations
+
+    return migrations.HEAD
 
 
 def _current_sync(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The database's revision, read from Alembic's version table (None: no table/row)."""
+    if not sa_inspect(connection).has_table(_VERSION_TABLE):
+        return None
+    row = connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).first()  # noqa: S608 - a constant
+    return None if row is None else str(row[0])
 
 
 async def current_revision(url: str) -> str | None:
@@ -221,7 +235,11 @@ async def current_revision(url: str) -> str | None:
 
 
 async def upgrade_database(url: str) -> tuple[str | None, str]:
-    """``alembic upgrade head`` on ``url``; returns (revision before, revision after)."""
+    """``alembic upgrade head`` on ``url``; returns (revision before, revision after).
+    A database already at the head is left alone, without loading Alembic."""
+    current = await current_revision(url)
+    if current == head_revision():
+        return current, current
     from alembic import command
 
     cfg = alembic_config()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -103,4 +104,32 @@ def test_migrations_are_found_through_the_package() -> None:
     assert location == Path(next(iter(migrations.__path__))).resolve()
     assert (location / "env.py").is_file()
     assert (location / "script.py.mako").is_file()
-    assert head_revision() == "0001"
+
+
+def test_the_recorded_head_is_alembics_head() -> None:
+    """``migrations.HEAD`` lets the daemon check a schema without loading Alembic; it must
+    name the newest migration (update it with every new one)."""
+    from alembic.script import ScriptDirectory
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_the_daemon_schema_check_does_not_load_alembic(tmp_path: Path) -> None:
+    """About 11 MB of the daemon's ~100 MB budget (SPEC section 5): the check of a database
+    at the newest migration reads the version table itself."""
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    script = (
+        "import asyncio, sys\n"
+        "from sync.store import check_schema, upgrade_database\n"
+        f"asyncio.run(check_schema({url!r}))\n"
+        f"asyncio.run(upgrade_database({url!r}))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    asyncio.run(upgrade_database(url))
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
