@@ -3,7 +3,8 @@
 Start-up, in order; each failure is ONE line naming the problem and exit code 1:
 
 1. Settings were loaded by the CLI (a bad setting never gets here). ``verify_tls = false``
-   on either side logs a WARNING.
+   on either side logs a WARNING once, when the engine opens that side's HTTP session
+   (``sync.clients.http.new_session``).
 2. The database: the embedded default SQLite (``database_url`` unset) is created and
    upgraded to the newest migration automatically: nobody else manages that file. Any
    configured URL (an explicit SQLite path or Postgres) is only checked: an old schema
@@ -115,9 +116,6 @@ class Daemon:
         from sync.metrics import Metrics
         from sync.runtime.health import HealthState
 
-        for side in ("servicenow", "bigpanda"):
-            if not getattr(self.settings, side).verify_tls:
-                log.warning("%s.verify_tls is off: TLS certificates are NOT verified", side)
         url = await prepare_database(self.settings)
         await self._take_single_writer(url)
         self.metrics = Metrics()
