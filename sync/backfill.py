@@ -57,7 +57,7 @@ from sync.actions import (
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
-from sync.clients.base import BigPandaAPI
+from sync.clients.base import BigPandaAPI, BPSearchPage
 from sync.clock import Clock, epoch_s, from_epoch_s
 from sync.coordinator import Coordinator, IncidentOutcome
 from sync.errors import NotFoundError
@@ -393,18 +393,22 @@ class Backfill:
 
     # ------------------------------------------------------------------ paging
 
+    async def _search(self, env: str, state: _EnvState, slice_to: int) -> BPSearchPage:
+        """The page ``state.page`` of the incidents active in [position, slice_to]."""
+        return await self._bp.search_incidents(
+            env,
+            from_s=state.position,
+            to_s=slice_to,
+            sort_by="start",
+            page=state.page,
+            page_size=EXPANDED_PAGE_SIZE,
+            expand_alerts=True,
+        )
+
     async def _run_environment(self, env: str, state: _EnvState) -> None:
         while state.position < state.until:
             slice_to = state.slice_to or state.until
-            page = await self._bp.search_incidents(
-                env,
-                from_s=state.position,
-                to_s=slice_to,
-                sort_by="start",
-                page=state.page,
-                page_size=EXPANDED_PAGE_SIZE,
-                expand_alerts=True,
-            )
+            page = await self._search(env, state, slice_to)
             if (
                 state.page == 1
                 and page.total > MAX_SEARCH_RESULTS
@@ -428,15 +432,7 @@ class Backfill:
                 if self._should_stop():
                     self.summary.interrupted = True
                     return
-                page = await self._bp.search_incidents(
-                    env,
-                    from_s=state.position,
-                    to_s=slice_to,
-                    sort_by="start",
-                    page=state.page,
-                    page_size=EXPANDED_PAGE_SIZE,
-                    expand_alerts=True,
-                )
+                page = await self._search(env, state, slice_to)
             state.position, state.slice_to, state.page = slice_to, None, 1
             state.done = state.position >= state.until
             await self._save(env, state)

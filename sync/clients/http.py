@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -35,6 +36,19 @@ EXCERPT_CHARS = 160
 
 #: sides whose "TLS verification is off" warning was logged (once per process)
 TLS_WARNED: set[str] = set()
+
+
+def parse_json_body(content_type: str, body: bytes) -> tuple[Any, str | None]:
+    """(the decoded JSON or None, the problem with the body or None): an empty body is
+    None without a problem; a non-JSON content type or malformed JSON is a problem."""
+    if not body.strip():
+        return None, None
+    if not is_json_type(content_type):
+        return None, f"expected JSON, got {content_type or 'no content type'}"
+    try:
+        return json.loads(body), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"malformed JSON in the answer ({exc})"
 
 
 def new_session(

@@ -55,10 +55,10 @@ from sync.clients.http import (
     HttpAnswer,
     Parsed,
     classify_exception,
-    is_json_type,
     media_type,  # noqa: F401 - re-exported: tests and callers import it from here
     new_session,
     one_line,
+    parse_json_body,
     send,
     text_excerpt,
 )
@@ -185,16 +185,7 @@ def classify(
         )
     status, ctype, body = outcome.status, outcome.content_type, outcome.body
 
-    data: Any = None
-    json_problem: str | None = None
-    if body.strip():
-        if not is_json_type(ctype):
-            json_problem = f"expected JSON, got {ctype or 'no content type'}"
-        else:
-            try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                json_problem = f"malformed JSON in the answer ({exc})"
+    data, json_problem = parse_json_body(ctype, body)
     sn_message, sn_detail = _error_fields(data)
 
     if 200 <= status < 300:
