@@ -360,6 +360,9 @@ class Executor:
         self._lookups = lookups or Lookups(servicenow, clock)
         self._metrics = metrics
         self._lease_s = lease_s
+        #: items claimed before this executor existed belong to a process that is gone:
+        #: one writer at a time (the SQLite lock, the Postgres leader's epoch fencing)
+        self._started_at = clock.now()
         #: side -> monotonic time before which nothing is sent to it (Retry-After)
         self._not_before: dict[str, float] = {}
         #: target -> ids of open items (pending retry / in flight / dead with attempts left)
@@ -403,7 +406,8 @@ class Executor:
 
     async def drive_due(self, *, limit: int = DEFAULT_DRIVE_LIMIT) -> DriveReport:
         """Send again what is due: failed writes whose interval passed, dead items with
-        attempts left, and in-flight items whose lease expired (a crash)."""
+        attempts left, and in-flight items whose lease expired or that a previous process
+        claimed before it was killed (this one started later)."""
         report = DriveReport()
         now = self._clock.now()
         open_items = await self._store.list_outbox(
@@ -420,7 +424,11 @@ class Executor:
                 if item.updated_at + interval <= now:
                     finals.append(item)
             self._open.setdefault(item.target, set()).add(item.id)
-        claimed = await self._store.claim_due(now, limit=limit, lease_s=self._lease_s)
+        # an item left in flight by a killed process is claimed again at once, not after
+        # the lease (which protects this process's own claims, made since it started)
+        since_start_s = (now - self._started_at).total_seconds()
+        lease_s = min(self._lease_s, since_start_s + 0.001)
+        claimed = await self._store.claim_due(now, limit=limit, lease_s=lease_s)
         batch = sorted([*claimed, *finals], key=lambda x: x.id)
         for item in batch[:limit]:
             if self._blocked(item.target, item.id):
@@ -662,7 +670,7 @@ class Executor:
         """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
         records: list[FieldStates] = []
         try:
-            follow_ups = await self._attempt(action, env, meta, records)
+            follow_ups = await self._attempt(action, env, meta, records, retried=item.attempts > 0)
         except _Deferred as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
         except TransientError as exc:
@@ -691,6 +699,8 @@ class Executor:
         env: str | None,
         meta: Mapping[str, Any],
         records: list[FieldStates],
+        *,
+        retried: bool,
     ) -> list[WriteAction]:
         side = SIDE_OF_KIND[action.kind].value
         delay_s = self._retry.in_cycle_backoff
@@ -698,7 +708,8 @@ class Executor:
             await self._wait_for(side)
             records.clear()
             try:
-                return await self._apply(action, env, meta, records)
+                recheck = retried or attempt_no > 1
+                return await self._apply(action, env, meta, records, recheck=recheck)
             except TransientError as exc:
                 if exc.retry_after_s:
                     mono = self._clock.monotonic() + exc.retry_after_s
@@ -844,9 +855,15 @@ class Executor:
         env: str | None,
         meta: Mapping[str, Any],
         records: list[FieldStates],
+        *,
+        recheck: bool = False,
     ) -> list[WriteAction]:
         """Send one write and record its effect; returns follow-up writes. Field states
-        appended to ``records`` are recorded with the item's completion (one transaction)."""
+        appended to ``records`` are recorded with the item's completion (one transaction).
+
+        ``recheck`` (a retry): the target is read first and only what still differs is
+        sent. The write may have landed in part before it failed, or a person may have
+        set the same value while it waited; resending it would be an echo (B5)."""
         if isinstance(action, CreateServiceNowIncident):
             link_id = meta.get("link_id")
             if not isinstance(link_id, int):
@@ -854,6 +871,9 @@ class Executor:
             return await self._apply_create(action, link_id)
         if isinstance(action, UpdateServiceNowFields):
             values = {**action.fields, **await self._lookups.resolve_fields(action.lookups)}
+            if values and recheck:
+                current = await self._sn.get_incident(action.sys_id)
+                values = {k: v for k, v in values.items() if _ref_value(current.get(k)) != v}
             if values:
                 await self._sn.update_incident(action.sys_id, values)
             await self._record(action.link_id, action.record_bp, action.record_sn)
@@ -898,9 +918,9 @@ class Executor:
             return await self._after_servicenow_success(action.link_id, env)
         if isinstance(action, UpdateBigPandaTags):
             tags, remove_tags = dict(action.tags), action.remove_tags
-            if remove_tags:
-                # several calls: a retry after a partial success must not resend what
-                # already landed (an echo, B5), so send only what still differs
+            if remove_tags or recheck:
+                # with removals, several calls: even a first attempt may follow a partial
+                # success of an earlier one, so send only what still differs
                 current = await self._bp.get_tags(action.environment_id, action.bp_incident_id)
                 tags = {k: v for k, v in tags.items() if current.get(k) != v}
                 remove_tags = tuple(t for t in remove_tags if t in current)
@@ -928,9 +948,13 @@ class Executor:
         if isinstance(action, CommentBigPanda):
             await self._bp.add_comment(action.environment_id, action.bp_incident_id, action.text)
             return []
-        await self._bp.set_tag(
-            action.environment_id, action.bp_incident_id, action.tag_id, action.value
+        current_tags = (
+            await self._bp.get_tags(action.environment_id, action.bp_incident_id) if recheck else {}
         )
+        if current_tags.get(action.tag_id) != action.value:
+            await self._bp.set_tag(
+                action.environment_id, action.bp_incident_id, action.tag_id, action.value
+            )
         if action.link_id is not None:
             records.append(
                 FieldStates(action.link_id, Side.BIGPANDA, {action.tag_id: action.value})

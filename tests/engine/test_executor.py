@@ -382,6 +382,37 @@ async def test_in_flight_item_of_a_crashed_process_is_sent_again(
     assert sn.incidents[sys_id]["impact"] == "2"
 
 
+async def test_an_item_left_in_flight_by_a_killed_process_is_sent_at_once_after_restart(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """One writer at a time (SQLite lock, Postgres epoch): what a previous process claimed
+    before this one started is not in flight any more; waiting for the 120 s lease would
+    hold the pair's writes (and the pair) for two minutes after every restart."""
+    settings = make_settings()
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    crashed = Executor(store, sn, bp, settings, clock)
+
+    class Crash(BaseException):
+        pass
+
+    sn.fail_next("update_incident", Crash())
+    with pytest.raises(Crash):
+        await crashed.execute(
+            [UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})],
+            environment_id="env1",
+        )
+    await store.claim_due(clock.now(), limit=10, lease_s=60)  # claimed, then killed
+    clock.advance(5)  # the restart
+    restarted = Executor(store, sn, bp, settings, clock)
+    assert (await restarted.drive_due()).completed == 1
+    assert sn.incidents[sys_id]["impact"] == "2"
+    # and its own claims keep their lease
+    await store.enqueue("sn.update", f"servicenow:{sys_id}", {"action": {}}, "k-own", clock.now())
+    await store.claim_due(clock.now(), limit=10, lease_s=60)
+    clock.advance(5)
+    assert (await restarted.drive_due()).sent == 0
+
+
 async def test_create_adopts_an_existing_incident(
     executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda
 ) -> None:
