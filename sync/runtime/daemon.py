@@ -216,15 +216,36 @@ class Daemon:
         if callable(setter):
             setter(self.leader)
 
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT request a stop (from start-up on: B17 holds then too)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+
+    async def start_unless_stopped(self) -> bool:
+        """:meth:`start`, abandoned (False) if a stop is requested first: start-up may
+        wait on a database or an API for a whole timeout, a stop must not."""
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return False
+        starting.result()  # a start-up error propagates: one line, exit 1
+        return True
+
     async def serve(self) -> None:
         """Schedule cycles until SIGTERM/SIGINT, then drain and return."""
         from sync.runtime.notify import SystemdNotifier
 
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stop.set)
+        self.install_signal_handlers()
         self._notifier = SystemdNotifier.from_env()
-        self._scheduler = AsyncIOScheduler(event_loop=loop)
+        self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         self._scheduler.add_job(
             self.tick,
             "interval",
@@ -292,8 +313,11 @@ async def run_daemon(
 ) -> int:
     """The whole process: start, serve (or one cycle with ``once``), close. Exit code."""
     daemon = Daemon(settings, options, clock=clock)
+    daemon.install_signal_handlers()
     try:
-        await daemon.start()
+        if not await daemon.start_unless_stopped():
+            log.info("stopped during start-up")
+            return 0
         if options.once:
             report = await daemon.tick()
             return 0 if report is not None and report.ok else 1

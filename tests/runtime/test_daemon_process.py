@@ -308,6 +308,40 @@ async def test_a_second_daemon_on_the_same_sqlite_state_exits_1_with_one_line(
     assert (await first.stop())[0] == 0
 
 
+async def test_sigterm_during_start_up_exits_0_within_10s(
+    apis: Apis, daemons: Any, tmp_path: Path
+) -> None:
+    """B17 from the first instant: ServiceNow accepts the credential check's connection and
+    never answers (start-up would wait a whole timeout); SIGTERM then stops it cleanly."""
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = daemon_env(
+        apis,
+        tmp_path / "state",
+        BPSYNC_SERVICENOW__URL=f"http://127.0.0.1:{port}",
+        BPSYNC_SERVICENOW__TIMEOUT="60",
+    )
+    try:
+        daemon = await daemons("starting", env)
+        await asyncio.wait_for(connected.wait(), 30)  # start-up is in the credential check
+        code, took = await daemon.stop(signal.SIGTERM, within=10)
+        assert code == 0, daemon.log_text()
+        assert took < 10
+        assert "Traceback" not in daemon.log_text()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 # --------------------------------------------------------------------------- B18
 
 
