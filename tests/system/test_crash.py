@@ -172,6 +172,22 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
+    async def wait_running(self, within: float = 30.0) -> None:
+        """Until the daemon logs that it serves (its signal handlers are installed long
+        before; a SIGTERM sent while the interpreter itself still starts cannot be
+        handled by any program)."""
+        path = self.log_dir / f"daemon-{self.starts:02d}.log"
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for line in path.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("logger") == "sync.runtime.daemon" and "http_port" in entry:
+                        return
+            assert self.alive(), f"the daemon died while starting:\n{self.tail()}"
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the daemon did not start:\n{self.tail()}")
+
     async def kill(self) -> int | None:
         """SIGKILL; the exit code it had if it died on its own before (None: killed)."""
         assert self.proc is not None
@@ -226,6 +242,7 @@ async def test_sigkill_20_times_loses_no_change_and_duplicates_nothing(
         await workload
         # the last start: let it settle
         await daemon.start()
+        await daemon.wait_running()
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         lost = await work.lost()
         while lost and time.monotonic() < deadline:
