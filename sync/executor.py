@@ -598,19 +598,8 @@ class Executor:
         *,
         extra: Mapping[str, Any] | None = None,
     ) -> str:
-        """enqueue -> (send now unless queued behind an older write) -> complete/fail."""
-        item, meta = await self._enqueue(action, env, result, extra=extra)
-        return await self._send_enqueued(item, action, env, meta)
-
-    async def _enqueue(
-        self,
-        action: WriteAction,
-        env: str | None,
-        result: PairResult,
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> tuple[OutboxItem, dict[str, Any]]:
-        """Record the write in the outbox (SPEC B15: before it is sent)."""
+        """enqueue (SPEC B15: before it is sent) -> send now unless queued behind an older
+        write -> complete/fail."""
         new, meta = self._new_item(action, env, extra)
         try:
             item = await self._store.enqueue(
@@ -626,7 +615,7 @@ class Executor:
         except Exception:
             result.recorded = False
             raise
-        return item, meta
+        return await self._send_enqueued(item, action, env, meta)
 
     @staticmethod
     def _new_item(
