@@ -61,24 +61,39 @@ Test hooks (NOT BigPanda behaviour, no auth, not counted):
        [{"tag_id", "tag_value"}], "assignee"?: "<user id>",
        "alerts": [{"id"?, "status", "primary_property"?: "host", "secondary_property"?,
                    "source_system"?, "incident_key"?, "start"?, "description"?,
-                   "tags": {"host": "db-1"} or [{"name", "value"}]}]}
+                   "tags": {"host": "db-1"} or [{"name", "value"}]}],
+       "raw_remove"?: ["alerts"], "raw_overrides"?: {"status": "exploded"}}
 
   Undefined incident tags of a fixture are defined as ``Text`` tags. Answers 201
-  ``{"incidents": [ids]}``.
+  ``{"incidents": [ids]}``. The fields above are validated and normalised. To serve a
+  *poison record* (what a strict emulator would never produce), ``raw_remove`` names
+  top-level keys dropped from the incident's served JSON and ``raw_overrides`` is merged
+  over it (after the removal), verbatim, e.g. ``{"raw_remove": ["alerts"],
+  "raw_overrides": {"status": "exploded", "incident_tags": [{"tag_value": {"a": 1}}]}}``.
+  Both apply wherever the v2 incident object is served (search, get, webhook payloads,
+  ``GET /_emulator/incidents``), for the incident's whole life; the emulator's own
+  logic (search filters, sorting, actions) keeps using the normalised fields.
 - ``GET /_emulator/incidents``: every incident, expanded, with ``activities``.
 - ``GET /_emulator/webhook``: AutoShare webhook config, recent ``deliveries`` and the
   ``dlq``; ``POST /_emulator/webhook`` changes the config (``{"url": ...}`` turns it on);
   ``DELETE /_emulator/webhook/dlq`` empties the DLQ.
 - ``GET/POST /_emulator/config``: read or change ``rate_limit_per_s`` (null = off),
+  ``rate_limit_shape`` (``token_bucket`` | ``sliding_window`` | ``fixed_window``),
+  ``rate_limit_scope`` (``token_method_route`` | ``token_route`` | ``org_route``),
   ``batch_resolve_rate_limit_per_s``, ``reopen_window_s``, ``correlation_window_s``.
+  A bad value is 400 ``{"error": "<one line>"}``; a new shape or scope forgets the
+  limiter's counters.
 
 Conventions chosen where the doc leaves a gap (options: see :func:`create_app`):
 
 - incident ``status``/``severity`` are title case (``Critical``; ``lowercase_status=True``
   switches), alert statuses lower case; expanded alerts carry both ``id`` and
   ``alert_id``; ids are 24 hex digits (activities, correlation ids: 32);
-- rate limits are token buckets per (token, method, route): ``rate`` tokens refilled at
-  ``rate``/s; a 429 is bare (no ``Retry-After``); alert ingest is not limited;
+- rate limits are, by default, token buckets per (token, method, route): ``rate`` tokens
+  refilled at ``rate``/s; options ``rate_limit_shape`` (``sliding_window``,
+  ``fixed_window``) and ``rate_limit_scope`` (``token_route``, ``org_route``) switch to
+  harsher readings of the undocumented limiter (:mod:`sync.emulators.bplimits`); a 429
+  is bare (no ``Retry-After``, no ``X-RateLimit-*``); alert ingest is not limited;
 - search: results past the 10,000th are not served (empty ``items``, true ``total``);
   ``page_size`` above 100 (10 with ``expand=alerts``), ``per_page`` above 100, a ``from``
   or ``to`` of more than 10 digits (milliseconds) and an upper-case ``folder`` are 400;
@@ -100,6 +115,7 @@ Tests mutate BigPanda through ``app[STATE_KEY]`` (:class:`State`): ``ingest_aler
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import random
 import re
@@ -112,6 +128,14 @@ import aiohttp
 from aiohttp import web
 
 from sync.clock import Clock, SystemClock, epoch_s
+from sync.emulators.bplimits import (
+    DEFAULT_RATE_LIMIT_SCOPE,
+    DEFAULT_RATE_LIMIT_SHAPE,
+    RATE_LIMIT_SCOPES,
+    RATE_LIMIT_SHAPES,
+    RateLimiter,
+    check_choice,
+)
 from sync.emulators.control import (
     BANNER_KEY,
     EmulatorControl,
@@ -301,6 +325,10 @@ class Incident:
     correlation_value: str | None = None
     correlation_log: list[dict[str, Any]] = field(default_factory=list)
     environments: tuple[str, ...] = ()
+    raw_overrides: dict[str, Any] = field(default_factory=dict)
+    """Fixture-only: keys merged over the served JSON (poison records)."""
+    raw_remove: tuple[str, ...] = ()
+    """Fixture-only: keys dropped from the served JSON (poison records)."""
 
     def folders(self) -> list[str]:
         if not self.active:
@@ -505,27 +533,6 @@ def compile_bpql(query: str | None) -> Predicate:
 # --------------------------------------------------------------------------- state
 
 
-class _RateLimiter:
-    """Token buckets per key: ``burst`` tokens, refilled at ``rate`` per second."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._buckets: dict[tuple[str, ...], tuple[float, float]] = {}
-
-    def allow(self, key: tuple[str, ...], rate: float, burst: float) -> bool:
-        now = self._clock.monotonic()
-        tokens, last = self._buckets.get(key, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
-            return True
-        self._buckets[key] = (tokens, now)
-        return False
-
-    def clear(self) -> None:
-        self._buckets.clear()
-
-
 class State:
     """Everything the emulator holds in memory. Tests may read and mutate it directly
     (helpers below); every helper keeps ``updated_at``/``changed_at`` and activities
@@ -708,6 +715,9 @@ class State:
         if inc.assignee is not None:
             body["assignee"] = dict(inc.assignee)
             body["assigner"] = dict(inc.assigner or {})
+        for key in inc.raw_remove:
+            body.pop(key, None)
+        body.update(copy.deepcopy(inc.raw_overrides))
         return body
 
     def tag_json(self, inc: Incident, tag_id: str, tag: TagValue) -> dict[str, Any]:
@@ -1305,6 +1315,12 @@ class State:
         raw_alerts = data.get("alerts") or []
         if not isinstance(raw_alerts, list):
             raise TypeError("alerts must be a list")
+        raw_overrides = data.get("raw_overrides") or {}
+        if not isinstance(raw_overrides, dict):
+            raise TypeError("raw_overrides must be an object")
+        raw_remove = data.get("raw_remove") or []
+        if not isinstance(raw_remove, list) or not all(isinstance(k, str) for k in raw_remove):
+            raise TypeError("raw_remove must be a list of key names")
         start = int(data.get("start", now))
         inc = Incident(
             id=inc_id,
@@ -1315,6 +1331,8 @@ class State:
             end=None,
             changed_at=int(data.get("changed_at", now)),
             updated_at=int(data.get("updated_at", now)),
+            raw_overrides=copy.deepcopy(raw_overrides),
+            raw_remove=tuple(raw_remove),
         )
         if inc.severity not in STATUS_RANK:
             raise ValueError(f"bad severity {inc.severity!r}")
@@ -1688,6 +1706,7 @@ class Webhooks:
 STATE_KEY: web.AppKey[State] = web.AppKey("bigpanda_state", State)
 WEBHOOKS_KEY: web.AppKey[Webhooks] = web.AppKey("bigpanda_webhooks", Webhooks)
 CONFIG_KEY: web.AppKey[dict[str, Any]] = web.AppKey("bigpanda_config", dict)
+LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("bigpanda_limiter", RateLimiter)
 
 _V2_PREFIX = "/resources/v2.0/"
 _V1_PREFIX = "/resources/v1.0/"
@@ -1705,6 +1724,8 @@ _KNOWN_OPTIONS = frozenset(
         "api_keys",
         "org_tokens",
         "rate_limit_burst",
+        "rate_limit_shape",
+        "rate_limit_scope",
         "batch_resolve_rate_limit_per_s",
         "async_delay_s",
         "repeat_window_s",
@@ -1749,8 +1770,18 @@ def create_app(
       "triggers", "environments", "retry_interval_s", "attempts", "dlq_after"}``) to
       simulate AutoShare to a notifications webhook (off by default; also
       ``POST /_emulator/webhook``);
-    - ``rate_limit_burst`` (= the rate): bucket size;
+    - ``rate_limit_burst`` (= the rate): bucket size of the ``token_bucket`` shape;
+    - ``rate_limit_shape`` (``"token_bucket"``): the limiter's algorithm, one of
+      ``"token_bucket"``, ``"sliding_window"`` (at most ``rate`` accepted requests in any
+      trailing second), ``"fixed_window"`` (at most ``rate`` per calendar second of
+      ``clock.now()``); v1 (150/min) and batch resolve (1/s) use the same shape;
+    - ``rate_limit_scope`` (``"token_method_route"``): what one counter covers, one of
+      ``"token_method_route"``, ``"token_route"`` (GET and POST of a path share it),
+      ``"org_route"`` (every API key shares it);
     - ``batch_resolve_rate_limit_per_s`` (1.0).
+
+    Shapes and scopes are described in :mod:`sync.emulators.bplimits`; an unknown value
+    is a ValueError. Both can be changed at run time through ``POST /_emulator/config``.
     """
     unknown = set(options) - _KNOWN_OPTIONS
     if unknown:
@@ -1792,7 +1823,11 @@ def create_app(
     config["key_environments"] = key_envs
     org_tokens = {org_token, *(str(t) for t in options.get("org_tokens") or [])}
     config["api_keys"] = api_keys
-    limiter = _RateLimiter(clock)
+    limiter = RateLimiter(
+        clock,
+        shape=options.get("rate_limit_shape", DEFAULT_RATE_LIMIT_SHAPE),
+        scope=options.get("rate_limit_scope", DEFAULT_RATE_LIMIT_SCOPE),
+    )
 
     def on_reset() -> None:
         state.reset()
@@ -1821,8 +1856,9 @@ def create_app(
         if path.startswith(_V1_PREFIX):
             if token not in org_tokens:
                 raise ApiError(401, "Unauthorized: missing or invalid org token.")
-            rate_v1 = config["rate_limit_per_s"]
-            if rate_v1 is not None and not limiter.allow(("v1", token), 150 / 60, 150.0):
+            if config["rate_limit_per_s"] is not None and not limiter.allow(
+                limiter.v1_key(token), 150 / 60, burst=150.0, window=60.0
+            ):
                 return web.Response(status=429)
             return await handler(request)
         if path == _ALERTS_PATH:
@@ -1839,7 +1875,8 @@ def create_app(
                 rate = config["batch_resolve_rate_limit_per_s"]
             if rate is not None and template != "unmatched":
                 burst = float(config["rate_limit_burst"] or max(1.0, rate))
-                if not limiter.allow((token, request.method, template), float(rate), burst):
+                key = limiter.key(token, request.method, template)
+                if not limiter.allow(key, float(rate), burst=burst):
                     # BigPanda's 429 is bare: no Retry-After, no X-RateLimit-* headers
                     return web.Response(status=429)
             return await handler(request)
@@ -1855,6 +1892,7 @@ def create_app(
     app.on_startup.append(webhooks.start)
     app.on_cleanup.append(webhooks.stop)
     app[CONFIG_KEY] = config
+    app[LIMITER_KEY] = limiter
     EmulatorControl(
         error_response=error_response, on_reset=on_reset, clock=clock, seed=seed
     ).install(app)
@@ -2430,9 +2468,12 @@ async def clear_webhook_dlq(request: web.Request) -> web.Response:
 async def get_config(request: web.Request) -> web.Response:
     st = _state(request)
     cfg = request.app[CONFIG_KEY]
+    limiter = request.app[LIMITER_KEY]
     return web.json_response(
         {
             "rate_limit_per_s": cfg["rate_limit_per_s"],
+            "rate_limit_shape": limiter.shape,
+            "rate_limit_scope": limiter.scope,
             "batch_resolve_rate_limit_per_s": cfg["batch_resolve_rate_limit_per_s"],
             "reopen_window_s": st.reopen_window_s,
             "correlation_tag": st.correlation_tag,
@@ -2444,6 +2485,8 @@ async def get_config(request: web.Request) -> web.Response:
 _CONFIG_KEYS = frozenset(
     {
         "rate_limit_per_s",
+        "rate_limit_shape",
+        "rate_limit_scope",
         "batch_resolve_rate_limit_per_s",
         "reopen_window_s",
         "correlation_window_s",
@@ -2451,26 +2494,38 @@ _CONFIG_KEYS = frozenset(
 )
 
 
-def _apply_config(st: State, cfg: dict[str, Any], body: Any) -> None:
+def _apply_config(st: State, cfg: dict[str, Any], limiter: RateLimiter, body: Any) -> None:
+    """Validate the whole body first (ValueError/TypeError), then apply it."""
     if not isinstance(body, dict):
         raise TypeError("body must be an object")
     unknown = set(body) - _CONFIG_KEYS
     if unknown:
         raise ValueError(f"unknown keys: {sorted(unknown)}")
-    if "rate_limit_per_s" in body:
-        rate = body["rate_limit_per_s"]
-        cfg["rate_limit_per_s"] = None if rate is None else float(rate)
-    if "batch_resolve_rate_limit_per_s" in body:
-        cfg["batch_resolve_rate_limit_per_s"] = float(body["batch_resolve_rate_limit_per_s"])
-    if "reopen_window_s" in body:
-        st.reopen_window_s = int(body["reopen_window_s"])
-    if "correlation_window_s" in body:
-        st.correlation_window_s = int(body["correlation_window_s"])
+    shape = check_choice(
+        "rate_limit_shape", body.get("rate_limit_shape", limiter.shape), RATE_LIMIT_SHAPES
+    )
+    scope = check_choice(
+        "rate_limit_scope", body.get("rate_limit_scope", limiter.scope), RATE_LIMIT_SCOPES
+    )
+    rate = body.get("rate_limit_per_s", cfg["rate_limit_per_s"])
+    rate = None if rate is None else float(rate)
+    batch_rate = float(
+        body.get("batch_resolve_rate_limit_per_s", cfg["batch_resolve_rate_limit_per_s"])
+    )
+    reopen_window_s = int(body.get("reopen_window_s", st.reopen_window_s))
+    correlation_window_s = int(body.get("correlation_window_s", st.correlation_window_s))
+    limiter.shape = shape  # a change of shape or scope forgets the counters
+    limiter.scope = scope
+    cfg["rate_limit_per_s"] = rate
+    cfg["batch_resolve_rate_limit_per_s"] = batch_rate
+    st.reopen_window_s = reopen_window_s
+    st.correlation_window_s = correlation_window_s
 
 
 async def set_config(request: web.Request) -> web.Response:
     try:
-        _apply_config(_state(request), request.app[CONFIG_KEY], await request.json())
+        body = await request.json()
+        _apply_config(_state(request), request.app[CONFIG_KEY], request.app[LIMITER_KEY], body)
     except (json.JSONDecodeError, ValueError, TypeError) as exc:
         return web.json_response({"error": str(exc)}, status=400)
     return await get_config(request)
@@ -2521,6 +2576,7 @@ __all__ = [
     "DEFAULT_ENVIRONMENT_ID",
     "DEFAULT_ORG_TOKEN",
     "DEFAULT_USER_ID",
+    "LIMITER_KEY",
     "STATE_KEY",
     "ApiError",
     "IngestResult",

@@ -769,6 +769,72 @@ async def test_fixture_loader_dump_reset_and_stats(emu: Emu) -> None:
     assert "priority" in emu.state.tag_definitions
 
 
+async def _load(emu: Emu, fixtures: Any) -> tuple[int, Any]:
+    async with emu.http.post(f"{emu.url}/_emulator/incidents", json=fixtures) as r:
+        return r.status, await r.json()
+
+
+async def test_fixture_loader_stays_strict(emu: Emu) -> None:
+    # without raw_* the loader normalises or refuses malformed incidents
+    status, body = await _load(emu, {"status": "critical"})
+    assert status == 201
+    inc = (await emu.get(f"{ENV}/incidents/{body['incidents'][0]}")).body
+    assert inc["alerts"] == [] and inc["status"] == "Critical"
+    for bad in (
+        {"status": "exploded"},
+        {"incident_tags": [{"tag_value": "x"}]},
+        {"raw_overrides": ["status", "exploded"]},
+        {"raw_remove": "alerts"},
+        {"raw_remove": [1]},
+    ):
+        status, body = await _load(emu, bad)
+        assert status == 400, bad
+    assert len(emu.state.incidents) == 1
+
+
+async def test_poison_fixtures_are_served_as_stored(emu: Emu) -> None:
+    no_alerts = "65397b2eede0a80012631b01"
+    exploded = "65397b2eede0a80012631b02"
+    bad_tags = "65397b2eede0a80012631b03"
+    object_tag = "65397b2eede0a80012631b04"
+    fixtures = [
+        {"id": no_alerts, "status": "critical", "raw_remove": ["alerts"]},
+        {"id": exploded, "status": "critical", "raw_overrides": {"status": "exploded"}},
+        {"id": bad_tags, "raw_overrides": {"incident_tags": [{"tag_value": "x"}]}},
+        {
+            "id": object_tag,
+            "alerts": [{"status": "warning", "tags": {"host": "db-9"}}],
+            "raw_overrides": {"incident_tags": [{"tag_id": "t", "tag_value": {"a": [1]}}]},
+        },
+    ]
+    status, body = await _load(emu, fixtures)
+    assert status == 201 and body["incidents"] == [no_alerts, exploded, bad_tags, object_tag]
+
+    def check(items: dict[str, dict[str, Any]]) -> None:
+        assert "alerts" not in items[no_alerts]
+        assert items[exploded]["status"] == "exploded"
+        assert items[bad_tags]["incident_tags"] == [{"tag_value": "x"}]
+        assert items[object_tag]["incident_tags"] == [{"tag_id": "t", "tag_value": {"a": [1]}}]
+        # everything else is the normal, strict object
+        assert len(items[object_tag]["alerts"]) == 1
+        assert items[exploded]["severity"] == "Critical" and items[exploded]["active"] is True
+
+    for expand in ({}, {"expand": "alerts"}):
+        check({i["id"]: i for i in await emu.incidents(**expand)})
+        got = {}
+        for inc_id in (no_alerts, exploded, bad_tags, object_tag):
+            r = await emu.get(f"{ENV}/incidents/{inc_id}", params=expand)
+            assert r.status == 200
+            got[inc_id] = r.body
+        check(got)
+    # the emulator's own logic uses the normalised incident
+    assert {i["id"] for i in await emu.incidents(query='status = "critical"')} >= {exploded}
+    # the poison stays through later changes
+    r = await emu.post(f"{ENV}/incidents/{exploded}/comments", json={"comment": "hi"})
+    assert r.status == 204
+    assert (await emu.get(f"{ENV}/incidents/{exploded}")).body["status"] == "exploded"
+
+
 async def test_state_helpers_simulate_users(emu: Emu) -> None:
     result = emu.state.ingest_alert({"app_key": "k", "status": "critical", "host": "a"})
     inc_id = result.incident_id or ""
