@@ -49,6 +49,9 @@ class PlanInput:
     link: Link | None
     synced: Mapping[tuple[Side, str], FieldState] = field(default_factory=dict)
     environment_id: str | None = None
+    correlation_checked: bool = False
+    """The caller searched ServiceNow for an active incident with this BigPanda id as
+    ``correlation_id`` (a batched check, just now) and found none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,9 @@ class CreateServiceNowIncident:
     previous_link_id: int | None = None
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    checked_absent: bool = False
+    """No active incident had this ``correlation_id`` when planned (a batched check):
+    the first attempt creates without searching again; a retry always searches (B2)."""
     kind: str = "sn.create"
 
 

@@ -49,9 +49,9 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from sync.actions import Action, CreateServiceNowIncident, PlanInput
@@ -62,10 +62,16 @@ from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoun
 from sync.executor import Executor, PairResult
 from sync.guards import check_empty_side, check_mass_resolve
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
+from sync.newcomers import chunks, expand_alerts, unmatched
+from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
 from sync.store.base import Cursor, LinkStore, OutboxState
 
 log = logging.getLogger(__name__)
+
+#: a sys_id bpsync can address: 32 letters and digits (ServiceNow makes 32 lower-case hex
+#: digits; an import or a client may supply any 32 alphanumerics, kept as sent)
+SN_SYS_ID_FORM = re.compile(r"[A-Za-z0-9]{32}")
 
 T = TypeVar("T")
 
@@ -98,6 +104,10 @@ class CoordinatorMetrics(Protocol):
         live_links: int,
         cursor_lag_s: Mapping[str, float],
     ) -> None: ...
+
+    def backlog(self, side: str, count: int) -> None: ...
+
+    def skipped(self, side: str, reason: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -132,18 +142,12 @@ class IncidentOutcome:
 
 
 @dataclass(slots=True)
-class _Change:
-    key: str
-    at: datetime
-
-
-@dataclass(slots=True)
 class _Pair:
     bp: BPIncident | None
     sn: SNIncident | None
     link: Link | None
     environment_id: str | None
-    changes: list[_Change] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
 
 def _resolved_prelude(pair: _Pair, flags: Collection[str]) -> _Pair | None:
@@ -170,7 +174,7 @@ def _pair_bp_id(pair: _Pair) -> str:
     return pair.sn.correlation_id if pair.sn is not None else ""
 
 
-def _bp_change(incident: BPIncident) -> _Change:
+def _bp_change(incident: BPIncident, now: datetime) -> Change:
     """BigPanda stamps changes in whole seconds, so two edits in one second share
     ``updated_at``: the key also carries a digest of what the sync reads."""
     stamp = incident.updated_at or incident.changed_at or incident.start or 0
@@ -179,19 +183,166 @@ def _bp_change(incident: BPIncident) -> _Change:
         default=str,
     )
     digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
-    return _Change(f"{incident.id}:{digest}:{stamp}", from_epoch_s(stamp))
+    return Change(f"{incident.id}:{digest}:{stamp}", min(from_epoch_s(stamp), now))
 
 
-def _sn_change(incident: SNIncident) -> _Change:
+def _sn_change(incident: SNIncident, now: datetime) -> Change:
+    """A record stamped in the future (a clock ahead, a script) counts as changed now:
+    the cursor must not move past changes still to come."""
     stamp = incident.sys_updated_on
-    return _Change(f"{incident.sys_id}:{incident.sys_mod_count}:{epoch_s(stamp)}", stamp)
+    key = f"{incident.sys_id}:{incident.sys_mod_count}:{epoch_s(stamp)}"
+    return Change(key, min(stamp, now))
 
 
-def _key_epoch(key: str) -> int:
-    try:
-        return int(key.rsplit(":", 1)[1])
-    except (IndexError, ValueError):
-        return 0
+def _oldest_change(pair: _Pair) -> tuple[datetime, str]:
+    """Sort key: the pair's oldest polled change first (a storm is worked oldest first)."""
+    oldest = min((c.at for c in pair.changes), default=datetime.min.replace(tzinfo=UTC))
+    return oldest, _pair_bp_id(pair)
+
+
+#: how often a long cycle writes its progress (cursors, held links) while it works
+CHECKPOINT_EVERY_S = 5.0
+
+
+class _Run:
+    """One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first,
+    new incidents read in batched chunks while earlier pairs execute; progress written
+    every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle."""
+
+    def __init__(
+        self, coordinator: Coordinator, progress: Progress, held: Held, cursors: dict[Side, Cursor]
+    ) -> None:
+        self._c = coordinator
+        self.progress = progress
+        self.held = held
+        self._cursors = cursors
+        self.actions = 0
+        self.outcomes: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._last_checkpoint = coordinator.clock.monotonic()
+
+    async def execute(
+        self,
+        plans: Sequence[tuple[_Pair, list[Action]]],
+        fresh: Sequence[_Pair],
+        *,
+        deadline: float,
+    ) -> None:
+        c = self._c
+        workers = c.settings.pair_concurrency
+        queue: asyncio.Queue[tuple[_Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
+
+        def out_of_time() -> bool:
+            return c.stopping or c.clock.monotonic() >= deadline
+
+        async def produce() -> None:
+            try:
+                for pair, actions in plans:
+                    if out_of_time():
+                        return
+                    if not actions:
+                        self.progress.finish((ch.key for ch in pair.changes), ok=True)
+                        continue
+                    await queue.put((pair, actions))
+                async for pair, actions in self._fresh_plans(fresh, out_of_time):
+                    await queue.put((pair, actions))
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                if not out_of_time():
+                    await self._execute_pair(*item)
+
+        tasks = [asyncio.ensure_future(produce())]
+        tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failure = next((t.exception() for t in done if t.exception() is not None), None)
+            if failure is not None:
+                raise failure
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if c.stopping or c.clock.monotonic() >= deadline:
+            left = self.progress.backlog(Side.BIGPANDA) + self.progress.backlog(Side.SERVICENOW)
+            if left:
+                reason = "a stop was asked for" if c.stopping else "its time budget ran out"
+                log.info("cycle ended early (%s); %d changes wait for the next cycle", reason, left)
+
+    async def _fresh_plans(
+        self, fresh: Sequence[_Pair], out_of_time: Callable[[], bool]
+    ) -> AsyncIterator[tuple[_Pair, list[Action]]]:
+        """New incidents in chunks: alerts and duplicate check batched, then planned."""
+        c = self._c
+        by_env: dict[str, list[BPIncident]] = {}
+        pairs: dict[str, _Pair] = {}
+        for pair in fresh:
+            assert pair.bp is not None
+            assert pair.environment_id is not None
+            by_env.setdefault(pair.environment_id, []).append(pair.bp)
+            pairs[pair.bp.id] = pair
+        for env, chunk in chunks(by_env):
+            if out_of_time():
+                return
+            expanded = await expand_alerts(c.bigpanda, env, chunk)
+            absent = await unmatched(c.servicenow, [i.id for i in chunk if i.id in expanded])
+            now = c.clock.now()
+            for incident in chunk:
+                pair = pairs[incident.id]
+                keys = [ch.key for ch in pair.changes]
+                if incident.id not in expanded:
+                    self.progress.finish(keys, ok=True)  # gone: nothing to sync
+                    continue
+                pair.bp = expanded[incident.id]
+                try:
+                    actions = await c.plan_pair(pair, now, checked=incident.id in absent)
+                except ValueError as exc:
+                    log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
+                    self.progress.finish(keys, ok=False)
+                    continue
+                if not actions:
+                    self.progress.finish(keys, ok=True)
+                    continue
+                yield pair, actions
+
+    async def _execute_pair(self, pair: _Pair, actions: list[Action]) -> None:
+        c = self._c
+        keys = [ch.key for ch in pair.changes]
+        try:
+            result = await c.executor.execute(actions, environment_id=pair.environment_id)
+        except (FatalError, BpsyncError):
+            raise
+        except Exception:  # one pair's bug must not stop the others
+            log.exception("executing %s failed", c.pair_ids(pair))
+            self.progress.finish(keys, ok=False)
+            c.keep_held(self.held, pair)
+            return
+        self.actions += len(actions)
+        for kind, outcome in result.outcomes:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            if kind.startswith("bp.") or kind == "sn.create":
+                self.progress.wrote_bp.add(_pair_bp_id(pair))
+        if not result.recorded:
+            c.keep_held(self.held, pair)
+        self.progress.finish(keys, ok=result.recorded)
+        if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            await self.checkpoint(final=False)
+
+    async def checkpoint(self, *, final: bool) -> None:
+        """Held links first, then each side's cursor past what is finished."""
+        c = self._c
+        async with self._lock:
+            self._last_checkpoint = c.clock.monotonic()
+            await c.save_held(self.held)
+            for side in (Side.BIGPANDA, Side.SERVICENOW):
+                forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
+                self._cursors[side] = await c.advance(
+                    side, self._cursors[side], self.progress, final=final, forget=forget
+                )
+                c.report_backlog(side, self.progress.backlog(side))
 
 
 class Coordinator:
@@ -228,6 +379,53 @@ class Coordinator:
         self._down: dict[str, str] = {}
         self._pair_failures: dict[str, int] = {}
         self._last_guard: str | None = None
+        self._stopping = False
+        self._skipped: set[tuple[str, str]] = set()
+        """(record, reason) of the ServiceNow records skipped or clamped and logged."""
+
+    # ------------------------------------------------------------------ for the cycle's run
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def bigpanda(self) -> BigPandaAPI:
+        return self._bp
+
+    @property
+    def servicenow(self) -> ServiceNowAPI:
+        return self._sn
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for: the cycle in flight starts no new pair."""
+        return self._stopping
+
+    def request_stop(self) -> None:
+        """Finish the pairs in flight, record progress, start nothing new (SIGTERM)."""
+        self._stopping = True
+
+    def report_backlog(self, side: Side, count: int) -> None:
+        if self._metrics is not None:
+            self._metrics.backlog(side.value, count)
+
+    def _skip_once(self, record: str, reason: str, message: str) -> None:
+        """One WARNING and one metric count per (record, reason) for the process's life."""
+        if (record, reason) in self._skipped:
+            return
+        self._skipped.add((record, reason))
+        log.warning(message, extra={"side": Side.SERVICENOW.value, "reason": reason})
+        if self._metrics is not None:
+            self._metrics.skipped(Side.SERVICENOW.value, reason)
 
     # ------------------------------------------------------------------ the cycle
 
@@ -263,6 +461,7 @@ class Coordinator:
         return report
 
     async def _cycle(self, report: CycleReport) -> None:
+        started = self._clock.monotonic()
         replan = await self._executor.recover_pending_links()
         await self._executor.drive_due()
         held = await self._held_links()
@@ -276,53 +475,52 @@ class Coordinator:
         sn_polled = await self._guarded_poll(
             Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
         )
-        pairs = await self._pair(bp_polled, sn_polled, replan, environments)
-        pairs, held, preludes = await self._hold_busy(pairs, held, environments)
-        await self._run_preludes(preludes, live_links)
-        now = self._clock.now()
-        plans: list[tuple[_Pair, list[Action]]] = []
-        failed: set[str] = set()
-        for pair in pairs:
+        progress = Progress({Side.BIGPANDA: bp_polled[1], Side.SERVICENOW: sn_polled[1]})
+        run = _Run(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
+        try:
+            pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
+            pairs, held, preludes = await self._hold_busy(pairs, held, environments)
+            run.held = held
+            # what no pair plans is finished: ignored records, history, and held pairs
+            # (their links are in the held checkpoint and read again once released)
+            worked = {c.key for pair in (*pairs, *fresh) for c in pair.changes}
+            progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
+            await self._run_preludes(preludes, live_links)
+            now = self._clock.now()
+            plans: list[tuple[_Pair, list[Action]]] = []
+            for pair in sorted(pairs, key=_oldest_change):
+                try:
+                    plans.append((pair, await self.plan_pair(pair, now)))
+                except ValueError as exc:  # a planner refusing odd data: this pair only
+                    log.error("cannot plan %s: %s", self.pair_ids(pair), exc)  # noqa: TRY400
+                    progress.finish((c.key for c in pair.changes), ok=False)
+            self._check_guards([actions for _, actions in plans], live_links)
+            report.pairs = len(pairs) + len(fresh)
+            await run.execute(plans, fresh, deadline=started + self._settings.cycle_budget)
+        except BaseException:
+            # an outage, a store error, a cancelled drain: what finished stays finished
             try:
-                plans.append((pair, await self._plan_pair(pair, now)))
-            except ValueError as exc:  # a planner refusing odd data: this pair only
-                log.error("cannot plan %s: %s", self._pair_ids(pair), exc)  # noqa: TRY400
-                failed.update(c.key for c in pair.changes)
-        self._check_guards([actions for _, actions in plans], live_links)
-        report.pairs = len(pairs)
-        wrote_bp: set[str] = set()
-        for pair, actions in plans:
-            if not actions:
-                continue
-            try:
-                result = await self._executor.execute(actions, environment_id=pair.environment_id)
-            except (FatalError, BpsyncError):
-                raise
-            except Exception:  # one pair's bug must not stop the others
-                log.exception("executing %s failed", self._pair_ids(pair))
-                failed.update(c.key for c in pair.changes)
-                self._keep_held(held, pair)
-                continue
-            report.actions += len(actions)
-            for kind, outcome in result.outcomes:
-                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-                if kind.startswith("bp.") or kind == "sn.create":
-                    wrote_bp.add(_pair_bp_id(pair))
-            if not result.recorded:
-                failed.update(c.key for c in pair.changes)
-                self._keep_held(held, pair)
-        await self._save_held(held)
-        await self._advance(Side.BIGPANDA, bp_cursor, bp_polled[1], failed, forget=wrote_bp)
-        await self._advance(Side.SERVICENOW, sn_cursor, sn_polled[1], failed)
+                await run.checkpoint(final=False)
+            except Exception as exc:  # noqa: BLE001 - the first error is the one to report
+                log.debug("progress not recorded: %s", exc)
+            raise
+        else:
+            await run.checkpoint(final=True)
+        finally:
+            report.actions += run.actions
+            for outcome, count in run.outcomes.items():
+                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + count
 
-    async def _plan_pair(self, pair: _Pair, now: datetime) -> list[Action]:
-        """The planner's actions for one pair (ValueError: the planner refuses its data)."""
+    async def plan_pair(self, pair: _Pair, now: datetime, *, checked: bool = False) -> list[Action]:
+        """The planner's actions for one pair (ValueError: the planner refuses its data);
+        ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
         inp = PlanInput(
             bp=pair.bp,
             sn=pair.sn,
             link=pair.link,
             synced=await self._store.field_states(pair.link.id) if pair.link else {},
             environment_id=pair.environment_id,
+            correlation_checked=checked,
         )
         return self._plan(inp, self._settings, now)
 
@@ -350,7 +548,7 @@ class Coordinator:
             outcomes.append(outcome)
             await self._expand_for_create(pair)
             try:
-                outcome.actions = await self._plan_pair(pair, now)
+                outcome.actions = await self.plan_pair(pair, now)
             except ValueError as exc:
                 outcome.error = f"cannot plan: {exc}"
                 continue
@@ -401,7 +599,7 @@ class Coordinator:
         except BpsyncError:
             raise
         except Exception as exc:  # one incident's bug must not stop the others
-            log.exception("executing %s failed", self._pair_ids(pair))
+            log.exception("executing %s failed", self.pair_ids(pair))
             outcome.error = f"{type(exc).__name__}: {exc}"
 
     def _check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
@@ -438,12 +636,13 @@ class Coordinator:
 
     async def _poll_bigpanda(
         self, environments: Sequence[str], cursor: Cursor, live_links: int
-    ) -> tuple[list[tuple[BPIncident, str]], list[_Change]]:
+    ) -> tuple[list[tuple[BPIncident, str]], list[Change]]:
         """Changed incidents (each with its environment) and every change key polled."""
         since_s = None if cursor.watermark is None else epoch_s(cursor.watermark)
         found: dict[str, tuple[BPIncident, str]] = {}
-        changes: list[_Change] = []
+        changes: list[Change] = []
         total = 0
+        now = self._clock.now()
         for env in environments:
             incidents = await self._bp.list_changed(
                 env,
@@ -453,7 +652,7 @@ class Coordinator:
             )
             total += len(incidents)
             for incident in incidents:
-                change = _bp_change(incident)
+                change = _bp_change(incident, now)
                 if change.key in cursor.seen or incident.id in found:
                     continue
                 found[incident.id] = (incident, env)
@@ -464,21 +663,39 @@ class Coordinator:
 
     async def _poll_servicenow(
         self, cursor: Cursor, live_links: int
-    ) -> tuple[list[SNIncident], list[_Change]]:
+    ) -> tuple[list[SNIncident], list[Change]]:
         records = await self._sn.list_changed(
             cursor.watermark, overlap_s=self._settings.cursor_overlap
         )
         if cursor.watermark is None:
             self._check_empty(Side.SERVICENOW, len(records), live_links)
         found: dict[str, SNIncident] = {}
-        changes: list[_Change] = []
+        changes: list[Change] = []
+        now = self._clock.now()
         for record in records:
+            name = str(record.get("sys_id") or "?")
             try:
                 incident = SNIncident.from_record(record)
             except ValueError as exc:  # B19: one malformed record is skipped, named
-                log.warning("ServiceNow record skipped: %s", exc)
+                self._skip_once(name, "malformed", f"ServiceNow record skipped: {exc}")
                 continue
-            change = _sn_change(incident)
+            if not SN_SYS_ID_FORM.fullmatch(incident.sys_id):
+                self._skip_once(
+                    name,
+                    "bad_sys_id",
+                    f"ServiceNow record {incident.sys_id!r} ({incident.number or 'no number'}) "
+                    "skipped: its sys_id is not 32 letters and digits",
+                )
+                continue
+            change = _sn_change(incident, now)
+            if incident.sys_updated_on > now:
+                self._skip_once(
+                    name,
+                    "future_timestamp",
+                    f"ServiceNow record {incident.sys_id} ({incident.number}) is stamped "
+                    f"{incident.sys_updated_on:%Y-%m-%d %H:%M:%S} UTC, in the future: "
+                    "taken as changed now (the cursor does not move past now)",
+                )
             if change.key in cursor.seen:
                 continue
             found[incident.sys_id] = incident  # the latest version wins
@@ -499,16 +716,20 @@ class Coordinator:
 
     async def _pair(
         self,
-        bp_polled: tuple[list[tuple[BPIncident, str]], list[_Change]],
-        sn_polled: tuple[list[SNIncident], list[_Change]],
+        bp_polled: tuple[list[tuple[BPIncident, str]], list[Change]],
+        sn_polled: tuple[list[SNIncident], list[Change]],
         replan: Sequence[Link],
         environments: Sequence[str],
-    ) -> list[_Pair]:
+    ) -> tuple[list[_Pair], list[_Pair]]:
+        """(pairs to plan now, new incidents): a new incident is an active BigPanda
+        incident without a live link and without a ServiceNow change; its alerts and
+        duplicate check are read in batches while other pairs execute (newcomers)."""
         pairs: dict[str, _Pair] = {}
         bp_changes = {c.key.split(":", 1)[0]: c for c in bp_polled[1]}
         sn_changes = {c.key.split(":", 1)[0]: c for c in sn_polled[1]}
+        links = await self._store.live_links_for_bp([i.id for i, _ in bp_polled[0]])
         for incident, env in bp_polled[0]:
-            link = await self._store.live_link_for_bp(incident.id)
+            link = links.get(incident.id)
             pair = _Pair(incident, None, link, env, [bp_changes[incident.id]])
             pairs[incident.id] = pair
         for sn in sn_polled[0]:
@@ -545,10 +766,24 @@ class Coordinator:
             fetched = await self._fetch_bp(link.bp_incident_id, environments)
             if fetched is not None:
                 pairs[link.bp_incident_id] = _Pair(fetched[0], None, None, fetched[1])
+        ready: list[_Pair] = []
+        fresh: list[_Pair] = []
         for pair in pairs.values():
+            bp = pair.bp
+            if (
+                pair.link is None
+                and pair.sn is None
+                and bp is not None
+                and bp.active
+                and not bp.alerts
+                and pair.environment_id is not None
+            ):
+                fresh.append(pair)
+                continue
             await self._fetch_other_side(pair)
             await self._expand_for_create(pair)
-        return list(pairs.values())
+            ready.append(pair)
+        return ready, fresh
 
     async def _fetch_other_side(self, pair: _Pair) -> None:
         """A linked pair whose changed side is now resolved: read the other side too.
@@ -572,7 +807,7 @@ class Coordinator:
                     pair.environment_id, link.bp_incident_id, expand_alerts=False
                 )
         except (NotFoundError, ValueError) as exc:
-            log.warning("%s: the other side cannot be read: %s", self._pair_ids(pair), exc)
+            log.warning("%s: the other side cannot be read: %s", self.pair_ids(pair), exc)
 
     async def _expand_for_create(self, pair: _Pair) -> None:
         """An incident that may need a create is fetched with its alerts (B10, B11).
@@ -626,13 +861,13 @@ class Coordinator:
             log.error("checkpoint %s unreadable, ignored: %r", HELD_CHECKPOINT, raw[:200])  # noqa: TRY400
             return {}
 
-    async def _save_held(self, held: Held) -> None:
+    async def save_held(self, held: Held) -> None:
         value = json.dumps({str(k): sorted(v) for k, v in sorted(held.items())})
         if value != (await self._store.get_checkpoint(HELD_CHECKPOINT) or "{}"):
             await self._store.set_checkpoint(HELD_CHECKPOINT, value, self._clock.now())
 
     @staticmethod
-    def _keep_held(held: Held, pair: _Pair) -> None:
+    def keep_held(held: Held, pair: _Pair) -> None:
         """A pair whose outcome was not recorded stays (or becomes) held."""
         if pair.link is not None:
             held.setdefault(pair.link.id, set())
@@ -654,7 +889,7 @@ class Coordinator:
                     flags.add("bp_resolved")
                 if pair.sn is not None and pair.sn.state == SNState.RESOLVED:
                     flags.add("sn_resolved")
-                log.debug("%s waits for its open writes", self._pair_ids(pair))
+                log.debug("%s waits for its open writes", self.pair_ids(pair))
                 continue
             ready.append(pair)
             if pair.link is not None:
@@ -688,7 +923,7 @@ class Coordinator:
         """Plan and execute each released pair's resolved state first, then refresh the
         pair's link: its own plan then sees the reopen (B9)."""
         for prelude, pair in preludes:
-            actions = await self._plan_pair(prelude, self._clock.now())
+            actions = await self.plan_pair(prelude, self._clock.now())
             self._check_guards([actions], live)
             if actions:
                 await self._executor.execute(actions, environment_id=prelude.environment_id)
@@ -708,7 +943,7 @@ class Coordinator:
             if pair.sn is None and link.sn_sys_id:
                 pair.sn = SNIncident.from_record(await self._sn.get_incident(link.sn_sys_id))
         except (NotFoundError, ValueError) as exc:
-            log.warning("%s: a side cannot be read: %s", self._pair_ids(pair), exc)
+            log.warning("%s: a side cannot be read: %s", self.pair_ids(pair), exc)
 
     async def _fetch_bp(
         self, incident_id: str, environments: Sequence[str]
@@ -725,68 +960,54 @@ class Coordinator:
         return None
 
     @staticmethod
-    def _pair_ids(pair: _Pair) -> str:
+    def pair_ids(pair: _Pair) -> str:
         bp_id = _pair_bp_id(pair) or "?"
         sn_id = pair.sn.sys_id if pair.sn else (pair.link.sn_sys_id if pair.link else None)
         return f"BigPanda {bp_id} / ServiceNow {sn_id or '-'}"
 
     # ------------------------------------------------------------------ cursors
 
-    async def _advance(
+    async def advance(
         self,
         side: Side,
         cursor: Cursor,
-        changes: Sequence[_Change],
-        failed: set[str],
+        progress: Progress,
         *,
+        final: bool,
         forget: Collection[str] = (),
-    ) -> None:
-        """Move the watermark past what was recorded; keep the overlap window's keys,
-        except those of the incidents in ``forget`` (bpsync wrote to them).
+    ) -> Cursor:
+        """Move ``side``'s cursor past what ``progress`` finished (:func:`next_cursor`).
 
-        Idle (nothing held back), a watermark that lags ``now - cursor_overlap`` by a
-        whole overlap moves up to it: otherwise every idle poll re-reads whatever
-        changed in the overlap before the last change seen (a burst, forever). Polls
-        still reach back ``cursor_overlap`` before the watermark, so late commits and
-        clock skew up to that much are covered; the cursor is written at most once per
-        overlap while idle."""
-        overlap = timedelta(seconds=self._settings.cursor_overlap)
-        idle_mark = self._clock.now() - overlap
-        lagging = cursor.watermark is None or idle_mark - cursor.watermark >= overlap
-        if not changes and not (forget and cursor.seen) and not lagging:
-            return
-        given_up = set()
-        for key in failed:
-            count = self._pair_failures.get(key, 0) + 1
-            self._pair_failures[key] = count
-            if count >= MAX_PAIR_FAILURES:
-                given_up.add(key)
-                log.error("change %s failed %d cycles in a row; given up", key, count)
-        for change in changes:
-            if change.key not in failed:
-                self._pair_failures.pop(change.key, None)
-        held = [c.at for c in changes if c.key in failed and c.key not in given_up]
-        done = [c for c in changes if c.key not in failed or c.key in given_up]
-        watermark = max([c.at for c in done], default=cursor.watermark)
-        if cursor.watermark is not None and (watermark is None or watermark < cursor.watermark):
-            watermark = cursor.watermark
-        if held and watermark is not None:
-            watermark = min(watermark, *held)
-            if cursor.watermark is not None:
-                watermark = max(watermark, cursor.watermark)
-        if not held and (watermark is None or idle_mark - watermark >= overlap):
-            watermark = idle_mark
-        if watermark is None:
-            return
-        floor_s = epoch_s(watermark - overlap)
-        seen = {k for k in cursor.seen if _key_epoch(k) >= floor_s}
-        seen |= {c.key for c in done if _key_epoch(c.key) >= floor_s}
-        seen -= failed - given_up
-        if forget:
-            seen = {k for k in seen if k.split(":", 1)[0] not in forget}
-        await self._store.advance_cursor(
-            Cursor(side=side, watermark=watermark, seen=frozenset(seen)), self._clock.now()
+        ``final`` (the cycle's end): failed changes count towards giving up; after
+        ``MAX_PAIR_FAILURES`` cycles in a row a change is given up with an ERROR line.
+        Returns the cursor now in the store."""
+        changes = progress.polled[side]
+        given_up: set[str] = set()
+        if final:
+            for key in progress.failed:
+                if key not in {c.key for c in changes}:
+                    continue
+                count = self._pair_failures.get(key, 0) + 1
+                self._pair_failures[key] = count
+                if count >= MAX_PAIR_FAILURES:
+                    given_up.add(key)
+                    log.error("change %s failed %d cycles in a row; given up", key, count)
+            for change in changes:
+                if change.key in progress.done:
+                    self._pair_failures.pop(change.key, None)
+        moved = next_cursor(
+            side,
+            cursor,
+            changes,
+            open_keys=progress.open_keys(side, given_up),
+            now=self._clock.now(),
+            overlap=timedelta(seconds=self._settings.cursor_overlap),
+            forget=forget,
         )
+        if moved is None or moved == cursor:
+            return cursor
+        await self._store.advance_cursor(moved, self._clock.now())
+        return moved
 
     # ------------------------------------------------------------------ metrics
 

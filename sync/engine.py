@@ -67,6 +67,12 @@ class MetricsBridge:
     def cycle_done(self, outcome: str, duration_s: float) -> None:
         self._m.cycle_done(outcome, duration_s)
 
+    def backlog(self, side: str, count: int) -> None:
+        self._m.set_backlog(side, count)
+
+    def skipped(self, side: str, reason: str) -> None:
+        self._m.observe_skipped(side, reason)
+
     def state(
         self,
         *,
@@ -105,13 +111,31 @@ async def build_engine(
         store = await open_store(settings.effective_database_url)
     closers.append(store.close)
     observer = getattr(metrics, "observe_request", None)
+    throttle_observer = getattr(metrics, "observe_throttle", None)
+    skip_observer = getattr(metrics, "observe_skipped", None)
+    pacing = settings.pacing.policy()
     try:
         sn_session = make_sn_session(settings.servicenow)
         closers.append(sn_session.close)
         bp_session = make_bp_session(settings.bigpanda)
         closers.append(bp_session.close)
-        servicenow = ServiceNowClient(sn_session, settings.servicenow, clock, observer=observer)
-        bigpanda = BigPandaClient(bp_session, settings.bigpanda, clock, observer=observer)
+        servicenow = ServiceNowClient(
+            sn_session,
+            settings.servicenow,
+            clock,
+            observer=observer,
+            pacing=pacing,
+            throttle_observer=throttle_observer,
+        )
+        bigpanda = BigPandaClient(
+            bp_session,
+            settings.bigpanda,
+            clock,
+            observer=observer,
+            pacing=pacing,
+            throttle_observer=throttle_observer,
+            skip_observer=skip_observer,
+        )
     except BaseException:
         # a client refusing its settings (ConfigError) must not leak what was opened
         for closer in reversed(closers):

@@ -857,7 +857,7 @@ class Executor:
             link_id = meta.get("link_id")
             if not isinstance(link_id, int):
                 raise PermanentError("bpsync", "create without a pending link id")
-            return await self._apply_create(action, link_id)
+            return await self._apply_create(action, link_id, recheck=recheck)
         if isinstance(action, UpdateServiceNowFields):
             values = {**action.fields, **await self._lookups.resolve_fields(action.lookups)}
             if values and recheck:
@@ -1020,7 +1020,7 @@ class Executor:
         return candidates[0]
 
     async def _apply_create(
-        self, action: CreateServiceNowIncident, link_id: int
+        self, action: CreateServiceNowIncident, link_id: int, *, recheck: bool
     ) -> list[WriteAction]:
         # the incident's links (history for _find_existing) hold this one: one read
         links = await self._store.links_for_bp(action.bp_incident_id)
@@ -1035,7 +1035,13 @@ class Executor:
         adopted_now = False
         if link.sn_sys_id is None:
             values = {**action.fields, **await self._lookups.resolve_fields(action.lookups)}
-            existing = await self._find_existing(action.bp_incident_id, link_id, links)
+            # B2: search correlation_id unless a batched check just found nothing and
+            # this is the first attempt (a retry may follow a create that went through)
+            existing = (
+                None
+                if action.checked_absent and not recheck
+                else await self._find_existing(action.bp_incident_id, link_id, links)
+            )
             adopted = adopted_now = existing is not None
             if existing is not None:
                 current = {k: ("" if v is None else str(v)) for k, v in existing.items()}

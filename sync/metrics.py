@@ -123,6 +123,28 @@ class Metrics:
         self.leader = Gauge(
             "leader", "1 when this replica leads (writes), 0 on standby.", namespace=ns, registry=r
         )
+        self.throttled = Counter(
+            "throttled",
+            "Answers that asked bpsync to slow down (HTTP 429), by side and endpoint family; "
+            "each was sent again after a pause, none was lost.",
+            ["side", "family"],
+            namespace=ns,
+            registry=r,
+        )
+        self.skipped_records = Counter(
+            "skipped_records",
+            "Polled records skipped as malformed (each record once per process), by reason.",
+            ["side", "reason"],
+            namespace=ns,
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "backlog",
+            "Changes polled but not yet synced (a storm worked through across cycles).",
+            ["side"],
+            namespace=ns,
+            registry=r,
+        )
 
     # ------------------------------------------------------------------ feeders
 
@@ -159,6 +181,15 @@ class Metrics:
         self.live_links.set(live_links)
         for side, lag in cursor_lag_s.items():
             self.cursor_lag.labels(str(side)).set(lag)
+
+    def observe_throttle(self, side: str, family: str) -> None:
+        self.throttled.labels(side, family).inc()
+
+    def observe_skipped(self, side: str, reason: str) -> None:
+        self.skipped_records.labels(side, reason).inc()
+
+    def set_backlog(self, side: str, count: int) -> None:
+        self.backlog.labels(side).set(count)
 
     def set_leader(self, leader: bool) -> None:
         self.leader.set(1 if leader else 0)

@@ -172,11 +172,19 @@ def _plan_create(
     if env is None:
         # not in an environment shared with ServiceNow
         return []
-    return [_create_action(bp, env, settings, previous_link_id)]
+    # a batched correlation check that found nothing spares the create its own search;
+    # a replacement after a reopen searches anyway (the old incident shares the id)
+    checked = inp.correlation_checked and inp.sn is None and previous_link_id is None
+    return [_create_action(bp, env, settings, previous_link_id, checked_absent=checked)]
 
 
 def _create_action(
-    bp: BPIncident, env: str, settings: Settings, previous_link_id: int | None
+    bp: BPIncident,
+    env: str,
+    settings: Settings,
+    previous_link_id: int | None,
+    *,
+    checked_absent: bool = False,
 ) -> CreateServiceNowIncident:
     opts = settings.incidents
     rules = compile_rules(settings)
@@ -206,6 +214,7 @@ def _create_action(
         previous_link_id=previous_link_id,
         record_bp=dict(mapped.record_bp),
         record_sn=record_sn,
+        checked_absent=checked_absent,
     )
 
 

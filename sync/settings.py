@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sync.clients.pacing import PacingPolicy
 from sync.errors import ConfigError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -241,6 +242,48 @@ class GuardSettings(_Section):
     empty_side_check: bool = True
 
 
+class PacingSettings(_Section):
+    """``[pacing]``: how close to the APIs' limits bpsync runs, and when throttling becomes
+    an outage (see :mod:`sync.clients.pacing`)."""
+
+    headroom: float = Field(default=0.9, gt=0, le=1)
+    """Share of the documented ceiling each BigPanda endpoint family is paced at."""
+    backoff_factor: float = Field(default=0.5, gt=0, lt=1)
+    """Pace (BigPanda) or requests at once (ServiceNow) multiplied by this after a 429."""
+    min_fraction: float = Field(default=0.1, gt=0, le=1)
+    """A family is never paced below this share of its ceiling."""
+    recover_after: Duration = 5.0
+    """Quiet period after which the pace grows one step back towards the target."""
+    recover_step: float = Field(default=0.1, gt=0, le=1)
+    """Share of the target pace added per quiet period."""
+    hold: Duration = 1.0
+    """Wait after a 429 without Retry-After (doubles per consecutive 429)."""
+    hold_max: Duration = 30.0
+    outage_after: Duration = 60.0
+    """Every request of a side failing this long is an outage: the cycle stops."""
+    quiet: Duration = 30.0
+    """A family's throttling has ended after this long without a 429 (for the log line)."""
+
+    @model_validator(mode="after")
+    def _floor_below_target(self) -> PacingSettings:
+        if self.min_fraction > self.headroom:
+            raise ValueError("min_fraction must not exceed headroom")
+        return self
+
+    def policy(self) -> PacingPolicy:
+        return PacingPolicy(
+            headroom=self.headroom,
+            backoff_factor=self.backoff_factor,
+            min_fraction=self.min_fraction,
+            recover_after_s=self.recover_after,
+            recover_step=self.recover_step,
+            hold_s=self.hold,
+            hold_max_s=self.hold_max,
+            outage_after_s=self.outage_after,
+            quiet_s=self.quiet,
+        )
+
+
 class Settings(BaseSettings):
     """All of bpsync's settings. Build it with :func:`load_settings`."""
 
@@ -262,6 +305,7 @@ class Settings(BaseSettings):
     tag_mapping: list[TagMappingRule] = Field(default_factory=list)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
+    pacing: PacingSettings = Field(default_factory=PacingSettings)
 
     state_dir: Path = Path("./var")
     database_url: SecretStr | None = None
@@ -271,6 +315,12 @@ class Settings(BaseSettings):
     """How far back each incremental poll reaches past its cursor (clock skew, commits)."""
     retrieval_count: int = Field(default=20, ge=1, le=100)
     """BigPanda page size for polls and backfill."""
+    cycle_budget: Duration = 60.0
+    """A cycle starts no new work after this long; the rest waits for the next cycle
+    (what was done is recorded, cursors included: a storm is worked through across
+    cycles, oldest first)."""
+    pair_concurrency: int = Field(default=10, ge=1, le=100)
+    """Pairs (incidents) executed at once in a cycle; each pair's writes stay in order."""
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

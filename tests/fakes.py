@@ -149,6 +149,17 @@ class FakeServiceNow(_Faults):
             and (not active_only or r.get("active") == "true")
         ]
 
+    async def find_by_correlation_ids(
+        self, correlation_ids: Sequence[str], *, active_only: bool = False
+    ) -> list[SNRecord]:
+        await self._enter("find_by_correlation_ids", self.clock, sorted(correlation_ids))
+        wanted = set(correlation_ids)
+        return [
+            dict(r)
+            for r in self.incidents.values()
+            if r.get("correlation_id") in wanted and (not active_only or r.get("active") == "true")
+        ]
+
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
     ) -> list[SNRecord]:

@@ -40,6 +40,13 @@ class ServiceNowAPI(Protocol):
         """Incidents whose ``correlation_id`` equals the value (escaped query)."""
         ...
 
+    async def find_by_correlation_ids(
+        self, correlation_ids: Sequence[str], *, active_only: bool = False
+    ) -> list[SNRecord]:
+        """Incidents whose ``correlation_id`` is one of the values: one
+        ``correlation_idIN...`` query per page of ids (a storm's duplicate checks)."""
+        ...
+
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
     ) -> list[SNRecord]:

@@ -22,18 +22,22 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
   - ``tag_definitions``: GET/POST ``/resources/v2.0/incidents/tags/definitions``
   - ``alerts``: POST ``/data/v2/alerts`` with the Org Token (post_alerts)
 
-- Pacing: one token bucket per family (:class:`Pacer`, capacity 1, refilled at
-  ``bigpanda.rate_limit_per_s``), on the injected clock, so that requests of one family
-  are at least ``1 / rate`` seconds apart and no one-second window holds more than
-  ``rate`` of them. BigPanda's limit is per endpoint (docs 3.3); a family groups the
-  routes of one endpoint (all six incident-tag routes share one bucket, which is
-  conservative). A 429 carries no ``Retry-After`` (docs 11.8): it becomes a
-  :class:`TransientError` whose ``retry_after_s`` doubles with each consecutive 429 of
-  the family (1 s, 2 s, 4 s ... 60 s; reset by any other answer), and the family's
-  bucket is held for that long so that concurrent callers back off too.
+- Pacing (:mod:`sync.clients.pacing`): each family is paced at ``pacing.headroom`` x
+  ``bigpanda.rate_limit_per_s`` (default 0.9 x 5 req/s), requests of a family evenly
+  spaced, so that no limiter shape sees more than the ceiling in any second. BigPanda's
+  limit is per endpoint (docs 3.3); a family groups the routes of one endpoint (all six
+  incident-tag routes share one pace, which is conservative). A 429 carries no
+  ``Retry-After`` (docs 11.8): the family slows down (multiplicatively) and waits,
+  and the request is sent again; so is a 503, and any transient failure of a GET. Only
+  when every request of the side has failed for ``pacing.outage_after`` does the
+  :class:`TransientError` reach the caller. Writes cut off by a reset or a timeout are
+  not sent again here (they may have been applied): the executor decides.
 - Every outcome goes through :func:`classify`, the single place that decides between
   success, :class:`TransientError`, :class:`PermanentError`/:class:`NotFoundError` and
-  :class:`FatalError`. The client never retries; the executor decides.
+  :class:`FatalError`. Apart from the throttling above, the client never retries.
+- One malformed incident in a search answer (no id, an unknown status, a bad tag, a
+  wrong type) is skipped with one WARNING naming it and the ``skipped`` observer called
+  with a reason (``bpsync_skipped_records_total``); the others are returned.
 - Vendor JSON is parsed into :class:`sync.model.BPIncident` / ``BPAlert`` by
   :func:`parse_incident`: statuses lower-cased (the API sends ``Critical`` and
   ``critical``), epoch seconds as ints, alerts as ``[{"alert_id"}]`` references or
@@ -84,7 +88,15 @@ from sync.clients.http import (
     send,
     text_excerpt,
 )
+from sync.clients.pacing import (
+    PacingPolicy,
+    RatePacer,
+    SideHealth,
+    SkipObserver,
+    ThrottleObserver,
+)
 from sync.clock import Clock
+from sync.constants import BPStatus
 from sync.errors import (
     ApiError,
     ConfigError,
@@ -165,36 +177,6 @@ def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
 
 
 # --------------------------------------------------------------------------- pacing
-
-
-class Pacer:
-    """A token bucket per endpoint family, on the injected clock.
-
-    Capacity 1 (GCRA form): each :meth:`acquire` reserves the family's next free slot and
-    sleeps until it, so requests of a family are ``1 / rate_per_s`` apart and any
-    one-second window holds at most ``rate_per_s`` of them. Reserving happens without an
-    await, so concurrent callers get distinct slots in call order.
-    """
-
-    def __init__(self, clock: Clock, rate_per_s: float) -> None:
-        if rate_per_s <= 0:
-            raise ConfigError("bigpanda.rate_limit_per_s must be positive")
-        self._clock = clock
-        self.interval_s = 1.0 / rate_per_s
-        self._next: dict[Family, float] = {}
-        """Per family: the earliest monotonic time of its next request."""
-
-    async def acquire(self, family: Family) -> None:
-        now = self._clock.monotonic()
-        slot = max(now, self._next.get(family, now))
-        self._next[family] = slot + self.interval_s
-        if slot > now:
-            await self._clock.sleep(slot - now)
-
-    def hold(self, family: Family, seconds: float) -> None:
-        """No request of ``family`` before ``seconds`` from now (after a 429)."""
-        until = self._clock.monotonic() + seconds
-        self._next[family] = max(self._next.get(family, until), until)
 
 
 def rate_limit_delay_s(consecutive_429s: int) -> float:
@@ -521,6 +503,35 @@ def parse_activity(data: Any) -> BPActivity:
         raise PermanentError(SIDE, f"unexpected activity shape: {exc}") from None
 
 
+#: statuses an incident may have (docs 5.1), compared lower-case
+KNOWN_STATUSES = frozenset(BPStatus)
+
+
+def poison_reason(data: Any) -> str | None:
+    """Why a polled incident cannot be synced (a ``bpsync_skipped_records_total`` reason),
+    or None: ``malformed`` (not an object, no id), ``no_alerts`` (no ``alerts`` list),
+    ``unknown_status``, ``malformed_tag`` (an ``incident_tags`` item without ``tag_id``
+    or with an object for a value)."""
+    if not isinstance(data, Mapping) or data.get("id") in (None, ""):
+        return "malformed"
+    if not isinstance(data.get("alerts"), list):
+        return "no_alerts"
+    status = data.get("status")
+    if not isinstance(status, str) or status.strip().lower() not in KNOWN_STATUSES:
+        return "unknown_status"
+    tags = data.get("incident_tags")
+    if tags is not None and not isinstance(tags, (list, Mapping)):
+        return "malformed_tag"
+    for item in tags if isinstance(tags, list) else []:
+        if (
+            not isinstance(item, Mapping)
+            or item.get("tag_id") in (None, "")
+            or isinstance(item.get("tag_value"), Mapping)
+        ):
+            return "malformed_tag"
+    return None
+
+
 def parse_environment(data: Any) -> BPEnvironment:
     if not isinstance(data, Mapping) or data.get("id") in (None, ""):
         raise PermanentError(SIDE, "unexpected environment shape: missing id")
@@ -586,6 +597,9 @@ class BigPandaClient:
         clock: Clock,
         *,
         observer: RequestObserver | None = None,
+        pacing: PacingPolicy | None = None,
+        throttle_observer: ThrottleObserver | None = None,
+        skip_observer: SkipObserver | None = None,
     ) -> None:
         if settings.api_key is None or not settings.api_key.get_secret_value():
             raise ConfigError(
@@ -599,9 +613,16 @@ class BigPandaClient:
         self._observer = observer
         self._base = settings.url.rstrip("/")
         self._shown_base = redact_url(self._base)
-        self._pacer = Pacer(clock, settings.rate_limit_per_s)
+        self._policy = pacing or PacingPolicy()
+        self._pacer = RatePacer(clock, settings.rate_limit_per_s, self._policy)
+        self.health = SideHealth(SIDE, clock, self._policy, throttle_observer)
         self._rate_limited: dict[Family, int] = {}
         """Consecutive 429 answers per family."""
+        self._skip_observer = skip_observer
+        self._skipped: set[tuple[str, str]] = set()
+        """(incident id, reason) of the records skipped and logged already."""
+        self._failures: dict[Family, int] = {}
+        """Consecutive transient failures (other than 429) per family."""
 
     def __repr__(self) -> str:
         return f"BigPandaClient({self._shown_base!r})"
@@ -611,7 +632,7 @@ class BigPandaClient:
         return self._base
 
     @property
-    def pacer(self) -> Pacer:
+    def pacer(self) -> RatePacer:
         return self._pacer
 
     # ------------------------------------------------------------------ transport
@@ -649,43 +670,67 @@ class BigPandaClient:
         if json_body is not None:
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
-        await self._pacer.acquire(family)
-        outcome = await send(
-            self._session,
-            self._clock,
-            self._observer,
-            side=SIDE,
-            method=method,
-            template=template,
-            url=self._base + path,
-            params=params,
-            data=data,
-            headers=headers,
-        )
-        if isinstance(outcome, HttpAnswer):
-            if outcome.status == 429:
+        while True:
+            await self._pacer.acquire(family)
+            outcome = await send(
+                self._session,
+                self._clock,
+                self._observer,
+                side=SIDE,
+                method=method,
+                template=template,
+                url=self._base + path,
+                params=params,
+                data=data,
+                headers=headers,
+            )
+            if isinstance(outcome, HttpAnswer) and outcome.status == 429:
                 self._rate_limited[family] = self._rate_limited.get(family, 0) + 1
             else:
                 self._rate_limited.pop(family, None)
-        result = classify(
-            outcome,
-            method=method,
-            url=self._shown_base + path,
-            consecutive_429s=self._rate_limited.get(family, 0),
-            conflict_ok=conflict_ok,
-            credential=credential,
-        )
-        if isinstance(result, ApiError):
-            if result.status == 429 and isinstance(result, TransientError):
-                self._pacer.hold(family, result.retry_after_s or 0.0)
-                log.info(
-                    "BigPanda rate-limited %s (%s consecutive); holding that family for %.0f s",
-                    family.value,
-                    self._rate_limited.get(family, 0),
-                    result.retry_after_s or 0.0,
-                )
-            raise result
-        return result
+            result = classify(
+                outcome,
+                method=method,
+                url=self._shown_base + path,
+                consecutive_429s=self._rate_limited.get(family, 0),
+                conflict_ok=conflict_ok,
+                credential=credential,
+            )
+            if isinstance(result, TransientError):
+                if self._delay_and_resend(family, method, result):
+                    continue
+                raise result
+            self.health.succeeded()  # an answer, even a refusal: the side is up
+            self._pacer.succeeded(family)
+            self._failures.pop(family, None)
+            if isinstance(result, ApiError):
+                raise result
+            return result
+
+    def _delay_and_resend(self, family: Family, method: str, error: TransientError) -> bool:
+        """A throttled or failed request that is safe to send again: hold the family and
+        say so (True), unless the side has been failing for ``outage_after_s`` (False:
+        the error goes to the caller). Safe: a 429 or a 503 (not processed), or any
+        transient failure of a GET. A write that timed out or was cut off may have
+        been applied: the executor re-reads before it sends it again."""
+        throttled = error.status == 429
+        if not (throttled or error.status == 503 or method == "GET"):
+            self.health.failed()
+            return False
+        self.health.failed()
+        if self.health.in_outage():
+            return False
+        if throttled:
+            hold = self._pacer.throttled(family)
+            self.health.throttled(family.value, f"{self._pacer.rate_of(family):.2f} req/s")
+        else:
+            count = self._failures[family] = self._failures.get(family, 0) + 1
+            hold = min(
+                self._policy.hold_max_s, self._policy.hold_s * float(2 ** min(count - 1, 16))
+            )
+            self._pacer.hold(family, hold)
+        log.debug("BigPanda %s: %s; sending again in %.1f s", family.value, error, hold)
+        return True
 
     @staticmethod
     def _incident_path(template: str, environment_id: str, incident_id: str) -> str:
@@ -758,11 +803,41 @@ class BigPandaClient:
             raise PermanentError(
                 SIDE, "unexpected answer shape for an incident search: no 'items' list"
             )
-        items = [parse_incident(item) for item in body["items"]]
+        items: list[BPIncident] = []
+        for raw in body["items"]:
+            incident = self._parse_polled(raw)
+            if incident is not None:
+                items.append(incident)
         total = body.get("total")
         if isinstance(total, bool) or not isinstance(total, int):
             total = len(items) + (page - 1) * page_size
         return BPSearchPage(total=total, items=items)
+
+    def _parse_polled(self, raw: Any) -> BPIncident | None:
+        """One incident of a search answer, or None (skipped: one WARNING per record and
+        reason for the life of the client, and the ``skipped`` observer)."""
+        reason = poison_reason(raw)
+        problem = reason
+        incident: BPIncident | None = None
+        if reason is None:
+            try:
+                incident = parse_incident(raw)
+            except PermanentError as exc:
+                reason, problem = "malformed", exc.message
+        if reason is None:
+            return incident
+        name = str(raw.get("id", "?")) if isinstance(raw, Mapping) else "?"
+        if (name, reason) not in self._skipped:
+            self._skipped.add((name, reason))
+            log.warning(
+                "BigPanda incident %s skipped: %s",
+                name,
+                problem,
+                extra={"side": SIDE, "reason": reason, "bp_incident_id": name},
+            )
+            if self._skip_observer is not None:
+                self._skip_observer(SIDE, reason)
+        return None
 
     async def get_incident(
         self, environment_id: str, incident_id: str, *, expand_alerts: bool = True

@@ -14,12 +14,17 @@ Contract (docs/servicenow-api.md sections 0, 1, 2 and 6; SPEC B13, B16, B19, B20
 - Sync reads always send ``sysparm_display_value=false`` and
   ``sysparm_exclude_reference_link=true`` (raw UTC values, references as bare sys_ids).
 - Every query is built by :mod:`sync.clients.snquery` (escaped values, validated names).
-- Concurrency is bounded by ``asyncio.Semaphore(servicenow.max_concurrency)``; the
-  optional observer is called once per HTTP request with the path template.
+- Concurrency is bounded by ``servicenow.max_concurrency`` and adapts
+  (:class:`~sync.clients.pacing.ConcurrencyPacer`): a 429 (a rate rule with
+  ``Retry-After``, or a full integration-semaphore queue without headers) halves the
+  requests in flight and holds the side, and the request is sent again; so is a 503,
+  and any transient failure of a GET. The error reaches the caller only when every
+  request has failed for ``pacing.outage_after`` or a ``Retry-After`` is longer than
+  that. The optional observer is called once per HTTP request with the path template.
 - Every outcome goes through :func:`classify`, the single place that decides between
   success, :class:`TransientError`, :class:`PermanentError`/:class:`NotFoundError` and
-  :class:`FatalError`. The client never retries (except the single OAuth refresh); the
-  executor decides.
+  :class:`FatalError`. Apart from throttling (above) and the single OAuth refresh, the
+  client never retries; the executor decides.
 
 Classification decisions worth knowing:
 
@@ -62,6 +67,7 @@ from sync.clients.http import (
     send,
     text_excerpt,
 )
+from sync.clients.pacing import ConcurrencyPacer, PacingPolicy, SideHealth, ThrottleObserver
 from sync.clients.snquery import (
     EncodedQuery,
     Op,
@@ -98,6 +104,9 @@ SYNC_READ_PARAMS: Mapping[str, str] = {
 }
 #: refresh the OAuth access token this long before it expires (capped at half its life)
 TOKEN_REFRESH_MARGIN_S = 60.0
+#: correlation ids per ``correlation_idIN`` query (24-character BigPanda ids: a URL of
+#: about 1.3 KB, far below any proxy's limit)
+CORRELATION_BATCH = 50
 #: the fields list_changed always needs for keyset paging and de-duplication
 KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
 
@@ -336,6 +345,8 @@ class ServiceNowClient:
         clock: Clock,
         *,
         observer: RequestObserver | None = None,
+        pacing: PacingPolicy | None = None,
+        throttle_observer: ThrottleObserver | None = None,
     ) -> None:
         base = settings.base_url
         if not base:
@@ -369,7 +380,11 @@ class ServiceNowClient:
         self._base = base.rstrip("/")
         self._shown_base = redact_url(self._base)
         self._table = check_table(settings.table)
-        self._semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self._policy = pacing or PacingPolicy()
+        self._pacer = ConcurrencyPacer(clock, settings.max_concurrency, self._policy)
+        self.health = SideHealth(SIDE, clock, self._policy, throttle_observer)
+        self._failures = 0
+        """Consecutive transient failures (other than 429) of requests sent again."""
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
         self._basic: str | None = None
@@ -427,7 +442,7 @@ class ServiceNowClient:
                 headers["Content-Type"] = "application/json"
             bearer = await self._bearer() if self._basic is None else None
             headers["Authorization"] = self._basic or f"Bearer {bearer}"
-            async with self._semaphore:
+            async with self._pacer.slot():
                 outcome = await self._send(
                     method, template, self._base + path, params=params, data=data, headers=headers
                 )
@@ -442,9 +457,44 @@ class ServiceNowClient:
                 await self._renew_after_401(bearer)
                 continue
             result = classify(outcome, method=method, url=shown, now=self._clock.now())
+            if isinstance(result, TransientError):
+                if self._delay_and_resend(method, result):
+                    continue
+                raise result
+            self.health.succeeded()  # an answer, even a refusal: the instance is up
+            self._pacer.succeeded()
+            self._failures = 0
             if isinstance(result, ApiError):
                 raise result
             return result
+
+    def _delay_and_resend(self, method: str, error: TransientError) -> bool:
+        """A throttled or failed request that is safe to send again: wait and say so
+        (True), unless every request has failed for ``outage_after_s`` or the server
+        asks for a wait longer than that (False: the error goes to the caller). Safe: a
+        429 (a rate rule or a full semaphore queue: not processed), a 503, or any
+        transient failure of a GET; a write cut off may have been applied, and the
+        executor re-reads before sending it again."""
+        throttled = error.status == 429
+        self.health.failed()
+        if not (throttled or error.status == 503 or method == "GET"):
+            return False
+        wait = error.retry_after_s
+        if self.health.in_outage() or (wait is not None and wait > self._policy.outage_after_s):
+            return False
+        if throttled:
+            hold = self._pacer.throttled(wait)
+            family = "rate_rule" if wait is not None else "semaphore"
+            self.health.throttled(family, f"{self._pacer.limit} requests at once")
+        else:
+            self._failures += 1
+            hold = wait or min(
+                self._policy.hold_max_s,
+                self._policy.hold_s * float(2 ** min(self._failures - 1, 16)),
+            )
+            self._pacer.hold(hold)
+        log.debug("ServiceNow: %s; sending again in %.1f s", error, hold)
+        return True
 
     # ------------------------------------------------------------------ OAuth
     async def _bearer(self) -> str:
@@ -664,6 +714,28 @@ class ServiceNowClient:
         query.order_by("sys_created_on").order_by("sys_id")
         return await self.list_records(self._table, query, limit=self._settings.page_size)
 
+    async def find_by_correlation_ids(
+        self, correlation_ids: Sequence[str], *, active_only: bool = False
+    ) -> list[SNRecord]:
+        ids = sorted({check_correlation_id(c) for c in correlation_ids})
+        found: list[SNRecord] = []
+        size = CORRELATION_BATCH
+        for start in range(0, len(ids), size):
+            query = EncodedQuery().in_("correlation_id", ids[start : start + size])
+            if active_only:
+                query.eq("active", "true")
+            query.order_by("sys_created_on").order_by("sys_id")
+            offset = 0
+            while True:  # more than one incident per id is possible (foreign tools)
+                page = await self.list_page(
+                    self._table, query, limit=self._settings.page_size, offset=offset
+                )
+                found.extend(page.records)
+                offset += self._settings.page_size
+                if page.total is None or offset >= page.total or not page.records:
+                    break
+        return found
+
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
     ) -> list[SNRecord]:
@@ -691,6 +763,13 @@ class ServiceNowClient:
         ``correlation_display`` is a label that people, the native BigPanda integration
         or an import may leave empty or spell differently. Incidents correlated with
         another tool are filtered out by the engine through the link store.
+
+        Every date-time is a plain ``YYYY-MM-DD HH:MM:SS`` literal in UTC (``floor`` is
+        converted, ``ts`` is a raw value as returned with ``sysparm_display_value=false``).
+        ServiceNow compares such literals as UTC whatever the integration user's time
+        zone; only ``javascript:gs.dateGenerate(...)`` values would be read in that zone
+        (docs 2.4), and none is ever sent. ``after`` must hold checked values: an odd
+        sys_id or date-time raises :class:`~sync.clients.snquery.QueryError` here.
         """
         query = EncodedQuery()
         if after is None:
@@ -714,9 +793,21 @@ class ServiceNowClient:
         The loop ends when ``X-Total-Count`` shows the page covered every remaining row,
         or on an empty page when the header is missing. A page may be short (or empty)
         while rows remain when ServiceNow filters rows by ACL after applying the limit
-        (docs 1.5): then the same keyset is asked again with an offset. An updated row
-        moves behind the keyset and is read again; de-duplication keeps, per sys_id,
-        the highest ``sys_mod_count``. The result is ordered by (sys_updated_on, sys_id).
+        (docs 1.5): a short page is never taken as the end; the keyset continues after
+        its last row, and an empty window is stepped over with an offset on the same
+        keyset. An updated row moves behind the keyset and is read again;
+        de-duplication keeps, per sys_id, the highest ``sys_mod_count``. The result is
+        ordered by (sys_updated_on, sys_id).
+
+        Time zones: the floor and the keyset are raw UTC values compared as UTC literals
+        (docs 2.4), so the integration user's time zone does not matter.
+
+        A row whose ``sys_id`` is not 32 lower-case hex digits, or whose
+        ``sys_updated_on`` is missing or not a raw date-time, is kept in the result (the
+        engine skips it, naming it) but never goes into a query: the keyset moves to the
+        page's last well-formed row (the odd rows behind it are read again and
+        de-duplicated), or, when a page holds no well-formed row, the same keyset is
+        asked again with an offset past that window.
         """
         floor = None if since is None else since - timedelta(seconds=overlap_s)
         wanted = None if fields is None else sorted({*fields, *KEY_FIELDS})
@@ -724,6 +815,24 @@ class ServiceNowClient:
         newest: dict[str, SNRecord] = {}
         after: tuple[str, str] | None = None
         offset = 0
+
+        def keyset_key(record: SNRecord) -> tuple[str, str] | None:
+            """(sys_updated_on, sys_id) when both are safe to put in a query, else None."""
+            updated, sys_id = record.get("sys_updated_on"), record.get("sys_id")
+            if not isinstance(updated, str) or not isinstance(sys_id, str):
+                return None
+            try:
+                datetime.fromisoformat(check_sn_datetime(updated))
+                return updated, check_sys_id(sys_id)
+            except (PermanentError, ValueError):
+                return None
+
+        def identity(record: SNRecord) -> str:
+            sys_id = record.get("sys_id")
+            if isinstance(sys_id, str) and sys_id:
+                return sys_id
+            return "?" + json.dumps(record, sort_keys=True, default=str)
+
         while True:
             page = await self.list_page(
                 self._table,
@@ -733,28 +842,38 @@ class ServiceNowClient:
                 offset=offset,
             )
             previous_key = after
+            last_good: tuple[str, str] | None = None
             for record in page.records:
-                key = (
-                    check_sn_datetime(str(record.get("sys_updated_on", ""))),
-                    check_sys_id(str(record.get("sys_id", ""))),
-                )
-                if previous_key is not None and key <= previous_key:
-                    # a server ignoring ORDERBY or the keyset would make this loop forever
-                    raise PermanentError(
-                        SIDE,
-                        "incremental listing out of order: ServiceNow did not honour "
-                        f"ORDERBYsys_updated_on^ORDERBYsys_id (row {key[1]} at {key[0]})",
+                key = keyset_key(record)
+                if key is None:
+                    log.debug(
+                        "ServiceNow: changed row with an unexpected sys_id or sys_updated_on "
+                        "(%.40r at %.40r): kept, not used as a keyset",
+                        record.get("sys_id"),
+                        record.get("sys_updated_on"),
                     )
-                previous_key = key
-                seen = newest.get(key[1])
+                else:
+                    if previous_key is not None and key <= previous_key:
+                        # a server ignoring ORDERBY or the keyset would make this loop forever
+                        raise PermanentError(
+                            SIDE,
+                            "incremental listing out of order: ServiceNow did not honour "
+                            f"ORDERBYsys_updated_on^ORDERBYsys_id (row {key[1]} at {key[0]})",
+                        )
+                    previous_key = last_good = key
+                ident = identity(record)
+                seen = newest.get(ident)
                 if seen is None or _mod_count(record) >= _mod_count(seen):
-                    newest[key[1]] = record
+                    newest[ident] = record
             covered = page.total is not None and offset + limit >= page.total
             if covered or (page.total is None and not page.records):
                 break
-            if page.records:
-                after = previous_key
+            if last_good is not None:
+                after = last_good  # a short page is not the end: go on after its last row
                 offset = 0
             else:
-                offset += limit  # a window hidden by ACLs: step over it
-        return sorted(newest.values(), key=lambda r: (r["sys_updated_on"], r["sys_id"]))
+                offset += limit  # a window hidden by ACLs (or only odd rows): step over it
+        return sorted(
+            newest.values(),
+            key=lambda r: (str(r.get("sys_updated_on") or ""), str(r.get("sys_id") or "")),
+        )

@@ -272,6 +272,8 @@ class Daemon:
         )
         await self._stop.wait()
         log.info("stopping: finishing the cycle in flight")
+        if self.engine is not None:  # the pairs in flight finish, no new one starts
+            self.engine.coordinator.request_stop()
         self._notifier.stopping()
         # pause first, drain, then shut down: APScheduler's AsyncIOExecutor.shutdown()
         # cancels the running job's task whatever ``wait`` says

@@ -25,7 +25,6 @@ from sync.clients.base import BigPandaAPI
 from sync.clients.bigpanda import (
     BigPandaClient,
     Family,
-    Pacer,
     classify,
     make_session,
     parse_activity,
@@ -33,6 +32,7 @@ from sync.clients.bigpanda import (
     rate_limit_delay_s,
 )
 from sync.clients.http import HttpAnswer, Parsed
+from sync.clients.pacing import PacingPolicy, RatePacer
 from sync.clock import FakeClock
 from sync.errors import (
     ApiError,
@@ -730,14 +730,23 @@ async def test_post_alerts_without_org_token_is_config_error(
 async def test_transport_error_is_transient_and_observed(
     session: aiohttp.ClientSession, mocked: aioresponses
 ) -> None:
-    mocked.get(re_path("/resources/v2.0/environments"), exception=aiohttp.ServerDisconnectedError())
+    mocked.get(
+        re_path("/resources/v2.0/environments"),
+        exception=aiohttp.ServerDisconnectedError(),
+        repeat=True,
+    )
     seen: list[int | None] = []
     client = BigPandaClient(
-        session, settings(), FakeClock(), observer=lambda _s, _m, _t, st, _d: seen.append(st)
+        session,
+        settings(),
+        FakeClock(),
+        observer=lambda _s, _m, _t, st, _d: seen.append(st),
+        pacing=PacingPolicy(outage_after_s=5.0),
     )
     with pytest.raises(TransientError, match="disconnected"):
-        await client.list_environments()
-    assert seen == [None]
+        await client.list_environments()  # a GET: sent again until the outage lasts 5 s
+    assert len(seen) >= 3
+    assert set(seen) == {None}
 
 
 # ---------------------------------------------------------------- list_changed
@@ -805,10 +814,13 @@ async def test_list_changed_stops_on_an_empty_page(
 
 # ---------------------------------------------------------------- pacer
 
+#: pacing at the ceiling itself (no headroom), for exact slot arithmetic
+FULL_PACE = PacingPolicy(headroom=1.0)
+
 
 async def test_pacer_spaces_one_family_and_not_the_others() -> None:
     clock = FakeClock()
-    pacer = Pacer(clock, 5.0)
+    pacer = RatePacer(clock, 5.0, FULL_PACE)
     times = []
     for _ in range(6):
         await pacer.acquire(Family.TAGS)
@@ -820,7 +832,7 @@ async def test_pacer_spaces_one_family_and_not_the_others() -> None:
 
 async def test_pacer_lets_an_idle_family_go_at_once() -> None:
     clock = FakeClock()
-    pacer = Pacer(clock, 5.0)
+    pacer = RatePacer(clock, 5.0, FULL_PACE)
     await pacer.acquire(Family.TAGS)
     clock.advance(3.0)
     await pacer.acquire(Family.TAGS)
@@ -840,14 +852,14 @@ async def test_pacer_concurrent_callers_get_distinct_slots() -> None:
             await asyncio.sleep(0)
 
     clock = RecordingClock()
-    pacer = Pacer(clock, 10.0)
+    pacer = RatePacer(clock, 10.0, FULL_PACE)
     await asyncio.gather(*(pacer.acquire(Family.TAGS) for _ in range(4)))
     assert sorted(clock.sleeps) == [0.1, 0.2, 0.3]
 
 
 async def test_pacer_hold() -> None:
     clock = FakeClock()
-    pacer = Pacer(clock, 5.0)
+    pacer = RatePacer(clock, 5.0, FULL_PACE)
     await pacer.acquire(Family.TAGS)
     pacer.hold(Family.TAGS, 4.0)
     await pacer.acquire(Family.TAGS)
@@ -856,7 +868,7 @@ async def test_pacer_hold() -> None:
 
 def test_pacer_rejects_a_zero_rate() -> None:
     with pytest.raises(ConfigError):
-        Pacer(FakeClock(), 0)
+        RatePacer(FakeClock(), 0, FULL_PACE)
 
 
 async def test_client_never_exceeds_the_rate_per_family(
@@ -880,30 +892,60 @@ async def test_client_never_exceeds_the_rate_per_family(
         assert len(times) == 20
         for earlier, later in zip(times, times[5:], strict=False):
             assert later - earlier >= 1.0 - 1e-9  # never 6 in one second
-        assert times[-1] - times[0] == pytest.approx(19 * 0.2)
+        assert times[-1] - times[0] == pytest.approx(19 / 4.5)  # 0.9 of the ceiling
 
 
-async def test_consecutive_429s_back_off_per_family_and_reset(
+async def test_a_429_is_delayed_and_sent_again_never_raised(
     session: aiohttp.ClientSession, mocked: aioresponses
 ) -> None:
     clock = FakeClock()
     tags = Recorder(empty(429), empty(429), empty(429), empty(204))
     mocked.post(re.compile(r".*/tags/priority$"), callback=tags, repeat=True)
-    mocked.post(re.compile(r".*/comments$"), callback=Recorder(empty(429)), repeat=True)
     client = BigPandaClient(session, settings(), clock)
-    delays = []
-    for _ in range(3):
-        with pytest.raises(TransientError) as info:
-            await client.set_tag(ENV, INC, "priority", "P1")
-        delays.append(info.value.retry_after_s)
-    assert delays == [1.0, 2.0, 4.0]
-    with pytest.raises(TransientError) as info:
-        await client.add_comment(ENV, INC, "x")  # another family: its own count
-    assert info.value.retry_after_s == 1.0
     before = clock.monotonic()
-    await client.set_tag(ENV, INC, "priority", "P1")  # waits out the 4 s hold, then succeeds
-    assert clock.monotonic() - before == pytest.approx(4.0, abs=0.01)
-    tags.answers = [empty(429)]
+    await client.set_tag(ENV, INC, "priority", "P1")  # three 429s, then sent
+    assert len(tags.calls) == 4
+    assert clock.monotonic() - before >= 1.0 + 2.0 + 4.0  # holds double per 429
+    # the family slowed down multiplicatively: 4.5 -> 2.25 -> 1.125 -> 0.5625
+    assert client.pacer.rate_of(Family.TAGS) == pytest.approx(0.5625)
+    assert client.pacer.rate_of(Family.SEARCH) == pytest.approx(4.5)  # others untouched
+    assert client.health.throttled_families() == ["tags"]
+
+
+async def test_a_throttled_family_recovers_gradually_never_above_the_target() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock, 5.0, PacingPolicy(recover_after_s=5.0, recover_step=0.1))
+    pacer.throttled(Family.TAGS)
+    assert pacer.rate_of(Family.TAGS) == pytest.approx(2.25)
+    clock.advance(4.9)
+    assert pacer.rate_of(Family.TAGS) == pytest.approx(2.25)  # not quiet long enough
+    clock.advance(0.2)
+    assert pacer.rate_of(Family.TAGS) == pytest.approx(2.25 + 0.45)
+    clock.advance(600)
+    assert pacer.rate_of(Family.TAGS) == pytest.approx(4.5)  # the target, not the ceiling
+
+
+async def test_only_an_outage_that_lasts_reaches_the_caller(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    clock = FakeClock()
+    tags = Recorder(empty(429))
+    mocked.post(re.compile(r".*/tags/priority$"), callback=tags, repeat=True)
+    client = BigPandaClient(session, settings(), clock, pacing=PacingPolicy(outage_after_s=20.0))
     with pytest.raises(TransientError) as info:
         await client.set_tag(ENV, INC, "priority", "P1")
-    assert info.value.retry_after_s == 1.0  # reset by the success
+    assert info.value.status == 429
+    assert clock.monotonic() > 20.0  # only after every request failed for 20 s
+    assert 3 <= len(tags.calls) <= 8
+
+
+async def test_a_write_cut_off_is_not_sent_again_by_the_client(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    mocked.post(
+        re.compile(r".*/comments$"), exception=aiohttp.ServerDisconnectedError(), repeat=True
+    )
+    client = BigPandaClient(session, settings(), FakeClock())
+    with pytest.raises(TransientError):
+        await client.add_comment(ENV, INC, "x")  # it may have been applied: the executor decides
+    assert len([k for k in mocked.requests if k[0] == "POST"]) == 1

@@ -21,11 +21,16 @@ from pydantic import SecretStr
 from yarl import URL
 
 from sync.clients import http
+from sync.clients.pacing import PacingPolicy
 from sync.clients.servicenow import ServiceNowClient, make_session
 from sync.clients.snquery import QueryError
 from sync.clock import FakeClock
 from sync.errors import ConfigError, FatalError, NotFoundError, PermanentError, TransientError
 from sync.settings import ServiceNowSettings
+
+#: outage_after 0: the first transient answer reaches the caller (these tests classify;
+#: sending again is tested on its own below)
+NO_RESEND = PacingPolicy(outage_after_s=0.0)
 
 BASE = "http://sn.test"
 LIST_RE = re.compile(r"^http://sn\.test/api/now/table/incident(\?.*)?$")
@@ -189,7 +194,7 @@ async def test_create_update_delete(session: aiohttp.ClientSession, mocked: aior
     mocked.post(LIST_RE, callback=created)
     mocked.patch(RECORD_RE, callback=patched)
     mocked.delete(RECORD_RE, callback=deleted)
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
 
     assert (await client.create_incident({"short_description": "x^y"}))["sys_id"] == SYS_ID
     _, kwargs = created.calls[0]
@@ -208,7 +213,7 @@ async def test_create_update_delete(session: aiohttp.ClientSession, mocked: aior
 async def test_bad_ids_and_fields_refused_before_any_request(
     session: aiohttp.ClientSession, mocked: aioresponses
 ) -> None:
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     with pytest.raises(QueryError, match="sys_id"):
         await client.get_incident("../../sys_user")
     with pytest.raises(QueryError, match="field name"):
@@ -234,7 +239,7 @@ async def test_not_found_html_page_and_rate_limit(
         payload={"error": {"message": "Rate limit exceeded"}},
         headers={"Retry-After": "17"},
     )
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     with pytest.raises(NotFoundError, match="No Record found") as nf:
         await client.get_incident(SYS_ID)
     assert nf.value.detail == "gone"
@@ -256,7 +261,11 @@ async def test_connection_refused_is_transient_and_observed(
     )
     statuses: list[int | None] = []
     client = ServiceNowClient(
-        session, settings(), FakeClock(), observer=lambda *a: statuses.append(a[3])
+        session,
+        settings(),
+        FakeClock(),
+        observer=lambda *a: statuses.append(a[3]),
+        pacing=NO_RESEND,
     )
     with pytest.raises(TransientError, match="instance unreachable"):
         await client.get_incident(SYS_ID)
@@ -268,7 +277,7 @@ async def test_wrong_shape_is_permanent(
 ) -> None:
     mocked.get(RECORD_RE, payload={"result": ["not", "an", "object"]})
     mocked.get(LIST_RE, payload={"result": {"sys_id": "x"}})
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     with pytest.raises(PermanentError, match="result is not an object"):
         await client.get_incident(SYS_ID)
     with pytest.raises(PermanentError, match="not a list of objects"):
@@ -282,7 +291,7 @@ async def test_query_and_find_by_correlation_id_build_escaped_queries(
     incidents = Recorder(CallbackResult(payload={"result": []}))
     mocked.get(re.compile(r"^http://sn\.test/api/now/table/sys_user\?.*$"), callback=users)
     mocked.get(LIST_RE, callback=incidents)
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
 
     rows = await client.query(
         "sys_user", {"email": "a^NQb@x.io", "active": "true"}, fields=["sys_id", "email"], limit=2
@@ -462,7 +471,7 @@ async def test_basic_401_is_fatal_without_replay(
         CallbackResult(status=401, payload={"error": {"message": "User Not Authenticated"}})
     )
     mocked.get(LIST_RE, callback=api, repeat=True)
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     with pytest.raises(FatalError) as info:
         await client.check_auth()
     assert len(api.calls) == 1
@@ -557,6 +566,32 @@ async def test_list_changed_refuses_malformed_keys(
     session: aiohttp.ClientSession, mocked: aioresponses
 ) -> None:
     mocked.get(LIST_RE, payload={"result": [rec("not-a-sys-id", "2026-01-01 00:00:00")]})
-    client = ServiceNowClient(session, settings(), FakeClock())
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     with pytest.raises(QueryError, match="invalid sys_id"):
         await client.list_changed(None, overlap_s=0)
+
+
+async def test_a_semaphore_429_halves_the_requests_at_once_and_is_sent_again(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    busy = {"error": {"message": "Rate limit exceeded"}, "status": "failure"}
+    mocked.get(RECORD_RE, status=429, payload=busy)  # a full semaphore queue: no headers
+    mocked.get(RECORD_RE, status=200, payload={"result": {"sys_id": SYS_ID}})
+    clock = FakeClock()
+    client = ServiceNowClient(session, settings(), clock)
+    assert (await client.get_incident(SYS_ID))["sys_id"] == SYS_ID
+    assert clock.monotonic() >= 1.0  # held one second, then sent again
+    assert client.health.throttled_families() == ["semaphore"]
+
+
+async def test_a_retry_after_longer_than_the_outage_reaches_the_caller_at_once(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    limited = {"error": {"message": "Rate limit exceeded"}, "status": "failure"}
+    mocked.patch(RECORD_RE, status=429, payload=limited, headers={"Retry-After": "3600"})
+    clock = FakeClock()
+    client = ServiceNowClient(session, settings(), clock)
+    with pytest.raises(TransientError) as info:
+        await client.update_incident(SYS_ID, {"impact": "1"})
+    assert info.value.retry_after_s == 3600.0
+    assert clock.monotonic() == 0.0  # not waited for: the executor defers the write

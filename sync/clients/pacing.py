@@ -1,0 +1,310 @@
+"""Pacing and throttling, shared by both clients: when may the next request go.
+
+Throttling is not failure. A 429 (or a 503, or a reset or timeout of a request that is
+safe to send again) means "not now"; the clients delay the request and send it again
+within the cycle, and only an outage that lasts stops anything (SPEC B13, the storm
+issue). This module decides *when*; the clients decide *whether* an answer is a
+throttle (see each client's ``_request``); the executor still owns retries of writes
+that failed (a write is never re-sent here after a reset or a timeout: it may have
+been applied).
+
+- :class:`RatePacer` (BigPanda): requests per second per endpoint family. Each family is
+  paced at ``headroom`` x the documented ceiling (GCRA with a capacity of one: requests
+  of a family are ``1 / rate`` apart, so no limiter shape, token bucket, sliding window
+  or fixed window, ever sees more than the ceiling in any second). After a 429 the
+  family's rate is multiplied by ``backoff_factor`` (never below ``min_fraction`` of
+  the ceiling) and the family waits ``hold_s`` (one limiter window: BigPanda's 429
+  carries no Retry-After), doubling with each consecutive 429 up to ``hold_max_s``.
+  After ``recover_after_s`` without a 429 the rate grows by ``recover_step`` x the
+  target every such period, back up to the target, never above it.
+- :class:`ConcurrencyPacer` (ServiceNow): requests in flight. ServiceNow limits by
+  integration semaphores (a few requests at once per node, a bounded queue, then a 429
+  without headers) and by hourly rate rules (429 with ``Retry-After``). The limit starts
+  at ``servicenow.max_concurrency``, halves after a 429, and grows by one per quiet
+  period; a ``Retry-After`` holds every request of the side until it has passed.
+- :class:`SideHealth`: per side, since when every request has been failing (the outage
+  clock: ``outage_after_s`` of nothing but failures is an outage and the error goes to
+  the caller), and per family whether it is throttled: one INFO line when throttling
+  starts, one when it ends (``quiet_s`` without a 429), and the
+  ``bpsync_throttled_total{side,family}`` counter through the observer.
+
+Everything runs on the injected clock, so tests of backoff and recovery do not sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from sync.clock import Clock
+from sync.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ThrottleObserver = Callable[[str, str], None]
+"""Called with (side, family) for every throttled answer (the metrics counter)."""
+SkipObserver = Callable[[str, str], None]
+"""Called with (side, reason) once per polled record skipped as malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PacingPolicy:
+    """How hard to push and how to back off (``[pacing]`` in the settings)."""
+
+    headroom: float = 0.9
+    """Share of the documented ceiling a family is paced at."""
+    backoff_factor: float = 0.5
+    """The rate (BigPanda) or concurrency (ServiceNow) is multiplied by this after a 429."""
+    min_fraction: float = 0.1
+    """A family is never paced below this share of its ceiling."""
+    recover_after_s: float = 5.0
+    """A quiet period: after this long without a 429 the pace grows one step."""
+    recover_step: float = 0.1
+    """Share of the target rate added per quiet period."""
+    hold_s: float = 1.0
+    """Wait after a 429 that names no Retry-After (doubles per consecutive 429)."""
+    hold_max_s: float = 30.0
+    outage_after_s: float = 60.0
+    """Every request of a side failing this long is an outage: the error reaches the caller."""
+    quiet_s: float = 30.0
+    """Throttling of a family has ended after this long without a 429 (for the log line)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.headroom <= 1:
+            raise ConfigError("pacing.headroom must be in (0, 1]")
+        if not 0 < self.backoff_factor < 1:
+            raise ConfigError("pacing.backoff_factor must be in (0, 1)")
+        if not 0 < self.min_fraction <= self.headroom:
+            raise ConfigError("pacing.min_fraction must be in (0, headroom]")
+
+
+@dataclass(slots=True)
+class _Family:
+    rate: float
+    next_at: float = 0.0
+    consecutive: int = 0
+    last_429: float | None = None
+    last_step: float = 0.0
+
+
+class RatePacer:
+    """Requests per second per family, adaptive (see the module docstring)."""
+
+    def __init__(self, clock: Clock, ceiling_per_s: float, policy: PacingPolicy) -> None:
+        if ceiling_per_s <= 0:
+            raise ConfigError("bigpanda.rate_limit_per_s must be positive")
+        self._clock = clock
+        self._policy = policy
+        self.ceiling_per_s = float(ceiling_per_s)
+        self.target_per_s = ceiling_per_s * policy.headroom
+        self._families: dict[str, _Family] = {}
+
+    def _family(self, name: str) -> _Family:
+        fam = self._families.get(name)
+        if fam is None:
+            fam = self._families[name] = _Family(rate=self.target_per_s)
+        return fam
+
+    def rate_of(self, family: str) -> float:
+        """The family's current pace in requests per second (after recovery so far)."""
+        fam = self._family(family)
+        self._recover(fam, self._clock.monotonic())
+        return fam.rate
+
+    def _recover(self, fam: _Family, now: float) -> None:
+        if fam.last_429 is None or fam.rate >= self.target_per_s:
+            return
+        period = self._policy.recover_after_s
+        since = max(fam.last_429, fam.last_step)
+        steps = int((now - since) // period) if period > 0 else 1
+        if steps <= 0:
+            return
+        fam.rate = min(
+            self.target_per_s, fam.rate + steps * self._policy.recover_step * self.target_per_s
+        )
+        fam.last_step = since + steps * period
+
+    async def acquire(self, family: str) -> None:
+        """Wait for the family's next slot (reserved without an await: callers get
+        distinct slots in call order)."""
+        now = self._clock.monotonic()
+        fam = self._family(family)
+        self._recover(fam, now)
+        slot = max(now, fam.next_at)
+        fam.next_at = slot + 1.0 / fam.rate
+        if slot > now:
+            await self._clock.sleep(slot - now)
+
+    def throttled(self, family: str, retry_after_s: float | None = None) -> float:
+        """A 429 for ``family``: slow down, hold the family; returns the hold in seconds."""
+        now = self._clock.monotonic()
+        fam = self._family(family)
+        fam.consecutive += 1
+        fam.last_429 = now
+        fam.last_step = now
+        floor = self.ceiling_per_s * self._policy.min_fraction
+        fam.rate = max(floor, fam.rate * self._policy.backoff_factor)
+        if retry_after_s is not None and retry_after_s > 0:
+            hold = retry_after_s
+        else:
+            exponent = min(fam.consecutive - 1, 16)
+            hold = min(self._policy.hold_max_s, self._policy.hold_s * float(2**exponent))
+        fam.next_at = max(fam.next_at, now + hold)
+        return hold
+
+    def succeeded(self, family: str) -> None:
+        fam = self._families.get(family)
+        if fam is not None:
+            fam.consecutive = 0
+
+    def hold(self, family: str, seconds: float) -> None:
+        """No request of ``family`` before ``seconds`` from now."""
+        fam = self._family(family)
+        fam.next_at = max(fam.next_at, self._clock.monotonic() + seconds)
+
+
+class ConcurrencyPacer:
+    """Requests in flight, adaptive (see the module docstring)."""
+
+    def __init__(self, clock: Clock, max_concurrency: int, policy: PacingPolicy) -> None:
+        if max_concurrency < 1:
+            raise ConfigError("servicenow.max_concurrency must be at least 1")
+        self._clock = clock
+        self._policy = policy
+        self.max_concurrency = max_concurrency
+        self._limit = float(max_concurrency)
+        self._in_flight = 0
+        self._changed = asyncio.Condition()
+        self._not_before = 0.0
+        self._consecutive = 0
+        self._last_429: float | None = None
+        self._last_step = 0.0
+
+    @property
+    def limit(self) -> int:
+        self._recover(self._clock.monotonic())
+        return max(1, int(self._limit))
+
+    def _recover(self, now: float) -> None:
+        if self._last_429 is None or self._limit >= self.max_concurrency:
+            return
+        period = self._policy.recover_after_s
+        since = max(self._last_429, self._last_step)
+        steps = int((now - since) // period) if period > 0 else 1
+        if steps > 0:
+            self._limit = min(float(self.max_concurrency), self._limit + steps)
+            self._last_step = since + steps * period
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the side's request slots for the body of the ``async with``."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_flight < self.limit)
+            self._in_flight += 1
+        try:
+            wait_s = self._not_before - self._clock.monotonic()
+            if wait_s > 0:
+                await self._clock.sleep(wait_s)
+            yield
+        finally:
+            async with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def throttled(self, retry_after_s: float | None = None) -> float:
+        """A 429: fewer requests at once, and none before the hold has passed."""
+        now = self._clock.monotonic()
+        self._consecutive += 1
+        self._last_429 = now
+        self._last_step = now
+        self._limit = max(1.0, self._limit * self._policy.backoff_factor)
+        if retry_after_s is not None and retry_after_s > 0:
+            hold = retry_after_s
+        else:
+            exponent = min(self._consecutive - 1, 16)
+            hold = min(self._policy.hold_max_s, self._policy.hold_s * float(2**exponent))
+        self._not_before = max(self._not_before, now + hold)
+        return hold
+
+    def succeeded(self) -> None:
+        self._consecutive = 0
+
+    def hold(self, seconds: float) -> None:
+        """No request before ``seconds`` from now (a failure, not a throttle)."""
+        self._not_before = max(self._not_before, self._clock.monotonic() + seconds)
+
+
+@dataclass(slots=True)
+class _Episode:
+    started: float
+    last: float
+    count: int = 1
+
+
+@dataclass(slots=True)
+class SideHealth:
+    """One side's outage clock and throttling episodes (see the module docstring)."""
+
+    side: str
+    clock: Clock
+    policy: PacingPolicy
+    observer: ThrottleObserver | None = None
+    failing_since: float | None = None
+    """``clock.monotonic()`` of the first failure since the last success, or None."""
+    _episodes: dict[str, _Episode] = field(default_factory=dict)
+
+    def succeeded(self) -> None:
+        self.failing_since = None
+        self._end_quiet_episodes()
+
+    def failed(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = self.clock.monotonic()
+
+    def in_outage(self) -> bool:
+        """Every request has failed for longer than ``outage_after_s``."""
+        return (
+            self.failing_since is not None
+            and self.clock.monotonic() - self.failing_since >= self.policy.outage_after_s
+        )
+
+    def throttled(self, family: str, pace: str) -> None:
+        """Count a throttled answer; log when the family's throttling starts."""
+        now = self.clock.monotonic()
+        if self.observer is not None:
+            self.observer(self.side, family)
+        episode = self._episodes.get(family)
+        if episode is None:
+            self._episodes[family] = _Episode(started=now, last=now)
+            log.info(
+                "%s is throttling %s requests; pacing down to %s",
+                self.side,
+                family,
+                pace,
+                extra={"side": self.side, "family": family},
+            )
+            return
+        episode.last = now
+        episode.count += 1
+
+    def _end_quiet_episodes(self) -> None:
+        now = self.clock.monotonic()
+        for family, episode in list(self._episodes.items()):
+            if now - episode.last >= self.policy.quiet_s:
+                del self._episodes[family]
+                log.info(
+                    "%s stopped throttling %s requests (%d throttled answers over %.0f s)",
+                    self.side,
+                    family,
+                    episode.count,
+                    episode.last - episode.started,
+                    extra={"side": self.side, "family": family},
+                )
+
+    def throttled_families(self) -> list[str]:
+        """The families throttled within the last ``quiet_s`` (for /readyz and status)."""
+        self._end_quiet_episodes()
+        return sorted(self._episodes)
