@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import click
 from aiohttp import web
 
+from sync.emulators.bplimits import (
+    DEFAULT_RATE_LIMIT_SCOPE,
+    DEFAULT_RATE_LIMIT_SHAPE,
+    RATE_LIMIT_SCOPES,
+    RATE_LIMIT_SHAPES,
+)
 from sync.emulators.control import BANNER_KEY
 from sync.logs import setup_logging
 
@@ -45,16 +53,28 @@ def emulate() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _servicenow_app(user: tuple[str, str]) -> web.Application:
+def _servicenow_app(user: tuple[str, str], **switches: Any) -> web.Application:
     from sync.emulators.servicenow import create_app
 
-    return create_app(users={user[0]: user[1]})
+    return create_app(users={user[0]: user[1]}, **switches)
 
 
-def _bigpanda_app(api_key: str, org_token: str, rate_limit: float | None) -> web.Application:
+def _bigpanda_app(
+    api_key: str,
+    org_token: str,
+    rate_limit: float | None,
+    rate_limit_shape: str = DEFAULT_RATE_LIMIT_SHAPE,
+    rate_limit_scope: str = DEFAULT_RATE_LIMIT_SCOPE,
+) -> web.Application:
     from sync.emulators.bigpanda import create_app
 
-    return create_app(api_key=api_key, org_token=org_token, rate_limit_per_s=rate_limit)
+    return create_app(
+        api_key=api_key,
+        org_token=org_token,
+        rate_limit_per_s=rate_limit,
+        rate_limit_shape=rate_limit_shape,
+        rate_limit_scope=rate_limit_scope,
+    )
 
 
 _HOST = click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -85,15 +105,133 @@ _BP_RATE = click.option(
     show_default=True,
     help="BigPanda requests per second per endpoint and token; 0 turns the limit off.",
 )
+_BP_RATE_SHAPE = click.option(
+    "--rate-limit-shape",
+    "--bp-rate-limit-shape",
+    "rate_limit_shape",
+    type=click.Choice(RATE_LIMIT_SHAPES),
+    default=DEFAULT_RATE_LIMIT_SHAPE,
+    show_default=True,
+    help="BigPanda limiter algorithm: token bucket (burst = rate), at most RATE in any "
+    "trailing second, or at most RATE per calendar second.",
+)
+_BP_RATE_SCOPE = click.option(
+    "--rate-limit-scope",
+    "--bp-rate-limit-scope",
+    "rate_limit_scope",
+    type=click.Choice(RATE_LIMIT_SCOPES),
+    default=DEFAULT_RATE_LIMIT_SCOPE,
+    show_default=True,
+    help="What one BigPanda rate counter covers: token+method+route, token+route (GET "
+    "and POST share it), or route for the whole organisation (all tokens share it).",
+)
+
+
+def _sn_rate_limits(values: tuple[str, ...]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not name or not count.isdigit():
+            raise click.BadParameter(
+                "expected NAME=REQUESTS_PER_HOUR", param_hint="--user-rate-limit"
+            )
+        limits[name] = int(count)
+    return limits
+
+
+def _sn_switches(command: Callable[..., None]) -> Callable[..., None]:
+    """The ServiceNow emulator's switches (sync.emulators.servicenow, /_emulator/config)."""
+    options = [
+        click.option(
+            "--semaphores",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Integration semaphores per node (requests processed at once); "
+            "default: no pool. Beyond them and the queue: 429 without headers.",
+        ),
+        click.option(
+            "--semaphore-queue",
+            type=click.IntRange(min=0),
+            default=50,
+            show_default=True,
+            help="Requests allowed to wait for a semaphore (with --semaphores).",
+        ),
+        click.option(
+            "--processing-s",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="Seconds every Table API request holds its semaphore.",
+        ),
+        click.option(
+            "--short-pages",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="Fraction of incident rows hidden from list pages after the limit (like "
+            "ACLs); X-Total-Count keeps counting them.",
+        ),
+        click.option(
+            "--user-time-zone",
+            default=None,
+            metavar="ZONE",
+            help="The login users' sys_user.time_zone (e.g. America/Los_Angeles); default GMT.",
+        ),
+        click.option(
+            "--oauth-client-auth",
+            type=click.Choice(["both", "form", "basic"]),
+            default="both",
+            show_default=True,
+            help="Where /oauth_token.do reads client_id/client_secret: form fields, an "
+            "HTTP Basic header, or either.",
+        ),
+        click.option(
+            "--shuffle-unordered/--stable-unordered",
+            default=False,
+            show_default=True,
+            help="Shuffle list results per request when the query has no ORDERBY.",
+        ),
+        click.option(
+            "--rate-limit-per-hour",
+            type=click.IntRange(min=0),
+            default=None,
+            help="A rate limit rule for all users (requests per hour); default: none.",
+        ),
+        click.option(
+            "--user-rate-limit",
+            "user_rate_limit",
+            multiple=True,
+            metavar="NAME=N",
+            help="A rate limit rule for one user (requests per hour); repeatable.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @emulate.command("servicenow")
 @_HOST
 @click.option("--port", type=click.IntRange(0, 65535), default=8081, show_default=True)
 @_SN_USER
-def servicenow(host: str, port: int, user: str) -> None:
-    """The ServiceNow Table API emulator (incident, sys_user, sys_user_group, cmdb_ci...)."""
-    app = _servicenow_app(_user(user))
+@_sn_switches
+def servicenow(
+    host: str, port: int, user: str, user_rate_limit: tuple[str, ...], **switches: Any
+) -> None:
+    """The ServiceNow Table API emulator (incident, sys_user, sys_user_group, cmdb_ci...).
+
+    Every switch can also be read and changed at run time: GET/POST /_emulator/config.
+    """
+    if user_rate_limit:
+        switches["user_rate_limits"] = _sn_rate_limits(user_rate_limit)
+    if switches.get("user_time_zone") is not None:
+        from sync.emulators.servicenow import check_option
+
+        try:
+            check_option("user_time_zone", switches["user_time_zone"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--user-time-zone") from None
+    app = _servicenow_app(_user(user), **switches)
     asyncio.run(_serve([("ServiceNow", app, host, port)]))
 
 
@@ -103,9 +241,20 @@ def servicenow(host: str, port: int, user: str) -> None:
 @_BP_KEY
 @_BP_TOKEN
 @_BP_RATE
-def bigpanda(host: str, port: int, api_key: str, org_token: str, rate_limit: float) -> None:
+@_BP_RATE_SHAPE
+@_BP_RATE_SCOPE
+def bigpanda(
+    *,
+    host: str,
+    port: int,
+    api_key: str,
+    org_token: str,
+    rate_limit: float,
+    rate_limit_shape: str,
+    rate_limit_scope: str,
+) -> None:
     """The BigPanda API emulator (incidents v2, tags, activities, alert ingest)."""
-    app = _bigpanda_app(api_key, org_token, rate_limit or None)
+    app = _bigpanda_app(api_key, org_token, rate_limit or None, rate_limit_shape, rate_limit_scope)
     asyncio.run(_serve([("BigPanda", app, host, port)]))
 
 
@@ -117,6 +266,8 @@ def bigpanda(host: str, port: int, api_key: str, org_token: str, rate_limit: flo
 @_BP_KEY
 @_BP_TOKEN
 @_BP_RATE
+@_BP_RATE_SHAPE
+@_BP_RATE_SCOPE
 def both(
     *,
     host: str,
@@ -126,10 +277,19 @@ def both(
     api_key: str,
     org_token: str,
     rate_limit: float,
+    rate_limit_shape: str,
+    rate_limit_scope: str,
 ) -> None:
     """Both emulators in one process (ServiceNow on --sn-port, BigPanda on --bp-port)."""
     apps = [
         ("ServiceNow", _servicenow_app(_user(user)), host, sn_port),
-        ("BigPanda", _bigpanda_app(api_key, org_token, rate_limit or None), host, bp_port),
+        (
+            "BigPanda",
+            _bigpanda_app(
+                api_key, org_token, rate_limit or None, rate_limit_shape, rate_limit_scope
+            ),
+            host,
+            bp_port,
+        ),
     ]
     asyncio.run(_serve(apps))

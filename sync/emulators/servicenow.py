@@ -9,7 +9,45 @@ and says so below.
 application. All time is read from the injected :class:`~sync.clock.Clock`. The in-memory
 state is ``app[STATE_KEY]`` (:class:`SNState`: ``tables[name][sys_id] -> {field: str}``).
 The shared ``/_emulator/stats|faults|reset`` control API (:mod:`sync.emulators.control`)
-is installed; ``reset`` re-seeds the data.
+is installed; ``reset`` re-seeds the data (the switches below keep their current values).
+``GET /_emulator/config`` shows the run-time switches (:data:`CONFIG_KEYS`) plus the
+read-only ``semaphore_state`` (``in_flight``, ``queued``, ``rejected``, peaks);
+``POST /_emulator/config`` with a partial JSON object changes them (all or nothing; 400
+``{"error": ...}`` naming a bad or unknown key) and answers like GET.
+
+Switches for what the docs leave open (``create_app`` keywords = config keys; every
+default is the documented behaviour, or the strict one where the docs are silent;
+``bpsync emulate servicenow`` has a flag for each):
+
+- ``semaphores`` (int >= 1, default None = off) and ``semaphore_queue`` (int >= 0,
+  default 50): the node's integration semaphore pool (docs 1.6, KB0635398, see
+  :mod:`sync.emulators.sn_semaphore`). At most ``semaphores`` ``/api/...`` requests run at
+  once, ``semaphore_queue`` more wait (FIFO), any further one is answered at once with
+  429 ``Rate limit exceeded`` in the standard error body and **no** ``Retry-After`` or
+  ``X-RateLimit-*`` header (the detail wording is not documented). Refused requests are
+  not counted by rate-limit rules.
+- ``processing_s`` (float >= 0, default 0): every ``/api/...`` request holds its semaphore
+  this long before it is processed (``clock.sleep`` on the injected clock, like the
+  ``latency_ms`` faults: real time on the system clock, advanced time on a FakeClock).
+- ``short_pages`` (fraction 0..1, default 0): incident rows hidden from list pages
+  *after* ``sysparm_limit``/``sysparm_offset`` apply, as read ACLs do (docs 1.5, 6.7):
+  pages come back short or empty while more rows exist; ``X-Total-Count`` and ``Link``
+  still count the unfiltered rows. Which rows are hidden is fixed per sys_id and seed
+  (:meth:`SNState.hidden_from_lists`); reading or writing one record by sys_id is not
+  affected (only the list symptom is emulated). A v1 page emptied this way is a 200
+  ``[]`` (v1's 404 is for a query that matches nothing).
+- ``user_time_zone`` (zone name, default None = ``GMT``; ``""`` = no zone, so
+  ``glide.sys.default.tz`` applies): the login users' ``sys_user.time_zone``. Where it
+  applies follows docs 2.4, 1.2 and 1.3: raw values (``sysparm_display_value=false``) are
+  always UTC; a plain date-time literal in ``sysparm_query`` is compared as UTC; only
+  ``javascript:gs.dateGenerate``/``daysAgo*``/``beginningOfToday``/``endOfToday`` values,
+  display values of date-times (and journal headers) and date-time input with
+  ``sysparm_input_display_value=true`` use the user's zone.
+- ``oauth_client_auth`` (``"both"`` default, ``"form"``, ``"basic"``): where
+  ``/oauth_token.do`` reads the client credentials: the form fields ``client_id``/
+  ``client_secret`` (docs 1.7) or an ``Authorization: Basic`` header (RFC 6749 2.3.1,
+  form-urlencoded id and secret); with both, they must agree.
+- ``shuffle_unordered``, ``rate_limit_per_hour``, ``user_rate_limits``: see below.
 
 Emulated (section 7 items):
 
@@ -45,7 +83,8 @@ Emulated (section 7 items):
   ``sysparm_no_count``, ``sysparm_suppress_pagination_header``. Without ORDERBY the order
   is insertion order, or shuffled per request with ``shuffle_unordered=True``.
 - v1 empty list: 404 ``No Record found``; unversioned = v2 (200 ``[]``).
-- Auth: Basic, Bearer from ``POST /oauth_token.do`` (form-encoded only; ``password``,
+- Auth: Basic, Bearer from ``POST /oauth_token.do`` (form-encoded body; client
+  credentials in the form or a Basic header, option ``oauth_client_auth``; ``password``,
   ``refresh_token`` and, with ``client_credentials_user``, ``client_credentials`` grants;
   access tokens live 1800 s (``expires_in`` 1799), refresh tokens 8,640,000 s, both on
   the injected clock; asking again while a token lives returns it; failure 401
@@ -58,7 +97,10 @@ Emulated (section 7 items):
   ``X-RateLimit-Limit/Reset/Rule`` on every counted response, 429 + ``Retry-After`` +
   ``Rate limit exceeded`` when over.
 - Incident business rules (:meth:`SNState.insert` / :meth:`SNState.update`): 32-hex
-  sys_id (a client-supplied valid one is accepted), ``INC0010001``..., defaults of the
+  sys_id; a client-supplied one of 32 letters or digits (any case: docs 3.1 only say
+  "32-char id") is kept exactly as sent, a duplicate (ignoring case, as the database
+  collation would [inferred]) is a 403, any other supplied value is ignored;
+  ``INC0010001``..., defaults of the
   doc's example record, sys_* writes ignored, no-op updates skipped, ``sys_mod_count``,
   ``sys_updated_by``; priority from impact x urgency (on insert, and on update when impact
   or urgency is written: a direct priority write otherwise sticks, as the Data Lookup
@@ -100,7 +142,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import unquote_plus, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
@@ -108,6 +150,8 @@ from aiohttp import web
 from sync.clock import Clock, SystemClock
 from sync.constants import SN_DATETIME_FORMAT
 from sync.emulators.control import BANNER_KEY, EmulatorControl, Handler
+from sync.emulators.sn_semaphore import DEFAULT_QUEUE as DEFAULT_SEMAPHORE_QUEUE
+from sync.emulators.sn_semaphore import PoolFullError, SemaphorePool
 
 # --------------------------------------------------------------------------- constants
 
@@ -120,6 +164,10 @@ MAX_PAYLOAD_BYTES = 10_485_760
 FIRST_INCIDENT_NUMBER = 10_001
 RATE_LIMIT_WINDOW_S = 3600
 RATE_LIMIT_RULE_ID = "a0c1e8f2db1b4010b8a3f7d5a1c0e9b7"
+#: the detail of a semaphore-queue 429 (the real wording is not documented)
+SEMAPHORE_QUEUE_FULL = (
+    "Too many concurrent requests: the API_INT semaphores and their queue are full"
+)
 DEFAULT_SYSTEM_TZ = "America/Los_Angeles"
 
 LEGACY_CLOSE_CODES = (
@@ -164,6 +212,8 @@ JOURNAL_LABELS: Mapping[str, str] = {
 }
 
 SYS_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+#: a client-supplied sys_id kept on insert (docs 3.1: "32-char id"), exactly as sent
+SUPPLIED_SYS_ID_RE = re.compile(r"^[0-9A-Za-z]{32}$")
 _FIELD_RE = re.compile(r"[a-z0-9_.]+")
 
 
@@ -556,8 +606,21 @@ class Options:
     client_credentials_user: str | None = None
     api_keys: Mapping[str, str] = field(default_factory=dict)
     shuffle_unordered: bool = False
-    user_time_zone: str = "GMT"
+    user_time_zone: str | None = None
+    """sys_user.time_zone of the login users; None = ``GMT`` (docs 2.4: set it to GMT)."""
     system_time_zone: str = DEFAULT_SYSTEM_TZ
+    semaphores: int | None = None
+    """integration semaphores per node (docs 1.6); None = no pool"""
+    semaphore_queue: int = DEFAULT_SEMAPHORE_QUEUE
+    processing_s: float = 0.0
+    """how long every Table API request holds its semaphore (on the injected clock)"""
+    short_pages: float = 0.0
+    """fraction of incident rows hidden from list pages after the limit (ACL-like)"""
+    oauth_client_auth: Literal["form", "basic", "both"] = "both"
+
+    @property
+    def login_time_zone(self) -> str:
+        return "GMT" if self.user_time_zone is None else self.user_time_zone
 
 
 class SNState:
@@ -580,6 +643,9 @@ class SNState:
         self.journal_order: dict[str, int] = {}
         self._choice_labels: dict[tuple[str, str, str], str] = {}
         self._valid_close_codes: set[str] = set()
+        self.pool = SemaphorePool(options.semaphores, options.semaphore_queue)
+        # short_pages: which rows an "ACL" hides is fixed per sys_id and seed
+        self._hide_salt = str(seed) if seed is not None else f"{random.getrandbits(64):016x}"
         self.reset()
 
     # ------------------------------------------------------------------ seeding
@@ -592,8 +658,29 @@ class SNState:
         self.rate_counts.clear()
         self.journal_order.clear()
         self._journal_seq = 0
+        self.pool.reset_counters()
         self._seed_rows()
         self.refresh_choices()
+
+    def set_login_time_zone(self, zone: str | None) -> None:
+        """Option ``user_time_zone`` at run time: the login users' ``sys_user.time_zone``."""
+        self.options.user_time_zone = zone
+        logins = set(self.passwords) | {"admin"}
+        for row in self.tables["sys_user"].values():
+            if row["user_name"] in logins:
+                row["time_zone"] = self.options.login_time_zone
+
+    def hidden_from_lists(self, table: str, row: Mapping[str, str]) -> bool:
+        """Option ``short_pages``: is this row filtered out of list pages (after the limit)?
+
+        Only ``incident`` rows; the choice is stable per sys_id (like a read ACL) and
+        follows the seed, and a row hidden at fraction p stays hidden at any larger p.
+        """
+        fraction = self.options.short_pages
+        if fraction <= 0 or table != "incident":
+            return False
+        digest = hashlib.sha256(f"{self._hide_salt}:{row.get('sys_id', '')}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
     def _seed_row(self, table: str, key: str, values: Mapping[str, str]) -> str:
         sys_id = stable_id(f"{table}:{key}")
@@ -624,7 +711,7 @@ class SNState:
                     "name": pretty,
                     "first_name": pretty,
                     "email": f"{user_name}@example.com",
-                    "time_zone": self.options.user_time_zone,
+                    "time_zone": self.options.login_time_zone,
                 },
             )
         people = [  # the last two share one e-mail on purpose (ambiguity handling)
@@ -891,8 +978,9 @@ class SNState:
         values, journals = self._clean(table, body)
         supplied = body.get("sys_id")
         rows = self.tables[table]
-        if isinstance(supplied, str) and SYS_ID_RE.fullmatch(supplied):
-            if supplied in rows:
+        if isinstance(supplied, str) and SUPPLIED_SYS_ID_RE.fullmatch(supplied):
+            folded = supplied.lower()  # the column's collation ignores case [inferred]
+            if supplied in rows or any(key.lower() == folded for key in rows):
                 raise SNError(
                     403,
                     "Operation Failed",
@@ -1235,6 +1323,26 @@ class _Api:
 
     # ------------------------------------------------------------------ middleware
     @web.middleware
+    async def semaphore_middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Options ``semaphores``/``semaphore_queue``/``processing_s`` (docs 1.6)."""
+        if not request.path.startswith("/api/"):
+            return await handler(request)
+        state = self.state
+        try:
+            await state.pool.acquire()
+        except PoolFullError:
+            # no Retry-After, no X-RateLimit-*: this is not a rate limit rule
+            return error_response(429, "Rate limit exceeded", SEMAPHORE_QUEUE_FULL)
+        try:
+            if state.options.processing_s > 0:
+                await state.clock.sleep(state.options.processing_s)
+            return await handler(request)
+        finally:
+            state.pool.release()
+
+    @web.middleware
     async def auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
             return await handler(request)
@@ -1318,8 +1426,10 @@ class _Api:
             return failure
         form = await request.post()
         state = self.state
-        client_id = str(form.get("client_id", ""))
-        secret = str(form.get("client_secret", ""))
+        client = self._oauth_client(request, form)
+        if client is None:
+            return failure
+        client_id, secret = client
         if not client_id or state.options.oauth_clients.get(client_id) != secret:
             return failure
         grant = form.get("grant_type")
@@ -1355,6 +1465,38 @@ class _Api:
             )
             body["refresh_token"] = refresh_value
         return web.json_response(body)
+
+    def _oauth_client(
+        self, request: web.Request, form: Mapping[str, Any]
+    ) -> tuple[str, str] | None:
+        """(client_id, client_secret) from the form and/or an HTTP Basic header.
+
+        RFC 6749 2.3.1: the header carries ``form-urlencoded(id):form-urlencoded(secret)``.
+        Option ``oauth_client_auth``: ``"both"`` (default) takes the header when there is
+        one (form values, if also sent, must then agree with it) and the form otherwise;
+        ``"form"`` ignores the header; ``"basic"`` requires the header.
+        """
+        mode = self.state.options.oauth_client_auth
+        form_id = str(form.get("client_id", ""))
+        form_secret = str(form.get("client_secret", ""))
+        header: tuple[str, str] | None = None
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if mode != "form" and scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            raw_id, sep, raw_secret = decoded.partition(":")
+            if not sep:
+                return None
+            header = (unquote_plus(raw_id), unquote_plus(raw_secret))
+        if header is None:
+            return None if mode == "basic" else (form_id, form_secret)
+        if mode == "both" and (
+            (form_id and form_id != header[0]) or (form_secret and form_secret != header[1])
+        ):
+            return None  # two different client authentications in one request
+        return header
 
     def _current_or_new_access(self, user_name: str, client_id: str, now: datetime) -> Token:
         state = self.state
@@ -1494,6 +1636,9 @@ class _Api:
             state.rng.shuffle(rows)
         total = len(rows)
         page = rows[offset : offset + limit]
+        window = len(page)  # rows within limit/offset, before the "ACL" filter
+        if state.options.short_pages > 0:  # filtered after the limit, like ACLs (docs 1.5)
+            page = [r for r in page if not state.hidden_from_lists(table, r)]
         headers: dict[str, str] = {}
         if not _truthy(query.get("sysparm_no_count")):
             headers["X-Total-Count"] = str(total)
@@ -1503,11 +1648,11 @@ class _Api:
                 limit,
                 offset,
                 None if _truthy(query.get("sysparm_no_count")) else total,
-                len(page),
+                window,
             )
             if link:
                 headers["Link"] = link
-        if not page and request.match_info.get("version") == "v1" and state.options.api_v1_404:
+        if not window and request.match_info.get("version") == "v1" and state.options.api_v1_404:
             raise SNError(
                 404,
                 "No Record found",
@@ -1755,6 +1900,127 @@ def _link_header(
     return ",".join(links)
 
 
+# --------------------------------------------------------------------------- run-time config
+
+#: the switches ``GET/POST /_emulator/config`` reads and changes (all options of create_app)
+CONFIG_KEYS = (
+    "semaphores",
+    "semaphore_queue",
+    "processing_s",
+    "short_pages",
+    "user_time_zone",
+    "oauth_client_auth",
+    "shuffle_unordered",
+    "rate_limit_per_hour",
+    "user_rate_limits",
+)
+_OAUTH_CLIENT_AUTH = ("form", "basic", "both")
+
+
+def _count(name: str, value: Any, *, minimum: int, nullable: bool) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "an integer" + (" or null" if nullable else "")
+        raise ValueError(f"{name} must be {kind} >= {minimum}, got {value!r}")
+    return value
+
+
+def check_option(name: str, value: Any) -> Any:
+    """The normalised value of one run-time switch; ValueError names the bad one."""
+    if name == "semaphores":
+        return _count(name, value, minimum=1, nullable=True)
+    if name == "semaphore_queue":
+        return _count(name, value, minimum=0, nullable=False)
+    if name == "rate_limit_per_hour":
+        return _count(name, value, minimum=0, nullable=True)
+    if name in {"processing_s", "short_pages"}:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if name == "short_pages" and value > 1:
+            raise ValueError(f"short_pages is a fraction between 0 and 1, got {value!r}")
+        return float(value)
+    if name == "user_time_zone":
+        if value is None or value == "":
+            return value  # None: GMT; "": no zone on the user (glide.sys.default.tz applies)
+        if not isinstance(value, str):
+            raise ValueError(f"user_time_zone must be a zone name or null, got {value!r}")
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"user_time_zone: unknown time zone {value!r}") from None
+        return value
+    if name == "oauth_client_auth":
+        if value not in _OAUTH_CLIENT_AUTH:
+            raise ValueError(f"oauth_client_auth must be one of {_OAUTH_CLIENT_AUTH}")
+        return value
+    if name == "shuffle_unordered":
+        if not isinstance(value, bool):
+            raise ValueError(f"shuffle_unordered must be true or false, got {value!r}")
+        return value
+    if name == "user_rate_limits":
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ValueError("user_rate_limits must map user names to requests per hour")
+        return {
+            k: _count(f"user_rate_limits[{k}]", v, minimum=0, nullable=False)
+            for k, v in value.items()
+        }
+    raise ValueError(f"unknown option {name!r}")
+
+
+def config_json(state: SNState) -> dict[str, Any]:
+    opts = state.options
+    body: dict[str, Any] = {name: getattr(opts, name) for name in CONFIG_KEYS}
+    body["user_rate_limits"] = dict(opts.user_rate_limits)
+    body["semaphore_state"] = state.pool.to_json()
+    return body
+
+
+def apply_config(state: SNState, body: Any) -> None:
+    """Apply a partial config (all or nothing); ValueError/TypeError for a bad one."""
+    if not isinstance(body, dict):
+        raise TypeError("the config must be a JSON object")
+    if "semaphore_state" in body:
+        raise ValueError("semaphore_state is read-only")
+    unknown = set(body) - set(CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)} (known: {list(CONFIG_KEYS)})")
+    values = {name: check_option(name, value) for name, value in body.items()}
+    opts = state.options
+    for name, value in values.items():
+        if name == "user_time_zone":
+            state.set_login_time_zone(value)
+        else:
+            setattr(opts, name, value)
+    if {"semaphores", "semaphore_queue"} & set(values):
+        state.pool.resize(opts.semaphores, opts.semaphore_queue)
+
+
+def _config_handlers(state: SNState) -> tuple[Handler, Handler]:
+    async def get_config(request: web.Request) -> web.Response:
+        return web.json_response(config_json(state))
+
+    async def set_config(request: web.Request) -> web.Response:
+        try:
+            apply_config(state, await request.json())
+        except (json.JSONDecodeError, ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(config_json(state))
+
+    return get_config, set_config
+
+
+def realism_banner(opts: Options) -> str | None:
+    """One banner line naming the switches that differ from the strict defaults."""
+    defaults = Options()
+    changed = [
+        f"{name}={getattr(opts, name)!r}"
+        for name in CONFIG_KEYS
+        if getattr(opts, name) != getattr(defaults, name)
+    ]
+    return "switches: " + ", ".join(changed) if changed else None
+
+
 def create_app(
     *,
     clock: Clock | None = None,
@@ -1778,12 +2044,15 @@ def create_app(
         raise ValueError("invalid_query must be 'ignore', 'no_rows' or 'forbidden'")
     if opts.overlong not in {"truncate", "reject"}:
         raise ValueError("overlong must be 'truncate' or 'reject'")
+    for name in CONFIG_KEYS:
+        setattr(opts, name, check_option(name, getattr(opts, name)))
     opts.terminal_states = frozenset(str(s) for s in opts.terminal_states)
     the_clock = clock or SystemClock()
     state = SNState(the_clock, users if users is not None else DEFAULT_USERS, seed, opts)
     api = _Api(state)
     app = web.Application(client_max_size=MAX_PAYLOAD_BYTES + 1024 * 1024)
     app[STATE_KEY] = state
+    app.middlewares.append(api.semaphore_middleware)
     app.middlewares.append(api.auth_middleware)
     control = EmulatorControl(
         error_response=error_response,
@@ -1792,6 +2061,9 @@ def create_app(
         seed=seed,
     )
     control.install(app)
+    get_config, set_config = _config_handlers(state)
+    app.router.add_get("/_emulator/config", get_config)
+    app.router.add_post("/_emulator/config", set_config)
     app.router.add_post("/oauth_token.do", api.oauth_token)
     for prefix in ("/api/now", "/api/now/{version:v[12]}"):
         app.router.add_route("*", prefix + "/table/{table}", api.collection)
@@ -1805,5 +2077,8 @@ def create_app(
     banner.append(
         f"close codes: {opts.close_codes}; incidents number from INC{FIRST_INCIDENT_NUMBER:07d}"
     )
+    switches = realism_banner(opts)
+    if switches:
+        banner.append(switches)
     app[BANNER_KEY] = banner
     return app
