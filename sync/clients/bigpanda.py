@@ -94,6 +94,7 @@ from sync.clients.pacing import (
     SideHealth,
     SkipObserver,
     ThrottleObserver,
+    resendable,
 )
 from sync.clock import Clock
 from sync.constants import BPStatus
@@ -697,7 +698,7 @@ class BigPandaClient:
                 credential=credential,
             )
             if isinstance(result, TransientError):
-                if self._delay_and_resend(family, method, result):
+                if self._delay_and_resend(family, method, result, resendable(outcome, method)):
                     continue
                 raise result
             self.health.succeeded()  # an answer, even a refusal: the side is up
@@ -707,18 +708,15 @@ class BigPandaClient:
                 raise result
             return result
 
-    def _delay_and_resend(self, family: Family, method: str, error: TransientError) -> bool:
+    def _delay_and_resend(
+        self, family: Family, method: str, error: TransientError, safe: bool
+    ) -> bool:
         """A throttled or failed request that is safe to send again: hold the family and
         say so (True), unless the side has been failing for ``outage_after_s`` (False:
-        the error goes to the caller). Safe: a 429 or a 503 (not processed), or any
-        transient failure of a GET. A write that timed out or was cut off may have
-        been applied: the executor re-reads before it sends it again."""
+        the error goes to the caller). ``safe``: see :func:`resendable`."""
         throttled = error.status == 429
-        if not (throttled or error.status == 503 or method == "GET"):
-            self.health.failed()
-            return False
         self.health.failed()
-        if self.health.in_outage():
+        if not safe or self.health.in_outage():
             return False
         if throttled:
             hold = self._pacer.throttled(family)

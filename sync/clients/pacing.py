@@ -34,10 +34,13 @@ Everything runs on the injected clock, so tests of backoff and recovery do not s
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+import aiohttp
 
 from sync.clock import Clock
 from sync.errors import ConfigError
@@ -48,6 +51,35 @@ ThrottleObserver = Callable[[str, str], None]
 """Called with (side, family) for every throttled answer (the metrics counter)."""
 SkipObserver = Callable[[str, str], None]
 """Called with (side, reason) once per polled record skipped as malformed."""
+
+
+def resendable(outcome: object, method: str) -> bool:
+    """May a request that met this transient outcome be sent again by the client?
+
+    A 429 always: the server did not process it (a limiter or a full queue). For a GET
+    (which changes nothing): a 5xx, an answer that is not what was asked for (a proxy
+    page, a 202), a timeout, or a connection cut off mid-request. Never a write that
+    failed otherwise (it may have been applied: the executor re-reads and decides), and
+    never a server that cannot be reached at all (refused, DNS, TLS): that is down, not
+    busy, and the caller hears of it at once.
+    """
+    status = getattr(outcome, "status", None)
+    if status == 429:
+        return True
+    if method != "GET":
+        return False
+    if status is not None:
+        return True
+    return isinstance(
+        outcome,
+        (
+            TimeoutError,
+            ConnectionResetError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ServerTimeoutError,
+        ),
+    ) or (isinstance(outcome, aiohttp.ClientOSError) and outcome.errno == errno.ECONNRESET)
 
 
 @dataclass(frozen=True, slots=True)

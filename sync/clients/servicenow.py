@@ -67,7 +67,13 @@ from sync.clients.http import (
     send,
     text_excerpt,
 )
-from sync.clients.pacing import ConcurrencyPacer, PacingPolicy, SideHealth, ThrottleObserver
+from sync.clients.pacing import (
+    ConcurrencyPacer,
+    PacingPolicy,
+    SideHealth,
+    ThrottleObserver,
+    resendable,
+)
 from sync.clients.snquery import (
     EncodedQuery,
     Op,
@@ -458,7 +464,7 @@ class ServiceNowClient:
                 continue
             result = classify(outcome, method=method, url=shown, now=self._clock.now())
             if isinstance(result, TransientError):
-                if self._delay_and_resend(method, result):
+                if self._delay_and_resend(result, resendable(outcome, method)):
                     continue
                 raise result
             self.health.succeeded()  # an answer, even a refusal: the instance is up
@@ -468,16 +474,14 @@ class ServiceNowClient:
                 raise result
             return result
 
-    def _delay_and_resend(self, method: str, error: TransientError) -> bool:
+    def _delay_and_resend(self, error: TransientError, safe: bool) -> bool:
         """A throttled or failed request that is safe to send again: wait and say so
         (True), unless every request has failed for ``outage_after_s`` or the server
-        asks for a wait longer than that (False: the error goes to the caller). Safe: a
-        429 (a rate rule or a full semaphore queue: not processed), a 503, or any
-        transient failure of a GET; a write cut off may have been applied, and the
-        executor re-reads before sending it again."""
+        asks for a wait longer than that (False: the error goes to the caller).
+        ``safe``: see :func:`~sync.clients.pacing.resendable`."""
         throttled = error.status == 429
         self.health.failed()
-        if not (throttled or error.status == 503 or method == "GET"):
+        if not safe:
             return False
         wait = error.retry_after_s
         if self.health.in_outage() or (wait is not None and wait > self._policy.outage_after_s):

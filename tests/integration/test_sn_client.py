@@ -171,28 +171,43 @@ async def test_caret_values_cannot_widen_a_query(env: Env) -> None:
 # ---------------------------------------------------------------- faults
 
 
-async def test_429_retry_after_is_carried(env: Env) -> None:
+async def test_429_retry_after_is_waited_out_and_sent_again(env: Env) -> None:
     created = await env.client.create_incident({"short_description": "x"})
     await env.control(
         "POST", "faults", {"status": 429, "retry_after_s": 7, "count": 1, "methods": ["GET"]}
     )
-    with pytest.raises(TransientError) as info:
-        await env.client.get_incident(created["sys_id"])
-    assert info.value.status == 429
-    assert info.value.retry_after_s == 7.0
+    before = env.clock.monotonic()
     assert (await env.client.get_incident(created["sys_id"]))["sys_id"] == created["sys_id"]
+    assert env.clock.monotonic() - before >= 7.0  # nothing sent before Retry-After
+    assert env.client.health.throttled_families() == ["rate_rule"]
 
 
-async def test_503_and_dropped_connection_are_transient(env: Env) -> None:
-    await env.control("POST", "faults", {"status": 503, "count": 1})
-    with pytest.raises(TransientError, match="HTTP 503"):
+async def test_a_retry_after_beyond_the_outage_window_is_carried_to_the_caller(
+    env: Env,
+) -> None:
+    await env.control(
+        "POST", "faults", {"status": 429, "retry_after_s": 3600, "count": 1, "methods": ["GET"]}
+    )
+    with pytest.raises(TransientError) as info:
         await env.client.check_auth()
+    assert info.value.status == 429
+    assert info.value.retry_after_s == 3600.0
+
+
+async def test_503_and_dropped_connection_on_reads_are_sent_again(env: Env) -> None:
+    await env.control("POST", "faults", {"status": 503, "count": 1})
+    await env.client.check_auth()
     # aiohttp replays an idempotent request once when a reused keep-alive connection drops,
     # so two dropped connections are needed for the client to see one
     await env.control("POST", "faults", {"reset_connection": True, "count": 2})
-    with pytest.raises(TransientError):
-        await env.client.check_auth()
     await env.client.check_auth()
+    assert [s for _, _, s in env.observed].count(503) == 1
+
+
+async def test_a_503_on_a_write_reaches_the_caller(env: Env) -> None:
+    await env.control("POST", "faults", {"status": 503, "count": 1, "methods": ["POST"]})
+    with pytest.raises(TransientError, match="HTTP 503"):
+        await env.client.create_incident({"short_description": "x"})  # the executor decides
 
 
 async def test_html_200_page_is_transient_naming_the_content_type(clock: FakeClock) -> None:
