@@ -40,6 +40,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from sync.clients.pacing import SideHealth
 from sync.clock import Clock, SystemClock
 from sync.coordinator import CycleReport
 from sync.engine import Engine, build_engine
@@ -119,7 +120,12 @@ class Daemon:
         url = await prepare_database(self.settings)
         await self._take_single_writer(url)
         self.metrics = Metrics()
-        self.health = HealthState(self.clock, self.settings.poll_interval)
+        self.health = HealthState(
+            self.clock,
+            self.settings.poll_interval,
+            cycle_budget=self.settings.cycle_budget,
+            throttled=self._throttled,
+        )
         if self.engine is None:
             self.engine = await build_engine(
                 self.settings, clock=self.clock, metrics=self.metrics, force=self.options.force
@@ -160,7 +166,11 @@ class Daemon:
             if not await self._lead():
                 return None
             assert self.engine is not None
-            report = await self.engine.coordinator.run_cycle()
+            self.health.cycle_started = self.clock.monotonic()
+            try:
+                report = await self.engine.coordinator.run_cycle()
+            finally:
+                self.health.cycle_started = None
             if isinstance(report.error, FencedError):
                 await self._step_down(f"fenced: {report.error}")
             if report.ok:
@@ -176,6 +186,17 @@ class Daemon:
             return None
         finally:
             self._current = None
+
+    def _throttled(self) -> dict[str, list[str]]:
+        """Side -> families throttled lately (the clients' own health, when they have it)."""
+        out: dict[str, list[str]] = {}
+        if self.engine is None:
+            return out
+        for client in (self.engine.servicenow, self.engine.bigpanda):
+            health = getattr(client, "health", None)
+            if isinstance(health, SideHealth):
+                out[health.side] = health.throttled_families()
+        return out
 
     async def _lead(self) -> bool:
         """True when this process may write now (Postgres: leader election)."""

@@ -3,7 +3,10 @@
 Readiness rule (SPEC section 2, ``/readyz``):
 
 - the database is reachable (the server pings it on each request), and
-- the leader: a cycle succeeded within ``READY_INTERVALS`` poll intervals;
+- the leader: a cycle succeeded within ``READY_INTERVALS`` poll intervals, or one is in
+  flight and within ``cycle_budget`` plus that allowance (a storm worked through at the
+  APIs' pace is progress); a throttled side is reported (``throttled``) but does not
+  make it unready: throttled is not down;
 - a standby replica (Postgres HA, not leading): the database alone; it reports
   ``leader: 0`` so a load balancer or an operator can tell it apart.
 
@@ -12,6 +15,7 @@ Readiness rule (SPEC section 2, ``/readyz``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sync.clock import Clock
@@ -25,21 +29,35 @@ class Readiness:
     ready: bool
     leader: bool
     reasons: list[str] = field(default_factory=list)
+    throttled: dict[str, list[str]] = field(default_factory=dict)
+    """Side -> endpoint families throttled lately: slower, not down (ready stays true)."""
 
     def as_json(self) -> dict[str, object]:
         return {
             "status": "ready" if self.ready else "not ready",
             "leader": 1 if self.leader else 0,
             "reasons": list(self.reasons),
+            "throttled": {side: list(fams) for side, fams in self.throttled.items()},
         }
 
 
 class HealthState:
     """Updated by the daemon after every cycle; read by the HTTP server."""
 
-    def __init__(self, clock: Clock, poll_interval: float) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        poll_interval: float,
+        *,
+        cycle_budget: float = 0.0,
+        throttled: Callable[[], Mapping[str, list[str]]] | None = None,
+    ) -> None:
         self.clock = clock
         self.poll_interval = float(poll_interval)
+        self.cycle_budget = float(cycle_budget)
+        self._throttled = throttled
+        self.cycle_started: float | None = None
+        """``clock.monotonic()`` when the cycle in flight started (None: none runs)."""
         self.leader = False
         self.last_success: float | None = None
         """``clock.monotonic()`` when the last good cycle ended (None: none yet)."""
@@ -74,7 +92,7 @@ class HealthState:
         if self.leader:
             if self.last_success is None:
                 reasons.append("no sync cycle has succeeded yet")
-            else:
+            elif not self._working():
                 age = self.clock.monotonic() - self.last_success
                 if age > self.max_age_s:
                     reasons.append(
@@ -83,7 +101,21 @@ class HealthState:
                     )
             if reasons and self.last_error and db_error is None:
                 reasons.append(f"last cycle error: {self.last_error}")
-        return Readiness(ready=not reasons, leader=self.leader, reasons=reasons)
+        throttled = {k: list(v) for k, v in (self._throttled() if self._throttled else {}).items()}
+        return Readiness(
+            ready=not reasons,
+            leader=self.leader,
+            reasons=reasons,
+            throttled={side: fams for side, fams in throttled.items() if fams},
+        )
+
+    def _working(self) -> bool:
+        """A cycle is in flight and within its budget (plus the usual allowance): a storm
+        worked through at the APIs' pace is progress, not a stall."""
+        if self.cycle_started is None or self.last_success is None:
+            return False
+        running_s = self.clock.monotonic() - self.cycle_started
+        return running_s <= self.cycle_budget + self.max_age_s
 
 
 __all__ = ["READY_INTERVALS", "HealthState", "Readiness"]

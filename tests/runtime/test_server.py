@@ -86,7 +86,7 @@ async def test_ready_after_a_good_cycle(served: Served) -> None:
     served.health.cycle_succeeded()
     status, body = await served.ready()
     assert status == 200
-    assert body == {"status": "ready", "leader": 1, "reasons": []}
+    assert body == {"status": "ready", "leader": 1, "reasons": [], "throttled": {}}
 
 
 async def test_not_ready_when_the_database_is_gone(served: Served) -> None:
@@ -186,3 +186,26 @@ async def test_readyz_with_a_real_sqlite_store(tmp_path: Path, clock: FakeClock)
     finally:
         await server.close()
         await store.close()
+
+
+async def test_throttled_is_reported_and_stays_ready(clock: FakeClock) -> None:
+    throttled = {"bigpanda": ["search", "tags"], "servicenow": []}
+    health = HealthState(clock, POLL, throttled=lambda: throttled)
+    health.leader = True
+    health.cycle_succeeded()
+    readiness = health.readiness()
+    assert readiness.ready
+    assert readiness.as_json()["throttled"] == {"bigpanda": ["search", "tags"]}
+
+
+async def test_a_long_storm_cycle_within_its_budget_stays_ready(clock: FakeClock) -> None:
+    health = HealthState(clock, POLL, cycle_budget=60.0)
+    health.leader = True
+    health.cycle_succeeded()
+    health.cycle_started = clock.monotonic()
+    clock.advance(READY_INTERVALS * POLL + 30)  # longer than 3 intervals, inside the budget
+    assert health.readiness().ready
+    clock.advance(60)  # past budget + allowance: stuck, not working
+    assert not health.readiness().ready
+    health.cycle_started = None
+    assert not health.readiness().ready
