@@ -232,8 +232,10 @@ class _Run:
         workers = c.settings.pair_concurrency
         queue: asyncio.Queue[tuple[_Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
 
+        failures: list[BaseException] = []
+
         def out_of_time() -> bool:
-            return c.stopping or c.clock.monotonic() >= deadline
+            return bool(failures) or c.stopping or c.clock.monotonic() >= deadline
 
         async def produce() -> None:
             try:
@@ -246,26 +248,33 @@ class _Run:
                     await queue.put((pair, actions))
                 async for pair, actions in self._fresh_plans(fresh, out_of_time):
                     await queue.put((pair, actions))
+            except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
+                failures.append(exc)
             finally:
                 for _ in range(workers):
                     await queue.put(None)
 
         async def work() -> None:
             while (item := await queue.get()) is not None:
-                if not out_of_time():
+                if out_of_time():
+                    continue  # drained, not done: left for the next cycle
+                try:
                     await self._execute_pair(*item)
+                except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
+                    failures.append(exc)
 
+        # an error (an outage, a refused credential, the store) stops new work; the
+        # pairs in flight finish, so nothing is left half-done by this cycle
         tasks = [asyncio.ensure_future(produce())]
         tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            failure = next((t.exception() for t in done if t.exception() is not None), None)
-            if failure is not None:
-                raise failure
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if failures:
+            raise failures[0]
         if c.stopping or c.clock.monotonic() >= deadline:
             left = self.progress.backlog(Side.BIGPANDA) + self.progress.backlog(Side.SERVICENOW)
             if left:
@@ -279,6 +288,7 @@ class _Run:
         c = self._c
         by_env: dict[str, list[BPIncident]] = {}
         pairs: dict[str, _Pair] = {}
+        seen: dict[str, BPIncident] = {}
         for pair in fresh:
             assert pair.bp is not None
             assert pair.environment_id is not None
@@ -287,7 +297,7 @@ class _Run:
         for env, chunk in chunks(by_env):
             if out_of_time():
                 return
-            expanded = await expand_alerts(c.bigpanda, env, chunk)
+            expanded = await expand_alerts(c.bigpanda, env, chunk, seen)
             absent = await unmatched(c.servicenow, [i.id for i in chunk if i.id in expanded])
             now = c.clock.now()
             for incident in chunk:

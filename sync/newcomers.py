@@ -30,18 +30,27 @@ log = logging.getLogger(__name__)
 
 #: new incidents read together: one search page with expand=alerts holds ten
 CHUNK = 10
-#: pages of one chunk's search at most (other incidents started in the same window)
-MAX_PAGES = 5
+#: pages of one chunk's search at most (incidents started in the same second: a storm
+#: of 200 in one second is 20 pages, read once for all its chunks)
+MAX_PAGES = 20
 
 
 async def expand_alerts(
-    bigpanda: BigPandaAPI, environment_id: str, incidents: Sequence[BPIncident]
+    bigpanda: BigPandaAPI,
+    environment_id: str,
+    incidents: Sequence[BPIncident],
+    seen: dict[str, BPIncident],
 ) -> dict[str, BPIncident]:
-    """The given incidents with their alerts, by id; an incident gone is left out."""
+    """The given incidents with their alerts, by id; an incident gone is left out.
+
+    ``seen``: every expanded incident read so far in this cycle, updated here. Incidents
+    that share a start second (a storm) come in one order from the search and may sit on
+    later pages than their chunk's; what a page brings for a later chunk is kept, so
+    that chunk needs no request of its own."""
     wanted = {i.id: i for i in incidents}
-    starts = [i.start for i in incidents if i.start is not None]
-    found: dict[str, BPIncident] = {}
-    if starts and len(wanted) > 1:
+    found: dict[str, BPIncident] = {k: seen[k] for k in wanted if k in seen}
+    starts = [i.start for i in incidents if i.start is not None and i.id not in found]
+    if starts and len(wanted) - len(found) > 1:
         oldest, newest = min(starts), max(starts)
         page = 1
         while page <= MAX_PAGES and len(found) < len(wanted):
@@ -55,6 +64,7 @@ async def expand_alerts(
                 expand_alerts=True,
             )
             for item in result.items:
+                seen[item.id] = item
                 if item.id in wanted:
                     found[item.id] = item
             last_start = result.items[-1].start if result.items else None

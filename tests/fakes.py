@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,11 +36,26 @@ class _Faults:
         self.before_call: Hook | None = None
         self.calls: list[tuple[str, float]] = []
         """(method, monotonic time) of every call, in order."""
+        self._throttled: dict[str, float] = {}
+        self.throttled_calls = 0
 
     def fail_next(self, method: str, *errors: BaseException) -> None:
         self._queued.setdefault(method, []).extend(errors)
 
+    def throttle(self, methods: Collection[str], until_s: float) -> None:
+        """Calls of ``methods`` before monotonic ``until_s`` are throttled, as the real
+        clients meet a 429: held on the clock until the window has passed, then answered
+        (a client sends a throttled request again after a pause; only an outage longer
+        than ``pacing.outage_after`` reaches the caller, which these fakes leave to
+        ``fail_next``)."""
+        for method in methods:
+            self._throttled[method] = max(self._throttled.get(method, 0.0), until_s)
+
     async def _enter(self, method: str, clock: Clock, *args: Any) -> None:
+        until = self._throttled.get(method, 0.0)
+        if until > clock.monotonic():
+            self.throttled_calls += 1
+            await clock.sleep(until - clock.monotonic())
         self.calls.append((method, clock.monotonic()))
         if self.before_call is not None:
             outcome = self.before_call(method, args)
@@ -302,11 +317,18 @@ class FakeBigPanda(_Faults):
         expand_alerts: bool = False,
     ) -> BPSearchPage:
         await self._enter("search_incidents", self.clock, environment_id)
-        items = [
-            i.snapshot(expand_alerts=expand_alerts)
+        # as the API: incidents active at some point in [from, to]; sort_by=start is
+        # newest first (ties by id)
+        found = [
+            i
             for i in self.incidents.values()
             if i.environment_id == environment_id
+            and (to_s is None or i.start <= to_s)
+            and (from_s is None or i.end is None or i.end >= from_s)
         ]
+        if sort_by == "start":
+            found.sort(key=lambda i: (i.start, i.id), reverse=True)
+        items = [i.snapshot(expand_alerts=expand_alerts) for i in found]
         start = (page - 1) * page_size
         return BPSearchPage(total=len(items), items=items[start : start + page_size])
 

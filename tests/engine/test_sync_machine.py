@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 
 from sync.clock import FakeClock
 from sync.constants import SN_RESOLVED_STATES
-from sync.coordinator import Coordinator
+from sync.coordinator import Coordinator, CycleReport
 from sync.errors import TransientError
 from sync.executor import Executor
 from sync.mapping import UNMAPPED, FieldRule, compile_rules, norm
@@ -124,6 +124,21 @@ WRITE_METHODS = {
         "delete_tag",
         "resolve_incident",
         "add_comment",
+    ],
+}
+
+
+#: endpoint families a throttle may hit, as the fakes' method names
+THROTTLED_FAMILIES: dict[str, list[list[str]]] = {
+    "servicenow": [
+        ["list_changed"],
+        ["update_incident", "create_incident"],
+        ["find_by_correlation_id", "find_by_correlation_ids", "get_incident"],
+    ],
+    "bigpanda": [
+        ["list_changed", "search_incidents"],
+        ["set_tags", "set_tag", "delete_tag"],
+        ["get_incident", "resolve_incident", "add_comment"],
     ],
 }
 
@@ -214,7 +229,7 @@ class SyncMachine(RuleBasedStateMachine):
             for key in [k for k in self.expected if k[0] == bp_id]:
                 del self.expected[key]
 
-    def cycle(self) -> None:
+    def cycle(self) -> CycleReport:
         assert self.coordinator is not None
         report = self.run(self.coordinator.run_cycle())
         for outcome in report.outcomes:
@@ -229,6 +244,7 @@ class SyncMachine(RuleBasedStateMachine):
             self.sn_unsynced.clear()
         else:
             assert isinstance(report.error, TransientError), report.error
+        return report
 
     def writes(self) -> int:
         return len(self.sn.writes) + len(self.bp.writes)
@@ -419,6 +435,24 @@ class SyncMachine(RuleBasedStateMachine):
             n = min(count, MAX_QUEUED_FAILURES - queued)
             if n > 0:
                 fake.fail_next(method, *[_transient(side) for _ in range(n)])
+
+    @rule(
+        side=st.sampled_from(["servicenow", "bigpanda"]),
+        family=st.integers(min_value=0, max_value=2),
+        seconds=st.sampled_from([2.0, 10.0, 45.0]),
+    )
+    def throttled(self, side: str, family: int, seconds: float) -> None:
+        """An endpoint family answers 429 for a while (an alert storm elsewhere in the
+        org): its calls are held until the window passes, as the clients hold them. A
+        cycle during it is slower, never failed (unless a fault was queued as well)."""
+        fake = self.sn if side == "servicenow" else self.bp
+        methods = THROTTLED_FAMILIES[side][family]
+        fake.throttle(methods, self.clock.monotonic() + seconds)
+        event(f"throttled {side} {'/'.join(methods)}")
+        queued = any(self.sn._queued.values()) or any(self.bp._queued.values())
+        report = self.cycle()
+        assert report.ok or queued, f"a throttled cycle failed: {report.error!r}"
+        self.clock.advance(1)
 
     @rule(seconds=st.sampled_from([1.0, 5.0, RETRY_INTERVAL_S + 1]))
     def advance_clock(self, seconds: float) -> None:

@@ -1,0 +1,145 @@
+"""A storm through the engine (fakes, FakeClock): batched reads, budgets, kept progress.
+
+The loopback storm with real limiters and SIGKILLs is ``tests/system/test_storm.py``;
+here the same machinery is checked call by call.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sync.clock import FakeClock
+from sync.constants import Side
+from sync.coordinator import Coordinator
+from sync.errors import FatalError
+from sync.executor import Executor
+from sync.settings import Settings
+from sync.store.memory import MemoryStore
+from tests.engine.conftest import make_settings
+from tests.fakes import FakeBigPanda, FakeServiceNow
+
+
+def _engine(
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    clock: FakeClock,
+    settings: Settings,
+    metrics: Any = None,
+) -> Coordinator:
+    executor = Executor(store, sn, bp, settings, clock)
+    return Coordinator(store, sn, bp, executor, settings, clock=clock, metrics=metrics)
+
+
+class Backlog:
+    """CoordinatorMetrics that keep the backlog gauge."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, int] = {}
+
+    def cycle_done(self, outcome: str, duration_s: float) -> None:
+        pass
+
+    def state(self, **_: Any) -> None:
+        pass
+
+    def backlog(self, side: str, count: int) -> None:
+        self.left[side] = count
+
+    def skipped(self, side: str, reason: str) -> None:
+        pass
+
+
+def _per_incident(sn: FakeServiceNow) -> Counter[str]:
+    return Counter(r["correlation_id"] for r in sn.incidents.values() if r.get("correlation_id"))
+
+
+async def test_new_incidents_cost_one_search_page_and_one_duplicate_check_per_ten(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    ids = [bp.add_incident(tags={"team": f"t{n}"}).id for n in range(25)]
+    clock.advance(1)
+    coordinator = _engine(store, sn, bp, clock, make_settings())
+    report = await coordinator.run_cycle()
+    assert report.ok, report.error
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)
+    assert bp.count("get_incident") == 0  # every incident's alerts came with a search page
+    assert bp.count("search_incidents") == 3  # 10 + 10 + 5
+    assert sn.count("find_by_correlation_ids") == 3
+    assert sn.count("find_by_correlation_id") == 0  # no per-incident check on a first try
+    assert all(bp.incidents[i].tags.get("servicenow_link") for i in ids)
+
+
+async def test_a_found_duplicate_falls_back_to_the_full_check_and_is_adopted(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    first, second = bp.add_incident().id, bp.add_incident().id
+    sn.add_incident(correlation_id=first, short_description="made by hand")
+    clock.advance(1)
+    report = await _engine(store, sn, bp, clock, make_settings()).run_cycle()
+    assert report.ok, report.error
+    assert _per_incident(sn) == {first: 1, second: 1}  # adopted, not duplicated
+    assert sn.count("find_by_correlation_id") == 1  # only the one found in the batch
+
+
+async def test_a_storm_larger_than_the_budget_is_worked_through_across_cycles(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    ids = [bp.add_incident().id for _ in range(30)]
+    clock.advance(1)
+
+    def one_second_per_create(method: str, _args: tuple[Any, ...]) -> None:
+        if method == "create_incident":
+            clock.advance(1.0)
+
+    sn.before_call = one_second_per_create
+    settings = make_settings(cycle_budget=5.0, pair_concurrency=1)
+    metrics = Backlog()
+    coordinator = _engine(store, sn, bp, clock, settings, metrics)
+    done_per_cycle = []
+    for _ in range(10):
+        report = await coordinator.run_cycle()
+        assert report.ok, report.error
+        done_per_cycle.append(len(_per_incident(sn)))
+        if len(_per_incident(sn)) == len(ids):
+            break
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)  # each once, none lost
+    assert 4 <= done_per_cycle[0] <= 7  # the first cycle stopped at its budget
+    assert len(done_per_cycle) >= 4
+    assert metrics.left[Side.BIGPANDA.value] == 0
+    # finished incidents were neither fetched nor planned again: one search page per
+    # chunk of new incidents, whatever the number of cycles
+    assert bp.count("get_incident") == 0
+    assert sn.count("find_by_correlation_ids") <= 3 + len(done_per_cycle)
+
+
+async def test_progress_is_recorded_before_an_outage_ends_the_cycle(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    ids = [bp.add_incident().id for _ in range(15)]
+    clock.advance(1)
+    creates = 0
+
+    def refuse_the_second_check(method: str, _args: tuple[Any, ...]) -> None:
+        nonlocal creates
+        if method == "find_by_correlation_ids":
+            creates += 1
+            if creates == 2:
+                raise FatalError("servicenow", "authentication refused (injected)")
+
+    sn.before_call = refuse_the_second_check
+    coordinator = _engine(store, sn, bp, clock, make_settings(pair_concurrency=1))
+    report = await coordinator.run_cycle()
+    assert not report.ok
+    links = await store.live_links_for_bp(ids)
+    # the pairs in flight finished, those still queued wait: done work stays done
+    assert set(links) <= set(ids[:10])
+    assert len(links) >= 5
+    assert _per_incident(sn) == dict.fromkeys(links, 1)
+    checks = sn.count("find_by_correlation_ids")
+    sn.before_call = None
+    report = await coordinator.run_cycle()
+    assert report.ok, report.error
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)
+    assert sn.count("find_by_correlation_ids") == checks + 1  # only those left, one chunk
