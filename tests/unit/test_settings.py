@@ -120,3 +120,27 @@ def test_durations_and_csv_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings("/nonexistent.toml", env_file=None)
+
+
+def test_every_setting_is_in_the_example_config() -> None:
+    """Each field of Settings and of its sections is named in the example (set or
+    commented), so a newcomer finds every setting there."""
+    import re
+
+    from sync.settings import Settings
+
+    text = (REPO / "config" / "bpsync.example.toml").read_text()
+    named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
+    named |= set(re.findall(r"^\[\[([a-z_]+)\]\]", text, flags=re.MULTILINE))
+    sections = set(re.findall(r"^\[+([a-z_]+)\]+", text, flags=re.MULTILINE))
+    missing = []
+    for name, info in Settings.model_fields.items():
+        section = info.annotation
+        fields = getattr(section, "model_fields", None)
+        if isinstance(fields, dict):
+            if name not in sections:
+                missing.append(f"[{name}]")
+            missing += [f"{name}.{f}" for f in fields if f not in named]
+        elif name not in named:
+            missing.append(name)
+    assert not missing, f"not in config/bpsync.example.toml: {missing}"
