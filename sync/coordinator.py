@@ -897,7 +897,12 @@ class Coordinator:
                 flags = still_held[pair.link.id] = held.get(pair.link.id, set())
                 if pair.bp is not None and not pair.bp.active:
                     flags.add("bp_resolved")
-                if pair.sn is not None and pair.sn.state == SNState.RESOLVED:
+                # (Resolved while bpsync's own reopen waits is not a person's resolve)
+                if (
+                    pair.sn is not None
+                    and pair.sn.state == SNState.RESOLVED
+                    and not self._executor.reopen_waits(pair.link.sn_sys_id)
+                ):
                     flags.add("sn_resolved")
                 log.debug("%s waits for its open writes", self.pair_ids(pair))
                 continue

@@ -231,3 +231,30 @@ async def test_a_resolve_and_reopen_while_held_leave_both_sides_open(
         writes = len(sn.writes) + len(bp.writes)
         await _cycle(coordinator, clock)
         assert len(sn.writes) + len(bp.writes) == writes
+
+
+async def test_a_resolve_after_a_reopen_that_waits_behind_a_retry_is_not_lost(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """Found by a 5 x 1,000-example run of the state machine. BigPanda is reopened with a
+    field change; the PATCH fails and the planned reopen of ServiceNow queues behind it
+    (the link is live again at once). BigPanda is resolved once more before the retry.
+    While held, ServiceNow still reads Resolved, but only because bpsync's own reopen
+    has not gone out: that is not a person's resolve, and replaying it as one marked the
+    link resolved and left ServiceNow open for good."""
+    coordinator = _coordinator(store, sn, bp, clock, **{"incidents.resolve_bigpanda": False})
+    bp_id, sys_id = await _linked(store, sn, bp, coordinator, clock)
+    bp.resolve(bp_id)
+    await _cycle(coordinator, clock)  # ServiceNow resolved, the link resolved
+    assert sn.incidents[sys_id]["state"] == "6"
+    bp.reopen(bp_id)
+    bp.change_tag(bp_id, "team", "b")
+    sn.fail_next("update_incident", _down("servicenow"))
+    await _cycle(coordinator, clock)  # the PATCH fails, the reopen queues behind it
+    await _cycle(coordinator, clock)
+    bp.resolve(bp_id)
+    for _ in range(4):
+        await _cycle(coordinator, clock, INTERVAL_S + 1)  # the retry, the reopen, then...
+    record = sn.incidents[sys_id]
+    assert record["u_team"] == "b"
+    assert record["state"] == "6", "BigPanda is resolved: so must ServiceNow be"
