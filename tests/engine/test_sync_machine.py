@@ -510,6 +510,11 @@ class SyncMachine(RuleBasedStateMachine):
             self.cycle()
         for fake in (self.sn, self.bp):
             fake._queued.clear()
+        # a write whose six attempts all met injected failures (one create can meet those
+        # of two methods, its search and its create, injected again while it waits) is
+        # in the dead-letter queue for good: an operator sends it again (dlq retry --all)
+        if self.run(self.store.retry_dead(None, self.clock.now())):
+            event("an exhausted write was sent again from the dead-letter queue")
         quiet = False
         for _ in range(SETTLE_CYCLES):
             self.clock.advance(RETRY_INTERVAL_S + 1)
