@@ -672,7 +672,7 @@ class BigPandaClient:
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
         while True:
-            await self._pacer.acquire(family)
+            sent_at = await self._pacer.acquire(family)
             outcome = await send(
                 self._session,
                 self._clock,
@@ -698,7 +698,8 @@ class BigPandaClient:
                 credential=credential,
             )
             if isinstance(result, TransientError):
-                if self._delay_and_resend(family, method, result, resendable(outcome, method)):
+                safe = resendable(outcome, method)
+                if self._delay_and_resend(family, result, safe, sent_at):
                     continue
                 raise result
             self.health.succeeded()  # an answer, even a refusal: the side is up
@@ -709,7 +710,7 @@ class BigPandaClient:
             return result
 
     def _delay_and_resend(
-        self, family: Family, method: str, error: TransientError, safe: bool
+        self, family: Family, error: TransientError, safe: bool, sent_at: float
     ) -> bool:
         """A throttled or failed request that is safe to send again: hold the family and
         say so (True), unless the side has been failing for ``outage_after_s`` (False:
@@ -719,7 +720,7 @@ class BigPandaClient:
         if not safe or self.health.in_outage():
             return False
         if throttled:
-            hold = self._pacer.throttled(family)
+            hold = self._pacer.throttled(family, sent_at=sent_at)
             self.health.throttled(family.value, f"{self._pacer.rate_of(family):.2f} req/s")
         else:
             count = self._failures[family] = self._failures.get(family, 0) + 1

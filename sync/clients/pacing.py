@@ -159,9 +159,9 @@ class RatePacer:
         )
         fam.last_step = since + steps * period
 
-    async def acquire(self, family: str) -> None:
+    async def acquire(self, family: str) -> float:
         """Wait for the family's next slot (reserved without an await: callers get
-        distinct slots in call order)."""
+        distinct slots in call order); returns the slot's time (``clock.monotonic()``)."""
         now = self._clock.monotonic()
         fam = self._family(family)
         self._recover(fam, now)
@@ -169,11 +169,21 @@ class RatePacer:
         fam.next_at = slot + 1.0 / fam.rate
         if slot > now:
             await self._clock.sleep(slot - now)
+        return slot
 
-    def throttled(self, family: str, retry_after_s: float | None = None) -> float:
-        """A 429 for ``family``: slow down, hold the family; returns the hold in seconds."""
+    def throttled(
+        self, family: str, retry_after_s: float | None = None, *, sent_at: float | None = None
+    ) -> float:
+        """A 429 for ``family``: slow down, hold the family; returns the hold in seconds.
+
+        ``sent_at`` (what :meth:`acquire` returned): a request sent before the family's
+        last 429 was known is an echo of that same overload (requests already in
+        flight): it waits out the current hold but slows the family no further, so
+        ten concurrent requests make one back-off step, not ten."""
         now = self._clock.monotonic()
         fam = self._family(family)
+        if sent_at is not None and fam.last_429 is not None and sent_at < fam.last_429:
+            return max(0.0, fam.next_at - now)
         fam.consecutive += 1
         fam.last_429 = now
         fam.last_step = now
@@ -231,8 +241,9 @@ class ConcurrencyPacer:
             self._last_step = since + steps * period
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the side's request slots for the body of the ``async with``."""
+    async def slot(self) -> AsyncIterator[float]:
+        """Hold one of the side's request slots for the body of the ``async with``; gives
+        the time the request is sent (``clock.monotonic()``)."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._in_flight < self.limit)
             self._in_flight += 1
@@ -240,15 +251,22 @@ class ConcurrencyPacer:
             wait_s = self._not_before - self._clock.monotonic()
             if wait_s > 0:
                 await self._clock.sleep(wait_s)
-            yield
+            yield self._clock.monotonic()
         finally:
             async with self._changed:
                 self._in_flight -= 1
                 self._changed.notify_all()
 
-    def throttled(self, retry_after_s: float | None = None) -> float:
-        """A 429: fewer requests at once, and none before the hold has passed."""
+    def throttled(
+        self, retry_after_s: float | None = None, *, sent_at: float | None = None
+    ) -> float:
+        """A 429: fewer requests at once, and none before the hold has passed. A request
+        sent before the last 429 was known only waits (see :meth:`RatePacer.throttled`)."""
         now = self._clock.monotonic()
+        if sent_at is not None and self._last_429 is not None and sent_at < self._last_429:
+            if retry_after_s is not None and retry_after_s > 0:
+                self._not_before = max(self._not_before, now + retry_after_s)
+            return max(0.0, self._not_before - now)
         self._consecutive += 1
         self._last_429 = now
         self._last_step = now

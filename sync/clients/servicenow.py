@@ -448,7 +448,7 @@ class ServiceNowClient:
                 headers["Content-Type"] = "application/json"
             bearer = await self._bearer() if self._basic is None else None
             headers["Authorization"] = self._basic or f"Bearer {bearer}"
-            async with self._pacer.slot():
+            async with self._pacer.slot() as sent_at:
                 outcome = await self._send(
                     method, template, self._base + path, params=params, data=data, headers=headers
                 )
@@ -464,7 +464,7 @@ class ServiceNowClient:
                 continue
             result = classify(outcome, method=method, url=shown, now=self._clock.now())
             if isinstance(result, TransientError):
-                if self._delay_and_resend(result, resendable(outcome, method)):
+                if self._delay_and_resend(result, resendable(outcome, method), sent_at):
                     continue
                 raise result
             self.health.succeeded()  # an answer, even a refusal: the instance is up
@@ -474,7 +474,7 @@ class ServiceNowClient:
                 raise result
             return result
 
-    def _delay_and_resend(self, error: TransientError, safe: bool) -> bool:
+    def _delay_and_resend(self, error: TransientError, safe: bool, sent_at: float) -> bool:
         """A throttled or failed request that is safe to send again: wait and say so
         (True), unless every request has failed for ``outage_after_s`` or the server
         asks for a wait longer than that (False: the error goes to the caller).
@@ -487,7 +487,7 @@ class ServiceNowClient:
         if self.health.in_outage() or (wait is not None and wait > self._policy.outage_after_s):
             return False
         if throttled:
-            hold = self._pacer.throttled(wait)
+            hold = self._pacer.throttled(wait, sent_at=sent_at)
             family = "rate_rule" if wait is not None else "semaphore"
             self.health.throttled(family, f"{self._pacer.limit} requests at once")
         else:

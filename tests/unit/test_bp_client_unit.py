@@ -949,3 +949,17 @@ async def test_a_write_cut_off_is_not_sent_again_by_the_client(
     with pytest.raises(TransientError):
         await client.add_comment(ENV, INC, "x")  # it may have been applied: the executor decides
     assert len([k for k in mocked.requests if k[0] == "POST"]) == 1
+
+
+def test_429s_of_requests_already_in_flight_make_one_back_off_step() -> None:
+    clock = FakeClock()
+    pacer = RatePacer(clock, 5.0, PacingPolicy())
+    sent = [0.0, 0.0, 0.0, 0.0]  # four requests in flight when the first 429 comes back
+    clock.advance(0.1)
+    first = pacer.throttled(Family.TAGS, sent_at=sent[0])
+    echoes = [pacer.throttled(Family.TAGS, sent_at=t) for t in sent[1:]]
+    assert pacer.rate_of(Family.TAGS) == pytest.approx(2.25)  # halved once, not four times
+    assert first == pytest.approx(1.0)
+    assert all(e == pytest.approx(1.0) for e in echoes)  # they wait out the same hold
+    clock.advance(1.0)
+    assert pacer.throttled(Family.TAGS, sent_at=clock.monotonic()) == pytest.approx(2.0)
