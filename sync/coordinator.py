@@ -43,35 +43,39 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
-from sync.actions import Action, CreateServiceNowIncident, PlanInput
+from sync.actions import Action, PlanInput
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
-from sync.clock import Clock, epoch_s, from_epoch_s
+from sync.clock import Clock, epoch_s
 from sync.constants import BP_ID_PATTERN, Side, SNState
 from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoundError
-from sync.executor import Executor, PairResult
+from sync.execution import CycleRun
+from sync.executor import Executor
 from sync.guards import check_empty_side, check_mass_resolve
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
-from sync.newcomers import chunks, expand_alerts, unmatched
+from sync.pairs import (
+    HELD_CHECKPOINT,
+    SN_SYS_ID_FORM,
+    Held,
+    Pair,
+    bp_change,
+    oldest_change,
+    pair_bp_id,
+    resolved_prelude,
+    sn_change,
+)
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
 from sync.store.base import Cursor, LinkStore, OutboxState
 
 log = logging.getLogger(__name__)
-
-#: a sys_id bpsync can address: 32 letters and digits (ServiceNow makes 32 lower-case hex
-#: digits; an import or a client may supply any 32 alphanumerics, kept as sent)
-SN_SYS_ID_FORM = re.compile(r"[A-Za-z0-9]{32}")
 
 T = TypeVar("T")
 
@@ -79,16 +83,6 @@ Planner = Callable[[PlanInput, Settings, datetime], list[Action]]
 
 #: consecutive cycles a change may fail unexpectedly before it is given up
 MAX_PAIR_FAILURES = 3
-#: how many of the given incidents :meth:`Coordinator.sync_bigpanda_incidents` executes
-#: at once (each incident's writes are its own; the store serialises where it must)
-INCIDENT_CONCURRENCY = 10
-
-#: checkpoint: JSON object, link id -> flags, of the links whose changes wait for their
-#: open writes; flag ``bp_resolved`` / ``sn_resolved``: that side was seen resolved while
-#: held (a resolve and a reopen while held still reach the other side, in that order)
-HELD_CHECKPOINT = "held_links"
-
-Held = dict[int, set[str]]
 
 
 class CoordinatorMetrics(Protocol):
@@ -124,235 +118,6 @@ class CycleReport:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-@dataclass(slots=True)
-class IncidentOutcome:
-    """What :meth:`Coordinator.sync_bigpanda_incidents` planned and did for one incident.
-
-    ``link`` is the live link before; ``result`` None: not executed (no actions, a dry
-    run, or ``error``)."""
-
-    bp_incident_id: str
-    environment_id: str
-    link: Link | None
-    actions: list[Action] = field(default_factory=list)
-    result: PairResult | None = None
-    error: str | None = None
-
-
-@dataclass(slots=True)
-class _Pair:
-    bp: BPIncident | None
-    sn: SNIncident | None
-    link: Link | None
-    environment_id: str | None
-    changes: list[Change] = field(default_factory=list)
-
-
-def _resolved_prelude(pair: _Pair, flags: Collection[str]) -> _Pair | None:
-    """The pair as it was when a side was seen resolved while held, if that side is
-    active again now (resolved and reopened while its writes waited); else None."""
-    bp, sn = pair.bp, pair.sn
-    pre_bp = bp
-    if "bp_resolved" in flags and bp is not None and bp.active:
-        pre_bp = dataclasses.replace(bp, active=False, status="ok")
-    pre_sn = sn
-    if "sn_resolved" in flags and sn is not None and not sn.resolved:
-        pre_sn = dataclasses.replace(sn, state=SNState.RESOLVED)
-    if pre_bp is bp and pre_sn is sn:
-        return None
-    return _Pair(pre_bp, pre_sn, pair.link, pair.environment_id)
-
-
-def _pair_bp_id(pair: _Pair) -> str:
-    """The pair's BigPanda incident id ("" when neither side names one)."""
-    if pair.bp is not None:
-        return pair.bp.id
-    if pair.link is not None:
-        return pair.link.bp_incident_id
-    return pair.sn.correlation_id if pair.sn is not None else ""
-
-
-def _bp_change(incident: BPIncident, now: datetime) -> Change:
-    """BigPanda stamps changes in whole seconds, so two edits in one second share
-    ``updated_at``: the key also carries a digest of what the sync reads."""
-    stamp = incident.updated_at or incident.changed_at or incident.start or 0
-    content = json.dumps(
-        [incident.status, incident.active, incident.end, sorted(incident.tags.items())],
-        default=str,
-    )
-    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
-    return Change(f"{incident.id}:{digest}:{stamp}", min(from_epoch_s(stamp), now))
-
-
-def _sn_change(incident: SNIncident, now: datetime) -> Change:
-    """A record stamped in the future (a clock ahead, a script) counts as changed now:
-    the cursor must not move past changes still to come."""
-    stamp = incident.sys_updated_on
-    key = f"{incident.sys_id}:{incident.sys_mod_count}:{epoch_s(stamp)}"
-    return Change(key, min(stamp, now))
-
-
-def _oldest_change(pair: _Pair) -> tuple[datetime, str]:
-    """Sort key: the pair's oldest polled change first (a storm is worked oldest first)."""
-    oldest = min((c.at for c in pair.changes), default=datetime.min.replace(tzinfo=UTC))
-    return oldest, _pair_bp_id(pair)
-
-
-#: how often a long cycle writes its progress (cursors, held links) while it works
-CHECKPOINT_EVERY_S = 5.0
-
-
-class _Run:
-    """One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first,
-    new incidents read in batched chunks while earlier pairs execute; progress written
-    every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle."""
-
-    def __init__(
-        self, coordinator: Coordinator, progress: Progress, held: Held, cursors: dict[Side, Cursor]
-    ) -> None:
-        self._c = coordinator
-        self.progress = progress
-        self.held = held
-        self._cursors = cursors
-        self.actions = 0
-        self.outcomes: dict[str, int] = {}
-        self._lock = asyncio.Lock()
-        self._last_checkpoint = coordinator.clock.monotonic()
-
-    async def execute(
-        self,
-        plans: Sequence[tuple[_Pair, list[Action]]],
-        fresh: Sequence[_Pair],
-        *,
-        deadline: float,
-    ) -> None:
-        c = self._c
-        workers = c.settings.pair_concurrency
-        queue: asyncio.Queue[tuple[_Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
-
-        failures: list[BaseException] = []
-
-        def out_of_time() -> bool:
-            return bool(failures) or c.stopping or c.clock.monotonic() >= deadline
-
-        async def produce() -> None:
-            try:
-                for pair, actions in plans:
-                    if out_of_time():
-                        return
-                    if not actions:
-                        self.progress.finish((ch.key for ch in pair.changes), ok=True)
-                        continue
-                    await queue.put((pair, actions))
-                async for pair, actions in self._fresh_plans(fresh, out_of_time):
-                    await queue.put((pair, actions))
-            except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
-                failures.append(exc)
-            finally:
-                for _ in range(workers):
-                    await queue.put(None)
-
-        async def work() -> None:
-            while (item := await queue.get()) is not None:
-                if out_of_time():
-                    continue  # drained, not done: left for the next cycle
-                try:
-                    await self._execute_pair(*item)
-                except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
-                    failures.append(exc)
-
-        # an error (an outage, a refused credential, the store) stops new work; the
-        # pairs in flight finish, so nothing is left half-done by this cycle
-        tasks = [asyncio.ensure_future(produce())]
-        tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if failures:
-            raise failures[0]
-        if c.stopping or c.clock.monotonic() >= deadline:
-            left = self.progress.backlog(Side.BIGPANDA) + self.progress.backlog(Side.SERVICENOW)
-            if left:
-                reason = "a stop was asked for" if c.stopping else "its time budget ran out"
-                log.info("cycle ended early (%s); %d changes wait for the next cycle", reason, left)
-
-    async def _fresh_plans(
-        self, fresh: Sequence[_Pair], out_of_time: Callable[[], bool]
-    ) -> AsyncIterator[tuple[_Pair, list[Action]]]:
-        """New incidents in chunks: alerts and duplicate check batched, then planned."""
-        c = self._c
-        by_env: dict[str, list[BPIncident]] = {}
-        pairs: dict[str, _Pair] = {}
-        seen: dict[str, BPIncident] = {}
-        for pair in fresh:
-            assert pair.bp is not None
-            assert pair.environment_id is not None
-            by_env.setdefault(pair.environment_id, []).append(pair.bp)
-            pairs[pair.bp.id] = pair
-        for env, chunk in chunks(by_env):
-            if out_of_time():
-                return
-            expanded = await expand_alerts(c.bigpanda, env, chunk, seen)
-            absent = await unmatched(c.servicenow, [i.id for i in chunk if i.id in expanded])
-            now = c.clock.now()
-            for incident in chunk:
-                pair = pairs[incident.id]
-                keys = [ch.key for ch in pair.changes]
-                if incident.id not in expanded:
-                    self.progress.finish(keys, ok=True)  # gone: nothing to sync
-                    continue
-                pair.bp = expanded[incident.id]
-                try:
-                    actions = await c.plan_pair(pair, now, checked=incident.id in absent)
-                except ValueError as exc:
-                    log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
-                    self.progress.finish(keys, ok=False)
-                    continue
-                if not actions:
-                    self.progress.finish(keys, ok=True)
-                    continue
-                yield pair, actions
-
-    async def _execute_pair(self, pair: _Pair, actions: list[Action]) -> None:
-        c = self._c
-        keys = [ch.key for ch in pair.changes]
-        try:
-            result = await c.executor.execute(actions, environment_id=pair.environment_id)
-        except (FatalError, BpsyncError):
-            raise
-        except Exception:  # one pair's bug must not stop the others
-            log.exception("executing %s failed", c.pair_ids(pair))
-            self.progress.finish(keys, ok=False)
-            c.keep_held(self.held, pair)
-            return
-        self.actions += len(actions)
-        for kind, outcome in result.outcomes:
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            if kind.startswith("bp.") or kind == "sn.create":
-                self.progress.wrote_bp.add(_pair_bp_id(pair))
-        if not result.recorded:
-            c.keep_held(self.held, pair)
-        self.progress.finish(keys, ok=result.recorded)
-        if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
-            await self.checkpoint(final=False)
-
-    async def checkpoint(self, *, final: bool) -> None:
-        """Held links first, then each side's cursor past what is finished."""
-        c = self._c
-        async with self._lock:
-            self._last_checkpoint = c.clock.monotonic()
-            await c.save_held(self.held)
-            for side in (Side.BIGPANDA, Side.SERVICENOW):
-                forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
-                self._cursors[side] = await c.advance(
-                    side, self._cursors[side], self.progress, final=final, forget=forget
-                )
-                c.report_backlog(side, self.progress.backlog(side))
 
 
 class Coordinator:
@@ -414,6 +179,10 @@ class Coordinator:
     @property
     def executor(self) -> Executor:
         return self._executor
+
+    @property
+    def store(self) -> LinkStore:
+        return self._store
 
     @property
     def stopping(self) -> bool:
@@ -486,7 +255,7 @@ class Coordinator:
             Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
         )
         progress = Progress({Side.BIGPANDA: bp_polled[1], Side.SERVICENOW: sn_polled[1]})
-        run = _Run(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
+        run = CycleRun(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
         try:
             pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
             pairs, held, preludes = await self._hold_busy(pairs, held, environments)
@@ -497,14 +266,14 @@ class Coordinator:
             progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
             await self._run_preludes(preludes, live_links)
             now = self._clock.now()
-            plans: list[tuple[_Pair, list[Action]]] = []
-            for pair in sorted(pairs, key=_oldest_change):
+            plans: list[tuple[Pair, list[Action]]] = []
+            for pair in sorted(pairs, key=oldest_change):
                 try:
                     plans.append((pair, await self.plan_pair(pair, now)))
                 except ValueError as exc:  # a planner refusing odd data: this pair only
                     log.error("cannot plan %s: %s", self.pair_ids(pair), exc)  # noqa: TRY400
                     progress.finish((c.key for c in pair.changes), ok=False)
-            self._check_guards([actions for _, actions in plans], live_links)
+            self.check_guards([actions for _, actions in plans], live_links)
             report.pairs = len(pairs) + len(fresh)
             await run.execute(plans, fresh, deadline=started + self._settings.cycle_budget)
         except BaseException:
@@ -521,7 +290,7 @@ class Coordinator:
             for outcome, count in run.outcomes.items():
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + count
 
-    async def plan_pair(self, pair: _Pair, now: datetime, *, checked: bool = False) -> list[Action]:
+    async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
         inp = PlanInput(
@@ -534,85 +303,7 @@ class Coordinator:
         )
         return self._plan(inp, self._settings, now)
 
-    # ------------------------------------------------------------------ given incidents
-
-    async def sync_bigpanda_incidents(
-        self, incidents: Sequence[tuple[BPIncident, str]], *, execute: bool = True
-    ) -> list[IncidentOutcome]:
-        """Plan (and, unless ``execute`` is False, execute) these BigPanda incidents,
-        each with its environment, as a cycle plans and executes a polled change: the
-        same pairing with the live link, the same planner, guards and executor; no poll
-        and no cursor (``bpsync backfill``). With ``execute=False`` nothing is written
-        (only reads: the link store and, for a possible create, the incident's alerts).
-
-        One incident's planner refusal or unexpected error is in its outcome; a
-        ``GuardTripped``, ``FatalError`` or ``StoreError`` propagates.
-        """
-        now = self._clock.now()
-        outcomes: list[IncidentOutcome] = []
-        plans: list[tuple[_Pair, IncidentOutcome]] = []
-        live = await self._store.live_links_for_bp([incident.id for incident, _ in incidents])
-        for incident, env in incidents:
-            pair = _Pair(incident, None, live.get(incident.id), env)
-            outcome = IncidentOutcome(incident.id, env, pair.link)
-            outcomes.append(outcome)
-            await self._expand_for_create(pair)
-            try:
-                outcome.actions = await self.plan_pair(pair, now)
-            except ValueError as exc:
-                outcome.error = f"cannot plan: {exc}"
-                continue
-            plans.append((pair, outcome))
-        live_links = await self._store.count_links(LIVE_LINK_STATES)
-        self._check_guards([o.actions for _, o in plans], live_links)
-        if not execute:
-            return outcomes
-        runnable = [(pair, outcome) for pair, outcome in plans if outcome.actions]
-        ids = [outcome.bp_incident_id for _, outcome in runnable]
-        if len(runnable) < 2 or len(set(ids)) < len(ids):
-            for pair, outcome in runnable:  # (an incident given twice: one after the other)
-                await self._execute_incident(pair, outcome)
-            return outcomes
-        # Distinct incidents: executed concurrently, each as it would be alone (its own
-        # links, outbox items and targets). The first store or credentials error
-        # (BpsyncError) cancels the others, as a crash would stop them: each write is in
-        # the outbox before it is sent, so whatever was cut short is driven again.
-        limit = asyncio.Semaphore(INCIDENT_CONCURRENCY)
-
-        async def run(pair: _Pair, outcome: IncidentOutcome) -> None:
-            async with limit:
-                await self._execute_incident(pair, outcome)
-
-        pending = {asyncio.ensure_future(run(pair, outcome)) for pair, outcome in runnable}
-        failure: BaseException | None = None
-        try:
-            while pending and failure is None:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.cancelled():  # (not by us: a task cancelled from within)
-                        failure = failure or asyncio.CancelledError()
-                    elif task.exception() is not None:
-                        failure = failure or task.exception()
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        if failure is not None:
-            raise failure
-        return outcomes
-
-    async def _execute_incident(self, pair: _Pair, outcome: IncidentOutcome) -> None:
-        try:
-            outcome.result = await self._executor.execute(
-                outcome.actions, environment_id=pair.environment_id
-            )
-        except BpsyncError:
-            raise
-        except Exception as exc:  # one incident's bug must not stop the others
-            log.exception("executing %s failed", self.pair_ids(pair))
-            outcome.error = f"{type(exc).__name__}: {exc}"
-
-    def _check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
+    def check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
         try:
             check_mass_resolve(self._settings.guard, plans, live_links)
         except GuardTripped as exc:
@@ -662,7 +353,7 @@ class Coordinator:
             )
             total += len(incidents)
             for incident in incidents:
-                change = _bp_change(incident, now)
+                change = bp_change(incident, now)
                 if change.key in cursor.seen or incident.id in found:
                     continue
                 found[incident.id] = (incident, env)
@@ -697,7 +388,7 @@ class Coordinator:
                     "skipped: its sys_id is not 32 letters and digits",
                 )
                 continue
-            change = _sn_change(incident, now)
+            change = sn_change(incident, now)
             if incident.sys_updated_on > now:
                 self._skip_once(
                     name,
@@ -730,17 +421,17 @@ class Coordinator:
         sn_polled: tuple[list[SNIncident], list[Change]],
         replan: Sequence[Link],
         environments: Sequence[str],
-    ) -> tuple[list[_Pair], list[_Pair]]:
+    ) -> tuple[list[Pair], list[Pair]]:
         """(pairs to plan now, new incidents): a new incident is an active BigPanda
         incident without a live link and without a ServiceNow change; its alerts and
         duplicate check are read in batches while other pairs execute (newcomers)."""
-        pairs: dict[str, _Pair] = {}
+        pairs: dict[str, Pair] = {}
         bp_changes = {c.key.split(":", 1)[0]: c for c in bp_polled[1]}
         sn_changes = {c.key.split(":", 1)[0]: c for c in sn_polled[1]}
         links = await self._store.live_links_for_bp([i.id for i, _ in bp_polled[0]])
         for incident, env in bp_polled[0]:
             link = links.get(incident.id)
-            pair = _Pair(incident, None, link, env, [bp_changes[incident.id]])
+            pair = Pair(incident, None, link, env, [bp_changes[incident.id]])
             pairs[incident.id] = pair
         for sn in sn_polled[0]:
             change = sn_changes[sn.sys_id]
@@ -754,7 +445,7 @@ class Coordinator:
                 link_env = await self._executor.environment_of(link.bp_incident_id)
                 if link_env is None and len(environments) == 1:
                     link_env = environments[0]
-                pairs[link.bp_incident_id] = _Pair(None, sn, link, link_env, [change])
+                pairs[link.bp_incident_id] = Pair(None, sn, link, link_env, [change])
                 continue
             corr = sn.correlation_id
             if not re.fullmatch(BP_ID_PATTERN, corr or ""):
@@ -769,15 +460,15 @@ class Coordinator:
                 continue  # an old incident of a linked BigPanda incident: history
             fetched = await self._fetch_bp(corr, environments)
             if fetched is not None:
-                pairs[corr] = _Pair(fetched[0], sn, None, fetched[1], [change])
+                pairs[corr] = Pair(fetched[0], sn, None, fetched[1], [change])
         for link in replan:
             if link.bp_incident_id in pairs:
                 continue
             fetched = await self._fetch_bp(link.bp_incident_id, environments)
             if fetched is not None:
-                pairs[link.bp_incident_id] = _Pair(fetched[0], None, None, fetched[1])
-        ready: list[_Pair] = []
-        fresh: list[_Pair] = []
+                pairs[link.bp_incident_id] = Pair(fetched[0], None, None, fetched[1])
+        ready: list[Pair] = []
+        fresh: list[Pair] = []
         for pair in pairs.values():
             bp = pair.bp
             if (
@@ -791,11 +482,11 @@ class Coordinator:
                 fresh.append(pair)
                 continue
             await self._fetch_other_side(pair)
-            await self._expand_for_create(pair)
+            await self.expand_for_create(pair)
             ready.append(pair)
         return ready, fresh
 
-    async def _fetch_other_side(self, pair: _Pair) -> None:
+    async def _fetch_other_side(self, pair: Pair) -> None:
         """A linked pair whose changed side is now resolved: read the other side too.
 
         The planner takes an unchanged side of a ``linked`` link as open, which holds
@@ -819,7 +510,7 @@ class Coordinator:
         except (NotFoundError, ValueError) as exc:
             log.warning("%s: the other side cannot be read: %s", self.pair_ids(pair), exc)
 
-    async def _expand_for_create(self, pair: _Pair) -> None:
+    async def expand_for_create(self, pair: Pair) -> None:
         """An incident that may need a create is fetched with its alerts (B10, B11).
 
         A resolved link whose BigPanda incident is active again, without a ServiceNow
@@ -877,21 +568,21 @@ class Coordinator:
             await self._store.set_checkpoint(HELD_CHECKPOINT, value, self._clock.now())
 
     @staticmethod
-    def keep_held(held: Held, pair: _Pair) -> None:
+    def keep_held(held: Held, pair: Pair) -> None:
         """A pair whose outcome was not recorded stays (or becomes) held."""
         if pair.link is not None:
             held.setdefault(pair.link.id, set())
 
     async def _hold_busy(
-        self, pairs: Sequence[_Pair], held: Held, environments: Sequence[str]
-    ) -> tuple[list[_Pair], Held, list[tuple[_Pair, _Pair]]]:
+        self, pairs: Sequence[Pair], held: Held, environments: Sequence[str]
+    ) -> tuple[list[Pair], Held, list[tuple[Pair, Pair]]]:
         """Split off the pairs whose link has open writes (held: planned once those are
         done); bring back the held links whose writes are done, read on both sides.
         Returns the pairs to plan now, the links still held, and (prelude, pair) for
         released pairs whose side was resolved and reopened while held."""
-        ready: list[_Pair] = []
+        ready: list[Pair] = []
         still_held: Held = {}
-        by_link: dict[int, _Pair] = {}
+        by_link: dict[int, Pair] = {}
         for pair in pairs:
             if pair.link is not None and self._busy(pair.link):
                 flags = still_held[pair.link.id] = held.get(pair.link.id, set())
@@ -909,7 +600,7 @@ class Coordinator:
             ready.append(pair)
             if pair.link is not None:
                 by_link[pair.link.id] = pair
-        preludes: list[tuple[_Pair, _Pair]] = []
+        preludes: list[tuple[Pair, Pair]] = []
         for link_id in sorted(held.keys() - still_held.keys()):
             link = await self._store.get_link(link_id)
             if link is None or link.state not in LIVE_LINK_STATES:
@@ -923,29 +614,29 @@ class Coordinator:
                 if fetched is None:
                     log.warning("held link %d: BigPanda incident not found, released", link_id)
                     continue
-                polled = _Pair(fetched[0], None, link, fetched[1])
+                polled = Pair(fetched[0], None, link, fetched[1])
                 ready.append(polled)
             pair = polled
             pair.link = link
             await self._read_both_sides(pair)
-            prelude = _resolved_prelude(pair, held[link_id])
+            prelude = resolved_prelude(pair, held[link_id])
             if prelude is not None:
                 preludes.append((prelude, pair))
-            await self._expand_for_create(pair)
+            await self.expand_for_create(pair)
         return ready, still_held, preludes
 
-    async def _run_preludes(self, preludes: Sequence[tuple[_Pair, _Pair]], live: int) -> None:
+    async def _run_preludes(self, preludes: Sequence[tuple[Pair, Pair]], live: int) -> None:
         """Plan and execute each released pair's resolved state first, then refresh the
         pair's link: its own plan then sees the reopen (B9)."""
         for prelude, pair in preludes:
             actions = await self.plan_pair(prelude, self._clock.now())
-            self._check_guards([actions], live)
+            self.check_guards([actions], live)
             if actions:
                 await self._executor.execute(actions, environment_id=prelude.environment_id)
-            pair.link = await self._store.live_link_for_bp(_pair_bp_id(pair))
-            await self._expand_for_create(pair)
+            pair.link = await self._store.live_link_for_bp(pair_bp_id(pair))
+            await self.expand_for_create(pair)
 
-    async def _read_both_sides(self, pair: _Pair) -> None:
+    async def _read_both_sides(self, pair: Pair) -> None:
         """Give a released pair the side it lacks, as it is now: which side changed while
         it was held is unknown, and a missing side reads as 'unchanged since synced'."""
         link = pair.link
@@ -975,8 +666,8 @@ class Coordinator:
         return None
 
     @staticmethod
-    def pair_ids(pair: _Pair) -> str:
-        bp_id = _pair_bp_id(pair) or "?"
+    def pair_ids(pair: Pair) -> str:
+        bp_id = pair_bp_id(pair) or "?"
         sn_id = pair.sn.sys_id if pair.sn else (pair.link.sn_sys_id if pair.link else None)
         return f"BigPanda {bp_id} / ServiceNow {sn_id or '-'}"
 
@@ -1044,8 +735,3 @@ class Coordinator:
         self._metrics.state(
             outbox_depth=depth, dead_letters=dead, live_links=live, cursor_lag_s=lag
         )
-
-
-def creates_in(actions: Sequence[Action]) -> int:
-    """How many creates a plan holds (for reports)."""
-    return sum(1 for a in actions if isinstance(a, CreateServiceNowIncident))

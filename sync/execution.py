@@ -1,0 +1,183 @@
+"""One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first.
+
+New incidents are read in batched chunks (:mod:`sync.newcomers`) while earlier pairs
+execute. Progress (held links, then each side's cursor past what is finished) is
+written every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle: its
+time budget, a stop, or an error. An error stops new work; the pairs in flight finish,
+so nothing is left half-done by the cycle, and the first error is raised after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from sync.actions import Action
+from sync.constants import Side
+from sync.errors import BpsyncError
+from sync.model import BPIncident
+from sync.newcomers import chunks, expand_alerts, unmatched
+from sync.pairs import Held, Pair, pair_bp_id
+from sync.progress import Progress
+from sync.store.base import Cursor
+
+if TYPE_CHECKING:
+    from sync.coordinator import Coordinator
+
+log = logging.getLogger(__name__)
+
+#: how often a long cycle writes its progress (cursors, held links) while it works
+CHECKPOINT_EVERY_S = 5.0
+
+
+class CycleRun:
+    """One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first,
+    new incidents read in batched chunks while earlier pairs execute; progress written
+    every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle."""
+
+    def __init__(
+        self, coordinator: Coordinator, progress: Progress, held: Held, cursors: dict[Side, Cursor]
+    ) -> None:
+        self._c = coordinator
+        self.progress = progress
+        self.held = held
+        self._cursors = cursors
+        self.actions = 0
+        self.outcomes: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._last_checkpoint = coordinator.clock.monotonic()
+
+    async def execute(
+        self,
+        plans: Sequence[tuple[Pair, list[Action]]],
+        fresh: Sequence[Pair],
+        *,
+        deadline: float,
+    ) -> None:
+        c = self._c
+        workers = c.settings.pair_concurrency
+        queue: asyncio.Queue[tuple[Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
+
+        failures: list[BaseException] = []
+
+        def out_of_time() -> bool:
+            return bool(failures) or c.stopping or c.clock.monotonic() >= deadline
+
+        async def produce() -> None:
+            try:
+                for pair, actions in plans:
+                    if out_of_time():
+                        return
+                    if not actions:
+                        self.progress.finish((ch.key for ch in pair.changes), ok=True)
+                        continue
+                    await queue.put((pair, actions))
+                async for pair, actions in self._fresh_plans(fresh, out_of_time):
+                    await queue.put((pair, actions))
+            except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
+                failures.append(exc)
+            finally:
+                for _ in range(workers):
+                    await queue.put(None)
+
+        async def work() -> None:
+            while (item := await queue.get()) is not None:
+                if out_of_time():
+                    continue  # drained, not done: left for the next cycle
+                try:
+                    await self._execute_pair(*item)
+                except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
+                    failures.append(exc)
+
+        # an error (an outage, a refused credential, the store) stops new work; the
+        # pairs in flight finish, so nothing is left half-done by this cycle
+        tasks = [asyncio.ensure_future(produce())]
+        tasks += [asyncio.ensure_future(work()) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if failures:
+            raise failures[0]
+        if c.stopping or c.clock.monotonic() >= deadline:
+            left = self.progress.backlog(Side.BIGPANDA) + self.progress.backlog(Side.SERVICENOW)
+            if left:
+                reason = "a stop was asked for" if c.stopping else "its time budget ran out"
+                log.info("cycle ended early (%s); %d changes wait for the next cycle", reason, left)
+
+    async def _fresh_plans(
+        self, fresh: Sequence[Pair], out_of_time: Callable[[], bool]
+    ) -> AsyncIterator[tuple[Pair, list[Action]]]:
+        """New incidents in chunks: alerts and duplicate check batched, then planned."""
+        c = self._c
+        by_env: dict[str, list[BPIncident]] = {}
+        pairs: dict[str, Pair] = {}
+        seen: dict[str, BPIncident] = {}
+        for pair in fresh:
+            assert pair.bp is not None
+            assert pair.environment_id is not None
+            by_env.setdefault(pair.environment_id, []).append(pair.bp)
+            pairs[pair.bp.id] = pair
+        for env, chunk in chunks(by_env):
+            if out_of_time():
+                return
+            expanded = await expand_alerts(c.bigpanda, env, chunk, seen)
+            absent = await unmatched(c.servicenow, [i.id for i in chunk if i.id in expanded])
+            now = c.clock.now()
+            for incident in chunk:
+                pair = pairs[incident.id]
+                keys = [ch.key for ch in pair.changes]
+                if incident.id not in expanded:
+                    self.progress.finish(keys, ok=True)  # gone: nothing to sync
+                    continue
+                pair.bp = expanded[incident.id]
+                try:
+                    actions = await c.plan_pair(pair, now, checked=incident.id in absent)
+                except ValueError as exc:
+                    log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
+                    self.progress.finish(keys, ok=False)
+                    continue
+                if not actions:
+                    self.progress.finish(keys, ok=True)
+                    continue
+                yield pair, actions
+
+    async def _execute_pair(self, pair: Pair, actions: list[Action]) -> None:
+        c = self._c
+        keys = [ch.key for ch in pair.changes]
+        try:
+            result = await c.executor.execute(actions, environment_id=pair.environment_id)
+        except BpsyncError:  # credentials, the store: the cycle stops
+            raise
+        except Exception:  # one pair's bug must not stop the others
+            log.exception("executing %s failed", c.pair_ids(pair))
+            self.progress.finish(keys, ok=False)
+            c.keep_held(self.held, pair)
+            return
+        self.actions += len(actions)
+        for kind, outcome in result.outcomes:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            if kind.startswith("bp.") or kind == "sn.create":
+                self.progress.wrote_bp.add(pair_bp_id(pair))
+        if not result.recorded:
+            c.keep_held(self.held, pair)
+        self.progress.finish(keys, ok=result.recorded)
+        if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            await self.checkpoint(final=False)
+
+    async def checkpoint(self, *, final: bool) -> None:
+        """Held links first, then each side's cursor past what is finished."""
+        c = self._c
+        async with self._lock:
+            self._last_checkpoint = c.clock.monotonic()
+            await c.save_held(self.held)
+            for side in (Side.BIGPANDA, Side.SERVICENOW):
+                forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
+                self._cursors[side] = await c.advance(
+                    side, self._cursors[side], self.progress, final=final, forget=forget
+                )
+                c.report_backlog(side, self.progress.backlog(side))
