@@ -25,9 +25,6 @@ class SNState(IntEnum):
 
 #: states in which a ServiceNow incident counts as resolved for the sync
 SN_RESOLVED_STATES = frozenset({SNState.RESOLVED, SNState.CLOSED, SNState.CANCELED})
-#: states that can never be reopened
-SN_TERMINAL_STATES = frozenset({SNState.CLOSED, SNState.CANCELED})
-
 #: ServiceNow's date-time format in the Table API (UTC with display_value=false)
 SN_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -38,7 +35,6 @@ SN_CORRELATION_DISPLAY = "BigPanda"
 SN_SHORT_DESCRIPTION_MAX = 160
 SN_DESCRIPTION_MAX = 4000
 SN_JOURNAL_MAX = 4000
-SN_CORRELATION_ID_MAX = 100
 
 
 class BPStatus(StrEnum):
@@ -49,9 +45,6 @@ class BPStatus(StrEnum):
     UNKNOWN = "unknown"
     OK = "ok"
 
-
-#: worst first: an incident's status is the worst of its active alerts
-BP_STATUS_RANK = {"critical": 3, "warning": 2, "unknown": 1, "ok": 0}
 
 #: link tag value when ServiceNow refused a write (the seed's convention)
 LINK_TAG_ERROR_VALUE = "error"

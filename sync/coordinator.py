@@ -149,8 +149,6 @@ class Coordinator:
         self._plan = planner
         self._metrics = metrics
         self.force = force
-        self.last_success_at: datetime | None = None
-        self.cycles = 0
         self._down: dict[str, str] = {}
         self._pair_failures: dict[str, int] = {}
         self._last_guard: str | None = None
@@ -227,12 +225,10 @@ class Coordinator:
             report.error = exc
             log.exception("cycle failed unexpectedly")
         else:
-            self.last_success_at = self._clock.now()
             if self._last_guard is not None:
                 log.info("guard %s cleared", self._last_guard)
                 self._last_guard = None
         report.duration_s = self._clock.monotonic() - started
-        self.cycles += 1
         if self._metrics is not None:
             outcome = "ok" if report.ok else ("guard" if report.guard else "error")
             self._metrics.cycle_done(outcome, report.duration_s)

@@ -7,27 +7,16 @@
   carry on with the others (other 4xx, ServiceNow's ``error.message`` / ``detail``).
 - :class:`FatalError`: stop (credentials refused, bad configuration).
 
-Clients never retry; they classify every HTTP outcome into one of these in a single
-function per client, and the executor decides what to do.
+Clients classify every HTTP outcome into one of these in a single function per client;
+apart from throttling (a 429, and a read's transient failure, sent again after a pause:
+:mod:`sync.clients.pacing`) they never retry, and the executor decides what to do.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-
-
-class Disposition(StrEnum):
-    """What the caller should do with a failed operation."""
-
-    RETRY = "retry"
-    SKIP = "skip"
-    STOP = "stop"
-
 
 class BpsyncError(Exception):
     """Base of every error bpsync raises on purpose. ``str()`` is one operator-readable line."""
-
-    disposition: Disposition = Disposition.STOP
 
 
 class ConfigError(BpsyncError):
@@ -85,8 +74,6 @@ class ApiError(BpsyncError):
 class TransientError(ApiError):
     """Worth retrying later; ``retry_after_s`` is the earliest sensible retry, if known."""
 
-    disposition = Disposition.RETRY
-
     def __init__(
         self,
         side: str,
@@ -105,8 +92,6 @@ class TransientError(ApiError):
 class PermanentError(ApiError):
     """Will fail the same way again: give up on this item, tell the user, go on."""
 
-    disposition = Disposition.SKIP
-
 
 class NotFoundError(PermanentError):
     """The record does not exist (HTTP 404, or an unknown sys_id / incident id)."""
@@ -114,5 +99,3 @@ class NotFoundError(PermanentError):
 
 class FatalError(ApiError):
     """Nothing will work until an operator acts (HTTP 401/403 on authentication)."""
-
-    disposition = Disposition.STOP

@@ -289,10 +289,6 @@ def _states(
     return out
 
 
-def _reason(exc: ApiError) -> str:
-    return str(exc)
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -527,11 +523,6 @@ class Executor:
     async def environment_of(self, bp_incident_id: str) -> str | None:
         """The BigPanda environment remembered for an incident (at its create)."""
         return await self._store.get_checkpoint(BP_ENV_CHECKPOINT + bp_incident_id)
-
-    async def remember_environment(self, bp_incident_id: str, environment_id: str) -> None:
-        key = BP_ENV_CHECKPOINT + bp_incident_id
-        if await self._store.get_checkpoint(key) != environment_id:
-            await self._store.set_checkpoint(key, environment_id, self._clock.now())
 
     # ------------------------------------------------------------------ one action
 

@@ -48,7 +48,6 @@ class Lookups:
         self._ttl_s = ttl_s
         self._cache: dict[RefLookup, _Cached] = {}
         self._warned: set[RefLookup] = set()
-        self.queries = 0
         """How many queries were sent (tests check the cache with it)."""
 
     async def resolve(self, ref: RefLookup) -> str | None:
@@ -57,7 +56,6 @@ class Lookups:
         cached = self._cache.get(ref)
         if cached is not None and cached.expires_at_mono_s > now_mono:
             return cached.sys_id
-        self.queries += 1
         problem: str | None = None
         try:
             rows = await self._sn.query(

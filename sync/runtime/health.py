@@ -61,9 +61,7 @@ class HealthState:
         self.leader = False
         self.last_success: float | None = None
         """``clock.monotonic()`` when the last good cycle ended (None: none yet)."""
-        self.last_failure: float | None = None
         self.last_error: str | None = None
-        self.consecutive_failures = 0
 
     @property
     def max_age_s(self) -> float:
@@ -71,12 +69,9 @@ class HealthState:
 
     def cycle_succeeded(self) -> None:
         self.last_success = self.clock.monotonic()
-        self.consecutive_failures = 0
         self.last_error = None
 
     def cycle_failed(self, error: BaseException | str | None) -> None:
-        self.last_failure = self.clock.monotonic()
-        self.consecutive_failures += 1
         if error is None:
             self.last_error = "cycle failed"
         elif isinstance(error, BaseException):

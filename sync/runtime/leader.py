@@ -27,7 +27,6 @@ import fcntl
 import logging
 import os
 import zlib
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,6 @@ class PostgresLeaderElector:
         self.key = advisory_key(self.schema)
         self._conn: Any = None  # asyncpg.Connection (untyped package)
         self._held = False
-        self.acquired_at: datetime | None = None
 
     @property
     def held(self) -> bool:
@@ -116,7 +114,6 @@ class PostgresLeaderElector:
             raise self._error("pg_try_advisory_lock", exc) from None
         self._held = bool(got)
         if self._held:
-            self.acquired_at = self.clock.now()
             log.info("leader lock taken", extra={"key": self.key, "holder": self.holder})
         return self._held
 
@@ -146,7 +143,6 @@ class PostgresLeaderElector:
         """Give the lock back and close the dedicated connection (safe to call twice)."""
         conn, held = self._conn, self._held
         self._held = False
-        self.acquired_at = None
         if conn is None:
             return
         if held and not conn.is_closed():
