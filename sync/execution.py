@@ -18,7 +18,7 @@ from sync.actions import Action
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.model import BPIncident
-from sync.newcomers import chunks, expand_alerts, unmatched
+from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
 from sync.progress import Progress
 from sync.store.base import Cursor
@@ -112,39 +112,45 @@ class CycleRun:
     async def _fresh_plans(
         self, fresh: Sequence[Pair], out_of_time: Callable[[], bool]
     ) -> AsyncIterator[tuple[Pair, list[Action]]]:
-        """New incidents in chunks: alerts and duplicate check batched, then planned."""
+        """New incidents, oldest first: alerts and duplicate checks read in batches
+        (:mod:`sync.newcomers`), then planned. Incidents not yielded (out of time) are
+        left for the next cycle; one that vanished is finished (nothing to sync)."""
         c = self._c
         by_env: dict[str, list[BPIncident]] = {}
         pairs: dict[str, Pair] = {}
-        seen: dict[str, BPIncident] = {}
         for pair in fresh:
             assert pair.bp is not None
             assert pair.environment_id is not None
             by_env.setdefault(pair.environment_id, []).append(pair.bp)
             pairs[pair.bp.id] = pair
-        for env, chunk in chunks(by_env):
+        envs = sorted(by_env, key=lambda env: min(i.start or 0 for i in by_env[env]))
+        for env in envs:
             if out_of_time():
                 return
-            expanded = await expand_alerts(c.bigpanda, env, chunk, seen)
-            absent = await unmatched(c.servicenow, [i.id for i in chunk if i.id in expanded])
-            now = c.clock.now()
-            for incident in chunk:
-                pair = pairs[incident.id]
-                keys = [ch.key for ch in pair.changes]
-                if incident.id not in expanded:
-                    self.progress.finish(keys, ok=True)  # gone: nothing to sync
-                    continue
-                pair.bp = expanded[incident.id]
-                try:
-                    actions = await c.plan_pair(pair, now, checked=incident.id in absent)
-                except ValueError as exc:
-                    log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
-                    self.progress.finish(keys, ok=False)
-                    continue
-                if not actions:
-                    self.progress.finish(keys, ok=True)
-                    continue
-                yield pair, actions
+            reached: set[str] = set()
+            async for batch in expanded_oldest_first(c.bigpanda, env, by_env[env]):
+                if out_of_time():
+                    return
+                absent = await unmatched(c.servicenow, [i.id for i in batch])
+                now = c.clock.now()
+                for incident in batch:
+                    reached.add(incident.id)
+                    pair = pairs[incident.id]
+                    pair.bp = incident
+                    keys = [ch.key for ch in pair.changes]
+                    try:
+                        actions = await c.plan_pair(pair, now, checked=incident.id in absent)
+                    except ValueError as exc:
+                        log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
+                        self.progress.finish(keys, ok=False)
+                        continue
+                    if not actions:
+                        self.progress.finish(keys, ok=True)
+                        continue
+                    yield pair, actions
+            for incident in by_env[env]:  # vanished while being synced: nothing to do
+                if incident.id not in reached:
+                    self.progress.finish((ch.key for ch in pairs[incident.id].changes), ok=True)
 
     async def _execute_pair(self, pair: Pair, actions: list[Action]) -> None:
         c = self._c

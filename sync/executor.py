@@ -452,7 +452,11 @@ class Executor:
             env = item.payload.get("environment_id")
             meta = {k: v for k, v in item.payload.items() if k != "action"}
             started = self._clock.monotonic()
-            outcome = await self._drive(item, action, env if isinstance(env, str) else None, meta)
+            # sent again: a killed process may have sent it already (attempts count only
+            # failures), so it is always re-checked (the create searches first, B2)
+            outcome = await self._drive(
+                item, action, env if isinstance(env, str) else None, meta, resend=True
+            )
             self._log_action(action, outcome, self._clock.monotonic() - started, retry=True)
             report.sent += 1
             if outcome == "ok":
@@ -659,12 +663,20 @@ class Executor:
                 del self._open[item.target]
 
     async def _drive(
-        self, item: OutboxItem, action: WriteAction, env: str | None, meta: Mapping[str, Any]
+        self,
+        item: OutboxItem,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        *,
+        resend: bool = False,
     ) -> str:
         """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
         records: list[FieldStates] = []
         try:
-            follow_ups = await self._attempt(action, env, meta, records, retried=item.attempts > 0)
+            follow_ups = await self._attempt(
+                action, env, meta, records, retried=resend or item.attempts > 0
+            )
         except _Deferred as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
         except TransientError as exc:

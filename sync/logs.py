@@ -39,6 +39,8 @@ class JsonFormatter(logging.Formatter):
         out.update(_extras(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # already formatted (and scrubbed) by RedactingFilter
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -53,6 +55,8 @@ class TextFormatter(logging.Formatter):
             line = f"{line}  {extras}"
         if record.exc_info:
             line = f"{line}\n{self.formatException(record.exc_info)}"
+        elif record.exc_text:  # already formatted (and scrubbed) by RedactingFilter
+            line = f"{line}\n{record.exc_text}"
         return line
 
 

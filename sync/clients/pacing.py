@@ -117,6 +117,7 @@ class PacingPolicy:
 class _Family:
     rate: float
     next_at: float = 0.0
+    hold_until: float = 0.0
     consecutive: int = 0
     last_429: float | None = None
     last_step: float = 0.0
@@ -161,15 +162,20 @@ class RatePacer:
 
     async def acquire(self, family: str) -> float:
         """Wait for the family's next slot (reserved without an await: callers get
-        distinct slots in call order); returns the slot's time (``clock.monotonic()``)."""
-        now = self._clock.monotonic()
+        distinct slots in call order). A hold that starts while a caller waits (a 429)
+        moves it past the hold, to a new slot. Returns when the slot it leaves with was
+        booked (``clock.monotonic()``): a 429 for a request booked before the family's
+        last 429 is an echo of that one (see :meth:`throttled`)."""
         fam = self._family(family)
-        self._recover(fam, now)
-        slot = max(now, fam.next_at)
-        fam.next_at = slot + 1.0 / fam.rate
-        if slot > now:
-            await self._clock.sleep(slot - now)
-        return slot
+        while True:
+            now = self._clock.monotonic()
+            self._recover(fam, now)
+            slot = max(now, fam.next_at, fam.hold_until)
+            fam.next_at = slot + 1.0 / fam.rate
+            if slot > now:
+                await self._clock.sleep(slot - now)
+            if self._clock.monotonic() >= fam.hold_until:
+                return now
 
     def throttled(
         self, family: str, retry_after_s: float | None = None, *, sent_at: float | None = None
@@ -183,7 +189,7 @@ class RatePacer:
         now = self._clock.monotonic()
         fam = self._family(family)
         if sent_at is not None and fam.last_429 is not None and sent_at < fam.last_429:
-            return max(0.0, fam.next_at - now)
+            return max(0.0, fam.hold_until - now)
         fam.consecutive += 1
         fam.last_429 = now
         fam.last_step = now
@@ -194,7 +200,7 @@ class RatePacer:
         else:
             exponent = min(fam.consecutive - 1, 16)
             hold = min(self._policy.hold_max_s, self._policy.hold_s * float(2**exponent))
-        fam.next_at = max(fam.next_at, now + hold)
+        fam.hold_until = max(fam.hold_until, now + hold)
         return hold
 
     def succeeded(self, family: str) -> None:
@@ -205,7 +211,7 @@ class RatePacer:
     def hold(self, family: str, seconds: float) -> None:
         """No request of ``family`` before ``seconds`` from now."""
         fam = self._family(family)
-        fam.next_at = max(fam.next_at, self._clock.monotonic() + seconds)
+        fam.hold_until = max(fam.hold_until, self._clock.monotonic() + seconds)
 
 
 class ConcurrencyPacer:
@@ -248,8 +254,8 @@ class ConcurrencyPacer:
             await self._changed.wait_for(lambda: self._in_flight < self.limit)
             self._in_flight += 1
         try:
-            wait_s = self._not_before - self._clock.monotonic()
-            if wait_s > 0:
+            # (a 429 that arrives while this request waits moves it past the new hold)
+            while (wait_s := self._not_before - self._clock.monotonic()) > 0:
                 await self._clock.sleep(wait_s)
             yield self._clock.monotonic()
         finally:

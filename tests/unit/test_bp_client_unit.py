@@ -33,7 +33,7 @@ from sync.clients.bigpanda import (
 )
 from sync.clients.http import HttpAnswer, Parsed
 from sync.clients.pacing import PacingPolicy, RatePacer
-from sync.clock import FakeClock
+from sync.clock import FakeClock, SystemClock
 from sync.errors import (
     ApiError,
     ConfigError,
@@ -963,3 +963,35 @@ def test_429s_of_requests_already_in_flight_make_one_back_off_step() -> None:
     assert all(e == pytest.approx(1.0) for e in echoes)  # they wait out the same hold
     clock.advance(1.0)
     assert pacer.throttled(Family.TAGS, sent_at=clock.monotonic()) == pytest.approx(2.0)
+
+
+async def test_a_storm_against_a_stricter_sliding_window_keeps_moving(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """bpsync believes 50 req/s; the server allows 40 in any trailing second. 100 writes
+    queued at once: the 429s of requests already booked make one back-off step, the
+    queued ones wait out the hold instead of firing into the full window, and the
+    writes finish near the server's pace. (A storm test found one instant's 429s
+    doubling the hold ten times: 1, 2, 4 ... 30 s of silence.)"""
+    clock = SystemClock()
+    accepted: list[float] = []
+    refused = 0
+
+    def answer(url: URL, **_: Any) -> CallbackResult:
+        nonlocal refused
+        now = clock.monotonic()
+        if len([t for t in accepted if now - t < 1.0]) >= 40:
+            refused += 1
+            return empty(429)
+        accepted.append(now)
+        return empty(204)
+
+    mocked.post(re.compile(r".*/tags/priority$"), callback=answer, repeat=True)
+    policy = PacingPolicy(headroom=1.0)
+    client = BigPandaClient(session, settings(rate_limit_per_s=50.0), clock, pacing=policy)
+    started = clock.monotonic()
+    await asyncio.gather(*(client.set_tag(ENV, INC, "priority", f"P{n}") for n in range(100)))
+    elapsed = clock.monotonic() - started
+    assert len(accepted) == 100
+    assert refused >= 1  # the server did push back
+    assert elapsed < 100 / 40 + 3.0, f"the storm stalled: {elapsed:.1f} s, {refused} refused"
