@@ -153,6 +153,9 @@ class Coordinator:
         self._pair_failures: dict[str, int] = {}
         self._last_guard: str | None = None
         self._stopping = False
+        self._listed: list[tuple[BPIncident, str]] = []
+        """Every incident the last BigPanda poll listed, seen before or not (newcomers'
+        search pages are found from it)."""
         self._skipped: set[tuple[str, str]] = set()
         """(record, reason) of the ServiceNow records skipped or clamped and logged."""
 
@@ -271,7 +274,8 @@ class Coordinator:
                     progress.finish((c.key for c in pair.changes), ok=False)
             self.check_guards([actions for _, actions in plans], live_links)
             report.pairs = len(pairs) + len(fresh)
-            await run.execute(plans, fresh, deadline=started + self._settings.cycle_budget)
+            deadline = started + self._settings.cycle_budget
+            await run.execute(plans, fresh, deadline=deadline, polled=self._listed)
         except BaseException:
             # an outage, a store error, a cancelled drain: what finished stays finished
             try:
@@ -340,6 +344,7 @@ class Coordinator:
         changes: list[Change] = []
         total = 0
         now = self._clock.now()
+        self._listed = []
         for env in environments:
             incidents = await self._bp.list_changed(
                 env,
@@ -348,6 +353,7 @@ class Coordinator:
                 page_size=self._settings.retrieval_count,
             )
             total += len(incidents)
+            self._listed += [(incident, env) for incident in incidents]
             for incident in incidents:
                 change = bp_change(incident, now)
                 if change.key in cursor.seen or incident.id in found:

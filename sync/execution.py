@@ -55,6 +55,7 @@ class CycleRun:
         fresh: Sequence[Pair],
         *,
         deadline: float,
+        polled: Sequence[tuple[BPIncident, str]] = (),
     ) -> None:
         c = self._c
         workers = c.settings.pair_concurrency
@@ -74,7 +75,7 @@ class CycleRun:
                         self.progress.finish((ch.key for ch in pair.changes), ok=True)
                         continue
                     await queue.put((pair, actions))
-                async for pair, actions in self._fresh_plans(fresh, out_of_time):
+                async for pair, actions in self._fresh_plans(fresh, polled, out_of_time):
                     await queue.put((pair, actions))
             except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
                 failures.append(exc)
@@ -110,7 +111,10 @@ class CycleRun:
                 log.info("cycle ended early (%s); %d changes wait for the next cycle", reason, left)
 
     async def _fresh_plans(
-        self, fresh: Sequence[Pair], out_of_time: Callable[[], bool]
+        self,
+        fresh: Sequence[Pair],
+        polled: Sequence[tuple[BPIncident, str]],
+        out_of_time: Callable[[], bool],
     ) -> AsyncIterator[tuple[Pair, list[Action]]]:
         """New incidents, oldest first: alerts and duplicate checks read in batches
         (:mod:`sync.newcomers`), then planned. Incidents not yielded (out of time) are
@@ -128,7 +132,8 @@ class CycleRun:
             if out_of_time():
                 return
             reached: set[str] = set()
-            async for batch in expanded_oldest_first(c.bigpanda, env, by_env[env]):
+            others = [incident for incident, where in polled if where == env]
+            async for batch in expanded_oldest_first(c.bigpanda, env, by_env[env], others):
                 if out_of_time():
                     return
                 absent = await unmatched(c.servicenow, [i.id for i in batch])

@@ -5,14 +5,15 @@ duplicate check before its create. One ``GET .../incidents/{id}?expand=alerts`` 
 ``correlation_id=`` query per incident would be two requests per incident on each side;
 in an alert storm that is the difference between keeping up and falling behind.
 
-- BigPanda: one scan of the search with ``expand=alerts`` (at most 10 per page, docs
-  4.1) over the window of the new incidents' starts (``from``/``to`` = the oldest and
-  the newest ``start``; an incident that started later is not active in it, so pages
-  do not shift while bpsync works) with ``sort_by=start`` (newest first). The first
-  page tells the total; the others are read from the last to the second, so incidents
-  come oldest first, a page (about ten) at a time, each page read once however many
-  incidents share a start second. An incident the scan did not bring (gone, or past
-  the 10,000 results search serves) is read on its own (``GET``), as before.
+- BigPanda: the search with ``expand=alerts`` (at most 10 per page, docs 4.1) over the
+  window of the new incidents' starts (``from``/``to`` = the oldest and the newest
+  ``start``; an incident that started later is not active in it, so pages do not shift
+  while bpsync works) with ``sort_by=start`` (newest first, ties by id). The poll
+  already listed every incident of that window, so the page of each new one is known:
+  only those pages are read, the oldest first, each once, however many incidents share
+  a start second and however many older ones are still active (they sort after).
+  An incident its page did not bring (resolved meanwhile, or past the 10,000 results
+  search serves) is read on its own (``GET``), as before.
 - ServiceNow: one ``correlation_idIN...^active=true`` query per batch. An incident with
   no match is marked checked (its create's first attempt does not search again); a
   match leaves the full check to the executor (adoption, history after a reopen).
@@ -21,7 +22,6 @@ in an alert storm that is the difference between keeping up and falling behind.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Sequence
 
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
@@ -37,44 +37,48 @@ MAX_RESULTS = 10_000
 
 
 async def expanded_oldest_first(
-    bigpanda: BigPandaAPI, environment_id: str, incidents: Sequence[BPIncident]
+    bigpanda: BigPandaAPI,
+    environment_id: str,
+    incidents: Sequence[BPIncident],
+    polled: Sequence[BPIncident] = (),
 ) -> AsyncIterator[list[BPIncident]]:
     """The given incidents with their alerts, oldest first, about a page at a time; an
-    incident gone is left out (one WARNING)."""
+    incident gone is left out (one WARNING).
+
+    ``polled``: every incident of the environment this cycle's poll returned. The
+    search's order is known (``start`` then id, newest first, within the window of the
+    given incidents' starts; incidents that started earlier come after them all), so
+    the poll tells on which page each given incident should be: only those pages are
+    read, the oldest first, each once. A page that does not hold what it should (an
+    incident resolved meanwhile shifts the rest) costs a single read of the missing."""
     wanted = {i.id for i in incidents}
     starts = [i.start for i in incidents if i.start is not None]
     found: set[str] = set()
-
-    def keep(items: Sequence[BPIncident]) -> list[BPIncident]:
-        batch = [i for i in items if i.id in wanted and i.id not in found]
-        found.update(i.id for i in batch)
-        return sorted(batch, key=lambda i: (i.start or 0, i.id))
-
-    if len(wanted) > 1 and starts:
-
-        async def page(number: int) -> tuple[int, list[BPIncident]]:
+    if len(wanted) > 1 and len(starts) == len(wanted):
+        low, high = min(starts), max(starts)
+        ranked = {i.id: i for i in (*polled, *incidents) if i.start is not None}
+        order = sorted(
+            (i for i in ranked.values() if low <= (i.start or 0) <= high),
+            key=lambda i: (i.start or 0, i.id),
+            reverse=True,
+        )
+        pages = sorted({n // PAGE + 1 for n, i in enumerate(order) if i.id in wanted})
+        for number in reversed(pages):
+            if number * PAGE > MAX_RESULTS:
+                continue
             result = await bigpanda.search_incidents(
                 environment_id,
-                from_s=min(starts),
-                to_s=max(starts),
+                from_s=low,
+                to_s=high,
                 sort_by="start",
                 page=number,
                 page_size=PAGE,
                 expand_alerts=True,
             )
-            return result.total, result.items
-
-        total, newest = await page(1)
-        last = math.ceil(min(total, MAX_RESULTS) / PAGE)
-        for number in range(last, 1, -1):
-            if len(found) == len(wanted):
-                break
-            batch = keep((await page(number))[1])
+            batch = [i for i in result.items if i.id in wanted and i.id not in found]
+            found.update(i.id for i in batch)
             if batch:
-                yield batch
-        batch = keep(newest)
-        if batch:
-            yield batch
+                yield sorted(batch, key=lambda i: (i.start or 0, i.id))
     leftovers: list[BPIncident] = []
     for incident in sorted(incidents, key=lambda i: (i.start or 0, i.id)):
         if incident.id in found:

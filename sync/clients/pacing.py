@@ -20,8 +20,9 @@ been applied).
 - :class:`ConcurrencyPacer` (ServiceNow): requests in flight. ServiceNow limits by
   integration semaphores (a few requests at once per node, a bounded queue, then a 429
   without headers) and by hourly rate rules (429 with ``Retry-After``). The limit starts
-  at ``servicenow.max_concurrency``, halves after a 429, and grows by one per quiet
-  period; a ``Retry-After`` holds every request of the side until it has passed.
+  at two and grows by one per quiet period up to ``servicenow.max_concurrency``; a 429
+  halves it, and past the level that met the 429 it grows twelve times more slowly (a
+  pool has a fixed size); a ``Retry-After`` holds every request until it has passed.
 - :class:`SideHealth`: per side, since when every request has been failing (the outage
   clock: ``outage_after_s`` of nothing but failures is an outage and the error goes to
   the caller), and per family whether it is throttled: one INFO line when throttling
@@ -80,6 +81,13 @@ def resendable(outcome: object, method: str) -> bool:
             aiohttp.ServerTimeoutError,
         ),
     ) or (isinstance(outcome, aiohttp.ClientOSError) and outcome.errno == errno.ECONNRESET)
+
+
+#: ServiceNow requests at once when a client starts (then one more per quiet period)
+SLOW_START = 2
+#: past the level that met the last 429, ServiceNow's requests at once grow this many
+#: times more slowly (one probe a minute with the default 5 s quiet period)
+PROBE_PERIODS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +231,12 @@ class ConcurrencyPacer:
         self._clock = clock
         self._policy = policy
         self.max_concurrency = max_concurrency
-        self._limit = float(max_concurrency)
+        # a slow start: a few requests at once, one more per quiet period up to
+        # max_concurrency; a pool smaller than that then costs no burst of 429s
+        self._limit = float(min(max_concurrency, SLOW_START))
+        self._ceiling = float(max_concurrency)
+        """Just below the requests at once that met the last 429."""
+        self._growing_since = clock.monotonic()
         self._in_flight = 0
         self._changed = asyncio.Condition()
         self._not_before = 0.0
@@ -237,14 +250,18 @@ class ConcurrencyPacer:
         return max(1, int(self._limit))
 
     def _recover(self, now: float) -> None:
-        if self._last_429 is None or self._limit >= self.max_concurrency:
-            return
-        period = self._policy.recover_after_s
-        since = max(self._last_429, self._last_step)
-        steps = int((now - since) // period) if period > 0 else 1
-        if steps > 0:
-            self._limit = min(float(self.max_concurrency), self._limit + steps)
-            self._last_step = since + steps * period
+        """One more request at once per quiet period up to just below where the last 429
+        came; past that, one per ``PROBE_PERIODS`` quiet periods (a semaphore pool has
+        a fixed size: probing it as fast as the climb back would meet a 429 each time)."""
+        while self._limit < self.max_concurrency:
+            period = self._policy.recover_after_s
+            if self._limit >= self._ceiling:
+                period *= PROBE_PERIODS
+            since = max(self._last_429 or self._growing_since, self._last_step)
+            if period > 0 and now - since < period:
+                return
+            self._limit = min(float(self.max_concurrency), self._limit + 1)
+            self._last_step = since + period
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[float]:
@@ -276,6 +293,7 @@ class ConcurrencyPacer:
         self._consecutive += 1
         self._last_429 = now
         self._last_step = now
+        self._ceiling = max(1.0, float(int(self._limit)) - 1)
         self._limit = max(1.0, self._limit * self._policy.backoff_factor)
         if retry_after_s is not None and retry_after_s > 0:
             hold = retry_after_s

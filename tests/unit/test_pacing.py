@@ -83,7 +83,9 @@ def test_the_outage_clock_runs_only_while_every_request_fails() -> None:
 async def test_servicenow_requests_in_flight_halve_and_recover() -> None:
     clock = FakeClock()
     pacer = ConcurrencyPacer(clock, 8, PacingPolicy(recover_after_s=5.0))
-    assert pacer.limit == 8
+    assert pacer.limit == 2  # a slow start ...
+    clock.advance(30)
+    assert pacer.limit == 8  # ... one more per quiet period
     assert pacer.throttled() == pytest.approx(1.0)  # no Retry-After: the base hold
     assert pacer.limit == 4
     assert pacer.throttled(sent_at=-1.0) == pytest.approx(1.0)  # in flight before: no step
@@ -92,8 +94,12 @@ async def test_servicenow_requests_in_flight_halve_and_recover() -> None:
     assert pacer.throttled(7.0) == pytest.approx(7.0)  # a Retry-After wins
     assert pacer.limit == 2
     clock.advance(5.0)
-    assert pacer.limit == 3  # one more per quiet period
-    clock.advance(60)
+    assert pacer.limit == 3  # one more per quiet period, up to just below the last 429's
+    clock.advance(5.0)
+    assert pacer.limit == 3  # ... then probing slowly: a pool has a fixed size
+    clock.advance(55.0)
+    assert pacer.limit == 4
+    clock.advance(3600)
     assert pacer.limit == 8  # never above max_concurrency
 
 
