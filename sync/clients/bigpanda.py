@@ -724,9 +724,7 @@ class BigPandaClient:
             self.health.throttled(family.value, f"{self._pacer.rate_of(family):.2f} req/s")
         else:
             count = self._failures[family] = self._failures.get(family, 0) + 1
-            hold = min(
-                self._policy.hold_max_s, self._policy.hold_s * float(2 ** min(count - 1, 16))
-            )
+            hold = self._policy.hold_for(count)
             self._pacer.hold(family, hold)
         log.debug("BigPanda %s: %s; sending again in %.1f s", family.value, error, hold)
         return True

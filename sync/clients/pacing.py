@@ -112,6 +112,15 @@ class PacingPolicy:
     quiet_s: float = 30.0
     """Throttling of a family has ended after this long without a 429 (for the log line)."""
 
+    def hold_for(self, consecutive: int, retry_after_s: float | None = None) -> float:
+        """How long to wait after the ``consecutive``-th failure in a row: the server's
+        Retry-After when it gave one, else ``hold_s`` doubled per failure up to
+        ``hold_max_s``."""
+        if retry_after_s is not None and retry_after_s > 0:
+            return retry_after_s
+        exponent = min(max(consecutive, 1) - 1, 16)
+        return min(self.hold_max_s, self.hold_s * float(2**exponent))
+
     def __post_init__(self) -> None:
         if not 0 < self.headroom <= 1:
             raise ConfigError("pacing.headroom must be in (0, 1]")
@@ -203,11 +212,7 @@ class RatePacer:
         fam.last_step = now
         floor = self.ceiling_per_s * self._policy.min_fraction
         fam.rate = max(floor, fam.rate * self._policy.backoff_factor)
-        if retry_after_s is not None and retry_after_s > 0:
-            hold = retry_after_s
-        else:
-            exponent = min(fam.consecutive - 1, 16)
-            hold = min(self._policy.hold_max_s, self._policy.hold_s * float(2**exponent))
+        hold = self._policy.hold_for(fam.consecutive, retry_after_s)
         fam.hold_until = max(fam.hold_until, now + hold)
         return hold
 
@@ -295,11 +300,7 @@ class ConcurrencyPacer:
         self._last_step = now
         self._ceiling = max(1.0, float(int(self._limit)) - 1)
         self._limit = max(1.0, self._limit * self._policy.backoff_factor)
-        if retry_after_s is not None and retry_after_s > 0:
-            hold = retry_after_s
-        else:
-            exponent = min(self._consecutive - 1, 16)
-            hold = min(self._policy.hold_max_s, self._policy.hold_s * float(2**exponent))
+        hold = self._policy.hold_for(self._consecutive, retry_after_s)
         self._not_before = max(self._not_before, now + hold)
         return hold
 

@@ -492,10 +492,7 @@ class ServiceNowClient:
             self.health.throttled(family, f"{self._pacer.limit} requests at once")
         else:
             self._failures += 1
-            hold = wait or min(
-                self._policy.hold_max_s,
-                self._policy.hold_s * float(2 ** min(self._failures - 1, 16)),
-            )
+            hold = self._policy.hold_for(self._failures, wait)
             self._pacer.hold(hold)
         log.debug("ServiceNow: %s; sending again in %.1f s", error, hold)
         return True
