@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cost.py
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/storm.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

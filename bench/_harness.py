@@ -242,6 +242,10 @@ class Emulators:
     workdir: Path
     rate_limit: float | None = None
     """BigPanda requests/s per endpoint and token; None or 0: off."""
+    rate_limit_shape: str | None = None
+    """BigPanda limiter algorithm (``--rate-limit-shape``); None: the emulator's default."""
+    rate_limit_scope: str | None = None
+    """What one BigPanda counter covers (``--rate-limit-scope``); None: the default."""
     sn_port: int = 0
     bp_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -266,6 +270,10 @@ class Emulators:
             "--sn-port", str(self.sn_port), "--bp-port", str(self.bp_port),
             "--rate-limit", str(self.rate_limit or 0),
         ]  # fmt: skip
+        if self.rate_limit_shape:
+            cmd += ["--rate-limit-shape", self.rate_limit_shape]
+        if self.rate_limit_scope:
+            cmd += ["--rate-limit-scope", self.rate_limit_scope]
         self.proc = spawn(cmd, self.workdir, clean_env(), self.log_path)
         try:
             await wait_port(self.sn_port, 30, self.proc)
@@ -602,6 +610,14 @@ class Api:
     async def bp_config(self, **values: Any) -> None:
         async with self.http.post(f"{self.emus.bp_url}/_emulator/config", json=values) as resp:
             resp.raise_for_status()
+
+    async def sn_config(self, **values: Any) -> dict[str, Any]:
+        """``POST /_emulator/config`` of ServiceNow (e.g. ``semaphores``); the new config."""
+        async with self.http.post(f"{self.emus.sn_url}/_emulator/config", json=values) as resp:
+            if resp.status >= 300:
+                raise RuntimeError(f"servicenow config: {resp.status} {await resp.text()}")
+            body: dict[str, Any] = await resp.json()
+            return body
 
     # BigPanda -----------------------------------------------------------------
     async def seeded_environment(self) -> str:
