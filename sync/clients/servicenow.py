@@ -733,7 +733,11 @@ class ServiceNowClient:
                 )
                 found.extend(page.records)
                 offset += self._settings.page_size
-                if page.total is None or offset >= page.total or not page.records:
+                # a short or empty page is not the end while X-Total-Count says more
+                # rows match (ACLs hide rows after the limit is applied, docs 1.5)
+                if (page.total is None and not page.records) or (
+                    page.total is not None and offset >= page.total
+                ):
                     break
         return found
 

@@ -598,3 +598,16 @@ async def test_a_retry_after_longer_than_the_outage_reaches_the_caller_at_once(
         await client.update_incident(SYS_ID, {"impact": "1"})
     assert info.value.retry_after_s == 3600.0
     assert clock.monotonic() == 0.0  # not waited for: the executor defers the write
+
+
+async def test_batched_correlation_check_reads_past_a_window_acls_emptied(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """A page emptied by ACLs (after the limit) is not the end while X-Total-Count says
+    more rows match: a duplicate check that stopped there would let a create through."""
+    found = {"sys_id": SYS_ID, "correlation_id": "65397b2eede0a80012631c01"}
+    mocked.get(LIST_RE, payload={"result": []}, headers={"X-Total-Count": "4"})
+    mocked.get(LIST_RE, payload={"result": [found]}, headers={"X-Total-Count": "4"})
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
+    records = await client.find_by_correlation_ids(["65397b2eede0a80012631c01"], active_only=True)
+    assert records == [found]
