@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 
 from sync.emulators.control import serve_app
+from tests.system.helpers import critical_incidents
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +45,7 @@ class Apis:
 
     async def seed_bp(self, count: int, prefix: str) -> list[str]:
         """``count`` active critical BigPanda incidents; returns their ids."""
-        fixtures = [
-            {
-                "status": "critical",
-                "alerts": [
-                    {
-                        "status": "critical",
-                        "primary_property": "host",
-                        "tags": {"host": f"{prefix}-host-{i}", "check": "cpu"},
-                        "description": f"{prefix} incident {i}",
-                    }
-                ],
-            }
-            for i in range(count)
-        ]
+        fixtures = critical_incidents(count, prefix)
         async with self.session.post(self.bp + "/_emulator/incidents", json=fixtures) as resp:
             assert resp.status == 201, await resp.text()
             ids: list[str] = (await resp.json())["incidents"]

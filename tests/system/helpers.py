@@ -229,3 +229,22 @@ class Emu:
 def link_value(sn_url: str, number: str, sys_id: str) -> str:
     """The link tag's value (SPEC B1): the number and the URL of the incident."""
     return f"{number} {sn_url}/nav_to.do?uri=incident.do?sys_id={sys_id}"
+
+
+def critical_incidents(count: int, prefix: str) -> list[dict[str, Any]]:
+    """Fixtures for ``POST /_emulator/incidents``: ``count`` active critical BigPanda
+    incidents, one alert each on its own host."""
+    return [
+        {
+            "status": "critical",
+            "alerts": [
+                {
+                    "status": "critical",
+                    "primary_property": "host",
+                    "tags": {"host": f"{prefix}-host-{i:03d}", "check": "cpu"},
+                    "description": f"{prefix} incident {i}",
+                }
+            ],
+        }
+        for i in range(count)
+    ]

@@ -59,7 +59,7 @@ from sync.emulators import bigpanda as bp_emulator
 from sync.settings import IncidentSettings
 
 from .conftest import BP_API_KEY, BP_ORG_TOKEN, SN_PASSWORD, SN_USER, World, open_world
-from .helpers import link_value
+from .helpers import critical_incidents, link_value
 
 pytestmark = pytest.mark.slow
 
@@ -398,20 +398,7 @@ async def storm_world(tmp: Path, storm: Storm) -> AsyncIterator[World]:
 
 async def load_storm(world: World, count: int) -> list[str]:
     """``count`` active critical BigPanda incidents at once (emulator fixtures)."""
-    fixtures = [
-        {
-            "status": "critical",
-            "alerts": [
-                {
-                    "status": "critical",
-                    "primary_property": "host",
-                    "tags": {"host": f"storm-host-{i:03d}", "check": "cpu"},
-                    "description": f"storm incident {i}",
-                }
-            ],
-        }
-        for i in range(count)
-    ]
+    fixtures = critical_incidents(count, "storm")
     async with world.http.post(world.bp_url + "/_emulator/incidents", json=fixtures) as resp:
         assert resp.status == 201, await resp.text()
         ids: list[str] = (await resp.json())["incidents"]
