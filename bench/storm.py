@@ -307,6 +307,7 @@ async def one_run(spec: Spec, n: int, args: argparse.Namespace, seed: int) -> Ru
                 extra={
                     "BPSYNC_BIGPANDA__RATE_LIMIT_PER_S": CEILING,
                     "BPSYNC_LOG_FORMAT": "text",
+                    **daemon_settings(args.set),
                 },
             )
             daemon = h.Daemon(run_dir, env)
@@ -581,6 +582,17 @@ async def main_async(args: argparse.Namespace, n: int) -> list[Run]:
     return runs
 
 
+def daemon_settings(pairs: list[str]) -> dict[str, str]:
+    """``["pacing.headroom=0.8"]`` -> ``{"BPSYNC_PACING__HEADROOM": "0.8"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--set wants NAME=VALUE, got {pair!r}")
+        out["BPSYNC_" + name.strip().upper().replace(".", "__")] = value.strip()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 50")
@@ -613,6 +625,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep every run directory")
     parser.add_argument(
         "--save", type=Path, default=None, help="also write the JSON object to this file"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a daemon setting, dotted (retrieval_count=100, pacing.headroom=0.8); repeatable",
     )
     parser.add_argument("--seed", type=int, default=8)
     args = parser.parse_args()
