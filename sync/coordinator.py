@@ -13,26 +13,33 @@
    ``sys_mod_count``); a key in the cursor's ``seen`` set was
    processed already and is dropped, so changes that share a second with the cursor are
    neither missed nor processed twice. ``seen`` keeps the keys of the overlap window.
-4. Pair changes: a BigPanda incident with its live link (and the ServiceNow incident if
-   it changed too); a ServiceNow change with its live link; a ServiceNow change without
-   a link only when its ``correlation_id`` names a BigPanda incident that has no live
-   link (adopted by the planner's create, B2); anything else is ignored. A BigPanda
-   incident that may need a create is fetched with its alerts.
+4. Pair changes (live links looked up in one batch): a BigPanda incident with its live
+   link (and the ServiceNow incident if it changed too); a ServiceNow change with its
+   live link; a ServiceNow change without a link only when its ``correlation_id`` names
+   a BigPanda incident that has no live link (adopted by the planner's create, B2);
+   anything else is ignored. An active BigPanda incident with neither a link nor a
+   ServiceNow change is a newcomer: read later, in batches (:mod:`sync.newcomers`). A
+   malformed record is skipped once, named; a stamp in the future counts as now.
 5. Hold the pairs whose link still has open writes (a pending create, a write waiting
    for its retry): planned now, they would be planned from last-synced values that the
    waiting write has not recorded yet (echoes, a stale value winning). Their link ids are
    kept in the store (checkpoint ``held_links``, written before the cursors move), and
    once their writes have drained they are read on both sides and planned as they are.
-   Plan each pair (the pure planner), check the guards (:mod:`sync.guards`), execute.
-6. Advance each cursor past what was recorded: a pair whose outcome is not recorded
-   (an unexpected error) holds the watermark at its change, to be polled again; after
-   ``MAX_PAIR_FAILURES`` consecutive failures the change is given up with an ERROR line.
-   The BigPanda keys of incidents bpsync wrote to are forgotten: a person who sets a
-   value back within the same second makes a snapshot with the old key, which must
-   count as new.
+   Plan each pair (the pure planner) and check the guards (:mod:`sync.guards`).
+6. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
+   their batches arrive (:mod:`sync.execution`), and record progress as it goes: held
+   links, then each cursor past what is finished (:func:`sync.progress.next_cursor`),
+   every few seconds and at the end, however the cycle ends (``cycle_budget``, a stop,
+   an error). A pair whose outcome is not recorded (an unexpected error) holds the
+   watermark at its change, to be polled again; after ``MAX_PAIR_FAILURES``
+   consecutive failures the change is given up with an ERROR line. The BigPanda keys of
+   incidents bpsync wrote to are forgotten: a person who sets a value back within the
+   same second makes a snapshot with the old key, which must count as new.
 
-Errors: a side that cannot be polled fails the cycle; the outage is logged once (WARNING,
-ERROR for refused credentials) and the recovery once (INFO). A tripped guard fails the
+Errors: throttling is the clients' business (paused and sent again, :mod:`sync.clients.pacing`);
+a side that cannot be polled for longer than ``pacing.outage_after`` fails the cycle;
+the outage is logged once (WARNING, ERROR for refused credentials) and the recovery once
+(INFO). A tripped guard fails the
 cycle with :class:`~sync.errors.GuardTripped` before any write of it is sent (cursors
 stay, so the same changes are guarded again next cycle) until the condition clears;
 ``force`` (``bpsync run --force``) overrides every guard for the life of the process,
