@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint types unit bench clean
+.PHONY: install demo test lint types unit tests bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,14 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy sync
 
+# the quick loop while coding: every test but the slow ones (kills, storms, benches)
 unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+tests: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint types unit
+test: lint types tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/latency.py
