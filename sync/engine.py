@@ -10,15 +10,15 @@ tests build the same objects from fakes instead.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock, SystemClock
 from sync.coordinator import Coordinator, CoordinatorMetrics
 from sync.executor import Executor, ExecutorMetrics
 from sync.lookups import Lookups
+from sync.metrics import Metrics
 from sync.settings import Settings
 from sync.store.base import LinkStore
 
@@ -52,49 +52,12 @@ class Engine:
         self.closers.clear()
 
 
-class MetricsBridge:
-    """Feeds ``sync.metrics.Metrics`` from the executor's and coordinator's reports."""
-
-    def __init__(self, metrics: Any) -> None:
-        self._m = metrics
-
-    def action_done(self, kind: str, outcome: str, duration_s: float) -> None:
-        self._m.action_done(kind, outcome, duration_s)
-
-    def notification(self, kind: str) -> None:
-        self._m.notification(kind)
-
-    def cycle_done(self, outcome: str, duration_s: float) -> None:
-        self._m.cycle_done(outcome, duration_s)
-
-    def backlog(self, side: str, count: int) -> None:
-        self._m.set_backlog(side, count)
-
-    def skipped(self, side: str, reason: str) -> None:
-        self._m.observe_skipped(side, reason)
-
-    def state(
-        self,
-        *,
-        outbox_depth: int,
-        dead_letters: int,
-        live_links: int,
-        cursor_lag_s: Mapping[str, float],
-    ) -> None:
-        self._m.engine_state(
-            outbox_depth=outbox_depth,
-            dead_letters=dead_letters,
-            live_links=live_links,
-            cursor_lag_s=cursor_lag_s,
-        )
-
-
 async def build_engine(
     settings: Settings,
     *,
     clock: Clock | None = None,
     store: LinkStore | None = None,
-    metrics: Any | None = None,
+    metrics: Metrics | None = None,
     force: bool = False,
 ) -> Engine:
     """Sessions, clients, store, executor and coordinator from the settings."""
@@ -112,7 +75,7 @@ async def build_engine(
     closers.append(store.close)
     observer = getattr(metrics, "observe_request", None)
     throttle_observer = getattr(metrics, "observe_throttle", None)
-    skip_observer = getattr(metrics, "observe_skipped", None)
+    skip_observer = getattr(metrics, "skipped", None)
     pacing = settings.pacing.policy()
     try:
         sn_session = make_sn_session(settings.servicenow)
@@ -141,9 +104,8 @@ async def build_engine(
         for closer in reversed(closers):
             await closer()
         raise
-    bridge = MetricsBridge(metrics) if metrics is not None else None
-    executor_metrics: ExecutorMetrics | None = bridge
-    coordinator_metrics: CoordinatorMetrics | None = bridge
+    executor_metrics: ExecutorMetrics | None = metrics
+    coordinator_metrics: CoordinatorMetrics | None = metrics
     executor = Executor(
         store,
         servicenow,

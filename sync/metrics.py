@@ -1,11 +1,12 @@
 """Prometheus metrics of one daemon, on its own registry.
 
 Each :class:`Metrics` owns a :class:`prometheus_client.CollectorRegistry` (never the
-process-global one), so several daemons in one test process do not clash. The engine
-feeds it through ``sync.engine.MetricsBridge`` (``action_done``, ``notification``,
-``cycle_done``, ``engine_state``), the HTTP clients through ``observe_request`` (the
-``RequestObserver`` signature of ``sync.clients.base``), the daemon through
-``set_leader``; ``GET /metrics`` serves :meth:`Metrics.render`.
+process-global one), so several daemons in one test process do not clash. It is the
+executor's and the coordinator's metrics as it is (``action_done``, ``notification``,
+``cycle_done``, ``state``, ``backlog``, ``skipped``); the HTTP clients feed it through
+``observe_request`` (the ``RequestObserver`` signature of ``sync.clients.base``) and
+``observe_throttle``, the daemon through ``set_leader``; ``GET /metrics`` serves
+:meth:`Metrics.render`.
 
 Series (all prefixed ``bpsync_``):
 
@@ -15,9 +16,11 @@ Series (all prefixed ``bpsync_``):
   ``http_request_duration_seconds{side,method,endpoint}`` (``endpoint`` is the path
   template, ``status`` is ``error`` for a transport failure)
 - ``notifications_total{kind}`` (operators notified: B13)
+- ``throttled_total{side,family}`` (429s, each sent again after a pause),
+  ``skipped_records_total{side,reason}`` (malformed polled records, each once)
 - gauges: ``outbox_depth``, ``dead_letters``, ``live_links``,
-  ``cursor_lag_seconds{side}``, ``leader`` (1 = this replica writes),
-  ``last_cycle_timestamp_seconds{outcome}``
+  ``cursor_lag_seconds{side}``, ``backlog{side}`` (changes polled, not yet synced),
+  ``leader`` (1 = this replica writes), ``last_cycle_timestamp_seconds{outcome}``
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
-        self.backlog = Gauge(
+        self.backlog_left = Gauge(
             "backlog",
             "Changes polled but not yet synced (a storm worked through across cycles).",
             ["side"],
@@ -168,7 +171,7 @@ class Metrics:
     def notification(self, kind: str) -> None:
         self.notifications.labels(kind).inc()
 
-    def engine_state(
+    def state(
         self,
         *,
         outbox_depth: int,
@@ -185,11 +188,11 @@ class Metrics:
     def observe_throttle(self, side: str, family: str) -> None:
         self.throttled.labels(side, family).inc()
 
-    def observe_skipped(self, side: str, reason: str) -> None:
+    def skipped(self, side: str, reason: str) -> None:
         self.skipped_records.labels(side, reason).inc()
 
-    def set_backlog(self, side: str, count: int) -> None:
-        self.backlog.labels(side).set(count)
+    def backlog(self, side: str, count: int) -> None:
+        self.backlog_left.labels(side).set(count)
 
     def set_leader(self, leader: bool) -> None:
         self.leader.set(1 if leader else 0)

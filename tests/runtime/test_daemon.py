@@ -19,7 +19,7 @@ import pytest
 
 from sync.clock import SystemClock
 from sync.coordinator import Coordinator
-from sync.engine import Engine, MetricsBridge
+from sync.engine import Engine
 from sync.errors import StoreError
 from sync.executor import Executor
 from sync.metrics import Metrics
@@ -48,9 +48,8 @@ def make_engine(settings: Settings, metrics: Metrics | None = None) -> tuple[Eng
     store = MemoryStore()
     sn = FakeServiceNow(clock)
     bp = FakeBigPanda(clock)
-    bridge = MetricsBridge(metrics) if metrics is not None else None
-    executor = Executor(store, sn, bp, settings, clock, metrics=bridge)
-    coordinator = Coordinator(store, sn, bp, executor, settings, clock=clock, metrics=bridge)
+    executor = Executor(store, sn, bp, settings, clock, metrics=metrics)
+    coordinator = Coordinator(store, sn, bp, executor, settings, clock=clock, metrics=metrics)
     return Engine(settings, store, sn, bp, executor, coordinator, [store.close]), bp
 
 

@@ -25,7 +25,7 @@ def test_every_feeder_shows_in_the_exposition() -> None:
     m.observe_request("servicenow", "get", "/api/now/table/{table}", 200, 0.02)
     m.observe_request("bigpanda", "POST", "/resources/v2.0/incidents/{id}", None, 0.5)
     m.notification("dead_letter")
-    m.engine_state(
+    m.state(
         outbox_depth=3,
         dead_letters=1,
         live_links=42,
