@@ -73,9 +73,9 @@ async def build_engine(
 
         store = await open_store(settings.effective_database_url)
     closers.append(store.close)
-    observer = getattr(metrics, "observe_request", None)
-    throttle_observer = getattr(metrics, "observe_throttle", None)
-    skip_observer = getattr(metrics, "skipped", None)
+    observer = metrics.observe_request if metrics is not None else None
+    throttle_observer = metrics.observe_throttle if metrics is not None else None
+    skip_observer = metrics.skipped if metrics is not None else None
     pacing = settings.pacing.policy()
     try:
         sn_session = make_sn_session(settings.servicenow)

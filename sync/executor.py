@@ -361,10 +361,9 @@ class Executor:
         self._started_at = clock.now()
         #: side -> monotonic time before which nothing is sent to it (Retry-After)
         self._not_before: dict[str, float] = {}
-        #: target -> ids of open items (pending retry / in flight / dead with attempts left)
-        self._open: dict[str, set[int]] = {}
-        #: open item id -> its kind (``sn.reopen``, ...)
-        self._kinds: dict[int, str] = {}
+        #: target -> {id: kind} of its open items (pending retry / in flight / dead with
+        #: attempts left)
+        self._open: dict[str, dict[int, str]] = {}
         #: bp incident id -> (sys_id, link id) confirmed by a create, for its log line
         self._created: dict[str, tuple[str, int]] = {}
         #: bp incident ids whose create (in the current execute) adopted an incident
@@ -407,8 +406,7 @@ class Executor:
         last drive_due): until it is sent, the incident still reads Resolved."""
         if not sn_sys_id:
             return False
-        ids = self._open.get(f"servicenow:{sn_sys_id}", set())
-        return any(self._kinds.get(i) == "sn.reopen" for i in ids)
+        return "sn.reopen" in self._open.get(f"servicenow:{sn_sys_id}", {}).values()
 
     async def drive_due(self, *, limit: int = DEFAULT_DRIVE_LIMIT) -> DriveReport:
         """Send again what is due: failed writes whose interval passed, dead items with
@@ -420,7 +418,6 @@ class Executor:
             [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
         )
         self._open = {}
-        self._kinds = {}
         finals: list[OutboxItem] = []
         interval = timedelta(seconds=self._retry.interval)
         for item in open_items:
@@ -430,8 +427,7 @@ class Executor:
                     continue  # waits for an operator (dlq retry|drop), blocks nothing
                 if item.updated_at + interval <= now:
                     finals.append(item)
-            self._open.setdefault(item.target, set()).add(item.id)
-            self._kinds[item.id] = item.kind
+            self._open.setdefault(item.target, {})[item.id] = item.kind
         # an item left in flight by a killed process is claimed again at once, not after
         # the lease (which protects this process's own claims, made since it started)
         since_start_s = (now - self._started_at).total_seconds()
@@ -643,8 +639,7 @@ class Executor:
     ) -> str:
         if item.state != OutboxState.PENDING or item.attempts > 0:
             return "queued"  # the same write is already waiting for its retry
-        self._open.setdefault(item.target, set()).add(item.id)
-        self._kinds[item.id] = item.kind
+        self._open.setdefault(item.target, {})[item.id] = item.kind
         if self._blocked(item.target, item.id):
             return "queued"
         return await self._drive(item, action, env, meta)
@@ -655,10 +650,9 @@ class Executor:
         return any(other < item_id for other in self._open.get(target, ()))
 
     def _close(self, item: OutboxItem) -> None:
-        self._kinds.pop(item.id, None)
         ids = self._open.get(item.target)
         if ids is not None:
-            ids.discard(item.id)
+            ids.pop(item.id, None)
             if not ids:
                 del self._open[item.target]
 

@@ -28,7 +28,8 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
   limit is per endpoint (docs 3.3); a family groups the routes of one endpoint (all six
   incident-tag routes share one pace, which is conservative). A 429 carries no
   ``Retry-After`` (docs 11.8): the family slows down (multiplicatively) and waits,
-  and the request is sent again; so is a 503, and any transient failure of a GET. Only
+  and the request is sent again; so is a GET that failed transiently (a 5xx, a timeout,
+  a connection cut off: :func:`~sync.clients.pacing.resendable`). Only
   when every request of the side has failed for ``pacing.outage_after`` does the
   :class:`TransientError` reach the caller. Writes cut off by a reset or a timeout are
   not sent again here (they may have been applied): the executor decides.

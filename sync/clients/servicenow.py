@@ -17,8 +17,9 @@ Contract (docs/servicenow-api.md sections 0, 1, 2 and 6; SPEC B13, B16, B19, B20
 - Concurrency is bounded by ``servicenow.max_concurrency`` and adapts
   (:class:`~sync.clients.pacing.ConcurrencyPacer`): a 429 (a rate rule with
   ``Retry-After``, or a full integration-semaphore queue without headers) halves the
-  requests in flight and holds the side, and the request is sent again; so is a 503,
-  and any transient failure of a GET. The error reaches the caller only when every
+  requests in flight and holds the side, and the request is sent again; so is a GET
+  that failed transiently (:func:`~sync.clients.pacing.resendable`). The error reaches
+  the caller only when every
   request has failed for ``pacing.outage_after`` or a ``Retry-After`` is longer than
   that. The optional observer is called once per HTTP request with the path template.
 - Every outcome goes through :func:`classify`, the single place that decides between
