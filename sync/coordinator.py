@@ -111,6 +111,16 @@ class CoordinatorMetrics(Protocol):
     def skipped(self, side: str, reason: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class BPPoll:
+    """What a BigPanda poll brought: the changed incidents (each with its environment),
+    their change keys, and every incident listed, seen before or not."""
+
+    found: list[tuple[BPIncident, str]]
+    changes: list[Change]
+    listed: list[tuple[BPIncident, str]]
+
+
 @dataclass(slots=True)
 class CycleReport:
     """What one cycle did; ``error`` is None for a good cycle."""
@@ -160,9 +170,6 @@ class Coordinator:
         self._pair_failures: dict[str, int] = {}
         self._last_guard: str | None = None
         self._stopping = False
-        self._listed: list[tuple[BPIncident, str]] = []
-        """Every incident the last BigPanda poll listed, seen before or not (newcomers'
-        search pages are found from it)."""
         self._skipped: set[tuple[str, str]] = set()
         """(record, reason) of the ServiceNow records skipped or clamped and logged."""
 
@@ -260,7 +267,7 @@ class Coordinator:
         sn_polled = await self._guarded_poll(
             Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
         )
-        progress = Progress({Side.BIGPANDA: bp_polled[1], Side.SERVICENOW: sn_polled[1]})
+        progress = Progress({Side.BIGPANDA: bp_polled.changes, Side.SERVICENOW: sn_polled[1]})
         run = CycleRun(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
         try:
             pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
@@ -282,7 +289,7 @@ class Coordinator:
             self.check_guards([actions for _, actions in plans], live_links)
             report.pairs = len(pairs) + len(fresh)
             deadline = started + self._settings.cycle_budget
-            await run.execute(plans, fresh, deadline=deadline, polled=self._listed)
+            await run.execute(plans, fresh, deadline=deadline, polled=bp_polled.listed)
         except BaseException:
             # an outage, a store error, a cancelled drain: what finished stays finished
             try:
@@ -344,14 +351,15 @@ class Coordinator:
 
     async def _poll_bigpanda(
         self, environments: Sequence[str], cursor: Cursor, live_links: int
-    ) -> tuple[list[tuple[BPIncident, str]], list[Change]]:
-        """Changed incidents (each with its environment) and every change key polled."""
+    ) -> BPPoll:
+        """Changed incidents (each with its environment), every change key polled, and
+        every incident listed, seen before or not (newcomers' pages are found from it)."""
         since_s = None if cursor.watermark is None else epoch_s(cursor.watermark)
         found: dict[str, tuple[BPIncident, str]] = {}
         changes: list[Change] = []
         total = 0
         now = self._clock.now()
-        self._listed = []
+        listed: list[tuple[BPIncident, str]] = []
         for env in environments:
             incidents = await self._bp.list_changed(
                 env,
@@ -360,7 +368,7 @@ class Coordinator:
                 page_size=self._settings.retrieval_count,
             )
             total += len(incidents)
-            self._listed += [(incident, env) for incident in incidents]
+            listed += [(incident, env) for incident in incidents]
             for incident in incidents:
                 change = bp_change(incident, now)
                 if change.key in cursor.seen or incident.id in found:
@@ -369,7 +377,7 @@ class Coordinator:
                 changes.append(change)
         if cursor.watermark is None:
             self._check_empty(Side.BIGPANDA, total, live_links)
-        return list(found.values()), changes
+        return BPPoll(list(found.values()), changes, listed)
 
     async def _poll_servicenow(
         self, cursor: Cursor, live_links: int
@@ -426,7 +434,7 @@ class Coordinator:
 
     async def _pair(
         self,
-        bp_polled: tuple[list[tuple[BPIncident, str]], list[Change]],
+        bp_polled: BPPoll,
         sn_polled: tuple[list[SNIncident], list[Change]],
         replan: Sequence[Link],
         environments: Sequence[str],
@@ -435,10 +443,10 @@ class Coordinator:
         incident without a live link and without a ServiceNow change; its alerts and
         duplicate check are read in batches while other pairs execute (newcomers)."""
         pairs: dict[str, Pair] = {}
-        bp_changes = {c.key.split(":", 1)[0]: c for c in bp_polled[1]}
+        bp_changes = {c.key.split(":", 1)[0]: c for c in bp_polled.changes}
         sn_changes = {c.key.split(":", 1)[0]: c for c in sn_polled[1]}
-        links = await self._store.live_links_for_bp([i.id for i, _ in bp_polled[0]])
-        for incident, env in bp_polled[0]:
+        links = await self._store.live_links_for_bp([i.id for i, _ in bp_polled.found])
+        for incident, env in bp_polled.found:
             link = links.get(incident.id)
             pair = Pair(incident, None, link, env, [bp_changes[incident.id]])
             pairs[incident.id] = pair
