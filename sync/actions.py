@@ -24,6 +24,7 @@ from datetime import datetime
 
 from sync.constants import Side
 from sync.model import BPIncident, FieldState, Link, SNIncident
+from sync.sizes import DEFAULT_SIZES, FieldSizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class PlanInput:
     correlation_checked: bool = False
     """The caller searched ServiceNow for an active incident with this BigPanda id as
     ``correlation_id`` (a batched check, just now) and found none."""
+    sizes: FieldSizes = DEFAULT_SIZES
+    """Field sizes in force (the ServiceNow dictionary's, read at start-up): longer
+    values are cut with a marker (:mod:`sync.sizes`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,9 @@ from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoun
 from sync.execution import CycleRun
 from sync.executor import Executor
 from sync.guards import check_empty_side, check_mass_resolve
+from sync.mapping import updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
+from sync.newcomers import expanded_oldest_first
 from sync.pairs import (
     HELD_CHECKPOINT,
     SN_SYS_ID_FORM,
@@ -80,6 +82,7 @@ from sync.pairs import (
 )
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
+from sync.sizes import DEFAULT_SIZES, FieldSizes
 from sync.store.base import Cursor, LinkStore, OutboxState
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,8 @@ class Coordinator:
         self._stopping = False
         self._skipped: set[tuple[str, str]] = set()
         """(record, reason) of the ServiceNow records skipped or clamped and logged."""
+        self.sizes: FieldSizes = DEFAULT_SIZES
+        """field sizes in force (``Engine.prepare`` reads the ServiceNow dictionary)"""
 
     # ------------------------------------------------------------------ for the cycle's run
 
@@ -273,6 +278,7 @@ class Coordinator:
             pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
             pairs, held, preludes = await self._hold_busy(pairs, held, environments)
             run.held = held
+            await self._expand_for_texts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
             worked = {c.key for pair in (*pairs, *fresh) for c in pair.changes}
@@ -314,6 +320,7 @@ class Coordinator:
             synced=await self._store.field_states(pair.link.id) if pair.link else {},
             environment_id=pair.environment_id,
             correlation_checked=checked,
+            sizes=self.sizes,
         )
         return self._plan(inp, self._settings, now)
 
@@ -559,6 +566,29 @@ class Coordinator:
             pair.bp = await self._bp.get_incident(pair.environment_id, bp.id, expand_alerts=True)
         except NotFoundError:
             log.warning("BigPanda incident %s vanished while being synced", bp.id)
+
+    async def _expand_for_texts(
+        self, pairs: Sequence[Pair], listed: Sequence[tuple[BPIncident, str]]
+    ) -> None:
+        """Linked pairs whose BigPanda incident changed get its alerts when
+        ``update_fields`` lists a generated text (B10: the description follows the
+        incident), read in batches like newcomers' (:mod:`sync.newcomers`): no request
+        for a pair that did not change, about one page per ten that did."""
+        if not updated_texts(self._settings.incidents):
+            return
+        wanted: dict[str, dict[str, Pair]] = {}
+        for pair in pairs:
+            bp, link, env = pair.bp, pair.link, pair.environment_id
+            if link is None or link.state != LinkState.LINKED or env is None or bp is None:
+                continue
+            if bp.active and bp.alert_ids and not bp.alerts:
+                wanted.setdefault(env, {})[bp.id] = pair
+        for env, by_id in wanted.items():
+            polled = [incident for incident, where in listed if where == env]
+            incidents = [pair.bp for pair in by_id.values() if pair.bp is not None]
+            async for batch in expanded_oldest_first(self._bp, env, incidents, polled):
+                for incident in batch:
+                    by_id[incident.id].bp = incident
 
     # ------------------------------------------------------------------ held pairs
 

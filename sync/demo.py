@@ -239,6 +239,7 @@ class Demo:
         self._engine = engine
         try:
             await engine.check_credentials()
+            await engine.prepare()
             self._event(f"{len(self._pairs)} BigPanda incidents loaded from the event-log sample")
             tasks = [
                 asyncio.create_task(self._sync_loop(engine), name="demo-sync"),

@@ -3,7 +3,7 @@
 Pure: no I/O. Built from the BigPanda incident and the ``[incidents]`` settings; the
 text contains what the settings ask for and no more.
 
-Short description (one line, at most 160 characters, ServiceNow's field length):
+Short description (one line, within the field's size):
 ``[P1] `` when ``priority_in_short_description`` and the incident has a ``priority`` tag
 (a bracketed ``[P1]`` tag value is unwrapped), then the primary alert's title: the
 values of its primary and secondary properties (``db-1 / cpu_load``; BigPanda's
@@ -25,9 +25,11 @@ for and non-empty, separated by a blank line:
 5. Links (``links_in_description``), stable shapes built from ``bigpanda.ui_url``:
    ``{ui}/incidents/{environment}/{id}``, ``.../preview`` and ``.../timeline``.
 
-When the text is too long, the middle sections are cut (ending in ``...``) so the links
-stay whole. The work-notes copy (``description_to_work_notes``) is the description
-behind the mirror marker, so bpsync never mirrors it back, within the journal limit.
+Sizes are the fields' (:mod:`sync.sizes`: the dictionary's, else 160 and 4,000). When
+the text is too long, the middle sections are cut (ending in the marker
+``... [truncated by bpsync]``) so the links stay whole. The work-notes copy
+(``description_to_work_notes``) is the description behind the mirror marker, so bpsync
+never mirrors it back, within the journal limit.
 """
 
 from __future__ import annotations
@@ -38,15 +40,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from sync.constants import (
-    MIRROR_MARKER,
-    SN_DESCRIPTION_MAX,
-    SN_JOURNAL_MAX,
-    SN_SHORT_DESCRIPTION_MAX,
-)
+from sync.constants import MIRROR_MARKER, SN_DESCRIPTION_MAX
 from sync.mapping import PRIORITY_TAG, bp_value
 from sync.model import BPAlert, BPIncident
 from sync.primary import parse_criteria, pick_primary_alert, sort_alerts
+from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import IncidentSettings, Settings
@@ -136,9 +134,13 @@ def _priority(incident: BPIncident) -> str | None:
 
 
 def build_short_description(
-    incident: BPIncident, incidents: IncidentSettings, primary: BPAlert | None
+    incident: BPIncident,
+    incidents: IncidentSettings,
+    primary: BPAlert | None,
+    sizes: FieldSizes = DEFAULT_SIZES,
 ) -> str:
-    """One line, at most ``SN_SHORT_DESCRIPTION_MAX`` characters."""
+    """One line, within the field's size (160 characters by default), cut with the
+    marker (:func:`sync.sizes.fit`)."""
     prefix = ""
     priority = _priority(incident) if incidents.priority_in_short_description else None
     if priority:
@@ -146,7 +148,7 @@ def build_short_description(
     title = (alert_title(primary) if primary is not None else None) or (
         f"BigPanda incident {incident.id}"
     )
-    return clip(_SPACES.sub(" ", prefix + title).strip(), SN_SHORT_DESCRIPTION_MAX)
+    return fit(_SPACES.sub(" ", prefix + title).strip(), sizes.sn("short_description"))
 
 
 def alert_status_summary(alerts: Sequence[BPAlert]) -> str:
@@ -171,8 +173,13 @@ def _tag_lines(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
     return [f"  {name}: {_SPACES.sub(' ', value)}" for name, value in pairs if value]
 
 
-def build_description(incident: BPIncident, settings: Settings, environment_id: str) -> str:
-    """The description, at most ``SN_DESCRIPTION_MAX`` characters."""
+def build_description(
+    incident: BPIncident,
+    settings: Settings,
+    environment_id: str,
+    sizes: FieldSizes = DEFAULT_SIZES,
+) -> str:
+    """The description, within the field's size (4,000 characters by default)."""
     opts = settings.incidents
     sections: list[str] = []
     if opts.aia_in_description and incident.ai_summary and incident.ai_summary.strip():
@@ -202,23 +209,30 @@ def build_description(incident: BPIncident, settings: Settings, environment_id: 
             f"Preview: {links.preview}\nTimeline: {links.timeline}"
         )
     head = "\n\n".join(sections)
+    limit = sizes.sn("description") or SN_DESCRIPTION_MAX
     if not tail:
-        return clip(head, SN_DESCRIPTION_MAX)
+        return fit(head, limit)
     if not head:
-        return clip(tail, SN_DESCRIPTION_MAX)
-    room = SN_DESCRIPTION_MAX - len(tail) - 2
-    return clip(clip(head, max(room, 0)) + "\n\n" + tail, SN_DESCRIPTION_MAX)
+        return fit(tail, limit)
+    room = limit - len(tail) - 2
+    return fit(fit(head, max(room, 0)) + "\n\n" + tail, limit)
 
 
-def build_texts(incident: BPIncident, settings: Settings, environment_id: str) -> Texts:
-    """Short description, description and (when asked for) the work-notes copy."""
+def build_texts(
+    incident: BPIncident,
+    settings: Settings,
+    environment_id: str,
+    sizes: FieldSizes = DEFAULT_SIZES,
+) -> Texts:
+    """Short description, description and (when asked for) the work-notes copy, each
+    within its field's size."""
     primary = pick_primary_alert(incident.alerts, parse_criteria(settings.incidents.primary_alert))
-    description = build_description(incident, settings, environment_id)
+    description = build_description(incident, settings, environment_id, sizes)
     work_notes = None
     if settings.incidents.description_to_work_notes and description:
-        work_notes = clip(f"{MIRROR_MARKER} {description}", SN_JOURNAL_MAX)
+        work_notes = fit(f"{MIRROR_MARKER} {description}", sizes.sn("work_notes"))
     return Texts(
-        short_description=build_short_description(incident, settings.incidents, primary),
+        short_description=build_short_description(incident, settings.incidents, primary, sizes),
         description=description,
         work_notes=work_notes,
     )

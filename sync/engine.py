@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock, SystemClock
 from sync.coordinator import Coordinator, CoordinatorMetrics
+from sync.errors import FatalError, PermanentError
 from sync.executor import Executor, ExecutorMetrics
 from sync.lookups import Lookups
 from sync.metrics import Metrics
 from sync.settings import Settings
+from sync.sizes import FieldSizes
 from sync.store.base import LinkStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,28 @@ class Engine:
         """One authorised call per side; FatalError (refused) or TransientError propagate."""
         await self.servicenow.check_auth()
         await self.bigpanda.check_auth()
+
+    async def prepare(self) -> None:
+        """What the sync learns from the two systems before its first cycle: the
+        ServiceNow field sizes (``sys_dictionary``; where the integration user may not
+        read it, the documented defaults, one WARNING)."""
+        try:
+            dictionary = await self.servicenow.field_dictionary()
+        except (FatalError, PermanentError) as exc:
+            dictionary = {}
+            log.warning(
+                "ServiceNow dictionary (sys_dictionary) not readable, documented field "
+                "sizes used (short_description 160, description 4000): %s",
+                exc,
+            )
+        else:
+            if not dictionary:
+                log.warning(
+                    "ServiceNow dictionary (sys_dictionary) shows no rows to this user, "
+                    "documented field sizes used (short_description 160, description 4000)"
+                )
+        sizes = {name: info.max_length for name, info in dictionary.items() if info.max_length}
+        self.coordinator.sizes = FieldSizes.from_dictionary(sizes)
 
     async def close(self) -> None:
         """Close the sessions, then the store (each once, errors logged)."""

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Final, Literal
 from sync.actions import RefLookup
 from sync.constants import SN_CORRELATION_DISPLAY
 from sync.model import BPAlert, BPIncident
+from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import IncidentSettings, Settings
@@ -78,6 +79,7 @@ __all__ = [
     "static_fields",
     "static_lookups",
     "updatable_after_create",
+    "updated_texts",
     "validate_mapping",
 ]
 
@@ -145,6 +147,10 @@ class FieldRule:
     to_servicenow: bool
     to_bigpanda: bool
     value_map: Mapping[str, str] | None = None
+    sn_max: int | None = None
+    """the ServiceNow field's size: longer values are cut (:func:`sync.sizes.fit`)"""
+    bp_max: int | None = None
+    """the BigPanda tag value limit: longer values are cut"""
     _folded: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     _inverse: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -157,6 +163,8 @@ class FieldRule:
         to_servicenow: bool,
         to_bigpanda: bool,
         value_map: Mapping[str, str] | None = None,
+        sn_max: int | None = None,
+        bp_max: int | None = None,
     ) -> FieldRule:
         folded: dict[str, str] = {}
         inverse: dict[str, str] = {}
@@ -169,15 +177,18 @@ class FieldRule:
             to_servicenow=to_servicenow,
             to_bigpanda=to_bigpanda,
             value_map=dict(value_map) if value_map is not None else None,
+            sn_max=sn_max,
+            bp_max=bp_max,
             _folded=folded,
             _inverse=inverse,
         )
 
     def to_sn(self, bp: str | None) -> Converted:
-        """The ServiceNow value for BigPanda value ``bp`` (None: empty)."""
+        """The ServiceNow value for BigPanda value ``bp`` (None: empty), cut to the
+        field's size."""
         bp = norm(bp)
         if self.value_map is None:
-            return bp
+            return None if bp is None else fit(bp, self.sn_max)
         if bp is None:
             return UNMAPPED
         if bp in self.value_map:
@@ -186,10 +197,11 @@ class FieldRule:
         return UNMAPPED if found is None else norm(found)
 
     def to_bp(self, sn: str | None) -> Converted:
-        """The BigPanda value for ServiceNow value ``sn`` (None: empty)."""
+        """The BigPanda value for ServiceNow value ``sn`` (None: empty), cut to the tag
+        value limit."""
         sn = norm(sn)
         if self.value_map is None:
-            return sn
+            return None if sn is None else fit(sn, self.bp_max)
         if sn is None:
             return UNMAPPED
         found = self._inverse.get(sn)
@@ -198,13 +210,13 @@ class FieldRule:
     def agree(self, bp: str | None, sn: str | None) -> bool:
         """Do the two sides already hold corresponding values?"""
         bp, sn = norm(bp), norm(sn)
-        if self.value_map is None:
-            return bp == sn
+        if self.value_map is None:  # equal, or one the cut of the other
+            return bp == sn or self.to_sn(bp) == sn or self.to_bp(sn) == bp
         return self.to_sn(bp) == sn or (bp is not None and self.to_bp(sn) == bp)
 
 
-def compile_rules(settings: Settings) -> tuple[FieldRule, ...]:
-    """The usable rules, in configuration order.
+def compile_rules(settings: Settings, sizes: FieldSizes = DEFAULT_SIZES) -> tuple[FieldRule, ...]:
+    """The usable rules, in configuration order, values cut to ``sizes``.
 
     Rows on the link tag are dropped; writes into read-only tags (``priority``,
     ``severity``, ``status``) and read-only or journal fields are switched off. The rows
@@ -223,6 +235,8 @@ def compile_rules(settings: Settings) -> tuple[FieldRule, ...]:
                 to_bigpanda=row.direction in ("sn_to_bp", "both")
                 and not _read_only_tag(row.bigpanda_tag),
                 value_map=row.value_map,
+                sn_max=sizes.sn(row.servicenow_field),
+                bp_max=sizes.bigpanda_tag,
             )
         )
     return tuple(out)
@@ -239,6 +253,19 @@ def bp_value(incident: BPIncident, tag: str) -> str | None:
 def updatable_after_create(incidents: IncidentSettings, field_name: str) -> bool:
     """May this (mapped) field be written after the create? (``update_fields``)."""
     return incidents.update_fields is None or field_name in incidents.update_fields
+
+
+def updated_texts(incidents: IncidentSettings) -> tuple[str, ...]:
+    """The generated texts (:data:`DERIVED_FIELDS`) rewritten after the create: those
+    ``update_fields`` lists (``work_notes`` only with ``description_to_work_notes``)."""
+    fields = incidents.update_fields
+    if fields is None:
+        return ()
+    return tuple(
+        name
+        for name in DERIVED_FIELDS
+        if name in fields and (name != "work_notes" or incidents.description_to_work_notes)
+    )
 
 
 @dataclass(frozen=True, slots=True)

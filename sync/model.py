@@ -117,6 +117,16 @@ class SNIncident:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SNFieldInfo:
+    """One ServiceNow dictionary entry (``sys_dictionary``) of the incident table."""
+
+    internal_type: str
+    max_length: int | None = None
+    reference: str | None = None
+    """the referenced table of a ``reference`` field (``sys_user_group``, ...)"""
+
+
 class LinkState(StrEnum):
     """Life of one BigPanda incident <-> ServiceNow incident pair."""
 

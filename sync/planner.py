@@ -117,16 +117,16 @@ from sync.mapping import (
     static_fields,
     static_lookups,
     updatable_after_create,
+    updated_texts,
 )
 from sync.model import BPIncident, FieldState, Link, LinkState, SNIncident
 from sync.primary import parse_criteria, pick_primary_alert
+from sync.sizes import DEFAULT_SIZES, FieldSizes
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import Settings
 
 __all__ = ["plan"]
-
-_TEXT_FIELDS = ("short_description", "description")
 
 
 def plan(inp: PlanInput, settings: Settings, now: datetime) -> list[Action]:
@@ -175,7 +175,11 @@ def _plan_create(
     # a batched correlation check that found nothing spares the create its own search;
     # a replacement after a reopen searches anyway (the old incident shares the id)
     checked = inp.correlation_checked and inp.sn is None and previous_link_id is None
-    return [_create_action(bp, env, settings, previous_link_id, checked_absent=checked)]
+    return [
+        _create_action(
+            bp, env, settings, previous_link_id, checked_absent=checked, sizes=inp.sizes
+        )
+    ]
 
 
 def _create_action(
@@ -185,11 +189,12 @@ def _create_action(
     previous_link_id: int | None,
     *,
     checked_absent: bool = False,
+    sizes: FieldSizes = DEFAULT_SIZES,
 ) -> CreateServiceNowIncident:
     opts = settings.incidents
-    rules = compile_rules(settings)
+    rules = compile_rules(settings, sizes)
     primary = pick_primary_alert(bp.alerts, parse_criteria(opts.primary_alert))
-    texts = build_texts(bp, settings, env)
+    texts = build_texts(bp, settings, env, sizes)
     mapped = mapped_create_values(bp, rules)
     generated: dict[str, str] = {"short_description": texts.short_description}
     if texts.description:
@@ -219,10 +224,7 @@ def _create_action(
 
 
 def _text_updatable(settings: Settings, name: str) -> bool:
-    fields = settings.incidents.update_fields
-    if fields is None or name not in fields:
-        return False
-    return name != "work_notes" or settings.incidents.description_to_work_notes
+    return name in updated_texts(settings.incidents)
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -384,7 +386,7 @@ def _newest_wins(bp: BPIncident | None, sn: SNIncident | None) -> Side:
 def _sync_fields(pair: _Pair) -> list[Action]:
     inp, settings, link = pair.inp, pair.settings, pair.link
     opts = settings.incidents
-    rules = compile_rules(settings)
+    rules = compile_rules(settings, inp.sizes)
     synced = inp.synced
 
     bp_now: dict[str, str | None] = {}
@@ -562,11 +564,11 @@ def _sync_texts(pair: _Pair, fp: _FieldPlan) -> None:
     """Rewrite generated texts listed in ``update_fields`` when BigPanda changed them."""
     inp, settings = pair.inp, pair.settings
     bp = inp.bp
-    wanted = [name for name in (*_TEXT_FIELDS, "work_notes") if _text_updatable(settings, name)]
+    wanted = updated_texts(settings.incidents)
     if bp is None or not wanted or (bp.alert_ids and not bp.alerts):
         return  # unchanged BigPanda side, nothing asked for, or alerts not expanded
     mapped = {rule.field for rule in compile_rules(settings) if rule.to_servicenow}
-    texts = build_texts(bp, settings, pair.environment_id)
+    texts = build_texts(bp, settings, pair.environment_id, inp.sizes)
     values = {
         "short_description": texts.short_description,
         "description": texts.description,

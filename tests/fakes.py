@@ -25,7 +25,8 @@ from sync.clients.base import BPActivity, BPEnvironment, BPSearchPage, SNRecord
 from sync.clock import Clock, epoch_s
 from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import NotFoundError
-from sync.model import BPAlert, BPIncident
+from sync.model import BPAlert, BPIncident, SNFieldInfo
+from sync.sizes import SN_DEFAULT_SIZES
 
 Hook = Callable[[str, tuple[Any, ...]], Awaitable[None] | None]
 
@@ -202,6 +203,10 @@ class FakeServiceNow(_Faults):
 
     async def check_auth(self) -> None:
         await self._enter("check_auth", self.clock)
+
+    async def field_dictionary(self) -> dict[str, SNFieldInfo]:
+        await self._enter("field_dictionary", self.clock)
+        return {name: SNFieldInfo("string", size) for name, size in SN_DEFAULT_SIZES.items()}
 
 
 @dataclasses.dataclass

@@ -172,6 +172,7 @@ async def _run(
         raise
     try:
         await engine.check_credentials()
+        await engine.prepare()
         chosen = list(environments) or await shared_environments(
             engine.bigpanda, settings.bigpanda.environments
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.model import BPIncident
+from sync.model import BPIncident, SNFieldInfo
 
 #: a ServiceNow record as the Table API returns it with display_value=false
 SNRecord = dict[str, Any]
@@ -63,6 +63,10 @@ class ServiceNowAPI(Protocol):
 
     async def check_auth(self) -> None:
         """One cheap authorised call; raises FatalError when credentials are refused."""
+        ...
+
+    async def field_dictionary(self) -> dict[str, SNFieldInfo]:
+        """element -> dictionary entry of the incident table (and what it inherits)."""
         ...
 
 

@@ -87,6 +87,7 @@ from sync.clients.snquery import (
     sn_datetime,
 )
 from sync.clock import Clock
+from sync.model import SNFieldInfo
 from sync.errors import (
     ApiError,
     ConfigError,
@@ -751,6 +752,38 @@ class ServiceNowClient:
 
     async def check_auth(self) -> None:
         await self.list_records(self._table, None, fields=["sys_id"], limit=1)
+
+    async def field_dictionary(self) -> dict[str, SNFieldInfo]:
+        """The incident table's dictionary (``sys_dictionary``): element -> type, size,
+        referenced table; the fields incident inherits are defined on ``task``, and the
+        table's own entry wins. Empty when a read ACL hides the rows; a 403 raises."""
+        tables = [self._table, "task"] if self._table == "incident" else [self._table]
+        query = EncodedQuery().in_("name", tables).order_by("sys_id")
+        fields = ["name", "element", "internal_type", "max_length", "reference"]
+        own: dict[str, SNFieldInfo] = {}
+        inherited: dict[str, SNFieldInfo] = {}
+        offset, size = 0, self._settings.page_size
+        while True:
+            page = await self.list_page(
+                "sys_dictionary", query, fields=fields, limit=size, offset=offset
+            )
+            for row in page.records:
+                element = str(row.get("element") or "")
+                if not element:
+                    continue  # the table's own entry (no element)
+                length = str(row.get("max_length") or "").strip()
+                info = SNFieldInfo(
+                    internal_type=str(row.get("internal_type") or ""),
+                    max_length=int(length) if length.isdigit() and int(length) > 0 else None,
+                    reference=str(row.get("reference") or "") or None,
+                )
+                target = own if row.get("name") == self._table else inherited
+                target[element] = info
+            offset += size
+            if (page.total is None and not page.records) or (
+                page.total is not None and offset >= page.total
+            ):
+                return {**inherited, **own}
 
     @staticmethod
     def changed_query(floor: datetime | None, after: tuple[str, str] | None) -> EncodedQuery:

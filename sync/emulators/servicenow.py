@@ -47,6 +47,10 @@ default is the documented behaviour, or the strict one where the docs are silent
   ``/oauth_token.do`` reads the client credentials: the form fields ``client_id``/
   ``client_secret`` (docs 1.7) or an ``Authorization: Basic`` header (RFC 6749 2.3.1,
   form-urlencoded id and secret); with both, they must agree.
+- ``dictionary_access`` (``"read"`` default, ``"hidden"``, ``"forbidden"``): what the
+  login users get from ``sys_dictionary`` (seeded from the incident schema, the fields
+  incident inherits listed under ``name=task``, ``max_length`` as enforced): the rows,
+  none (a read ACL), or 403 ``User Not Authorized``.
 - ``shuffle_unordered``, ``rate_limit_per_hour``, ``user_rate_limits``: see below.
 
 Emulated (section 7 items):
@@ -289,7 +293,7 @@ INCIDENT_FIELDS: dict[str, FieldDef] = {
     "reopened_time": DT,
     "resolved_at": DT,
     "approval_set": DT,
-    "subcategory": S,
+    "subcategory": _str(40),
     "work_notes": J,
     "short_description": _str(160),
     "close_code": FieldDef(label="Resolution code"),
@@ -307,7 +311,7 @@ INCIDENT_FIELDS: dict[str, FieldDef] = {
     "closed_by": _ref("sys_user"),
     "follow_up": DT,
     "parent_incident": _ref("incident"),
-    "contact_type": S,
+    "contact_type": _str(40),
     "reopened_by": _ref("sys_user"),
     "incident_state": FieldDef("integer", default="1"),
     "urgency": FieldDef("integer", default="3"),
@@ -327,7 +331,7 @@ INCIDENT_FIELDS: dict[str, FieldDef] = {
     "upon_approval": FieldDef(default="proceed"),
     "correlation_id": _str(100),
     "location": S,
-    "category": FieldDef(default="inquiry"),
+    "category": FieldDef(default="inquiry", max_len=40),
     "state": FieldDef("integer", default="1"),
     "calendar_stc": S,
     "close_notes_count": S,
@@ -382,6 +386,38 @@ SCHEMAS: dict[str, dict[str, FieldDef]] = {
         **_SYS_FIELDS,
     },
     "sys_properties": {"name": S, "value": S, "type": FieldDef(default="string"), **_SYS_FIELDS},
+    "sys_dictionary": {
+        "name": S,
+        "element": S,
+        "column_label": S,
+        "internal_type": S,
+        "max_length": I,
+        "reference": S,
+        **_SYS_FIELDS,
+    },
+}
+
+#: incident fields defined on ``task`` (the table incident extends): the dictionary
+#: lists them under ``name=task``, as a real instance does
+TASK_FIELDS = frozenset(
+    {
+        "number", "short_description", "description", "work_notes", "comments",
+        "assignment_group", "assigned_to", "cmdb_ci", "opened_by", "opened_at", "priority",
+        "state", "impact", "urgency", "correlation_id", "correlation_display",
+        "contact_type", "active", "close_notes", "closed_at", "closed_by", "parent",
+        "watch_list", "work_notes_list", "due_date", "company", "location",
+        "business_service", "sys_class_name", "sys_domain", "sys_domain_path",
+    }
+)  # fmt: skip
+
+#: dictionary ``internal_type`` of each emulated field kind
+INTERNAL_TYPES: Mapping[str, str] = {
+    "string": "string",
+    "integer": "integer",
+    "boolean": "boolean",
+    "datetime": "glide_date_time",
+    "reference": "reference",
+    "journal": "journal_input",
 }
 
 #: the field shown as a reference's display value
@@ -393,6 +429,7 @@ DISPLAY_FIELDS: Mapping[str, str] = {
     "sys_choice": "label",
     "sys_journal_field": "value",
     "sys_properties": "name",
+    "sys_dictionary": "element",
 }
 
 
@@ -617,6 +654,9 @@ class Options:
     short_pages: float = 0.0
     """fraction of incident rows hidden from list pages after the limit (ACL-like)"""
     oauth_client_auth: Literal["form", "basic", "both"] = "both"
+    dictionary_access: Literal["read", "hidden", "forbidden"] = "read"
+    """``sys_dictionary`` for the login users: readable, rows hidden by ACL (empty
+    lists) or refused (403), as instances differ in what an integration user may read"""
 
     @property
     def login_time_zone(self) -> str:
@@ -743,6 +783,20 @@ class SNState:
         ]
         for name, klass in cis:
             self._seed_row("cmdb_ci", f"{name}:{klass}", {"name": name, "sys_class_name": klass})
+        for element, fdef in INCIDENT_FIELDS.items():
+            owner = "task" if element in TASK_FIELDS or element.startswith("sys_") else "incident"
+            self._seed_row(
+                "sys_dictionary",
+                f"{owner}:{element}",
+                {
+                    "name": owner,
+                    "element": element,
+                    "column_label": fdef.label or element.replace("_", " ").title(),
+                    "internal_type": INTERNAL_TYPES[fdef.kind],
+                    "max_length": str(4000 if fdef.kind == "journal" else fdef.max_len or 255),
+                    "reference": fdef.ref or "",
+                },
+            )
         self._seed_row(
             "sys_properties",
             "glide.sys.default.tz",
@@ -1614,6 +1668,10 @@ class _Api:
         else:
             parsed = self._name_value_query(table, query)
         predicate, order, invalid = state.compile_query(table, parsed, user)
+        if table == "sys_dictionary" and state.options.dictionary_access == "forbidden":
+            raise SNError(
+                403, "User Not Authorized", "User does not have read access to sys_dictionary"
+            )
         if invalid and state.options.invalid_query == "forbidden":
             raise SNError(
                 403,
@@ -1621,7 +1679,8 @@ class _Api:
                 "Field(s) present in the query do not have permission to be read",
             )
         rows: list[dict[str, str]]
-        if invalid and state.options.invalid_query == "no_rows":
+        hidden = table == "sys_dictionary" and state.options.dictionary_access == "hidden"
+        if hidden or (invalid and state.options.invalid_query == "no_rows"):
             rows = []
         else:
             source = state.tables[table].values()
@@ -1913,8 +1972,15 @@ CONFIG_KEYS = (
     "shuffle_unordered",
     "rate_limit_per_hour",
     "user_rate_limits",
+    "overlong",
+    "dictionary_access",
 )
 _OAUTH_CLIENT_AUTH = ("form", "basic", "both")
+_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "oauth_client_auth": _OAUTH_CLIENT_AUTH,
+    "overlong": ("truncate", "reject"),
+    "dictionary_access": ("read", "hidden", "forbidden"),
+}
 
 
 def _count(name: str, value: Any, *, minimum: int, nullable: bool) -> int | None:
@@ -1950,9 +2016,9 @@ def check_option(name: str, value: Any) -> Any:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"user_time_zone: unknown time zone {value!r}") from None
         return value
-    if name == "oauth_client_auth":
-        if value not in _OAUTH_CLIENT_AUTH:
-            raise ValueError(f"oauth_client_auth must be one of {_OAUTH_CLIENT_AUTH}")
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise ValueError(f"{name} must be one of {_CHOICES[name]}, got {value!r}")
         return value
     if name == "shuffle_unordered":
         if not isinstance(value, bool):
@@ -2042,8 +2108,6 @@ def create_app(
         raise ValueError("close_codes must be 'current' or 'legacy'")
     if opts.invalid_query not in {"ignore", "no_rows", "forbidden"}:
         raise ValueError("invalid_query must be 'ignore', 'no_rows' or 'forbidden'")
-    if opts.overlong not in {"truncate", "reject"}:
-        raise ValueError("overlong must be 'truncate' or 'reject'")
     for name in CONFIG_KEYS:
         setattr(opts, name, check_option(name, getattr(opts, name)))
     opts.terminal_states = frozenset(str(s) for s in opts.terminal_states)

@@ -132,6 +132,7 @@ class Daemon:
             )
         # a refused credential (FatalError) or an unreachable API stops start-up: one line
         await self.engine.check_credentials()
+        await self.engine.prepare()
         self.leader = self._elector is None
         self.health.leader = self.leader
         self._set_leader_gauge()

@@ -88,6 +88,8 @@ async def test_config_defaults_are_the_strict_behaviour(sn: SN) -> None:
         "shuffle_unordered": False,
         "rate_limit_per_hour": None,
         "user_rate_limits": {},
+        "overlong": "truncate",
+        "dictionary_access": "read",
         "semaphore_state": {
             "in_flight": 0,
             "queued": 0,

@@ -110,6 +110,7 @@ class World:
         store = await open_store(url)
         self.engine = await build_engine(self.settings, clock=self.clock, store=store)
         await self.engine.check_credentials()
+        await self.engine.prepare()
         return self.engine
 
     async def cycle(self, n: int = 1) -> CycleReport:

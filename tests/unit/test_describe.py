@@ -97,7 +97,7 @@ def test_short_description_is_one_line_within_the_limit() -> None:
     text = build_short_description(make_incident(), make_settings().incidents, long_alert)
     assert len(text) == SN_SHORT_DESCRIPTION_MAX
     assert "\n" not in text
-    assert text.endswith("...")
+    assert text.endswith("... [truncated by bpsync]")
 
 
 def test_alert_title() -> None:
@@ -163,7 +163,7 @@ def test_long_description_is_cut_before_the_links() -> None:
     s = make_settings(aia_in_description=True)
     text = build_description(make_incident(ai_summary="y" * 10_000), s, ENV)
     assert len(text) <= SN_DESCRIPTION_MAX
-    assert "y..." in text
+    assert "y ... [truncated by bpsync]" in text
     assert text.endswith(f"/incidents/{ENV}/{BP_ID}/timeline")
 
 

@@ -609,7 +609,7 @@ def test_plan_is_deterministic_and_does_not_mutate_its_input() -> None:
     assert repr(inp) == before
 
 
-PURE_MODULES = ("sync.planner", "sync.mapping", "sync.describe", "sync.primary")
+PURE_MODULES = ("sync.planner", "sync.mapping", "sync.describe", "sync.primary", "sync.sizes")
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 
 
