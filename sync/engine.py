@@ -19,10 +19,12 @@ from sync.coordinator import Coordinator, CoordinatorMetrics
 from sync.errors import FatalError, PermanentError
 from sync.executor import Executor, ExecutorMetrics
 from sync.lookups import Lookups
+from sync.mapping import validate_mapping
 from sync.metrics import Metrics
 from sync.settings import Settings
 from sync.sizes import FieldSizes
 from sync.store.base import LinkStore
+from sync.tagdefs import ensure_tag_definitions
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,15 @@ class Engine:
         await self.servicenow.check_auth()
         await self.bigpanda.check_auth()
 
-    async def prepare(self) -> None:
-        """What the sync learns from the two systems before its first cycle: the
-        ServiceNow field sizes (``sys_dictionary``; where the integration user may not
-        read it, the documented defaults, one WARNING)."""
+    async def prepare(self, *, dry_run: bool = False) -> None:
+        """What the sync learns from and sets up in the two systems before its first
+        cycle: one WARNING per mapping row it narrows; the BigPanda tags it writes
+        defined (a row it cannot honour: ConfigError, start-up stops); the ServiceNow
+        field sizes (``sys_dictionary``; where the integration user may not read it,
+        the documented defaults, one WARNING). ``dry_run``: nothing is created."""
+        for problem in validate_mapping(self.settings):
+            log.warning("mapping: %s", problem)
+        await ensure_tag_definitions(self.bigpanda, self.settings, dry_run=dry_run)
         try:
             dictionary = await self.servicenow.field_dictionary()
         except (FatalError, PermanentError) as exc:

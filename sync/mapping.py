@@ -27,9 +27,11 @@ Tags that are not plain Text tags
 =================================
 - The link tag (``incidents.link_tag``) is written by the executor only (the ServiceNow
   number and URL, or ``error``); a row on it is dropped and reported.
-- ``priority`` is BigPanda's built-in *Priority*-type tag: it may be read (``bp_to_sn``,
-  and it is shown in the short description) but never written, as only Text tags are
-  mapped.
+- ``priority`` is BigPanda's built-in *Priority*-type tag: read freely (``bp_to_sn``,
+  the short description); written only through a ``value_map`` whose BigPanda values are
+  its levels (``P1``-``P5``, checked against its definition at start-up,
+  :mod:`sync.tagdefs`). A row writing it without a map is refused by the settings.
+- Every other tag bpsync writes is a Text tag, defined at start-up when missing.
 - ``severity`` and ``status`` name the incident's own attributes (read-only, lower-cased),
   so the seed's "severity -> impact and urgency" works without an enrichment tag.
 
@@ -130,8 +132,12 @@ def norm(value: str | None) -> str | None:
     return value if value else None
 
 
-def _read_only_tag(tag: str) -> bool:
-    return tag == PRIORITY_TAG or tag in BP_INCIDENT_ATTRIBUTES
+def _tag_writable(tag: str, value_map: Mapping[str, str] | None) -> bool:
+    """Text tags; the Priority tag only through a map onto its levels (checked against
+    its definition at start-up, :mod:`sync.tagdefs`)."""
+    if tag == PRIORITY_TAG:
+        return bool(value_map)
+    return tag not in BP_INCIDENT_ATTRIBUTES
 
 
 def _sn_read_only(name: str) -> bool:
@@ -233,7 +239,7 @@ def compile_rules(settings: Settings, sizes: FieldSizes = DEFAULT_SIZES) -> tupl
                 to_servicenow=row.direction in ("bp_to_sn", "both")
                 and not _sn_read_only(row.servicenow_field),
                 to_bigpanda=row.direction in ("sn_to_bp", "both")
-                and not _read_only_tag(row.bigpanda_tag),
+                and _tag_writable(row.bigpanda_tag, row.value_map),
                 value_map=row.value_map,
                 sn_max=sizes.sn(row.servicenow_field),
                 bp_max=sizes.bigpanda_tag,
@@ -366,14 +372,15 @@ def validate_mapping(settings: Settings) -> list[str]:
                 f"{where}: {row.servicenow_field} is set by ServiceNow or by bpsync itself; "
                 f"use direction sn_to_bp{hint}"
             )
-        if to_bp and _read_only_tag(row.bigpanda_tag):
+        writable = _tag_writable(row.bigpanda_tag, row.value_map)
+        if to_bp and not writable:
             kind = (
-                "a Priority-type tag (only Text tags are written)"
+                "a Priority-type tag, written only through a value_map onto its levels"
                 if row.bigpanda_tag == PRIORITY_TAG
-                else "an incident attribute"
+                else "an incident attribute (read-only)"
             )
             problems.append(f"{where}: {row.bigpanda_tag} is {kind}; use direction bp_to_sn")
-        if to_bp and not _read_only_tag(row.bigpanda_tag):
+        if to_bp and writable:
             if row.bigpanda_tag in tag_writer:
                 problems.append(
                     f"{where}: tag {row.bigpanda_tag} already receives values from row "

@@ -186,6 +186,23 @@ class TagMappingRule(_Section):
     value_map: dict[str, str] | None = None
     """BigPanda value -> ServiceNow value; the reverse direction uses the inverse map."""
 
+    @model_validator(mode="after")
+    def _priority_needs_levels(self) -> TagMappingRule:
+        # BigPanda's built-in Priority tag takes only its levels (P1..P5): a row writing
+        # it must say which level each ServiceNow value is, or it is refused here
+        if (
+            self.bigpanda_tag == "priority"
+            and self.direction in ("sn_to_bp", "both")
+            and not self.value_map
+        ):
+            raise ValueError(
+                f"tag_mapping row priority <-> {self.servicenow_field}: priority is "
+                "BigPanda's Priority-type tag; writing it needs a value_map from its "
+                'levels to ServiceNow values (e.g. {"P1" = "1", "P2" = "2"}), or use '
+                'direction = "bp_to_sn"'
+            )
+        return self
+
 
 class IncidentSettings(_Section):
     """``[incidents]``: the BigPanda ServiceNow integration's settings, one for one."""

@@ -21,7 +21,13 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sync.clients.base import BPActivity, BPEnvironment, BPSearchPage, SNRecord
+from sync.clients.base import (
+    BPActivity,
+    BPEnvironment,
+    BPSearchPage,
+    BPTagDefinition,
+    SNRecord,
+)
 from sync.clock import Clock, epoch_s
 from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import NotFoundError
@@ -246,6 +252,11 @@ class FakeBigPanda(_Faults):
         self.clock = clock
         self.environments = [BPEnvironment(e, e.upper()) for e in environments]
         self.incidents: dict[str, FakeBPIncident] = {}
+        self.tag_definitions: dict[str, BPTagDefinition] = {
+            "priority": BPTagDefinition(
+                "priority", "priority", "Priority", ordered_list=("P1", "P2", "P3", "P4", "P5")
+            )
+        }
         self.writes: list[tuple[str, str, dict[str, str]]] = []
         self.echoes: list[tuple[str, str, dict[str, str]]] = []
         self._next = 0
@@ -408,3 +419,22 @@ class FakeBigPanda(_Faults):
 
     async def check_auth(self) -> None:
         await self._enter("check_auth", self.clock)
+
+    async def list_tag_definitions(
+        self, *, active: bool | None = None, tag_type: str | None = None
+    ) -> list[BPTagDefinition]:
+        await self._enter("list_tag_definitions", self.clock)
+        return [
+            d
+            for d in self.tag_definitions.values()
+            if (active is None or d.active == active) and (tag_type in (None, d.type))
+        ]
+
+    async def create_tag_definition(
+        self, name: str, *, tag_type: str = "Text", description: str = "", active: bool = True
+    ) -> BPTagDefinition:
+        await self._enter("create_tag_definition", self.clock)
+        definition = BPTagDefinition(name, name, tag_type, active, description)
+        self.tag_definitions.setdefault(name, definition)
+        self.writes.append(("define_tag", name, {"type": tag_type}))
+        return self.tag_definitions[name]

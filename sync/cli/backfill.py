@@ -172,7 +172,7 @@ async def _run(
         raise
     try:
         await engine.check_credentials()
-        await engine.prepare()
+        await engine.prepare(dry_run=dry_run)
         chosen = list(environments) or await shared_environments(
             engine.bigpanda, settings.bigpanda.environments
         )

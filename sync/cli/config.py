@@ -7,7 +7,11 @@ with every secret masked (``**********``, the database password as ``****``).
 a check that passed, ``FAIL <what>: <problem>`` on stderr for one that did not; exit
 code 0 when all passed, 1 otherwise. Checks: the settings are valid; ServiceNow and
 BigPanda are reachable and accept the credentials (one authorised call each,
-``check_auth``); the database is reachable and at the newest migration.
+``check_auth``); every mapping row is used as written (``warn`` names a row the engine
+narrows, e.g. one writing a read-only field; it does not fail the check); the BigPanda tags
+bpsync writes: which are defined, which it would define at start, and a row that
+writes a tag of another type (named, with its type); the database is reachable and at
+the newest migration.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import click
 from sync.cli.common import get_ctx, run_async
 from sync.clock import SystemClock
 from sync.errors import BpsyncError, ConfigError
+from sync.mapping import validate_mapping
 from sync.settings import Settings, redact_url, redacted_dump
+from sync.tagdefs import TagPlan, plan_definitions
 
 
 @click.group("config")
@@ -42,10 +48,12 @@ def show(ctx: click.Context) -> None:
 class CheckResult:
     what: str
     problem: str | None = None
+    warning: bool = False
+    """a problem that does not stop bpsync (printed ``warn``, exit code unchanged)"""
 
     @property
     def ok(self) -> bool:
-        return self.problem is None
+        return self.problem is None or self.warning
 
 
 def _one_line(exc: BaseException) -> str:
@@ -68,16 +76,32 @@ async def _check_side(settings: Settings, side: str) -> CheckResult:
         return CheckResult(what, f"client unavailable: {exc}")
     client_cls = getattr(module, "ServiceNowClient" if side == "servicenow" else "BigPandaClient")
     session = None
+    tags: TagPlan | None = None
     try:
         session = module.make_session(section)
         client = client_cls(session, section, SystemClock())
         await client.check_auth()
+        if side == "bigpanda":
+            tags = plan_definitions(settings, await client.list_tag_definitions())
     except Exception as exc:  # noqa: BLE001 - every failure is one reported line
         return CheckResult(what, _one_line(exc))
     finally:
         if session is not None:
             await session.close()
-    return CheckResult(f"{what}: reachable, credentials accepted")
+    done = f"{what}: reachable, credentials accepted"
+    if tags is not None:
+        done += f"; tags bpsync writes: defined {', '.join(tags.existing) or '-'}"
+        done += f"; to define at start {', '.join(tags.to_create) or '-'}"
+        if tags.problems:
+            return CheckResult(f"{done}", "; ".join(tags.problems))
+    return CheckResult(done)
+
+
+def _mapping_results(settings: Settings) -> list[CheckResult]:
+    """One line per mapping row the engine narrows (it runs, but not as written)."""
+    return [
+        CheckResult("mapping", f"narrowed: {p}", warning=True) for p in validate_mapping(settings)
+    ]
 
 
 async def _check_database(settings: Settings) -> CheckResult:
@@ -93,7 +117,7 @@ async def _check_database(settings: Settings) -> CheckResult:
 
 
 async def run_checks(settings: Settings) -> list[CheckResult]:
-    results = [CheckResult("settings: valid")]
+    results = [CheckResult("settings: valid"), *_mapping_results(settings)]
     for side in ("servicenow", "bigpanda"):
         results.append(await _check_side(settings, side))
     results.append(await _check_database(settings))
@@ -122,7 +146,9 @@ def check(ctx: click.Context) -> None:
         sys.exit(1)
     results = run_async(run_checks(settings))
     for result in results:
-        if result.ok:
+        if result.warning:
+            click.echo(f"warn {result.what}: {result.problem}", err=True)
+        elif result.ok:
             click.echo(f"ok   {result.what}")
         else:
             click.echo(f"FAIL {result.what}: {result.problem}", err=True)

@@ -71,6 +71,19 @@ class ServiceNowAPI(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class BPTagDefinition:
+    """An incident tag definition (docs 4.5)."""
+
+    id: str
+    name: str
+    type: str = ""
+    active: bool = True
+    description: str = ""
+    ordered_list: tuple[str, ...] = ()
+    """a Priority tag's levels, highest first (``config.ordered_list``)"""
+
+
+@dataclass(frozen=True, slots=True)
 class BPEnvironment:
     id: str
     name: str
@@ -149,6 +162,18 @@ class BigPandaAPI(Protocol):
 
     async def check_auth(self) -> None:
         """One cheap authorised call; raises FatalError when the key is refused."""
+        ...
+
+    async def list_tag_definitions(
+        self, *, active: bool | None = None, tag_type: str | None = None
+    ) -> list[BPTagDefinition]:
+        """The organisation's incident tag definitions (docs 4.5)."""
+        ...
+
+    async def create_tag_definition(
+        self, name: str, *, tag_type: str = "Text", description: str = "", active: bool = True
+    ) -> BPTagDefinition:
+        """Define an incident tag (its id is its name)."""
         ...
 
 

@@ -65,7 +65,6 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
@@ -77,6 +76,7 @@ from sync.clients.base import (
     BPActivity,
     BPEnvironment,
     BPSearchPage,
+    BPTagDefinition,
     RequestObserver,
 )
 from sync.clients.http import (
@@ -542,26 +542,18 @@ def parse_environment(data: Any) -> BPEnvironment:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class BPTagDefinition:
-    """An incident tag definition (docs 4.5)."""
-
-    id: str
-    name: str
-    type: str = ""
-    active: bool = True
-    description: str = ""
-
-
 def parse_tag_definition(data: Any) -> BPTagDefinition:
     if not isinstance(data, Mapping) or data.get("id") in (None, ""):
         raise PermanentError(SIDE, "unexpected tag definition shape: missing id")
+    config = data.get("config")
+    levels = config.get("ordered_list") if isinstance(config, Mapping) else None
     return BPTagDefinition(
         id=str(data["id"]),
         name=str(data.get("name") or data["id"]),
         type=str(data.get("type") or ""),
         active=_bool(data.get("active"), True),
         description=str(data.get("description") or ""),
+        ordered_list=tuple(str(v) for v in levels) if isinstance(levels, list) else (),
     )
 
 

@@ -87,7 +87,6 @@ from sync.clients.snquery import (
     sn_datetime,
 )
 from sync.clock import Clock
-from sync.model import SNFieldInfo
 from sync.errors import (
     ApiError,
     ConfigError,
@@ -96,6 +95,7 @@ from sync.errors import (
     PermanentError,
     TransientError,
 )
+from sync.model import SNFieldInfo
 from sync.settings import ServiceNowSettings, redact_url
 
 log = logging.getLogger(__name__)

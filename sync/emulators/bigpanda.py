@@ -603,14 +603,6 @@ class State:
                 created_at=now,
                 updated_at=now,
             ),
-            "servicenow_link": TagDefinition(
-                id="servicenow_link",
-                name="servicenow_link",
-                type="Text",
-                description="ServiceNow incident link (bpsync)",
-                created_at=now,
-                updated_at=now,
-            ),
         }
         self.environments: dict[str, Environment] = {}
         for env_id, name, flt in self._env_specs:

@@ -471,6 +471,7 @@ async def test_comments_and_activities(emu: Emu) -> None:
 
 
 async def test_six_tag_routes(emu: Emu) -> None:
+    emu.state.define_tag("servicenow_link")
     await emu.alert(host="a")
     inc_id = next(iter(emu.state.incidents))
     tags = f"{ENV}/incidents/{inc_id}/tags"
@@ -525,8 +526,9 @@ async def test_tag_definition_errors(emu: Emu) -> None:
     defs = f"{V2}/incidents/tags/definitions"
     r = await emu.get(defs)
     seeded = {d["id"]: d for d in r.body}
+    assert set(seeded) == {"priority"}  # a fresh org: the built-in priority only
     assert seeded["priority"]["type"] == "Priority"
-    assert seeded["servicenow_link"]["type"] == "Text"
+    assert seeded["priority"]["config"]["ordered_list"] == ["P1", "P2", "P3", "P4", "P5"]
     r = await emu.post(
         defs,
         json={
@@ -545,7 +547,7 @@ async def test_tag_definition_errors(emu: Emu) -> None:
     assert r.status == 200 and r.body["active"] is False
     r = await emu.post(f"{tags}/team", json={"tag_value": "[web]"})
     assert r.status == 400 and "InactiveTag" in r.body["errors"][0]
-    assert len((await emu.get(defs, params={"active": "true"})).body) == 2
+    assert len((await emu.get(defs, params={"active": "true"})).body) == 1  # priority
     assert (await emu.get(f"{defs}/team")).body["config"]["incident_tag_values"] == ["db", "web"]
     assert (await emu.get(f"{defs}/missing")).status == 404
 

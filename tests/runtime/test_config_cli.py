@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -160,3 +161,37 @@ async def test_check_one_line_per_problem(apis: Apis, tmp_path: Path) -> None:
     assert problems[2].startswith("FAIL database (")
     assert "bpsync db upgrade" in problems[2]  # the embedded file is not there yet
     assert out.strip().splitlines() == ["ok   settings: valid"]
+
+
+async def test_check_names_tags_to_define_a_wrong_type_and_narrowed_rows(
+    apis: Apis, tmp_path: Path
+) -> None:
+    db = tmp_path / "state" / "bpsync.db"
+    await upgrade_database(f"sqlite+aiosqlite:///{db.as_posix()}")
+    config = tmp_path / "bpsync.toml"
+    config.write_text(
+        "[[tag_mapping]]\n"
+        'bigpanda_tag = "owner"\nservicenow_field = "number"\ndirection = "both"\n'
+        "[[tag_mapping]]\n"
+        'bigpanda_tag = "team"\nservicenow_field = "category"\ndirection = "sn_to_bp"\n',
+        encoding="utf-8",
+    )
+    env = api_env(apis, tmp_path)
+    code, out, err = await run_cli("--config", str(config), "config", "check", env=env)
+    assert code == 0, err
+    assert "warn mapping: narrowed: tag_mapping[0] (owner <-> number)" in err
+    assert "tags bpsync writes: defined -; to define at start servicenow_link, owner, team" in out
+
+    # a tag of another type: FAIL, naming the tag and its type
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{apis.bp}/resources/v2.0/incidents/tags/definitions",
+            json={"name": "team", "type": "MultiValue"},
+            headers={"Authorization": "Bearer BPUbpsync-emulator"},
+        ) as resp,
+    ):
+        assert resp.status == 201, await resp.text()
+    code, out, err = await run_cli("--config", str(config), "config", "check", env=env)
+    assert code == 1
+    assert "the BigPanda tag team is of type MultiValue" in err

@@ -11,6 +11,9 @@ from typing import Any
 import pytest
 
 from sync.clock import FakeClock
+from sync.emulators.bigpanda import STATE_KEY as BP_STATE_KEY
+from sync.errors import ConfigError
+from sync.store.base import OutboxState
 
 from .conftest import World
 from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
@@ -183,3 +186,98 @@ async def test_an_unreadable_dictionary_means_the_documented_sizes(
     sn = await emu.sn_one_for(bp_id)
     assert len(sn["short_description"]) == 160
     assert sn["short_description"].endswith(MARKER)
+
+
+# --------------------------------------------------------------------------- items 2, 3
+
+
+async def test_a_fresh_org_gets_the_tags_bpsync_writes_defined(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh = Emu(world)  # no tag defined by the test: a fresh organisation
+    before = await fresh._bp("GET", f"{V2}/incidents/tags/definitions", expect=200)
+    assert {d["id"] for d in before} == {"priority"}
+    await world.build(
+        tag_mapping=SYSTEM_MAPPING, **{"incidents.link_tag": "x_bp_ticket"}
+    )  # the seed's responseIncidentTag case
+    after = await fresh._bp("GET", f"{V2}/incidents/tags/definitions", expect=200)
+    types = {d["id"]: d["type"] for d in after}
+    # the link tag and every tag a sn_to_bp/both row writes; not the bp_to_sn-only ones
+    assert types == {
+        "priority": "Priority",
+        "x_bp_ticket": "Text",
+        "impact_level": "Text",
+        "service_area": "Text",
+        "sn_subcategory": "Text",
+    }
+    bp_id = await fresh.new_incident("db06", check="cpu")
+    await settle(world)
+    sn = await fresh.sn_one_for(bp_id)
+    assert (await fresh.tags(bp_id))["x_bp_ticket"].startswith(sn["number"])
+    await fresh.sn_patch(sn["sys_id"], {"subcategory": "disk"})
+    await settle(world)
+    assert (await fresh.tags(bp_id))["sn_subcategory"] == "disk"
+    assert world.engine is not None
+    assert await world.engine.store.count_outbox([OutboxState.DEAD]) == 0
+
+    await world.build()  # a restart finds them all: nothing created twice
+    again = await fresh._bp("GET", f"{V2}/incidents/tags/definitions", expect=200)
+    assert len(again) == len(after)
+
+
+async def test_a_row_writing_a_tag_of_another_type_is_refused_at_start(world: World) -> None:
+    bp_state = world.bp_app[BP_STATE_KEY]
+    bp_state.define_tag("team", type_="ClosedListValuesSingle", values=["db", "web"])
+    mapping = [{"bigpanda_tag": "team", "servicenow_field": "category", "direction": "both"}]
+    with pytest.raises(ConfigError, match="team is of type ClosedListValuesSingle"):
+        await world.build(tag_mapping=mapping)
+
+
+async def test_priority_is_written_through_its_levels(world: World, emu: Emu) -> None:
+    mapping = [
+        {
+            "bigpanda_tag": "priority",
+            "servicenow_field": "urgency",
+            "direction": "both",
+            "value_map": {"P1": "1", "P2": "2", "P3": "3"},
+        }
+    ]
+    await world.build(tag_mapping=mapping)
+    bp_id = await emu.new_incident("db07", check="cpu")
+    await emu.set_tags(bp_id, priority="P2")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    assert sn["urgency"] == "2"
+    await emu.sn_patch(sn["sys_id"], {"urgency": "1"})
+    await settle(world)
+    assert (await emu.tags(bp_id))["priority"] == "P1"
+    await emu.sn_patch(sn["sys_id"], {"urgency": "3"})
+    await settle(world)
+    assert (await emu.tags(bp_id))["priority"] == "P3"
+
+
+async def test_priority_levels_outside_the_definition_are_refused(world: World) -> None:
+    mapping = [
+        {
+            "bigpanda_tag": "priority",
+            "servicenow_field": "urgency",
+            "direction": "both",
+            "value_map": {"P1": "1", "Sev2": "2"},
+        }
+    ]
+    with pytest.raises(ConfigError, match="Sev2 is not a level of the Priority tag priority"):
+        await world.build(tag_mapping=mapping)
+
+
+async def test_a_narrowed_row_is_named_at_start(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapping = [
+        *SYSTEM_MAPPING,
+        {"bigpanda_tag": "severity", "servicenow_field": "impact", "direction": "both"},
+        {"bigpanda_tag": "owner", "servicenow_field": "number", "direction": "both"},
+    ]
+    await world.build(tag_mapping=mapping)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("severity is an incident attribute" in w for w in warnings), warnings
+    assert any("number is set by ServiceNow" in w for w in warnings), warnings

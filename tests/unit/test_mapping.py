@@ -89,7 +89,13 @@ def test_compile_rules_keeps_order_and_narrows_directions() -> None:
             {"bigpanda_tag": "severity", "servicenow_field": "impact", "direction": "both"},
             {"bigpanda_tag": "owner", "servicenow_field": "assigned_to", "direction": "sn_to_bp"},
             {"bigpanda_tag": "servicenow_link", "servicenow_field": "number"},
-            {"bigpanda_tag": "priority", "servicenow_field": "urgency", "direction": "both"},
+            {"bigpanda_tag": "priority", "servicenow_field": "urgency", "direction": "bp_to_sn"},
+            {
+                "bigpanda_tag": "priority",
+                "servicenow_field": "u_prio",
+                "direction": "both",
+                "value_map": {"P1": "1", "P2": "2"},
+            },
             {"bigpanda_tag": "sn_priority", "servicenow_field": "priority", "direction": "both"},
         ]
     )
@@ -98,9 +104,15 @@ def test_compile_rules_keeps_order_and_narrows_directions() -> None:
         ("severity", "impact", True, False),  # severity is the incident attribute: read-only
         ("owner", "assigned_to", False, True),
         # the link tag row is dropped: the executor owns that tag
-        ("priority", "urgency", True, False),  # Priority-type tag: never written
+        ("priority", "urgency", True, False),
+        ("priority", "u_prio", True, True),  # the Priority tag: written through its levels
         ("sn_priority", "priority", False, True),  # ServiceNow derives priority
     ]
+
+
+def test_a_row_writing_the_priority_tag_without_levels_is_refused() -> None:
+    with pytest.raises(ValueError, match="priority is BigPanda's Priority-type tag"):
+        settings([{"bigpanda_tag": "priority", "servicenow_field": "urgency", "direction": "both"}])
 
 
 def test_bp_value_reads_tags_and_lowercased_attributes() -> None:
@@ -245,9 +257,9 @@ def test_valid_mapping_has_no_problems() -> None:
             "is the link tag",
         ),
         (
-            [{"bigpanda_tag": "priority", "servicenow_field": "u_prio", "direction": "both"}],
+            [{"bigpanda_tag": "severity", "servicenow_field": "u_sev", "direction": "both"}],
             {},
-            "priority is a Priority-type tag",
+            "severity is an incident attribute (read-only)",
         ),
         (
             [{"bigpanda_tag": "severity", "servicenow_field": "impact", "direction": "sn_to_bp"}],
