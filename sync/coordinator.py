@@ -66,7 +66,7 @@ from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoun
 from sync.execution import CycleRun
 from sync.executor import Executor
 from sync.guards import check_empty_side, check_mass_resolve
-from sync.mapping import updated_texts
+from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
 from sync.pairs import (
@@ -278,7 +278,7 @@ class Coordinator:
             pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
             pairs, held, preludes = await self._hold_busy(pairs, held, environments)
             run.held = held
-            await self._expand_for_texts(pairs, bp_polled.listed)
+            await self._expand_alerts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
             worked = {c.key for pair in (*pairs, *fresh) for c in pair.changes}
@@ -567,14 +567,19 @@ class Coordinator:
         except NotFoundError:
             log.warning("BigPanda incident %s vanished while being synced", bp.id)
 
-    async def _expand_for_texts(
+    async def _expand_alerts(
         self, pairs: Sequence[Pair], listed: Sequence[tuple[BPIncident, str]]
     ) -> None:
-        """Linked pairs whose BigPanda incident changed get its alerts when
-        ``update_fields`` lists a generated text (B10: the description follows the
-        incident), read in batches like newcomers' (:mod:`sync.newcomers`): no request
-        for a pair that did not change, about one page per ten that did."""
-        if not updated_texts(self._settings.incidents):
+        """Linked pairs whose BigPanda incident changed get its alerts when something
+        after the create is built from them: a generated text ``update_fields`` lists
+        (B10: the description follows the incident), a mapping row reading
+        ``primary_alert.<tag>``. Read in batches like newcomers' (:mod:`sync.newcomers`):
+        no request for a pair that did not change, about one page per ten that did."""
+        reads_alerts = any(
+            rule.to_servicenow and reads_primary_alert(rule.tag)
+            for rule in compile_rules(self._settings)
+        )
+        if not updated_texts(self._settings.incidents) and not reads_alerts:
             return
         wanted: dict[str, dict[str, Pair]] = {}
         for pair in pairs:

@@ -52,11 +52,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Final, Literal
 
 from sync.actions import RefLookup
-from sync.constants import SN_CORRELATION_DISPLAY
+from sync.constants import SN_CORRELATION_DISPLAY, SN_DATETIME_FORMAT
 from sync.model import BPAlert, BPIncident
 from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 
@@ -67,6 +68,7 @@ __all__ = [
     "BP_INCIDENT_ATTRIBUTES",
     "DERIVED_FIELDS",
     "JOURNAL_FIELDS",
+    "PRIMARY_ALERT_PREFIX",
     "PRIORITY_TAG",
     "SN_READ_ONLY_FIELDS",
     "UNMAPPED",
@@ -76,8 +78,10 @@ __all__ = [
     "Unmapped",
     "bp_value",
     "compile_rules",
+    "configured_create_fields",
     "mapped_create_values",
     "norm",
+    "reads_primary_alert",
     "static_fields",
     "static_lookups",
     "updatable_after_create",
@@ -98,8 +102,12 @@ UNMAPPED: Final = Unmapped.UNMAPPED
 #: a converted value: text, None (empty: clear the target) or UNMAPPED (leave it alone)
 Converted = str | None | Literal[Unmapped.UNMAPPED]
 
-#: BigPanda's built-in Priority-type tag: read (short description, bp_to_sn), never written
+#: BigPanda's built-in Priority-type tag: written only through a value_map onto its levels
 PRIORITY_TAG = "priority"
+
+#: a mapping row's ``bigpanda_tag`` of this form reads a tag of the incident's primary
+#: alert (``primary_alert.host``): read-only, known only when the alerts are read
+PRIMARY_ALERT_PREFIX = "primary_alert."
 
 #: incident attributes readable as if they were tags (read-only, compared lower-case)
 BP_INCIDENT_ATTRIBUTES: Mapping[str, Callable[[BPIncident], str]] = {
@@ -134,10 +142,15 @@ def norm(value: str | None) -> str | None:
 
 def _tag_writable(tag: str, value_map: Mapping[str, str] | None) -> bool:
     """Text tags; the Priority tag only through a map onto its levels (checked against
-    its definition at start-up, :mod:`sync.tagdefs`)."""
+    its definition at start-up, :mod:`sync.tagdefs`); never an attribute or an alert's."""
     if tag == PRIORITY_TAG:
         return bool(value_map)
-    return tag not in BP_INCIDENT_ATTRIBUTES
+    return tag not in BP_INCIDENT_ATTRIBUTES and not reads_primary_alert(tag)
+
+
+def reads_primary_alert(tag: str) -> bool:
+    """Does this mapped name read a tag of the primary alert (``primary_alert.<tag>``)?"""
+    return tag.startswith(PRIMARY_ALERT_PREFIX)
 
 
 def _sn_read_only(name: str) -> bool:
@@ -248,8 +261,12 @@ def compile_rules(settings: Settings, sizes: FieldSizes = DEFAULT_SIZES) -> tupl
     return tuple(out)
 
 
-def bp_value(incident: BPIncident, tag: str) -> str | None:
-    """The incident's value for a mapped tag name (attributes lower-cased; empty = None)."""
+def bp_value(incident: BPIncident, tag: str, primary: BPAlert | None = None) -> str | None:
+    """The incident's value for a mapped tag name (attributes lower-cased; empty = None;
+    ``primary_alert.<tag>``: that tag of ``primary``, the incident's primary alert)."""
+    if reads_primary_alert(tag):
+        name = tag[len(PRIMARY_ALERT_PREFIX) :]
+        return _alert_tag(primary, name) if primary is not None and name else None
     attribute = BP_INCIDENT_ATTRIBUTES.get(tag)
     if attribute is not None:
         return norm(attribute(incident).lower())
@@ -283,7 +300,9 @@ class MappedValues:
     record_sn: Mapping[str, str | None]
 
 
-def mapped_create_values(incident: BPIncident, rules: tuple[FieldRule, ...]) -> MappedValues:
+def mapped_create_values(
+    incident: BPIncident, rules: tuple[FieldRule, ...], primary: BPAlert | None = None
+) -> MappedValues:
     """Fields for the create from ``bp_to_sn``/``both`` rules, and what to record as synced.
 
     Every rule's tag is recorded with its BigPanda value; a field that is written is
@@ -294,7 +313,7 @@ def mapped_create_values(incident: BPIncident, rules: tuple[FieldRule, ...]) -> 
     record_bp: dict[str, str | None] = {}
     record_sn: dict[str, str | None] = {}
     for rule in rules:
-        value = bp_value(incident, rule.tag)
+        value = bp_value(incident, rule.tag, primary)
         record_bp.setdefault(rule.tag, value)
         record_sn.setdefault(rule.field, None)
         if not rule.to_servicenow or rule.field in fields:
@@ -310,6 +329,16 @@ def mapped_create_values(incident: BPIncident, rules: tuple[FieldRule, ...]) -> 
 def static_fields(bp_incident_id: str) -> dict[str, str]:
     """Fields every created incident carries (SPEC B2: the correlation)."""
     return {"correlation_id": bp_incident_id, "correlation_display": SN_CORRELATION_DISPLAY}
+
+
+def configured_create_fields(incident: BPIncident, incidents: IncidentSettings) -> dict[str, str]:
+    """What the settings add to every create: ``static_fields`` and ``opened_at`` (the
+    BigPanda incident's start, UTC, unless ``opened_at_from_start`` is off)."""
+    fields = dict(incidents.static_fields)
+    if incidents.opened_at_from_start and incident.start:
+        opened = datetime.fromtimestamp(incident.start, UTC).strftime(SN_DATETIME_FORMAT)
+        fields.setdefault("opened_at", opened)
+    return fields
 
 
 def _alert_tag(alert: BPAlert, name: str) -> str | None:
@@ -374,11 +403,12 @@ def validate_mapping(settings: Settings) -> list[str]:
             )
         writable = _tag_writable(row.bigpanda_tag, row.value_map)
         if to_bp and not writable:
-            kind = (
-                "a Priority-type tag, written only through a value_map onto its levels"
-                if row.bigpanda_tag == PRIORITY_TAG
-                else "an incident attribute (read-only)"
-            )
+            if row.bigpanda_tag == PRIORITY_TAG:
+                kind = "a Priority-type tag, written only through a value_map onto its levels"
+            elif reads_primary_alert(row.bigpanda_tag):
+                kind = "a tag of the primary alert (read-only)"
+            else:
+                kind = "an incident attribute (read-only)"
             problems.append(f"{where}: {row.bigpanda_tag} is {kind}; use direction bp_to_sn")
         if to_bp and writable:
             if row.bigpanda_tag in tag_writer:

@@ -112,8 +112,10 @@ from sync.mapping import (
     FieldRule,
     bp_value,
     compile_rules,
+    configured_create_fields,
     mapped_create_values,
     norm,
+    reads_primary_alert,
     static_fields,
     static_lookups,
     updatable_after_create,
@@ -121,7 +123,7 @@ from sync.mapping import (
 )
 from sync.model import BPIncident, FieldState, Link, LinkState, SNIncident
 from sync.primary import parse_criteria, pick_primary_alert
-from sync.sizes import DEFAULT_SIZES, FieldSizes
+from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import Settings
@@ -176,9 +178,7 @@ def _plan_create(
     # a replacement after a reopen searches anyway (the old incident shares the id)
     checked = inp.correlation_checked and inp.sn is None and previous_link_id is None
     return [
-        _create_action(
-            bp, env, settings, previous_link_id, checked_absent=checked, sizes=inp.sizes
-        )
+        _create_action(bp, env, settings, previous_link_id, checked_absent=checked, sizes=inp.sizes)
     ]
 
 
@@ -195,21 +195,25 @@ def _create_action(
     rules = compile_rules(settings, sizes)
     primary = pick_primary_alert(bp.alerts, parse_criteria(opts.primary_alert))
     texts = build_texts(bp, settings, env, sizes)
-    mapped = mapped_create_values(bp, rules)
+    mapped = mapped_create_values(bp, rules, primary)
     generated: dict[str, str] = {"short_description": texts.short_description}
     if texts.description:
         generated["description"] = texts.description
     if texts.work_notes:
         generated["work_notes"] = texts.work_notes
-    # precedence: correlation (B2) > mapped values > generated texts
-    fields = {**generated, **mapped.fields, **static_fields(bp.id)}
+    configured = {
+        name: fit(value, sizes.sn(name))
+        for name, value in configured_create_fields(bp, opts).items()
+    }
+    # precedence: correlation (B2) > mapped values > static_fields, opened_at > texts
+    fields = {**generated, **configured, **mapped.fields, **static_fields(bp.id)}
     lookups = {
         name: ref for name, ref in static_lookups(opts, primary).items() if name not in fields
     }
     record_sn = dict(mapped.record_sn)
     for name, value in generated.items():
         # remember a generated text only when update_fields lets bpsync rewrite it later
-        if name not in mapped.fields and _text_updatable(settings, name):
+        if name not in mapped.fields and name not in configured and _text_updatable(settings, name):
             record_sn[name] = value
     return CreateServiceNowIncident(
         bp_incident_id=bp.id,
@@ -391,11 +395,19 @@ def _sync_fields(pair: _Pair) -> list[Action]:
 
     bp_now: dict[str, str | None] = {}
     sn_now: dict[str, str | None] = {}
+    bp = inp.bp
+    # a primary alert's tag is known only when the alerts were read: else unchanged
+    alerts_known = bp is not None and (bool(bp.alerts) or not bp.alert_ids)
+    primary = (
+        pick_primary_alert(bp.alerts, parse_criteria(opts.primary_alert))
+        if bp is not None and alerts_known
+        else None
+    )
     for rule in rules:
         if rule.tag not in bp_now:
             bp_now[rule.tag] = (
-                bp_value(inp.bp, rule.tag)
-                if inp.bp is not None
+                bp_value(bp, rule.tag, primary)
+                if bp is not None and (alerts_known or not reads_primary_alert(rule.tag))
                 else _last(synced, Side.BIGPANDA, rule.tag)
             )
         if rule.field not in sn_now:

@@ -233,6 +233,23 @@ class IncidentSettings(_Section):
     close_code: str = "Solution provided"
     """Resolution code sent when bpsync resolves a ServiceNow incident."""
     close_notes: str = "Resolved in BigPanda"
+    static_fields: dict[str, str] = Field(default_factory=dict)
+    """ServiceNow fields every created incident gets (the seed's ``x-bp-field-<name>``
+    overrides), e.g. ``{contact_type = "monitoring", u_source = "BigPanda"}``; a mapped
+    value for the same field wins."""
+    opened_at_from_start: bool = True
+    """``opened_at`` of a created incident = the BigPanda incident's start (UTC)."""
+
+    @field_validator("static_fields")
+    @classmethod
+    def _static_fields_writable(cls, value: dict[str, str]) -> dict[str, str]:
+        owned = {"number", "state", "active", "correlation_id", "correlation_display"}
+        for name in value:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise ValueError(f"static_fields: {name!r} is not a ServiceNow field name")
+            if name in owned or name.startswith("sys_"):
+                raise ValueError(f"static_fields: {name} is set by ServiceNow or by bpsync itself")
+        return value
 
 
 class RetrySettings(_Section):

@@ -6,6 +6,7 @@ and request counts are read back from the emulators.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -281,3 +282,68 @@ async def test_a_narrowed_row_is_named_at_start(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("severity is an incident attribute" in w for w in warnings), warnings
     assert any("number is set by ServiceNow" in w for w in warnings), warnings
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+async def test_static_fields_opened_at_and_primary_alert_tags_at_create(
+    world: World, emu: Emu
+) -> None:
+    mapping = [
+        SYSTEM_MAPPING[0],
+        {
+            "bigpanda_tag": "primary_alert.region",
+            "servicenow_field": "subcategory",
+            "direction": "bp_to_sn",
+        },
+    ]
+    await world.build(
+        tag_mapping=mapping,
+        **{"incidents.static_fields": {"contact_type": "monitoring", "u_source": "BigPanda"}},
+    )
+    assert isinstance(world.clock, FakeClock)
+    bp_id = await emu.new_incident("db08", check="cpu", region="eu-west")
+    start = int((await emu.incident(bp_id))["start"])
+    world.clock.advance(30)
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    assert sn["contact_type"] == "monitoring"
+    assert "u_source" not in sn  # a field the table lacks is dropped, as ServiceNow does
+    assert sn["subcategory"] == "eu-west"
+    opened = datetime.strptime(sn["opened_at"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert int(opened.timestamp()) == start
+
+
+async def test_a_primary_alert_tag_follows_when_the_primary_alert_changes(
+    world: World, emu: Emu
+) -> None:
+    mapping = [
+        {
+            "bigpanda_tag": "primary_alert.region",
+            "servicenow_field": "subcategory",
+            "direction": "bp_to_sn",
+        }
+    ]
+    await world.build(tag_mapping=mapping)
+    assert isinstance(world.clock, FakeClock)
+    bp_id = await emu.new_incident("db09", check="cpu", region="eu", status="warning")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    assert sn["subcategory"] == "eu"
+    # a critical alert joins: the primary alert (oldest critical) is now this one
+    world.clock.advance(5)
+    await emu.ingest(host="db09", check="disk", region="us", status="critical")
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["subcategory"] == "us"
+    # an unrelated tag change of the incident: the subcategory stays
+    await emu.set_tags(bp_id, service_area="x")
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["subcategory"] == "us"
+
+
+def test_static_fields_refuse_fields_bpsync_or_servicenow_own(tmp_path: Any) -> None:
+    from sync.settings import load_settings
+
+    with pytest.raises(ConfigError, match="static_fields: correlation_id is set by"):
+        load_settings(None, {"incidents.static_fields": {"correlation_id": "x"}}, env_file=None)
