@@ -91,6 +91,9 @@ class DemoResult:
     linked: int = 0
     """Links with a ServiceNow incident (linked or resolved) at the end."""
     pairs: list[dict[str, str]] = field(default_factory=list)
+    disagreeing: list[str] = field(default_factory=list)
+    """BigPanda ids of linked pairs whose mapped values differ at the end (none, or the
+    demo shows something the sync did not do)."""
 
 
 @dataclass
@@ -254,6 +257,7 @@ class Demo:
             finally:
                 self._stop.set()
                 await self._finish(tasks)
+            await self._settle(engine)
             pairs = await self._rows(engine)
             self.result.pairs = pairs
             self.result.linked = sum(1 for p in pairs if p["ServiceNow"])
@@ -262,6 +266,29 @@ class Demo:
                 self.console.print(self._table(pairs))
         finally:
             await engine.close()
+
+    async def _settle(self, engine: Engine, max_cycles: int = 8) -> None:
+        """After the last edit, cycle until one has nothing to do: the closing table
+        shows what bpsync made of every edit, not an edit still on its way."""
+        for _ in range(max_cycles):
+            report = await engine.coordinator.run_cycle()
+            self.result.cycles += 1
+            if not report.ok:
+                self.result.failed_cycles += 1
+            elif report.actions == 0:
+                return
+
+    def _agrees(self, link: Link) -> bool:
+        """Do both sides hold corresponding values for every row of the mapping?"""
+        bp = self._bp_state.incidents.get(link.bp_incident_id)
+        sn = self._sn_state.tables["incident"].get(link.sn_sys_id or "")
+        if bp is None or sn is None:
+            return False
+        priority = bp.tags["priority"].value if "priority" in bp.tags else None
+        category = bp.tags["category"].value if "category" in bp.tags else None
+        levels: dict[str, str] = DEMO_TAG_MAPPING[0]["value_map"]
+        urgency_agrees = levels.get(priority or "") == sn.get("urgency")
+        return urgency_agrees and (category or "") == sn.get("category", "")
 
     async def _wait_for_stop(self) -> None:
         duration = self.options.duration
@@ -434,6 +461,11 @@ class Demo:
             [LinkState.PENDING, LinkState.LINKED, LinkState.RESOLVED], limit=30
         )
         rows = []
+        self.result.disagreeing = [
+            link.bp_incident_id
+            for link in links
+            if link.state == LinkState.LINKED and not self._agrees(link)
+        ]
         for link in links:
             bp = self._bp_state.incidents.get(link.bp_incident_id)
             sn = self._sn_state.tables["incident"].get(link.sn_sys_id or "", {})

@@ -197,10 +197,10 @@ async def test_bad_times_are_one_line_errors(
 async def test_demo_links_pairs_and_stops_by_itself(tmp_path: Path) -> None:
     result = await run_demo(
         DemoOptions(
-            duration=8,
+            duration=10,
             live=False,
             poll_interval=1.0,
-            change_interval=2.0,
+            change_interval=1.0,
             incidents=4,
             state_dir=tmp_path / "demo",
             servicenow_port=0,
@@ -211,6 +211,9 @@ async def test_demo_links_pairs_and_stops_by_itself(tmp_path: Path) -> None:
     assert result.cycles >= 3 and result.failed_cycles == 0
     assert result.changes >= 1
     assert all(pair["ServiceNow"].startswith("INC") for pair in result.pairs)
+    # what the closing table lists as linked agrees on both sides (priority <-> urgency
+    # both ways, category), after edits on both sides
+    assert result.disagreeing == [], result.pairs
 
 
 async def test_demo_command_no_live(tmp_path: Path) -> None:
