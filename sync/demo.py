@@ -288,7 +288,7 @@ class Demo:
         category = bp.tags["category"].value if "category" in bp.tags else None
         levels: dict[str, str] = DEMO_TAG_MAPPING[0]["value_map"]
         urgency_agrees = levels.get(priority or "") == sn.get("urgency")
-        return urgency_agrees and (category or "") == sn.get("category", "")
+        return bool(urgency_agrees and (category or "") == sn.get("category", ""))
 
     async def _wait_for_stop(self) -> None:
         duration = self.options.duration
