@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
 from datetime import timedelta
@@ -531,3 +532,10 @@ async def test_lookups_fill_found_fields_and_warn_once(
     warnings = [r for r in caplog.records if "nobody@example.com" in r.getMessage()]
     assert len(warnings) == 1
     assert sn.count("query") == 2  # one per value, then cached
+
+
+@pytest.mark.parametrize("module", ["core", "writes", "delivery", "alerts"])
+def test_every_part_of_the_executor_logs_on_one_logger(module: str) -> None:
+    """Log consumers (``sync.demo``, alerting on ``logger``) filter on ``sync.executor``."""
+    part = importlib.import_module(f"sync.executor.{module}")
+    assert part.log.name == "sync.executor"

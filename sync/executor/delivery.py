@@ -1,0 +1,384 @@
+"""Delivery: the outbox's attempts, backoff, dead letters: the retry policy in one place.
+
+The outbox (SPEC B13, B15)
+--------------------------
+Every HTTP write is an outbox item before it is sent: ``enqueue`` (the payload is the
+serialised action plus the BigPanda environment and, for a create, the pending link id;
+the idempotency key is a hash of kind, target and payload, :mod:`sync.executor.codec`)
+-> send -> ``complete``. Killed between any two steps, the item is still there and
+:meth:`Delivery.drive_due` sends it again (an in-flight item whose lease expired is
+claimed again). Writes are idempotent or made so (the create protocol,
+:mod:`sync.executor.writes`), so "at least once" is safe.
+
+Writes to one target (``servicenow:<sys_id>``, ``servicenow:create:<bp id>``,
+``bigpanda:<bp id>``) go out in queue order: a new write whose target still has an
+older open item (waiting for a retry) is queued behind it rather than sent, so an old
+value can never overwrite a newer one.
+
+Attempts, dead letters and notification
+---------------------------------------
+An *attempt* is one drive of an item: up to ``retry.in_cycle_attempts`` sends inside
+the cycle with a short backoff (``in_cycle_backoff`` doubling up to
+``in_cycle_backoff_max``; a ``Retry-After`` is honoured: nothing is sent to that side
+before it elapses, and an item whose ``Retry-After`` exceeds the in-cycle cap is not sent
+in this cycle at all). The store counts attempts. After failed attempt ``n``:
+
+- ``n < min(dlq_after, attempts)``: back to pending, next attempt at
+  ``now + max(retry.interval, Retry-After)``.
+- ``n >= min(dlq_after, attempts)``: the item is dead-lettered (state ``dead``, the reason
+  in ``last_error``, visible in ``bpsync dlq list``). While ``n < attempts`` a dead item
+  still gets its remaining attempts, every ``retry.interval`` after the last one; a
+  success at any point completes it (it leaves the dead-letter queue).
+- ``n == min(notify_after, attempts)``: the operator is notified once
+  (:mod:`sync.executor.alerts`).
+- ``n == attempts``: the last attempt failed: no more automatic attempts
+  (``bpsync dlq retry`` starts over with 0 attempts), and B14 for a ServiceNow write.
+
+With the seed's values (6 attempts, dead-letter after 5, notify after 6): attempts 1-4
+fail -> pending, 15 minutes apart; attempt 5 fails -> dead; attempt 6 (15 minutes later,
+from the dead-letter queue) fails -> notify, B14, no more attempts.
+
+A :class:`~sync.errors.PermanentError` is one attempt only: dead-lettered at once with
+the vendor's message (``last_error`` starts with ``permanent: ``; such an item is never
+re-driven automatically), the operator notified, and B14. A :class:`~sync.errors.FatalError`
+(credentials) or a :class:`~sync.errors.StoreError` (including ``FencedError``) leaves
+the item as it is and propagates: the coordinator stops the cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+from sync.actions import Action
+from sync.clock import Clock
+from sync.errors import ApiError, PermanentError, TransientError
+from sync.executor.alerts import Alerts, item_extra
+from sync.executor.codec import SIDE_OF_KIND, WriteAction, decode_action, new_outbox_item
+from sync.executor.writes import Writes
+from sync.settings import RetrySettings
+from sync.store.base import FieldStates, LinkStore, NewOutboxItem, OutboxItem, OutboxState
+
+# every line the executor logs is on "sync.executor" (log consumers filter on it)
+log = logging.getLogger("sync.executor")
+
+#: how long a claimed item may stay in flight before another drive may claim it again
+DEFAULT_LEASE_S = 120.0
+#: how many due items one drive handles (the rest wait for the next cycle)
+DEFAULT_DRIVE_LIMIT = 500
+#: ``last_error`` prefix of an item dead-lettered by a permanent error: never re-driven
+PERMANENT_PREFIX = "permanent: "
+
+
+@dataclass(slots=True)
+class DriveReport:
+    """What :meth:`Executor.drive_due` did."""
+
+    sent: int = 0
+    completed: int = 0
+    failed: int = 0
+    dead: int = 0
+    deferred: int = 0
+
+
+class _Deferred(Exception):  # noqa: N818 - control flow, not an error
+    """An item that must not be sent yet (Retry-After beyond the in-cycle cap)."""
+
+    def __init__(self, side: str, wait_s: float) -> None:
+        super().__init__(f"{side}: waiting {wait_s:.1f}s for Retry-After")
+        self.side = side
+        self.wait_s = wait_s
+
+
+class ActionLogger(Protocol):
+    """Logs (and counts) one action's outcome: the executor's action line."""
+
+    def __call__(
+        self, action: Action, outcome: str, duration_s: float, *, retry: bool = False
+    ) -> None: ...
+
+
+class Delivery:
+    """Sends outbox items: in target order, with retries, dead letters and alerts."""
+
+    def __init__(
+        self,
+        store: LinkStore,
+        clock: Clock,
+        retry: RetrySettings,
+        writes: Writes,
+        alerts: Alerts,
+        *,
+        log_action: ActionLogger,
+        lease_s: float = DEFAULT_LEASE_S,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._retry = retry
+        self._writes = writes
+        self._alerts = alerts
+        self._log_action = log_action
+        self._lease_s = lease_s
+        #: items claimed before this executor existed belong to a process that is gone:
+        #: one writer at a time (the SQLite lock, the Postgres leader's epoch fencing)
+        self._started_at = clock.now()
+        #: side -> monotonic time before which nothing is sent to it (Retry-After)
+        self._not_before: dict[str, float] = {}
+        #: target -> {id: kind} of its open items (pending retry / in flight / dead with
+        #: attempts left)
+        self._open: dict[str, dict[int, str]] = {}
+
+    # ------------------------------------------------------------------ open items
+
+    def has_open_writes(self, bp_incident_id: str, sn_sys_id: str | None) -> bool:
+        """True while a write to this pair waits in the outbox (a retry, an item in
+        flight, a dead item with attempts left), as known since the last drive_due."""
+        targets = [f"bigpanda:{bp_incident_id}", f"servicenow:create:{bp_incident_id}"]
+        if sn_sys_id:
+            targets.append(f"servicenow:{sn_sys_id}")
+        return any(self._open.get(target) for target in targets)
+
+    def reopen_waits(self, sn_sys_id: str | None) -> bool:
+        """A reopen of this ServiceNow incident waits in the outbox (as known since the
+        last drive_due): until it is sent, the incident still reads Resolved."""
+        if not sn_sys_id:
+            return False
+        return "sn.reopen" in self._open.get(f"servicenow:{sn_sys_id}", {}).values()
+
+    def _blocked(self, target: str, item_id: int) -> bool:
+        return any(other < item_id for other in self._open.get(target, ()))
+
+    def _close(self, item: OutboxItem) -> None:
+        ids = self._open.get(item.target)
+        if ids is not None:
+            ids.pop(item.id, None)
+            if not ids:
+                del self._open[item.target]
+
+    # ------------------------------------------------------------------ enqueue, send
+
+    async def drive_due(self, *, limit: int = DEFAULT_DRIVE_LIMIT) -> DriveReport:
+        """Send again what is due: failed writes whose interval passed, dead items with
+        attempts left, and in-flight items whose lease expired or that a previous process
+        claimed before it was killed (this one started later)."""
+        report = DriveReport()
+        now = self._clock.now()
+        open_items = await self._store.list_outbox(
+            [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
+        )
+        self._open = {}
+        finals: list[OutboxItem] = []
+        interval = timedelta(seconds=self._retry.interval)
+        for item in open_items:
+            if item.state == OutboxState.DEAD:
+                exhausted = item.attempts >= self._retry.attempts
+                if exhausted or (item.last_error or "").startswith(PERMANENT_PREFIX):
+                    continue  # waits for an operator (dlq retry|drop), blocks nothing
+                if item.updated_at + interval <= now:
+                    finals.append(item)
+            self._open.setdefault(item.target, {})[item.id] = item.kind
+        # an item left in flight by a killed process is claimed again at once, not after
+        # the lease (which protects this process's own claims, made since it started)
+        since_start_s = (now - self._started_at).total_seconds()
+        lease_s = min(self._lease_s, since_start_s + 0.001)
+        claimed = await self._store.claim_due(now, limit=limit, lease_s=lease_s)
+        batch = sorted([*claimed, *finals], key=lambda x: x.id)
+        for item in batch[:limit]:
+            if self._blocked(item.target, item.id):
+                report.deferred += 1  # stays in flight; claimed again after its lease
+                continue
+            try:
+                action = decode_action(item.payload.get("action", {}))
+            except ValueError as exc:
+                await self._store.dead_letter(item.id, f"unreadable outbox item: {exc}", now)
+                self._close(item)
+                report.dead += 1
+                continue
+            env = item.payload.get("environment_id")
+            meta = {k: v for k, v in item.payload.items() if k != "action"}
+            started = self._clock.monotonic()
+            # sent again: a killed process may have sent it already (attempts count only
+            # failures), so it is always re-checked (the create searches first, B2)
+            outcome = await self._drive(
+                item, action, env if isinstance(env, str) else None, meta, resend=True
+            )
+            self._log_action(action, outcome, self._clock.monotonic() - started, retry=True)
+            report.sent += 1
+            if outcome == "ok":
+                report.completed += 1
+            elif outcome == "dead":
+                report.dead += 1
+            elif outcome == "deferred":
+                report.deferred += 1
+            else:
+                report.failed += 1
+        return report
+
+    async def enqueue(self, new: NewOutboxItem) -> OutboxItem:
+        """The write's outbox item, stored (SPEC B15: before it is sent)."""
+        return await self._store.enqueue(
+            new.kind,
+            new.target,
+            new.payload,
+            new.idempotency_key,
+            self._clock.now(),
+            link_id=new.link_id,
+            bp_incident_id=new.bp_incident_id,
+            sn_sys_id=new.sn_sys_id,
+        )
+
+    async def run_write(self, action: WriteAction, env: str | None) -> str:
+        """enqueue -> send now unless queued behind an older write -> complete/fail."""
+        new, meta = new_outbox_item(action, env)
+        item = await self.enqueue(new)
+        return await self.send_enqueued(item, action, env, meta)
+
+    async def send_enqueued(
+        self, item: OutboxItem, action: WriteAction, env: str | None, meta: Mapping[str, Any]
+    ) -> str:
+        if item.state != OutboxState.PENDING or item.attempts > 0:
+            return "queued"  # the same write is already waiting for its retry
+        self._open.setdefault(item.target, {})[item.id] = item.kind
+        if self._blocked(item.target, item.id):
+            return "queued"
+        return await self._drive(item, action, env, meta)
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _drive(
+        self,
+        item: OutboxItem,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        *,
+        resend: bool = False,
+    ) -> str:
+        """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
+        records: list[FieldStates] = []
+        try:
+            follow_ups = await self._attempt(
+                action, env, meta, records, retried=resend or item.attempts > 0
+            )
+        except _Deferred as exc:
+            return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
+        except TransientError as exc:
+            return await self._failed(item, action, env, exc, retry_after_s=exc.retry_after_s)
+        except PermanentError as exc:
+            return await self._failed_permanently(item, action, env, exc)
+        # follow-ups (the link tag after a create) are in the outbox BEFORE this item is
+        # complete: killed in between, the create is re-driven (idempotent, B2) and the
+        # follow-up is still there, never lost (B15)
+        # (one transaction: the field states the write recorded, the follow-ups, complete)
+        news = [new_outbox_item(f, env) for f in follow_ups]
+        f_items = await self._store.complete_and_enqueue(
+            item.id,
+            self._clock.now(),
+            follow_ups=[new for new, _ in news],
+            field_states=records,
+        )
+        self._close(item)
+        for follow_up, f_item, (_, f_meta) in zip(follow_ups, f_items, news, strict=True):
+            await self.send_enqueued(f_item, follow_up, env, f_meta)
+        return "ok"
+
+    async def _attempt(
+        self,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        records: list[FieldStates],
+        *,
+        retried: bool,
+    ) -> list[WriteAction]:
+        side = SIDE_OF_KIND[action.kind].value
+        delay_s = self._retry.in_cycle_backoff
+        for attempt_no in range(1, self._retry.in_cycle_attempts + 1):
+            await self._wait_for(side)
+            records.clear()
+            try:
+                recheck = retried or attempt_no > 1
+                return await self._writes.apply(action, env, meta, records, recheck=recheck)
+            except TransientError as exc:
+                if exc.retry_after_s:
+                    mono = self._clock.monotonic() + exc.retry_after_s
+                    self._not_before[exc.side] = max(self._not_before.get(exc.side, 0.0), mono)
+                if attempt_no >= self._retry.in_cycle_attempts:
+                    raise
+                wait_s = max(delay_s, exc.retry_after_s or 0.0)
+                if wait_s > self._retry.in_cycle_backoff_max:
+                    raise
+                log.debug("transient failure, retrying in %.2fs: %s", wait_s, exc)
+                await self._clock.sleep(wait_s)
+                delay_s = min(delay_s * 2, self._retry.in_cycle_backoff_max)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _wait_for(self, side: str) -> None:
+        """Honour a Retry-After for ``side``: wait if short, else defer the item."""
+        remaining_s = self._not_before.get(side, 0.0) - self._clock.monotonic()
+        if remaining_s <= 0:
+            return
+        if remaining_s > self._retry.in_cycle_backoff_max:
+            raise _Deferred(side, remaining_s)
+        await self._clock.sleep(remaining_s)
+
+    # ------------------------------------------------------------------ failures
+
+    async def _failed(
+        self,
+        item: OutboxItem,
+        action: WriteAction,
+        env: str | None,
+        exc: Exception,
+        *,
+        retry_after_s: float | None,
+    ) -> str:
+        now = self._clock.now()
+        reason = str(exc)
+        attempt_no = item.attempts + 1
+        dead_at = min(self._retry.dlq_after, self._retry.attempts)
+        notify_at = min(self._retry.notify_after, self._retry.attempts)
+        if attempt_no >= dead_at:
+            updated = await self._store.dead_letter(item.id, reason, now)
+            outcome = "dead"
+        else:
+            wait_s = max(self._retry.interval, retry_after_s or 0.0)
+            updated = await self._store.fail(item.id, reason, now + timedelta(seconds=wait_s), now)
+            outcome = "retry"
+        if updated.attempts >= self._retry.attempts:
+            self._close(item)
+        log.warning(
+            "write failed (attempt %d of %d): %s",
+            updated.attempts,
+            self._retry.attempts,
+            reason,
+            extra=item_extra(updated),
+        )
+        if updated.attempts == notify_at:
+            await self._alerts.notify(updated, reason)
+        if updated.attempts >= self._retry.attempts and isinstance(exc, ApiError):
+            await self._communicate_error(action, env, exc, updated)
+        return outcome
+
+    async def _failed_permanently(
+        self, item: OutboxItem, action: WriteAction, env: str | None, exc: PermanentError
+    ) -> str:
+        reason = str(exc)
+        updated = await self._store.dead_letter(
+            item.id, PERMANENT_PREFIX + reason, self._clock.now()
+        )
+        self._close(item)
+        log.warning("write refused, not retried: %s", reason, extra=item_extra(updated))
+        await self._alerts.notify(updated, reason)
+        await self._communicate_error(action, env, exc, updated)
+        return "dead"
+
+    async def _communicate_error(
+        self, action: WriteAction, env: str | None, exc: ApiError, item: OutboxItem
+    ) -> None:
+        """B14: the comment and the ``error`` link tag, through the outbox."""
+        for write in await self._alerts.error_writes(action, env, exc, item):
+            await self.run_write(write, write.environment_id)

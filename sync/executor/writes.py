@@ -1,0 +1,412 @@
+"""The writes: one handler per write action, looked up in :data:`HANDLERS` by its type.
+
+A handler sends one write through the clients and records its effect; it returns the
+follow-up writes (the link tag after a create or after B14's recovery). Field states a
+handler appends to ``call.records`` are recorded with the item's completion (one
+transaction, see :mod:`sync.executor.delivery`).
+
+``call.recheck`` (a retry): the target is read first and only what still differs is
+sent. The write may have landed in part before it failed, or a person may have set the
+same value while it waited; resending it would be an echo (B5).
+
+Idempotent create (B2, B15)
+---------------------------
+``previous_link_id`` -> that link becomes ``superseded`` (history kept) ->
+``create_pending_link`` (``DuplicateLinkError``: another cycle or replica owns it, skip)
+-> the environment is remembered (checkpoint ``bp_env:<id>``) -> enqueue (these three in
+one transaction: ``create_pending_link_and_enqueue``, :mod:`sync.executor.core`) -> search
+``correlation_id`` (active incidents not already linked in this incident's history): one
+found is adopted (its fields that differ from the plan are PATCHed), none -> create
+with ``correlation_id`` = BigPanda id and ``correlation_display`` = ``BigPanda`` ->
+``confirm_link`` -> record field states (with the audit entry, one transaction:
+``confirm_link_and_record``) -> :class:`~sync.actions.SetLinkTag` (enqueued in the
+transaction that completes the create: ``complete_and_enqueue``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sync.actions import (
+    CommentBigPanda,
+    CreateServiceNowIncident,
+    ReopenServiceNow,
+    ResolveBigPanda,
+    ResolveServiceNow,
+    SetLinkTag,
+    UpdateBigPandaTags,
+    UpdateServiceNowFields,
+)
+from sync.clients.base import BigPandaAPI, ServiceNowAPI, SNRecord
+from sync.clock import Clock
+from sync.constants import (
+    LINK_TAG_ERROR_VALUE,
+    SN_CORRELATION_DISPLAY,
+    SN_RESOLVED_STATES,
+    Side,
+    SNState,
+)
+from sync.errors import NotFoundError, PermanentError
+from sync.executor.codec import (
+    BP_ENV_CHECKPOINT,
+    WriteAction,
+    field_states,
+    link_tag_value,
+    ref_value,
+)
+from sync.lookups import Lookups
+from sync.model import Link, LinkState
+from sync.settings import Settings
+from sync.store.base import FieldStates, LinkStore
+
+# every line the executor logs is on "sync.executor" (log consumers filter on it)
+log = logging.getLogger("sync.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCall:
+    """One send of a write: what a handler gets besides the action."""
+
+    env: str | None
+    """The BigPanda environment of the pair (None: read the one remembered at create)."""
+    meta: Mapping[str, Any]
+    """The outbox payload besides the action (a create's pending ``link_id``)."""
+    records: list[FieldStates]
+    """Field states to record with the item's completion."""
+    recheck: bool
+    """A retry: read the target first and send only what still differs."""
+
+
+class Writes:
+    """The clients, the store and the settings the handlers use, and the create's news."""
+
+    def __init__(
+        self,
+        store: LinkStore,
+        servicenow: ServiceNowAPI,
+        bigpanda: BigPandaAPI,
+        settings: Settings,
+        clock: Clock,
+        *,
+        lookups: Lookups,
+    ) -> None:
+        self.store = store
+        self.sn = servicenow
+        self.bp = bigpanda
+        self.settings = settings
+        self.clock = clock
+        self.lookups = lookups
+        #: bp incident id -> (sys_id, link id) confirmed by a create, for its log line
+        self.created: dict[str, tuple[str, int]] = {}
+        #: bp incident ids whose create (in the current execute) adopted an incident
+        self.adopted: set[str] = set()
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.servicenow.base_url or ""
+
+    async def environment_of(self, bp_incident_id: str) -> str | None:
+        """The BigPanda environment remembered for an incident (at its create)."""
+        return await self.store.get_checkpoint(BP_ENV_CHECKPOINT + bp_incident_id)
+
+    async def apply(
+        self,
+        action: WriteAction,
+        env: str | None,
+        meta: Mapping[str, Any],
+        records: list[FieldStates],
+        *,
+        recheck: bool = False,
+    ) -> list[WriteAction]:
+        """Send one write and record its effect; returns follow-up writes."""
+        handler = HANDLERS[type(action)]
+        return await handler(self, action, WriteCall(env, meta, records, recheck))
+
+    async def record(
+        self,
+        link_id: int,
+        record_bp: Mapping[str, str | None],
+        record_sn: Mapping[str, str | None],
+    ) -> None:
+        now = self.clock.now()
+        if record_bp:
+            await self.store.record_field_states(link_id, Side.BIGPANDA, record_bp, now)
+        if record_sn:
+            await self.store.record_field_states(link_id, Side.SERVICENOW, record_sn, now)
+
+    async def resolve_is_stale(
+        self, action: ResolveServiceNow | ResolveBigPanda, env: str | None
+    ) -> bool:
+        """A resolve sent late (a retry, or queued behind another write of the target)
+        may find the pair moved on: its link resolved or superseded, or the side that was
+        resolved reopened. Sent anyway it would resolve a reopened incident (B9), or mark
+        a superseded link resolved next to the live one. Then it is dropped."""
+        link = await self.store.get_link(action.link_id)
+        if link is None or link.state != LinkState.LINKED:
+            stale = True
+        elif isinstance(action, ResolveServiceNow):
+            env = env or await self.environment_of(action.bp_incident_id)
+            try:
+                bp = None
+                if env is not None:
+                    bp = await self.bp.get_incident(env, action.bp_incident_id, expand_alerts=False)
+            except NotFoundError:
+                bp = None
+            stale = bp is not None and bp.active
+        elif action.sys_id is not None:
+            try:
+                record = await self.sn.get_incident(action.sys_id)
+            except NotFoundError:
+                return False
+            stale = int(str(record.get("state") or "1")) not in SN_RESOLVED_STATES
+        else:
+            stale = False
+        if stale:
+            log.info(
+                "%s dropped: the pair changed since it was planned",
+                action.kind,
+                extra={"bp_incident_id": action.bp_incident_id, "link_id": action.link_id},
+            )
+        return stale
+
+    async def after_servicenow_success(self, link_id: int, env: str | None) -> list[WriteAction]:
+        """B14, the way back: the link tag says ``error`` -> set it to the link value."""
+        tag = self.settings.incidents.link_tag
+        state = (await self.store.field_states(link_id)).get((Side.BIGPANDA, tag))
+        if state is None or state.value != LINK_TAG_ERROR_VALUE:
+            return []
+        link = await self.store.get_link(link_id)
+        if link is None or not link.sn_sys_id:
+            return []
+        env = env or await self.environment_of(link.bp_incident_id)
+        if env is None:
+            return []
+        value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
+        return [SetLinkTag(link.bp_incident_id, env, tag, value, link_id=link_id)]
+
+    async def find_existing(
+        self, bp_incident_id: str, link_id: int, links: Sequence[Link] | None = None
+    ) -> SNRecord | None:
+        """An active incident with this correlation_id that no older link of the incident
+        owns (after a reopen past the window, the old incident has the same id).
+        ``links``: the incident's links, when the caller has just read them."""
+        found = await self.sn.find_by_correlation_id(bp_incident_id, active_only=True)
+        if links is None:
+            links = await self.store.links_for_bp(bp_incident_id)
+        history = {old.sn_sys_id for old in links if old.id != link_id and old.sn_sys_id}
+        candidates = [r for r in found if str(r.get("sys_id", "")) not in history]
+        if not candidates:
+            return None
+        # the oldest wins, should a foreign tool have made two
+        candidates.sort(key=lambda r: (str(r.get("sys_created_on", "")), str(r.get("number", ""))))
+        return candidates[0]
+
+    async def apply_create(
+        self, action: CreateServiceNowIncident, link_id: int, *, recheck: bool
+    ) -> list[WriteAction]:
+        # the incident's links (history for find_existing) hold this one: one read
+        links = await self.store.links_for_bp(action.bp_incident_id)
+        link = next((old for old in links if old.id == link_id), None)
+        if link is None:
+            link = await self.store.get_link(link_id)
+        if link is None:
+            raise PermanentError("bpsync", f"the pending link {link_id} no longer exists")
+        if link.state == LinkState.SUPERSEDED:
+            log.info("create dropped: its link was superseded", extra={"link_id": link_id})
+            return []
+        adopted_now = False
+        if link.sn_sys_id is None:
+            values = {**action.fields, **await self.lookups.resolve_fields(action.lookups)}
+            # B2: search correlation_id unless a batched check just found nothing and
+            # this is the first attempt (a retry may follow a create that went through)
+            existing = (
+                None
+                if action.checked_absent and not recheck
+                else await self.find_existing(action.bp_incident_id, link_id, links)
+            )
+            adopted = adopted_now = existing is not None
+            if existing is not None:
+                current = {k: ("" if v is None else str(v)) for k, v in existing.items()}
+                differing = {k: v for k, v in values.items() if current.get(k) != v}
+                record = existing
+                if differing:
+                    record = await self.sn.update_incident(str(existing["sys_id"]), differing)
+            else:
+                record = await self.sn.create_incident(
+                    {
+                        **values,
+                        "correlation_id": action.bp_incident_id,
+                        "correlation_display": SN_CORRELATION_DISPLAY,
+                    }
+                )
+            sys_id = str(record.get("sys_id", "") or (existing or {}).get("sys_id", ""))
+            number = str(record.get("number", "") or (existing or {}).get("number", ""))
+            # confirm, audit and field states in one transaction
+            link = await self.store.confirm_link_and_record(
+                link_id,
+                sys_id,
+                number,
+                self.clock.now(),
+                audit_outcome="adopted" if adopted else "created",
+                field_states=field_states(link_id, action.record_bp, action.record_sn),
+            )
+        else:
+            await self.record(link_id, action.record_bp, action.record_sn)
+        assert link.sn_sys_id is not None
+        self.created[action.bp_incident_id] = (link.sn_sys_id, link_id)
+        if link.sn_sys_id and adopted_now:
+            self.adopted.add(action.bp_incident_id)
+        value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
+        return [
+            SetLinkTag(
+                action.bp_incident_id,
+                action.environment_id,
+                self.settings.incidents.link_tag,
+                value,
+                link_id=link_id,
+            )
+        ]
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def _create(
+    w: Writes, action: CreateServiceNowIncident, call: WriteCall
+) -> list[WriteAction]:
+    link_id = call.meta.get("link_id")
+    if not isinstance(link_id, int):
+        raise PermanentError("bpsync", "create without a pending link id")
+    return await w.apply_create(action, link_id, recheck=call.recheck)
+
+
+async def _update_servicenow(
+    w: Writes, action: UpdateServiceNowFields, call: WriteCall
+) -> list[WriteAction]:
+    values = {**action.fields, **await w.lookups.resolve_fields(action.lookups)}
+    if values and call.recheck:
+        current = await w.sn.get_incident(action.sys_id)
+        values = {k: v for k, v in values.items() if ref_value(current.get(k)) != v}
+    if values:
+        await w.sn.update_incident(action.sys_id, values)
+    await w.record(action.link_id, action.record_bp, action.record_sn)
+    return await w.after_servicenow_success(action.link_id, call.env)
+
+
+async def _resolve_servicenow(
+    w: Writes, action: ResolveServiceNow, call: WriteCall
+) -> list[WriteAction]:
+    if await w.resolve_is_stale(action, call.env):
+        return []
+    values = {
+        "state": str(int(SNState.RESOLVED)),
+        "close_code": action.close_code,
+        "close_notes": action.close_notes,
+    }
+    resolved_by = None
+    if action.resolved_by is not None:
+        resolved_by = await w.lookups.resolve(action.resolved_by)
+        if resolved_by is not None:
+            values["resolved_by"] = resolved_by
+    record = await w.sn.update_incident(action.sys_id, values)
+    if resolved_by is not None and ref_value(record.get("resolved_by")) != resolved_by:
+        # the Resolved business rule stamps the API user on the state change:
+        # resolved_by_email's user is set once the incident is Resolved (B7)
+        await w.sn.update_incident(action.sys_id, {"resolved_by": resolved_by})
+    if action.reopen_deadline is not None:
+        await w.store.set_link_state(
+            action.link_id,
+            LinkState.RESOLVED,
+            w.clock.now(),
+            resolved_at=w.clock.now(),
+            reopen_deadline=action.reopen_deadline,
+        )
+    return await w.after_servicenow_success(action.link_id, call.env)
+
+
+async def _reopen_servicenow(
+    w: Writes, action: ReopenServiceNow, call: WriteCall
+) -> list[WriteAction]:
+    values = {"state": str(int(SNState.IN_PROGRESS))}
+    if action.work_note:
+        values["work_notes"] = action.work_note
+    await w.sn.update_incident(action.sys_id, values)
+    link = await w.store.get_link(action.link_id)
+    if link is not None and link.state == LinkState.RESOLVED:
+        await w.store.set_link_state(action.link_id, LinkState.LINKED, w.clock.now())
+    return await w.after_servicenow_success(action.link_id, call.env)
+
+
+async def _update_bigpanda_tags(
+    w: Writes, action: UpdateBigPandaTags, call: WriteCall
+) -> list[WriteAction]:
+    tags, remove_tags = dict(action.tags), action.remove_tags
+    if remove_tags or call.recheck:
+        # with removals, several calls: even a first attempt may follow a partial
+        # success of an earlier one, so send only what still differs
+        current = await w.bp.get_tags(action.environment_id, action.bp_incident_id)
+        tags = {k: v for k, v in tags.items() if current.get(k) != v}
+        remove_tags = tuple(t for t in remove_tags if t in current)
+    if tags:
+        await w.bp.set_tags(action.environment_id, action.bp_incident_id, tags)
+    for tag_id in remove_tags:
+        await w.bp.delete_tag(action.environment_id, action.bp_incident_id, tag_id)
+    call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
+    return []
+
+
+async def _resolve_bigpanda(
+    w: Writes, action: ResolveBigPanda, call: WriteCall
+) -> list[WriteAction]:
+    if await w.resolve_is_stale(action, call.env):
+        return []
+    await w.bp.resolve_incident(action.environment_id, action.bp_incident_id, action.comment)
+    if action.reopen_deadline is not None:
+        await w.store.set_link_state(
+            action.link_id,
+            LinkState.RESOLVED,
+            w.clock.now(),
+            resolved_at=w.clock.now(),
+            reopen_deadline=action.reopen_deadline,
+        )
+    return []
+
+
+async def _comment_bigpanda(
+    w: Writes, action: CommentBigPanda, call: WriteCall
+) -> list[WriteAction]:
+    await w.bp.add_comment(action.environment_id, action.bp_incident_id, action.text)
+    return []
+
+
+async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> list[WriteAction]:
+    current_tags = (
+        await w.bp.get_tags(action.environment_id, action.bp_incident_id) if call.recheck else {}
+    )
+    if current_tags.get(action.tag_id) != action.value:
+        await w.bp.set_tag(
+            action.environment_id, action.bp_incident_id, action.tag_id, action.value
+        )
+    if action.link_id is not None:
+        call.records.append(
+            FieldStates(action.link_id, Side.BIGPANDA, {action.tag_id: action.value})
+        )
+    return []
+
+
+Handler = Callable[[Writes, Any, WriteCall], Awaitable[list[WriteAction]]]
+
+#: the write action's type -> its handler (every kind of ``codec.WRITE_CLASSES``)
+HANDLERS: dict[type[WriteAction], Handler] = {
+    CreateServiceNowIncident: _create,
+    UpdateServiceNowFields: _update_servicenow,
+    ResolveServiceNow: _resolve_servicenow,
+    ReopenServiceNow: _reopen_servicenow,
+    UpdateBigPandaTags: _update_bigpanda_tags,
+    ResolveBigPanda: _resolve_bigpanda,
+    CommentBigPanda: _comment_bigpanda,
+    SetLinkTag: _set_link_tag,
+}
