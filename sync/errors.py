@@ -97,5 +97,9 @@ class NotFoundError(PermanentError):
     """The record does not exist (HTTP 404, or an unknown sys_id / incident id)."""
 
 
+class MissingTagError(PermanentError):
+    """BigPanda refused a tag write because the tag is not defined (404 ``NotExistTag``)."""
+
+
 class FatalError(ApiError):
     """Nothing will work until an operator acts (HTTP 401/403 on authentication)."""

@@ -103,6 +103,7 @@ from sync.errors import (
     ApiError,
     ConfigError,
     FatalError,
+    MissingTagError,
     NotFoundError,
     PermanentError,
     TransientError,
@@ -298,7 +299,7 @@ def classify(
         )
     if status == 404:
         if "notexisttag" in message.lower():
-            return PermanentError(
+            return MissingTagError(
                 SIDE,
                 f"tag definition does not exist: {message}",
                 status=status,

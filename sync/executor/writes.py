@@ -49,7 +49,7 @@ from sync.constants import (
     Side,
     SNState,
 )
-from sync.errors import NotFoundError, PermanentError
+from sync.errors import MissingTagError, NotFoundError, PermanentError
 from sync.executor.codec import (
     BP_ENV_CHECKPOINT,
     WriteAction,
@@ -61,6 +61,7 @@ from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
 from sync.store.base import FieldStates, LinkStore
+from sync.tagdefs import ensure_tag_definitions
 
 # every line the executor logs is on "sync.executor" (log consumers filter on it)
 log = logging.getLogger("sync.executor")
@@ -340,6 +341,17 @@ async def _reopen_servicenow(
     return await w.after_servicenow_success(action.link_id, call.env)
 
 
+async def _defined(w: Writes, send: Callable[[], Awaitable[None]]) -> None:
+    """A tag write; a tag that is no longer defined (someone deleted the definition)
+    is defined again, with every other tag bpsync writes, and the write sent once more."""
+    try:
+        await send()
+    except MissingTagError as exc:
+        log.warning("a BigPanda tag bpsync writes is not defined (any more): %s", exc)
+        await ensure_tag_definitions(w.bp, w.settings)
+        await send()
+
+
 async def _update_bigpanda_tags(
     w: Writes, action: UpdateBigPandaTags, call: WriteCall
 ) -> list[WriteAction]:
@@ -351,7 +363,7 @@ async def _update_bigpanda_tags(
         tags = {k: v for k, v in tags.items() if current.get(k) != v}
         remove_tags = tuple(t for t in remove_tags if t in current)
     if tags:
-        await w.bp.set_tags(action.environment_id, action.bp_incident_id, tags)
+        await _defined(w, lambda: w.bp.set_tags(action.environment_id, action.bp_incident_id, tags))
     for tag_id in remove_tags:
         await w.bp.delete_tag(action.environment_id, action.bp_incident_id, tag_id)
     call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
@@ -387,8 +399,11 @@ async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> list[
         await w.bp.get_tags(action.environment_id, action.bp_incident_id) if call.recheck else {}
     )
     if current_tags.get(action.tag_id) != action.value:
-        await w.bp.set_tag(
-            action.environment_id, action.bp_incident_id, action.tag_id, action.value
+        await _defined(
+            w,
+            lambda: w.bp.set_tag(
+                action.environment_id, action.bp_incident_id, action.tag_id, action.value
+            ),
         )
     if action.link_id is not None:
         call.records.append(

@@ -347,3 +347,29 @@ def test_static_fields_refuse_fields_bpsync_or_servicenow_own(tmp_path: Any) -> 
 
     with pytest.raises(ConfigError, match="static_fields: correlation_id is set by"):
         load_settings(None, {"incidents.static_fields": {"correlation_id": "x"}}, env_file=None)
+
+
+async def test_a_tag_definition_deleted_while_running_is_defined_again(
+    world: World, emu: Emu, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(world)
+    bp_id, _ = await _linked(world, emu, "db10")
+    bp_state = world.bp_app[BP_STATE_KEY]
+    del bp_state.tag_definitions["servicenow_link"]  # an admin removes it
+    del bp_state.tag_definitions["impact_level"]
+    second = await emu.new_incident("db11", check="cpu")
+    sn = await emu.sn_one_for(bp_id)
+    await emu.sn_patch(sn["sys_id"], {"impact": "1"})
+    await settle(world)
+    assert "is not defined (any more)" in caplog.text
+    assert {"servicenow_link", "impact_level"} <= set(bp_state.tag_definitions)
+    assert (await emu.tags(second))["servicenow_link"].startswith("INC")
+    assert (await emu.tags(bp_id))["impact_level"] == "high"
+    assert world.engine is not None
+    assert await world.engine.store.count_outbox([OutboxState.DEAD]) == 0
+
+
+async def _linked(world: World, emu: Emu, host: str) -> tuple[str, dict[str, str]]:
+    bp_id = await emu.new_incident(host, check="cpu")
+    await settle(world)
+    return bp_id, await emu.sn_one_for(bp_id)

@@ -38,6 +38,7 @@ from sync.errors import (
     ApiError,
     ConfigError,
     FatalError,
+    MissingTagError,
     NotFoundError,
     PermanentError,
     TransientError,
@@ -284,7 +285,8 @@ def test_success_keeps_status_and_body() -> None:
 
 def test_not_exist_tag_is_permanent_not_not_found() -> None:
     result = run(answer(404, bp_error(404, "NotExistTag")), "POST")
-    assert type(result) is PermanentError
+    assert type(result) is MissingTagError  # a PermanentError, not a NotFoundError
+    assert isinstance(result, PermanentError) and not isinstance(result, NotFoundError)
     assert "tag definition does not exist" in str(result)
 
 
