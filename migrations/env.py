@@ -40,7 +40,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    from sync.store.sql import make_engine
+    from sync.store.engines import make_engine
 
     engine = make_engine(url)
     try:

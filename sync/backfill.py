@@ -65,7 +65,7 @@ from sync.errors import BpsyncError, NotFoundError
 from sync.executor import Executor, PairResult
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
 from sync.pairs import Pair
-from sync.store.base import LinkStore
+from sync.store.base import BACKFILL_CHECKPOINT_PREFIX, LinkStore
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ INCIDENT_CONCURRENCY = 10
 MAX_SEARCH_RESULTS = 10_000
 #: ``expand=alerts`` allows at most 10 incidents per page
 EXPANDED_PAGE_SIZE = 10
-CHECKPOINT_PREFIX = "backfill:"
+#: the checkpoint name prefix of a backfill (stored; see ``sync.store.base``)
+CHECKPOINT_PREFIX = BACKFILL_CHECKPOINT_PREFIX
 #: the summary's rows, in order
 OUTCOMES = ("created", "adopted", "updated", "skipped", "failed", "queued")
 

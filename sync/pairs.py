@@ -15,6 +15,7 @@ from sync.clock import epoch_s, from_epoch_s
 from sync.constants import SNState
 from sync.model import BPIncident, Link, SNIncident
 from sync.progress import Change
+from sync.store.base import HELD_LINKS_CHECKPOINT
 
 #: a sys_id bpsync can address: 32 letters and digits (ServiceNow makes 32 lower-case hex
 #: digits; an import or a client may supply any 32 alphanumerics, kept as sent)
@@ -23,7 +24,7 @@ SN_SYS_ID_FORM = re.compile(r"[A-Za-z0-9]{32}")
 #: checkpoint: JSON object, link id -> flags, of the links whose changes wait for their
 #: open writes; flag ``bp_resolved`` / ``sn_resolved``: that side was seen resolved while
 #: held (a resolve and a reopen while held still reach the other side, in that order)
-HELD_CHECKPOINT = "held_links"
+HELD_CHECKPOINT = HELD_LINKS_CHECKPOINT
 
 Held = dict[int, set[str]]
 

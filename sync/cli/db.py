@@ -19,7 +19,8 @@ from rich.console import Console
 from sync.cli.common import get_ctx, run_async
 from sync.settings import redact_url
 from sync.store import current_revision, open_store, upgrade_database
-from sync.store.sql import SqlStore, head_revision
+from sync.store.admin import head_revision
+from sync.store.sql import SqlStore
 
 
 @contextlib.asynccontextmanager

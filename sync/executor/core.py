@@ -55,7 +55,7 @@ from sync.executor.writes import Writes
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
-from sync.store.base import DuplicateLinkError, LinkStore, OutboxState
+from sync.store.base import DuplicateLinkError, LinkStore, NewAuditEntry, OutboxState
 
 # every line the executor logs is on "sync.executor" (log consumers filter on it)
 log = logging.getLogger("sync.executor")
@@ -189,14 +189,16 @@ class Executor:
                 continue
             sys_id, number = str(record.get("sys_id", "")), str(record.get("number", ""))
             await self._store.confirm_link(link.id, sys_id, number, now)
-            await self._store.append_audit(
-                "action",
-                "adopted",
+            await self._store.record_audit(
+                NewAuditEntry(
+                    "action",
+                    "adopted",
+                    link_id=link.id,
+                    bp_incident_id=link.bp_incident_id,
+                    sn_sys_id=sys_id,
+                    detail={"reason": "pending link recovered by correlation_id"},
+                ),
                 now,
-                link_id=link.id,
-                bp_incident_id=link.bp_incident_id,
-                sn_sys_id=sys_id,
-                detail={"reason": "pending link recovered by correlation_id"},
             )
             log.info(
                 "pending link recovered: adopted the ServiceNow incident found by correlation_id",
@@ -249,16 +251,18 @@ class Executor:
         elif isinstance(action, RecordSynced):
             await self._writes.record(action.link_id, action.record_bp, action.record_sn)
         elif isinstance(action, RecordConflict):
-            await self._store.append_audit(
-                "conflict",
-                f"{action.winner.value} wins",
+            await self._store.record_audit(
+                NewAuditEntry(
+                    "conflict",
+                    f"{action.winner.value} wins",
+                    link_id=action.link_id,
+                    bp_incident_id=action.bp_incident_id,
+                    field=action.sn_field,
+                    bp_value=action.bp_value,
+                    sn_value=action.sn_value,
+                    detail={"bp_tag": action.bp_tag, "policy": action.policy},
+                ),
                 now,
-                link_id=action.link_id,
-                bp_incident_id=action.bp_incident_id,
-                field=action.sn_field,
-                bp_value=action.bp_value,
-                sn_value=action.sn_value,
-                detail={"bp_tag": action.bp_tag, "policy": action.policy},
             )
 
     async def _start_create(self, action: CreateServiceNowIncident, result: PairResult) -> str:

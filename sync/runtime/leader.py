@@ -54,7 +54,7 @@ def advisory_key(schema: str | None) -> int:
 
 def _asyncpg_target(url: str) -> tuple[str, str | None]:
     """(asyncpg DSN, search_path schema) from a SQLAlchemy Postgres URL."""
-    from sync.store.sql import normalise_url
+    from sync.store.engines import normalise_url
 
     parsed: URL = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":

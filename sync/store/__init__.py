@@ -1,30 +1,28 @@
 """The link store: links, field state, cursors, outbox, dead letters, audit, leader epoch.
 
-- :class:`sync.store.base.LinkStore`: the protocol the engine codes against.
-- :class:`sync.store.memory.MemoryStore`: the in-memory twin (engine tests).
-- :class:`sync.store.sql.SqlStore`: SQLite / Postgres, opened with :func:`open_store`.
+- :mod:`sync.store.base`: the ``LinkStore`` protocols, their records, and the rules
+  both stores share (no SQLAlchemy).
+- :mod:`sync.store.memory`: ``MemoryStore``, the in-memory twin (engine tests).
+- :mod:`sync.store.sql`: ``SqlStore`` on SQLite / Postgres, opened with :func:`open_store`;
+  its parts: :mod:`~sync.store.engines` (engines and URLs), :mod:`~sync.store.admin`
+  (migrations), :mod:`~sync.store.threads` (the SQLite thread driver),
+  :mod:`~sync.store.tables`, :mod:`~sync.store.statements` and :mod:`~sync.store.rows`
+  (schema, prebuilt statements, rows to records), :mod:`~sync.store.sql_core`
+  (transactions and fencing) and :mod:`~sync.store.sql_outbox` (the outbox).
 
-The SQL side is imported lazily so ``import sync.store.memory`` stays free of SQLAlchemy.
+The functions below import the SQL side when called, so that ``import sync.store.memory``
+(which runs this package first) stays free of SQLAlchemy. No module of the package
+imports this one: the SQL side needs nothing from here.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from sync.store.base import as_utc, opt_utc
 
 if TYPE_CHECKING:
     from sync.store.sql import SqlStore
-
-
-def as_utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime; a naive one is a bug in the caller (ValueError)."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"the store needs aware datetimes, got naive {value.isoformat()}")
-    return value.astimezone(UTC)
-
-
-def opt_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else as_utc(value)
 
 
 async def open_store(url: str, *, check_schema: bool = True) -> SqlStore:
@@ -40,21 +38,21 @@ async def open_store(url: str, *, check_schema: bool = True) -> SqlStore:
 
 async def upgrade_database(url: str) -> tuple[str | None, str]:
     """Apply every Alembic migration up to head; returns (revision before, revision after)."""
-    from sync.store.sql import upgrade_database as _upgrade
+    from sync.store.admin import upgrade_database as _upgrade
 
     return await _upgrade(url)
 
 
 async def check_schema(url: str) -> None:
     """Raise StoreError unless the database at ``url`` is at the newest migration."""
-    from sync.store.sql import check_schema as _check
+    from sync.store.admin import check_schema as _check
 
     await _check(url)
 
 
 async def current_revision(url: str) -> str | None:
     """The database's Alembic revision (None: empty database)."""
-    from sync.store.sql import current_revision as _current
+    from sync.store.admin import current_revision as _current
 
     return await _current(url)
 

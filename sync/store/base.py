@@ -1,8 +1,48 @@
-"""The ``LinkStore`` protocol: everything the engine needs to remember across restarts.
+"""What the engine remembers across restarts: the ``LinkStore`` protocols, their records,
+and the rules both stores share.
 
 Two implementations: ``sync.store.memory.MemoryStore`` (engine tests) and
 ``sync.store.sql.SqlStore`` (SQLite / Postgres via SQLAlchemy 2 async). One contract
-test suite runs against both. Each method is one short transaction.
+test suite (``tests/store``) runs against both. Each method is one short transaction.
+
+:class:`LinkStore` is the union of the parts its callers use: :class:`LinkRepository`
+(links and their field state), :class:`Outbox` (writes to send, dead letters),
+:class:`Audit`, :class:`Cursors` (poll cursors and checkpoints) and :class:`Leadership`
+(the leader epoch and fencing), plus the steps that span them in one transaction.
+
+The semantics both stores follow, where the protocols leave a choice:
+
+- Every datetime given must be aware (:func:`as_utc`); every datetime returned is aware UTC.
+- Unknown link or outbox ids in a write raise :class:`StoreError` (``no link 7``).
+- ``links_for_bp``, ``list_links`` and ``list_audit`` are newest first (id descending);
+  ``list_outbox`` is queue order (id ascending).
+- ``create_pending_link``: state ``pending``, no sys_id; a live link for the incident
+  raises :class:`DuplicateLinkError`; ``previous_link_id`` must name an existing link.
+- ``confirm_link``: sets sys_id and number; ``pending`` becomes ``linked`` (``linked``
+  and ``resolved`` keep their state); a superseded link raises StoreError; another live
+  link with that sys_id raises DuplicateLinkError.
+- ``set_link_state``: the link's times as :func:`link_times_for` says: to ``resolved``:
+  ``resolved_at`` (default ``now``) and ``reopen_deadline`` are set; to
+  ``pending``/``linked`` (a reopen): both are set to the given values (default:
+  cleared); to ``superseded``: given values replace, others kept. Going back to a live
+  state while another link is live raises DuplicateLinkError.
+- ``record_field_states``: upsert per (link, side, name); a None value is stored as None.
+- ``enqueue``: new items are ``pending``, due ``now``, 0 attempts; an existing item with
+  the key that is not ``done`` (pending, in flight or dead) is returned unchanged.
+- ``claim_due``: ``pending`` items with ``next_attempt_at <= now`` and ``in_flight``
+  items with ``updated_at + lease_s <= now``, ordered by (next_attempt_at, id), become
+  ``in_flight`` with ``updated_at = now``; attempts are not touched.
+- ``fail``: attempts + 1, back to ``pending`` at ``next_attempt_at``, ``last_error`` set.
+- ``dead_letter``: attempts + 1 (it records the attempt that gave up), state ``dead``.
+- ``complete``: state ``done`` (kept as history; its key is free for a new item).
+- ``retry_dead``: dead -> pending, attempts 0, due ``now``, last error kept; returns the
+  number of items moved (0 for an id that is not dead).
+- ``drop_dead``: deletes a dead item; False when the id is not a dead item.
+- ``get_cursor`` of a side never advanced: ``Cursor(side, None, frozenset())``;
+  ``advance_cursor`` stores the cursor as given (the caller decides what "advance" means).
+- ``take_epoch``: the first epoch is 1; once fenced (``fence`` or ``take_epoch``), every
+  write first checks the stored epoch and raises :func:`fenced_error`'s FencedError when
+  it moved on.
 """
 
 from __future__ import annotations
@@ -10,9 +50,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sync.constants import Side
 from sync.errors import StoreError
@@ -25,6 +65,44 @@ class DuplicateLinkError(StoreError):
 
 class FencedError(StoreError):
     """This replica's leader epoch is stale: another replica leads; it must not write."""
+
+
+def fenced_error(stored: int, held: int) -> FencedError:
+    """The error of a write refused because the stored epoch is not the one this replica holds."""
+    return FencedError(
+        f"leader epoch is {stored}, this replica holds {held}: another replica leads"
+    )
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one is a bug in the caller (ValueError)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"the store needs aware datetimes, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def opt_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else as_utc(value)
+
+
+def link_times_for(
+    state: LinkState,
+    now: datetime,
+    *,
+    old_resolved_at: datetime | None,
+    old_deadline: datetime | None,
+    resolved_at: datetime | None,
+    reopen_deadline: datetime | None,
+) -> tuple[datetime | None, datetime | None]:
+    """``(resolved_at, reopen_deadline)`` of a link after ``set_link_state`` (both stores)."""
+    if state == LinkState.RESOLVED:
+        return (resolved_at or now, reopen_deadline)
+    if state == LinkState.SUPERSEDED:
+        return (resolved_at or old_resolved_at, reopen_deadline or old_deadline)
+    return (resolved_at, reopen_deadline)
+
+
+# --------------------------------------------------------------------------- records
 
 
 class OutboxState(StrEnum):
@@ -58,7 +136,7 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class NewOutboxItem:
-    """A write to record (the arguments of :meth:`LinkStore.enqueue` but ``now``)."""
+    """A write to record (the arguments of :meth:`Outbox.enqueue` but ``now``)."""
 
     kind: str
     target: str
@@ -95,6 +173,22 @@ class AuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class NewAuditEntry:
+    """An audit entry to record (:meth:`Audit.record_audit`; the store adds id and time)."""
+
+    kind: str
+    """``action`` (an action taken) or ``conflict`` (a conflict decided), or others."""
+    outcome: str
+    link_id: int | None = None
+    bp_incident_id: str | None = None
+    sn_sys_id: str | None = None
+    field: str | None = None
+    bp_value: str | None = None
+    sn_value: str | None = None
+    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Cursor:
     """Per side: the watermark and the ids already seen at it (SPEC B16)."""
 
@@ -104,15 +198,40 @@ class Cursor:
     """Keys already processed at the watermark (e.g. ``sys_id:mod_count``)."""
 
 
-class LinkStore(Protocol):
-    # --- lifecycle
-    async def close(self) -> None: ...
+# --------------------------------------------------------------------------- checkpoints
+# Free-form resumable state under a name. The names below are stored: renaming one
+# loses what a running deployment remembers.
 
-    async def ping(self) -> None:
-        """Raises StoreError when the database is unreachable (for /readyz)."""
-        ...
+#: prefix of ``bp_env:<BigPanda incident id>``: the incident's environment id, written
+#: with its create (:func:`bp_env_checkpoint`)
+BP_ENV_CHECKPOINT_PREFIX = "bp_env:"
+#: JSON object, link id -> flags, of the links whose changes wait for their open writes
+#: (``sync.pairs``)
+HELD_LINKS_CHECKPOINT = "held_links"
+#: prefix of ``backfill:<environment id>:<arguments>``: one environment's backfill
+#: progress, JSON (``sync.backfill.checkpoint_name``)
+BACKFILL_CHECKPOINT_PREFIX = "backfill:"
 
-    # --- links
+
+def bp_env_checkpoint(bp_incident_id: str) -> str:
+    """The name of the checkpoint holding a BigPanda incident's environment id."""
+    return BP_ENV_CHECKPOINT_PREFIX + bp_incident_id
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint to write with other steps in one transaction
+    (``create_pending_link_and_enqueue``); a plain ``(name, value)`` tuple is the same."""
+
+    name: str
+    value: str
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+class LinkRepository(Protocol):
+    """Links (one BigPanda incident <-> one ServiceNow incident) and their field state."""
+
     async def get_link(self, link_id: int) -> Link | None: ...
 
     async def live_link_for_bp(self, bp_incident_id: str) -> Link | None: ...
@@ -162,50 +281,10 @@ class LinkStore(Protocol):
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
     ) -> None: ...
 
-    # --- several steps in one transaction (all or nothing): the executor's hot paths
-    async def create_pending_link_and_enqueue(
-        self,
-        bp_incident_id: str,
-        now: datetime,
-        item_for: Callable[[Link], NewOutboxItem],
-        *,
-        previous_link_id: int | None = None,
-        checkpoint: tuple[str, str] | None = None,
-    ) -> tuple[Link, OutboxItem]:
-        """``create_pending_link``, then ``set_checkpoint(*checkpoint)``, then ``enqueue``
-        of ``item_for(link)``, in one transaction: all of them or none. Raises
-        DuplicateLinkError (nothing written) if a live link exists."""
-        ...
 
-    async def confirm_link_and_record(
-        self,
-        link_id: int,
-        sn_sys_id: str,
-        sn_number: str,
-        now: datetime,
-        *,
-        audit_outcome: str | None = None,
-        field_states: Sequence[FieldStates] = (),
-    ) -> Link:
-        """``confirm_link``, then (when ``audit_outcome`` is set) an ``action`` audit
-        entry for the link with both ids, then ``record_field_states`` of each, in one
-        transaction."""
-        ...
+class Outbox(Protocol):
+    """Writes recorded before they are sent (SPEC B15), and the dead letters."""
 
-    async def complete_and_enqueue(
-        self,
-        item_id: int,
-        now: datetime,
-        *,
-        follow_ups: Sequence[NewOutboxItem] = (),
-        field_states: Sequence[FieldStates] = (),
-    ) -> list[OutboxItem]:
-        """``record_field_states`` of each, ``enqueue`` of each follow-up (idempotent as
-        ``enqueue``), then ``complete(item_id)``, in one transaction: a follow-up is never
-        lost (recorded before its item is done). Returns the follow-ups' items in order."""
-        ...
-
-    # --- outbox and dead letters
     async def enqueue(
         self,
         kind: str,
@@ -248,38 +327,34 @@ class LinkStore(Protocol):
 
     async def drop_dead(self, item_id: int) -> bool: ...
 
-    # --- audit
-    async def append_audit(
-        self,
-        kind: str,
-        outcome: str,
-        now: datetime,
-        *,
-        link_id: int | None = None,
-        bp_incident_id: str | None = None,
-        sn_sys_id: str | None = None,
-        field: str | None = None,
-        bp_value: str | None = None,
-        sn_value: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None: ...
+
+class Audit(Protocol):
+    """What was done and what was decided, newest first."""
+
+    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None: ...
 
     async def list_audit(
         self, *, link_id: int | None = None, kind: str | None = None, limit: int = 100
     ) -> list[AuditEntry]: ...
 
-    # --- cursors and checkpoints
+
+class Cursors(Protocol):
+    """Where each side's poll has got to, and named checkpoints."""
+
     async def get_cursor(self, side: Side) -> Cursor: ...
 
     async def advance_cursor(self, cursor: Cursor, now: datetime) -> None: ...
 
     async def get_checkpoint(self, name: str) -> str | None:
-        """Free-form resumable state (backfill progress)."""
+        """Free-form resumable state (backfill progress; see the names above)."""
         ...
 
     async def set_checkpoint(self, name: str, value: str, now: datetime) -> None: ...
 
-    # --- high availability: fencing by epoch
+
+class Leadership(Protocol):
+    """High availability: fencing by epoch."""
+
     async def take_epoch(self, holder: str, now: datetime) -> int:
         """Increment the leader epoch, record the holder, and fence this store to it."""
         ...
@@ -287,4 +362,60 @@ class LinkStore(Protocol):
     def fence(self, epoch: int | None) -> None:
         """From now on every write checks the stored epoch equals ``epoch`` (None: off)
         and raises FencedError otherwise."""
+        ...
+
+
+class LinkStore(LinkRepository, Outbox, Audit, Cursors, Leadership, Protocol):
+    """Everything the engine needs to remember across restarts: the parts above, the
+    lifecycle, and the executor's hot paths, several steps in one transaction."""
+
+    # --- lifecycle
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raises StoreError when the database is unreachable (for /readyz)."""
+        ...
+
+    # --- several steps in one transaction (all or nothing): the executor's hot paths
+    async def create_pending_link_and_enqueue(
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        item_for: Callable[[Link], NewOutboxItem],
+        *,
+        previous_link_id: int | None = None,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> tuple[Link, OutboxItem]:
+        """``create_pending_link``, then ``set_checkpoint(*checkpoint)`` (a
+        :class:`Checkpoint`), then ``enqueue`` of ``item_for(link)``, in one transaction:
+        all of them or none. Raises DuplicateLinkError (nothing written) if a live link
+        exists."""
+        ...
+
+    async def confirm_link_and_record(
+        self,
+        link_id: int,
+        sn_sys_id: str,
+        sn_number: str,
+        now: datetime,
+        *,
+        audit_outcome: str | None = None,
+        field_states: Sequence[FieldStates] = (),
+    ) -> Link:
+        """``confirm_link``, then (when ``audit_outcome`` is set) an ``action`` audit
+        entry for the link with both ids, then ``record_field_states`` of each, in one
+        transaction."""
+        ...
+
+    async def complete_and_enqueue(
+        self,
+        item_id: int,
+        now: datetime,
+        *,
+        follow_ups: Sequence[NewOutboxItem] = (),
+        field_states: Sequence[FieldStates] = (),
+    ) -> list[OutboxItem]:
+        """``record_field_states`` of each, ``enqueue`` of each follow-up (idempotent as
+        ``enqueue``), then ``complete(item_id)``, in one transaction: a follow-up is never
+        lost (recorded before its item is done). Returns the follow-ups' items in order."""
         ...

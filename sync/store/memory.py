@@ -1,37 +1,8 @@
 """``MemoryStore``: the in-memory twin of the SQL link store, for engine tests.
 
 It implements :class:`sync.store.base.LinkStore` with exactly the semantics of
-:class:`sync.store.sql.SqlStore`; one contract suite (``tests/store``) runs against both.
-The semantics both follow, where the protocol leaves a choice:
-
-- Every datetime given must be aware; every datetime returned is aware UTC.
-- Unknown link or outbox ids in a write raise :class:`StoreError` (``no link 7``).
-- ``links_for_bp``, ``list_links`` and ``list_audit`` are newest first (id descending);
-  ``list_outbox`` is queue order (id ascending).
-- ``create_pending_link``: state ``pending``, no sys_id; a live link for the incident
-  raises :class:`DuplicateLinkError`; ``previous_link_id`` must name an existing link.
-- ``confirm_link``: sets sys_id and number; ``pending`` becomes ``linked`` (``linked``
-  and ``resolved`` keep their state); a superseded link raises StoreError; another live
-  link with that sys_id raises DuplicateLinkError.
-- ``set_link_state``: to ``resolved``: ``resolved_at`` (default ``now``) and
-  ``reopen_deadline`` are set; to ``pending``/``linked`` (a reopen): both are set to the
-  given values (default: cleared); to ``superseded``: given values replace, others kept.
-  Going back to a live state while another link is live raises DuplicateLinkError.
-- ``record_field_states``: upsert per (link, side, name); a None value is stored as None.
-- ``enqueue``: new items are ``pending``, due ``now``, 0 attempts; an existing item with
-  the key that is not ``done`` (pending, in flight or dead) is returned unchanged.
-- ``claim_due``: ``pending`` items with ``next_attempt_at <= now`` and ``in_flight``
-  items with ``updated_at + lease_s <= now``, ordered by (next_attempt_at, id), become
-  ``in_flight`` with ``updated_at = now``; attempts are not touched.
-- ``fail``: attempts + 1, back to ``pending`` at ``next_attempt_at``, ``last_error`` set.
-- ``dead_letter``: attempts + 1 (it records the attempt that gave up), state ``dead``.
-- ``complete``: state ``done`` (kept as history; its key is free for a new item).
-- ``retry_dead``: dead -> pending, attempts 0, due ``now``, last error kept; returns the
-  number of items moved (0 for an id that is not dead).
-- ``drop_dead``: deletes a dead item; False when the id is not a dead item.
-- ``get_cursor`` of a side never advanced: ``Cursor(side, None, frozenset())``;
-  ``advance_cursor`` stores the cursor as given (the caller decides what "advance" means).
-- ``take_epoch``: the first epoch is 1; fencing: see :meth:`MemoryStore.fence`.
+:class:`sync.store.sql.SqlStore`, the ones :mod:`sync.store.base` lists; one contract
+suite (``tests/store``) runs against both.
 
 :meth:`MemoryStore.replica` gives a second store over the same data with its own
 fence, the way two daemons share one database. Methods never await while they change
@@ -50,16 +21,19 @@ from typing import Any
 from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
-from sync.store import as_utc, opt_utc
 from sync.store.base import (
     AuditEntry,
     Cursor,
     DuplicateLinkError,
-    FencedError,
     FieldStates,
+    NewAuditEntry,
     NewOutboxItem,
     OutboxItem,
     OutboxState,
+    as_utc,
+    fenced_error,
+    link_times_for,
+    opt_utc,
 )
 
 
@@ -108,10 +82,7 @@ class MemoryStore:
         """Every write starts here: the store must be open and, when fenced, still lead."""
         self._check_open()
         if self._fenced_epoch is not None and self._data.epoch != self._fenced_epoch:
-            raise FencedError(
-                f"leader epoch is {self._data.epoch}, this replica holds {self._fenced_epoch}: "
-                "another replica leads"
-            )
+            raise fenced_error(self._data.epoch, self._fenced_epoch)
         return self._data
 
     def _read(self) -> _Data:
@@ -320,14 +291,14 @@ class MemoryStore:
             self._link(data, states.link_id)
         link = await self.confirm_link(link_id, sn_sys_id, sn_number, now)
         if audit_outcome is not None:
-            await self.append_audit(
+            entry = NewAuditEntry(
                 "action",
                 audit_outcome,
-                now,
                 link_id=link_id,
                 bp_incident_id=link.bp_incident_id,
                 sn_sys_id=sn_sys_id,
             )
+            await self.record_audit(entry, now)
         for states in field_states:
             await self.record_field_states(states.link_id, states.side, states.values, now)
         return link
@@ -507,35 +478,22 @@ class MemoryStore:
 
     # --- audit
 
-    async def append_audit(
-        self,
-        kind: str,
-        outcome: str,
-        now: datetime,
-        *,
-        link_id: int | None = None,
-        bp_incident_id: str | None = None,
-        sn_sys_id: str | None = None,
-        field: str | None = None,
-        bp_value: str | None = None,
-        sn_value: str | None = None,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
+    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None:
         now = as_utc(now)
         data = self._write()
         data.audit.append(
             AuditEntry(
                 id=data.next_audit_id,
                 at=now,
-                kind=kind,
-                outcome=outcome,
-                link_id=link_id,
-                bp_incident_id=bp_incident_id,
-                sn_sys_id=sn_sys_id,
-                field=field,
-                bp_value=bp_value,
-                sn_value=sn_value,
-                detail=copy.deepcopy(dict(detail or {})),
+                kind=entry.kind,
+                outcome=entry.outcome,
+                link_id=entry.link_id,
+                bp_incident_id=entry.bp_incident_id,
+                sn_sys_id=entry.sn_sys_id,
+                field=entry.field,
+                bp_value=entry.bp_value,
+                sn_value=entry.sn_value,
+                detail=copy.deepcopy(dict(entry.detail or {})),
             )
         )
         data.next_audit_id += 1
@@ -585,20 +543,3 @@ class MemoryStore:
     def fence(self, epoch: int | None) -> None:
         """From now on every write checks the stored epoch equals ``epoch`` (None: off)."""
         self._fenced_epoch = epoch
-
-
-def link_times_for(
-    state: LinkState,
-    now: datetime,
-    *,
-    old_resolved_at: datetime | None,
-    old_deadline: datetime | None,
-    resolved_at: datetime | None,
-    reopen_deadline: datetime | None,
-) -> tuple[datetime | None, datetime | None]:
-    """``(resolved_at, reopen_deadline)`` after ``set_link_state`` (shared with SqlStore)."""
-    if state == LinkState.RESOLVED:
-        return (resolved_at or now, reopen_deadline)
-    if state == LinkState.SUPERSEDED:
-        return (resolved_at or old_resolved_at, reopen_deadline or old_deadline)
-    return (resolved_at, reopen_deadline)

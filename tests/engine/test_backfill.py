@@ -37,7 +37,7 @@ _STORE_WRITES = frozenset(
         "dead_letter",
         "retry_dead",
         "drop_dead",
-        "append_audit",
+        "record_audit",
         "advance_cursor",
         "set_checkpoint",
         "take_epoch",

@@ -12,7 +12,7 @@ from sync.cli.main import main
 from sync.constants import Side
 from sync.model import LinkState
 from sync.store import open_store, upgrade_database
-from sync.store.base import OutboxState
+from sync.store.base import NewAuditEntry, OutboxState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 BP = "0123456789abcdef01234567"
@@ -45,15 +45,10 @@ async def _populate(url: str) -> dict[str, int]:
         new = await store.create_pending_link(BP, T0 + timedelta(hours=1), previous_link_id=old.id)
         await store.confirm_link(new.id, SYS_NEW, "INC0010002", T0 + timedelta(hours=1))
         await store.record_field_states(new.id, Side.SERVICENOW, {"urgency": "2"}, T0)
-        await store.append_audit(
-            "conflict",
-            "bigpanda wins",
-            T0,
-            link_id=new.id,
-            field="urgency",
-            bp_value="1",
-            sn_value="2",
+        conflict = NewAuditEntry(
+            "conflict", "bigpanda wins", link_id=new.id, field="urgency", bp_value="1", sn_value="2"
         )
+        await store.record_audit(conflict, T0)
         dead = await store.enqueue("sn.update", f"servicenow:{SYS_NEW}", {}, "k1", T0)
         await store.dead_letter(dead.id, "HTTP 400: Invalid field 'u_x'", T0)
         other = await store.enqueue("bp.tags", f"bigpanda:{BP}", {}, "k2", T0)

@@ -1,6 +1,6 @@
 """The LinkStore contract: every implementation (memory, SQLite, Postgres) passes this suite.
 
-The semantics tested here are listed in ``sync/store/memory.py``'s docstring.
+The semantics tested here are listed in ``sync/store/base.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import (
+    Checkpoint,
     Cursor,
     DuplicateLinkError,
     FencedError,
     FieldStates,
     LinkStore,
+    NewAuditEntry,
     NewOutboxItem,
     OutboxState,
+    bp_env_checkpoint,
 )
 from tests.store.conftest import Backend
 
@@ -437,13 +440,14 @@ async def test_unknown_outbox_items_fail(store: LinkStore) -> None:
 # --------------------------------------------------------------------------- audit
 
 
-async def test_audit_append_and_list(store: LinkStore) -> None:
+async def test_audit_record_and_list(store: LinkStore) -> None:
     link = await linked(store)
-    await store.append_audit("action", "sn.create ok", T0, link_id=link.id, bp_incident_id=BP1)
-    await store.append_audit(
+    await store.record_audit(
+        NewAuditEntry("action", "sn.create ok", link_id=link.id, bp_incident_id=BP1), T0
+    )
+    conflict_entry = NewAuditEntry(
         "conflict",
         "bigpanda wins",
-        at(1),
         link_id=link.id,
         bp_incident_id=BP1,
         sn_sys_id=SYS1,
@@ -452,7 +456,8 @@ async def test_audit_append_and_list(store: LinkStore) -> None:
         sn_value="3",
         detail={"policy": "newest", "times": [1, 2]},
     )
-    await store.append_audit("action", "bp.tags ok", at(2), bp_incident_id=BP2)
+    await store.record_audit(conflict_entry, at(1))
+    await store.record_audit(NewAuditEntry("action", "bp.tags ok", bp_incident_id=BP2), at(2))
     entries = await store.list_audit()
     assert [e.outcome for e in entries] == ["bp.tags ok", "bigpanda wins", "sn.create ok"]
     conflict = entries[1]
@@ -478,6 +483,30 @@ async def test_audit_append_and_list(store: LinkStore) -> None:
         "conflict"
     ]
     assert len(await store.list_audit(limit=1)) == 1
+
+
+async def test_record_audit_keeps_every_field_of_the_entry(store: LinkStore) -> None:
+    link = await linked(store)
+    entry = NewAuditEntry(
+        "conflict",
+        "bigpanda wins",
+        link_id=link.id,
+        bp_incident_id=BP1,
+        sn_sys_id=SYS1,
+        field="priority",
+        bp_value="1",
+        sn_value="3",
+        detail={"policy": "newest"},
+    )
+    await store.record_audit(entry, at(1))
+    await store.record_audit(NewAuditEntry("action", "bp.tags ok"), at(2))
+    newest, recorded = await store.list_audit()
+    assert (newest.kind, newest.outcome, dict(newest.detail)) == ("action", "bp.tags ok", {})
+    assert newest.link_id is None and newest.at == at(2)
+    assert (recorded.kind, recorded.outcome, recorded.at) == ("conflict", "bigpanda wins", at(1))
+    assert (recorded.link_id, recorded.bp_incident_id, recorded.sn_sys_id) == (link.id, BP1, SYS1)
+    assert (recorded.field, recorded.bp_value, recorded.sn_value) == ("priority", "1", "3")
+    assert dict(recorded.detail) == {"policy": "newest"}
 
 
 # --------------------------------------------------------------------------- cursors
@@ -598,7 +627,7 @@ async def test_take_epoch_increments_and_fences(backend: Backend) -> None:
     with pytest.raises(FencedError):
         await leader.claim_due(at(32), limit=1, lease_s=1)
     with pytest.raises(FencedError):
-        await leader.append_audit("action", "x", at(32))
+        await leader.record_audit(NewAuditEntry("action", "x"), at(32))
     with pytest.raises(FencedError):
         await leader.advance_cursor(Cursor(Side.BIGPANDA, at(1)), at(32))
     with pytest.raises(FencedError):
@@ -637,7 +666,10 @@ def _new(
 
 async def test_create_pending_link_and_enqueue_writes_all_three(store: LinkStore) -> None:
     link, item = await store.create_pending_link_and_enqueue(
-        BP1, T0, lambda link: _new("create-1", link.id), checkpoint=("bp_env:" + BP1, "env-1")
+        BP1,
+        T0,
+        lambda link: _new("create-1", link.id),
+        checkpoint=Checkpoint(bp_env_checkpoint(BP1), "env-1"),
     )
     assert link.state is LinkState.PENDING and link.bp_incident_id == BP1
     assert (await store.live_link_for_bp(BP1)) == link

@@ -15,7 +15,8 @@ from sqlalchemy import Connection, inspect
 
 from sync.errors import StoreError
 from sync.store import check_schema, current_revision, open_store, upgrade_database
-from sync.store.sql import alembic_config, head_revision, make_engine
+from sync.store.admin import alembic_config, head_revision
+from sync.store.engines import make_engine
 from sync.store.tables import metadata
 from tests.store.conftest import postgres_schema
 

@@ -10,7 +10,8 @@ from sqlalchemy import text
 
 from sync.errors import StoreError
 from sync.store import open_store, upgrade_database
-from sync.store.sql import SqlStore, make_engine, normalise_url
+from sync.store.engines import make_engine, normalise_url
+from sync.store.sql import SqlStore
 
 
 def _free_port() -> int:

@@ -1,0 +1,152 @@
+"""Engines and URLs: how bpsync connects to SQLite and Postgres, and what a failure says.
+
+- :func:`normalise_url`: bare ``sqlite://`` and ``postgresql://`` get the async drivers.
+- :func:`make_engine`: the async engine (aiosqlite, asyncpg); :func:`make_sqlite_thread_engine`
+  its synchronous pysqlite twin for a SQLite file (see :mod:`sync.store.threads`).
+- SQLite: WAL journal, ``busy_timeout``, foreign keys on. pysqlite's own transaction
+  handling is switched off and SQLAlchemy emits ``BEGIN`` itself (the SQLAlchemy
+  recipe), so reads are real snapshots; a connection with :data:`WRITE_OPTION` set
+  starts with ``BEGIN IMMEDIATE``, so two writers queue on the busy timeout instead of
+  failing on a lock upgrade.
+- Postgres: a ``search_path`` query parameter in the URL selects a schema.
+- :func:`mapped_errors`: driver and connection errors become :class:`StoreError` naming
+  the database with its password masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from sync.errors import StoreError
+from sync.settings import redact_url
+
+#: how long a SQLite writer waits for another one before "database is locked"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: execution option marking a connection whose transaction writes (SQLite: BEGIN IMMEDIATE)
+WRITE_OPTION = "bpsync_write"
+
+
+def normalise_url(url: str) -> URL:
+    """Parse ``url``; bare ``sqlite://`` and ``postgresql://`` get the async drivers."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"invalid database URL {redact_url(url)!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise StoreError(
+        f"unsupported database URL {redact_url(url)!r}: use sqlite+aiosqlite:///PATH "
+        "or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
+    )
+
+
+def make_engine(url: str) -> AsyncEngine:
+    """An async engine for ``url`` with bpsync's connection setup (see the module doc)."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the database directory {path.parent}: {exc.strerror}"
+                ) from None
+        engine = create_async_engine(parsed)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args: dict[str, Any] = {}
+    search_path = parsed.query.get("search_path")
+    if search_path:
+        connect_args["server_settings"] = {"search_path": str(search_path)}
+        parsed = parsed.difference_update_query(["search_path"])
+    return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+
+
+def make_sqlite_thread_engine(url: str) -> Engine | None:
+    """The synchronous (pysqlite) twin of :func:`make_engine` for a SQLite file, with the
+    same connection setup; None for Postgres and in-memory SQLite (see ``SqlStore``)."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if not database or database == ":memory:" or "mode=memory" in str(parsed):
+        return None
+    engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    # pysqlite's legacy transaction control does not BEGIN before SELECT; take it over.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL + NORMAL: a killed process loses nothing committed (only power loss could).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    if conn.get_execution_options().get(WRITE_OPTION):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def describe(exc: BaseException) -> str:
+    """The driver's own words, first line only."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc) or type(exc).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def unique_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a unique index refusing a row (not another constraint)."""
+    text = str(exc.orig).lower()
+    return "unique" in text or "duplicate key" in text
+
+
+@contextlib.asynccontextmanager
+async def mapped_errors(url: str) -> AsyncIterator[None]:
+    """Driver / connection failures as one-line StoreErrors (IntegrityError passes through)."""
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except (TimeoutError, SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"database {redact_url(url)}: {describe(exc)}") from exc
+
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "WRITE_OPTION",
+    "describe",
+    "make_engine",
+    "make_sqlite_thread_engine",
+    "mapped_errors",
+    "normalise_url",
+    "unique_violation",
+]

@@ -1,0 +1,156 @@
+"""``SqlCore``: what every part of :class:`sync.store.sql.SqlStore` stands on: its engines,
+one short transaction per call (:meth:`SqlCore._read`, :meth:`SqlCore._write`), and
+leadership: the epoch a write checks first.
+
+- Every method is one short transaction on a pooled connection; on a SQLite file it
+  runs in the store's own thread (:mod:`sync.store.threads`), on the synchronous engine.
+- Fencing: once :meth:`SqlCore.fence` (or :meth:`take_epoch`) set an epoch, every write
+  transaction first reads the leader row (``FOR SHARE`` on Postgres, so it waits for a
+  concurrent ``take_epoch``) and raises :class:`FencedError` when it moved on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sync.errors import StoreError
+from sync.model import Link
+from sync.settings import redact_url
+from sync.store import tables as t
+from sync.store.base import as_utc, fenced_error
+from sync.store.engines import WRITE_OPTION, mapped_errors
+from sync.store.rows import to_link
+from sync.store.statements import LEADER_ID, LINK_BY_ID
+from sync.store.threads import InlineConnection, in_store_thread
+
+
+class SqlCore:
+    """Engines, transactions and fencing of a SQL store (``SqlStore`` builds on it)."""
+
+    def __init__(
+        self, engine: AsyncEngine, url: str, *, thread_engine: Engine | None = None
+    ) -> None:
+        self._engine = engine
+        self._url = url
+        self._postgres = engine.dialect.name == "postgresql"
+        self._fenced_epoch: int | None = None
+        self._link_for_update = self._lock(LINK_BY_ID)
+        # SQLite file: every store call runs whole in one thread of its own, on the
+        # synchronous driver (one hand-over per call, not several per statement)
+        self._thread_engine = thread_engine
+        self._thread_pool = (
+            None
+            if thread_engine is None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpsync-sqlite")
+        )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def url(self) -> str:
+        """The database URL with its password masked (for logs and messages)."""
+        return redact_url(self._url)
+
+    # --- transactions
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        if self._thread_engine is not None:
+            assert in_store_thread(), "a store call outside its thread"
+            async with mapped_errors(self._url):
+                with self._thread_engine.connect() as sync_conn, sync_conn.begin():
+                    yield cast(AsyncConnection, InlineConnection(sync_conn))
+            return
+        async with mapped_errors(self._url), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _write(self, *, fenced: bool = True) -> AsyncIterator[AsyncConnection]:
+        if self._thread_engine is not None:
+            assert in_store_thread(), "a store call outside its thread"
+            async with mapped_errors(self._url):
+                with self._thread_engine.connect() as sync_conn:
+                    sync_conn.execution_options(**{WRITE_OPTION: True})
+                    with sync_conn.begin():
+                        conn = cast(AsyncConnection, InlineConnection(sync_conn))
+                        if fenced and self._fenced_epoch is not None:
+                            await self._check_fence(conn, self._fenced_epoch)
+                        yield conn
+            return
+        async with mapped_errors(self._url), self._engine.connect() as conn:
+            await conn.execution_options(**{WRITE_OPTION: True})
+            async with conn.begin():
+                if fenced and self._fenced_epoch is not None:
+                    await self._check_fence(conn, self._fenced_epoch)
+                yield conn
+
+    async def _check_fence(self, conn: AsyncConnection, epoch: int) -> None:
+        query = select(t.leader.c.epoch).where(t.leader.c.id == LEADER_ID)
+        if self._postgres:
+            # FOR SHARE: concurrent writes of the leader do not wait on each other, but
+            # take_epoch's UPDATE waits for them, and they for it.
+            query = query.with_for_update(read=True)
+        stored = (await conn.execute(query)).scalar_one_or_none() or 0
+        if stored != epoch:
+            raise fenced_error(stored, epoch)
+
+    def _lock(self, query: Any) -> Any:
+        return query.with_for_update() if self._postgres else query
+
+    def _upsert(self, table: Any) -> Any:
+        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
+
+    async def _get_link(self, conn: AsyncConnection, link_id: int, *, lock: bool) -> Link:
+        query = self._link_for_update if lock else LINK_BY_ID
+        row = (await conn.execute(query, {"b_id": link_id})).first()
+        if row is None:
+            raise StoreError(f"no link {link_id}")
+        return to_link(row)
+
+    # --- lifecycle
+
+    async def close(self) -> None:
+        pool, self._thread_pool = self._thread_pool, None
+        if pool is not None and self._thread_engine is not None:
+            # queued behind every call still running: they finish first
+            await asyncio.get_running_loop().run_in_executor(pool, self._thread_engine.dispose)
+            pool.shutdown(wait=True)
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(select(1))
+
+    # --- high availability
+
+    async def take_epoch(self, holder: str, now: datetime) -> int:
+        now = as_utc(now)
+        # Not fenced: taking the epoch is how a fenced replica becomes leader.
+        async with self._write(fenced=False) as conn:
+            seed = self._upsert(t.leader).values(id=LEADER_ID, epoch=0, holder=None, updated_at=now)
+            await conn.execute(seed.on_conflict_do_nothing(index_elements=["id"]))
+            result = await conn.execute(
+                update(t.leader)
+                .where(t.leader.c.id == LEADER_ID)
+                .values(epoch=t.leader.c.epoch + 1, holder=holder, updated_at=now)
+                .returning(t.leader.c.epoch)
+            )
+            epoch = int(result.scalar_one())
+        self._fenced_epoch = epoch
+        return epoch
+
+    def fence(self, epoch: int | None) -> None:
+        """From now on every write checks the stored epoch equals ``epoch`` (None: off)."""
+        self._fenced_epoch = epoch

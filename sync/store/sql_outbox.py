@@ -1,0 +1,200 @@
+"""``SqlOutbox``: the outbox and dead letters of :class:`sync.store.sql.SqlStore`.
+
+- ``enqueue`` is idempotent on the key: a concurrent enqueue of the same key that wins
+  the race (the unique index on not-done keys) has its item returned.
+- Postgres: ``claim_due`` uses ``FOR UPDATE SKIP LOCKED`` so replicas never claim the
+  same item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sync.errors import StoreError
+from sync.store import tables as t
+from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
+from sync.store.engines import describe, unique_violation
+from sync.store.rows import new_item_values, to_item
+from sync.store.sql_core import SqlCore
+from sync.store.statements import COMPLETE_ITEM, INSERT_ITEM, NOT_DONE_WITH_KEY
+
+
+class SqlOutbox(SqlCore):
+    """The :class:`~sync.store.base.Outbox` part of ``SqlStore``."""
+
+    def _not_done_with_key(self, key: str) -> Any:
+        return select(t.outbox).where(
+            t.outbox.c.idempotency_key == key, t.outbox.c.state != OutboxState.DONE.value
+        )
+
+    async def _enqueue_in(
+        self, conn: AsyncConnection, new: NewOutboxItem, now: datetime, *, check_link: bool = True
+    ) -> OutboxItem:
+        key = {"b_key": new.idempotency_key}
+        existing = (await conn.execute(NOT_DONE_WITH_KEY, key)).first()
+        if existing is not None:
+            return to_item(existing)
+        if check_link and new.link_id is not None:
+            await self._get_link(conn, new.link_id, lock=False)
+        return to_item((await conn.execute(INSERT_ITEM, new_item_values(new, now))).one())
+
+    async def enqueue(
+        self,
+        kind: str,
+        target: str,
+        payload: Mapping[str, Any],
+        idempotency_key: str,
+        now: datetime,
+        *,
+        link_id: int | None = None,
+        bp_incident_id: str | None = None,
+        sn_sys_id: str | None = None,
+    ) -> OutboxItem:
+        now = as_utc(now)
+        new = NewOutboxItem(
+            kind, target, payload, idempotency_key, link_id, bp_incident_id, sn_sys_id
+        )
+        try:
+            async with self._write() as conn:
+                return await self._enqueue_in(conn, new, now)
+        except IntegrityError as exc:
+            # A concurrent enqueue of the same key won the race: return its item.
+            if not unique_violation(exc):
+                raise StoreError(f"cannot enqueue {kind}: {describe(exc)}") from exc
+        async with self._read() as conn:
+            row = (await conn.execute(self._not_done_with_key(idempotency_key))).first()
+        if row is None:
+            raise StoreError(f"outbox item {idempotency_key!r} vanished while being enqueued")
+        return to_item(row)
+
+    async def claim_due(self, now: datetime, *, limit: int, lease_s: float) -> list[OutboxItem]:
+        now = as_utc(now)
+        if limit <= 0:
+            return []
+        lease_cutoff = now - timedelta(seconds=lease_s)
+        c = t.outbox.c
+        query = (
+            select(t.outbox)
+            .where(
+                or_(
+                    and_(c.state == OutboxState.PENDING.value, c.next_attempt_at <= now),
+                    and_(c.state == OutboxState.IN_FLIGHT.value, c.updated_at <= lease_cutoff),
+                )
+            )
+            .order_by(c.next_attempt_at, c.id)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        async with self._write() as conn:
+            rows = list(await conn.execute(query))
+            if not rows:
+                return []
+            ids = [row._mapping["id"] for row in rows]
+            await conn.execute(
+                update(t.outbox)
+                .where(c.id.in_(ids))
+                .values(state=OutboxState.IN_FLIGHT.value, updated_at=now)
+            )
+        return [
+            dataclasses.replace(to_item(row), state=OutboxState.IN_FLIGHT, updated_at=now)
+            for row in rows
+        ]
+
+    async def _update_item(self, item_id: int, **values: Any) -> OutboxItem:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.outbox)
+                .where(t.outbox.c.id == item_id)
+                .values(**values)
+                .returning(t.outbox)
+            )
+            row = result.first()
+        if row is None:
+            raise StoreError(f"no outbox item {item_id}")
+        return to_item(row)
+
+    async def _complete_in(self, conn: AsyncConnection, item_id: int, now: datetime) -> None:
+        result = await conn.execute(COMPLETE_ITEM, {"b_id": item_id, "updated_at": now})
+        if result.rowcount == 0:
+            raise StoreError(f"no outbox item {item_id}")
+
+    async def complete(self, item_id: int, now: datetime) -> None:
+        now = as_utc(now)
+        async with self._write() as conn:
+            await self._complete_in(conn, item_id, now)
+
+    async def fail(
+        self, item_id: int, error: str, next_attempt_at: datetime, now: datetime
+    ) -> OutboxItem:
+        return await self._update_item(
+            item_id,
+            state=OutboxState.PENDING.value,
+            attempts=t.outbox.c.attempts + 1,
+            last_error=error,
+            next_attempt_at=as_utc(next_attempt_at),
+            updated_at=as_utc(now),
+        )
+
+    async def dead_letter(self, item_id: int, error: str, now: datetime) -> OutboxItem:
+        return await self._update_item(
+            item_id,
+            state=OutboxState.DEAD.value,
+            attempts=t.outbox.c.attempts + 1,
+            last_error=error,
+            updated_at=as_utc(now),
+        )
+
+    @staticmethod
+    def _outbox_filter(states: Collection[OutboxState] | None) -> list[ColumnElement[bool]]:
+        if states is None:
+            return []
+        return [t.outbox.c.state.in_([OutboxState(s).value for s in states])]
+
+    async def list_outbox(
+        self, states: Collection[OutboxState] | None = None, *, limit: int = 100
+    ) -> list[OutboxItem]:
+        query = (
+            select(t.outbox)
+            .where(*self._outbox_filter(states))
+            .order_by(t.outbox.c.id)
+            .limit(max(0, limit))
+        )
+        async with self._read() as conn:
+            return [to_item(row) for row in await conn.execute(query)]
+
+    async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
+        query = select(func.count()).select_from(t.outbox).where(*self._outbox_filter(states))
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def retry_dead(self, item_id: int | None, now: datetime) -> int:
+        now = as_utc(now)
+        where = [t.outbox.c.state == OutboxState.DEAD.value]
+        if item_id is not None:
+            where.append(t.outbox.c.id == item_id)
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.outbox)
+                .where(*where)
+                .values(
+                    state=OutboxState.PENDING.value, attempts=0, next_attempt_at=now, updated_at=now
+                )
+            )
+            return int(result.rowcount)
+
+    async def drop_dead(self, item_id: int) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(t.outbox).where(
+                    t.outbox.c.id == item_id, t.outbox.c.state == OutboxState.DEAD.value
+                )
+            )
+            return int(result.rowcount) > 0
