@@ -13,7 +13,9 @@ description, else ``BigPanda incident <id>``. Whitespace runs are collapsed.
 Description (at most 4000 characters), sections in this order, each only when asked
 for and non-empty, separated by a blank line:
 
-1. ``AI incident analysis:`` and the summary (``aia_in_description``).
+1. ``AI incident analysis:`` and the summary (``aia_in_description``), read from the
+   incident tag ``aia_tag`` where BigPanda's AI analysis puts it (1-3 minutes after the
+   incident forms: with ``description`` in ``update_fields`` it is added when it comes).
 2. ``Alert status: 2 Critical, 1 Warning, 0 Resolved`` (``, 1 Unknown`` when any): the
    alerts counted by status (an inactive or ``ok`` alert counts as resolved), whenever
    the alerts are known. This is BigPanda's standard summary line, not a setting.
@@ -182,8 +184,9 @@ def build_description(
     """The description, within the field's size (4,000 characters by default)."""
     opts = settings.incidents
     sections: list[str] = []
-    if opts.aia_in_description and incident.ai_summary and incident.ai_summary.strip():
-        sections.append(f"AI incident analysis:\n{incident.ai_summary.strip()}")
+    summary = bp_value(incident, opts.aia_tag) if opts.aia_in_description else None
+    if summary and summary.strip():
+        sections.append(f"AI incident analysis:\n{summary.strip()}")
     alerts = sort_alerts(incident.alerts, parse_criteria(opts.primary_alert))
     if alerts:
         sections.append(f"Alert status: {alert_status_summary(alerts)}")

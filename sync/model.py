@@ -55,7 +55,6 @@ class BPIncident:
     alerts: tuple[BPAlert, ...] = ()
     """Expanded alerts; empty when the incident was fetched without ``expand=alerts``."""
     alert_ids: tuple[str, ...] = ()
-    ai_summary: str | None = None
     """AI Incident Analysis summary, when known."""
 
 

@@ -216,6 +216,9 @@ class IncidentSettings(_Section):
     primary_alert: str = "status=critical, startedOn"
     priority_in_short_description: bool = True
     aia_in_description: bool = False
+    aia_tag: str = Field(default="ai_summary", min_length=1)
+    """Incident tag holding BigPanda's AI incident analysis summary (docs 9: check the id
+    in the organisation's tag definitions)."""
     description_incident_tags: CsvList = Field(default_factory=list)
     description_alert_tags: CsvList = Field(default_factory=list)
     max_alerts_in_description: int = Field(default=5, ge=0, le=100)

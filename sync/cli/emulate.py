@@ -65,6 +65,8 @@ def _bigpanda_app(
     rate_limit: float | None,
     rate_limit_shape: str = DEFAULT_RATE_LIMIT_SHAPE,
     rate_limit_scope: str = DEFAULT_RATE_LIMIT_SCOPE,
+    *,
+    aia_delay: float | None = None,
 ) -> web.Application:
     from sync.emulators.bigpanda import create_app
 
@@ -74,6 +76,7 @@ def _bigpanda_app(
         rate_limit_per_s=rate_limit,
         rate_limit_shape=rate_limit_shape,
         rate_limit_scope=rate_limit_scope,
+        aia_delay_s=aia_delay,
     )
 
 
@@ -124,6 +127,16 @@ _BP_RATE_SCOPE = click.option(
     show_default=True,
     help="What one BigPanda rate counter covers: token+method+route, token+route (GET "
     "and POST share it), or route for the whole organisation (all tokens share it).",
+)
+
+
+_BP_AIA = click.option(
+    "--aia-delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Emulate BigPanda's AI incident analysis: its summary lands in the ai_summary "
+    "incident tag this long after an incident forms (real: 1-3 minutes). Off by default.",
 )
 
 
@@ -243,6 +256,7 @@ def servicenow(
 @_BP_RATE
 @_BP_RATE_SHAPE
 @_BP_RATE_SCOPE
+@_BP_AIA
 def bigpanda(
     *,
     host: str,
@@ -252,9 +266,17 @@ def bigpanda(
     rate_limit: float,
     rate_limit_shape: str,
     rate_limit_scope: str,
+    aia_delay: float | None,
 ) -> None:
     """The BigPanda API emulator (incidents v2, tags, activities, alert ingest)."""
-    app = _bigpanda_app(api_key, org_token, rate_limit or None, rate_limit_shape, rate_limit_scope)
+    app = _bigpanda_app(
+        api_key,
+        org_token,
+        rate_limit or None,
+        rate_limit_shape,
+        rate_limit_scope,
+        aia_delay=aia_delay,
+    )
     asyncio.run(_serve([("BigPanda", app, host, port)]))
 
 
@@ -268,6 +290,7 @@ def bigpanda(
 @_BP_RATE
 @_BP_RATE_SHAPE
 @_BP_RATE_SCOPE
+@_BP_AIA
 def both(
     *,
     host: str,
@@ -279,6 +302,7 @@ def both(
     rate_limit: float,
     rate_limit_shape: str,
     rate_limit_scope: str,
+    aia_delay: float | None,
 ) -> None:
     """Both emulators in one process (ServiceNow on --sn-port, BigPanda on --bp-port)."""
     apps = [
@@ -286,7 +310,12 @@ def both(
         (
             "BigPanda",
             _bigpanda_app(
-                api_key, org_token, rate_limit or None, rate_limit_shape, rate_limit_scope
+                api_key,
+                org_token,
+                rate_limit or None,
+                rate_limit_shape,
+                rate_limit_scope,
+                aia_delay=aia_delay,
             ),
             host,
             bp_port,

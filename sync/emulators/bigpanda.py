@@ -116,6 +116,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import random
 import re
@@ -143,6 +144,8 @@ from sync.emulators.control import (
     route_template,
 )
 
+#: the incident tag the emulated AI incident analysis writes its summary into
+DEFAULT_AIA_TAG = "ai_summary"
 DEFAULT_ENVIRONMENT_ID = "5e1f0b1a2c3d4e5f60718293"
 """The seeded environment (filter ``*``: every incident)."""
 ALL_INCIDENTS_ENVIRONMENT_ID = "5e1f0b1a2c3d4e5f60718200"
@@ -551,7 +554,13 @@ class State:
         lowercase_status: bool,
         async_delay_s: float = 1.0,
         repeat_window_s: float = 10.0,
+        aia_delay_s: float | None = None,
+        aia_tag: str = DEFAULT_AIA_TAG,
     ) -> None:
+        self.aia_delay_s = aia_delay_s
+        """AI incident analysis: its summary tag is set this long after an incident
+        forms (real AIA arrives 1-3 minutes later, docs 9); None = AIA off"""
+        self.aia_tag = aia_tag
         self.async_delay_s = async_delay_s
         self.repeat_window_s = repeat_window_s
         self.listeners: list[Callable[[str, Incident], None]] = []
@@ -1264,7 +1273,39 @@ class State:
         self.recompute(inc, changed=True, emit=action != "created")
         if action == "created":
             self.emit("incident#new", inc)
+            if self.aia_delay_s is not None:
+                due = self.clock.monotonic() + self.aia_delay_s
+                self.pending.append((due, functools.partial(self._analyse_later, inc.id)))
         return IngestResult(alert.id, inc.id, action)
+
+    def _analyse_later(self, incident_id: str) -> None:
+        if incident_id in self.incidents:  # gone by a reset: nothing to analyse
+            self.analyse(incident_id)
+
+    def analyse(self, incident_id: str) -> str:
+        """AI incident analysis of one incident: its summary in the AIA tag (defined as
+        BigPanda defines it when AIA is on), set as the analysis's own user would."""
+        inc = self.get(incident_id)
+        alerts = [self.alerts[a] for a in inc.alert_ids]
+        active = [a for a in alerts if a.active]
+        first = min(alerts, key=lambda a: (a.start, a.id)) if alerts else None
+        title = (
+            " / ".join(
+                str(first.tags.get(p) or p)
+                for p in (first.primary_property, first.secondary_property)
+                if p
+            )
+            if first is not None
+            else "no alert"
+        )
+        summary = (
+            f"{len(active)} of {len(alerts)} alerts active, first {title}. "
+            f"Probable root cause: {title} ({inc.status.lower()})."
+        )
+        if self.aia_tag not in self.tag_definitions:
+            self.define_tag(self.aia_tag, description="AI incident analysis summary")
+        self.set_tag(inc.id, self.aia_tag, summary, name="BigPanda AI", email="", by=None)
+        return summary
 
     def _reopen(self, inc: Incident) -> None:
         inc.active, inc.end = True, None
@@ -1707,6 +1748,8 @@ _INCIDENT = "/resources/v2.0/environments/{env_id}/incidents/{incident_id}"
 
 _KNOWN_OPTIONS = frozenset(
     {
+        "aia_delay_s",
+        "aia_tag",
         "correlation_tag",
         "correlation_window_s",
         "reopen_window_s",
@@ -1770,7 +1813,11 @@ def create_app(
     - ``rate_limit_scope`` (``"token_method_route"``): what one counter covers, one of
       ``"token_method_route"``, ``"token_route"`` (GET and POST of a path share it),
       ``"org_route"`` (every API key shares it);
-    - ``batch_resolve_rate_limit_per_s`` (1.0).
+    - ``batch_resolve_rate_limit_per_s`` (1.0);
+    - ``aia_delay_s`` (None = off): AI incident analysis; this long after an incident
+      forms (on the injected clock, at the next request) its summary is set in the
+      ``aia_tag`` (``"ai_summary"``) incident tag, the tag defined (Text) on first use;
+      ``POST .../incidents/{id}/ai/analysis`` (docs 4) runs it at once.
 
     Shapes and scopes are described in :mod:`sync.emulators.bplimits`; an unknown value
     is a ValueError. Both can be changed at run time through ``POST /_emulator/config``.
@@ -1799,6 +1846,8 @@ def create_app(
         lowercase_status=bool(options.get("lowercase_status", False)),
         async_delay_s=float(options.get("async_delay_s", 1.0)),
         repeat_window_s=float(options.get("repeat_window_s", 10.0)),
+        aia_delay_s=(None if options.get("aia_delay_s") is None else float(options["aia_delay_s"])),
+        aia_tag=str(options.get("aia_tag", DEFAULT_AIA_TAG)),
     )
     config: dict[str, Any] = {
         "rate_limit_per_s": rate_limit_per_s,
@@ -2021,6 +2070,12 @@ async def get_incident(request: web.Request) -> web.Response:
     inc = _incident(request)
     expand = request.query.get("expand") == "alerts"
     return web.json_response(_state(request).incident_json(inc, expand_alerts=expand))
+
+
+async def analyse_incident(request: web.Request) -> web.Response:
+    inc = _incident(request)
+    summary = _state(request).analyse(inc.id)
+    return web.json_response({"status": 200, "data": {"summary": summary}})
 
 
 async def resolve_incident(request: web.Request) -> web.Response:
@@ -2530,6 +2585,7 @@ def _add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{v2}/environments/{{env_id}}/incidents", search_incidents)
     router.add_get(_INCIDENT, get_incident)
     router.add_post(f"{_INCIDENT}/resolve", resolve_incident)
+    router.add_post(f"{_INCIDENT}/ai/analysis", analyse_incident)
     router.add_post(f"{_INCIDENT}/comments", comment_incident)
     router.add_put(f"{_INCIDENT}/assignment", assign_incident)
     router.add_delete(f"{_INCIDENT}/assignment", unassign_incident)

@@ -1004,3 +1004,14 @@ async def test_webhook_autoshare_retry_and_dlq(emu_factory: Any) -> None:
         assert len(hooks.dlq) == 1
         assert hooks.dlq[0]["trigger"] == "incident#reopen"
         assert hooks.dlq[0]["attempts"] == 6 and hooks.dlq[0]["notified"] is True
+
+
+async def test_ai_analysis_route_sets_the_summary_tag(emu: Emu) -> None:
+    await emu.alert(host="aia-1")
+    inc_id = next(iter(emu.state.incidents))
+    r = await emu.post(f"{ENV}/incidents/{inc_id}/ai/analysis", json={})
+    assert r.status == 200
+    summary = r.body["data"]["summary"]
+    assert emu.state.incidents[inc_id].tags["ai_summary"].value == summary
+    assert emu.state.tag_definitions["ai_summary"].type == "Text"
+    assert (await emu.post(f"{ENV}/incidents/{'0' * 24}/ai/analysis", json={})).status == 404

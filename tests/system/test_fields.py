@@ -7,6 +7,7 @@ and request counts are read back from the emulators.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from sync.emulators.bigpanda import STATE_KEY as BP_STATE_KEY
 from sync.errors import ConfigError
 from sync.store.base import OutboxState
 
-from .conftest import World
+from .conftest import World, open_world
 from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
 
 V2 = "/resources/v2.0"
@@ -373,3 +374,29 @@ async def _linked(world: World, emu: Emu, host: str) -> tuple[str, dict[str, str
     bp_id = await emu.new_incident(host, check="cpu")
     await settle(world)
     return bp_id, await emu.sn_one_for(bp_id)
+
+
+# --------------------------------------------------------------------------- item 4
+
+
+async def test_the_ai_summary_reaches_the_description_when_it_arrives(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    options = {"rate_limit_per_s": None, "aia_delay_s": 90}
+    async with open_world(tmp_path, clock, bp_options=options) as aia_world:
+        emu = Emu(aia_world)
+        await aia_world.build(
+            tag_mapping=SYSTEM_MAPPING,
+            **{**TEXTS, "incidents.aia_in_description": True},
+        )
+        bp_id = await emu.new_incident("db12", check="cpu")
+        await settle(aia_world)
+        sn = await emu.sn_one_for(bp_id)
+        assert "AI incident analysis" not in sn["description"]  # not there yet
+
+        clock.advance(91)  # BigPanda's analysis arrives (1-3 minutes in reality)
+        await settle(aia_world)
+        tags = await emu.tags(bp_id)
+        assert tags["ai_summary"].startswith("1 of 1 alerts active")
+        after = await emu.sn_get(sn["sys_id"])
+        assert after["description"].startswith(f"AI incident analysis:\n{tags['ai_summary']}")

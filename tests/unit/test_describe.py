@@ -53,9 +53,13 @@ def make_incident(**kwargs: Any) -> BPIncident:
         "id": BP_ID,
         "status": "critical",
         "active": True,
-        "tags": {"priority": "P1", "owner": "ops", "region": "eu"},
+        "tags": {
+            "priority": "P1",
+            "owner": "ops",
+            "region": "eu",
+            "ai_summary": "Disk pressure on the database.",
+        },
         "alerts": ALERTS,
-        "ai_summary": "Disk pressure on the database.",
     }
     base.update(kwargs)
     return BPIncident(**base)
@@ -161,7 +165,7 @@ def test_description_of_incident_without_alerts_is_empty_when_nothing_asked() ->
 
 def test_long_description_is_cut_before_the_links() -> None:
     s = make_settings(aia_in_description=True)
-    text = build_description(make_incident(ai_summary="y" * 10_000), s, ENV)
+    text = build_description(make_incident(tags={"ai_summary": "y" * 10_000}), s, ENV)
     assert len(text) <= SN_DESCRIPTION_MAX
     assert "y ... [truncated by bpsync]" in text
     assert text.endswith(f"/incidents/{ENV}/{BP_ID}/timeline")
