@@ -56,6 +56,9 @@ class PlanInput:
     sizes: FieldSizes = DEFAULT_SIZES
     """Field sizes in force (the ServiceNow dictionary's, read at start-up): longer
     values are cut with a marker (:mod:`sync.sizes`)."""
+    references: Mapping[str, str] = field(default_factory=dict)
+    """ServiceNow reference fields (field -> referenced table, from the dictionary): their
+    values in ``sn`` are display values (names), and a name written to one is looked up."""
 
 
 @dataclass(frozen=True, slots=True)

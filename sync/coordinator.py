@@ -50,6 +50,7 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -66,6 +67,7 @@ from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoun
 from sync.execution import CycleRun
 from sync.executor import Executor
 from sync.guards import check_empty_side, check_mass_resolve
+from sync.lookups import Lookups
 from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
@@ -155,6 +157,7 @@ class Coordinator:
         planner: Planner | None = None,
         metrics: CoordinatorMetrics | None = None,
         force: bool = False,
+        lookups: Lookups | None = None,
     ) -> None:
         if planner is None:
             from sync.planner import plan as default_plan
@@ -177,6 +180,9 @@ class Coordinator:
         """(record, reason) of the ServiceNow records skipped or clamped and logged."""
         self.sizes: FieldSizes = DEFAULT_SIZES
         """field sizes in force (``Engine.prepare`` reads the ServiceNow dictionary)"""
+        self.references: Mapping[str, str] = {}
+        """ServiceNow reference fields -> their tables (``Engine.prepare``, dictionary)"""
+        self._lookups = lookups or Lookups(servicenow, clock)
 
     # ------------------------------------------------------------------ for the cycle's run
 
@@ -315,14 +321,34 @@ class Coordinator:
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
         inp = PlanInput(
             bp=pair.bp,
-            sn=pair.sn,
+            sn=await self._named(pair.sn),
             link=pair.link,
             synced=await self._store.field_states(pair.link.id) if pair.link else {},
             environment_id=pair.environment_id,
             correlation_checked=checked,
             sizes=self.sizes,
+            references=self.references,
         )
         return self._plan(inp, self._settings, now)
+
+    async def _named(self, sn: SNIncident | None) -> SNIncident | None:
+        """The incident as people see it: each mapped reference field's sys_id replaced
+        by the record's display value (a group's name), looked up and cached. A record
+        that cannot be read leaves the field out: the planner takes it as unchanged."""
+        if sn is None or not self.references:
+            return sn
+        mapped = {rule.field for rule in compile_rules(self._settings)}
+        fields = dict(sn.fields)
+        for name in mapped & self.references.keys():
+            sys_id = fields.get(name)
+            if not sys_id:
+                continue
+            display = await self._lookups.display(self.references[name], sys_id)
+            if display is None:
+                del fields[name]
+            else:
+                fields[name] = display
+        return dataclasses.replace(sn, fields=fields)
 
     def check_guards(self, plans: Sequence[Sequence[Action]], live_links: int) -> None:
         try:

@@ -72,6 +72,11 @@ class Engine:
                 )
         sizes = {name: info.max_length for name, info in dictionary.items() if info.max_length}
         self.coordinator.sizes = FieldSizes.from_dictionary(sizes)
+        self.coordinator.references = {
+            name: info.reference
+            for name, info in dictionary.items()
+            if info.internal_type == "reference" and info.reference
+        }
 
     async def close(self) -> None:
         """Close the sessions, then the store (each once, errors logged)."""
@@ -137,13 +142,16 @@ async def build_engine(
         raise
     executor_metrics: ExecutorMetrics | None = metrics
     coordinator_metrics: CoordinatorMetrics | None = metrics
+    lookups = Lookups(
+        servicenow, clock, on_miss=metrics.lookup_miss if metrics is not None else None
+    )
     executor = Executor(
         store,
         servicenow,
         bigpanda,
         settings,
         clock,
-        lookups=Lookups(servicenow, clock),
+        lookups=lookups,
         metrics=executor_metrics,
     )
     coordinator = Coordinator(
@@ -155,5 +163,6 @@ async def build_engine(
         clock=clock,
         metrics=coordinator_metrics,
         force=force,
+        lookups=lookups,
     )
     return Engine(settings, store, servicenow, bigpanda, executor, coordinator, closers)

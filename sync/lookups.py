@@ -17,13 +17,14 @@ Contract:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sync.actions import RefLookup
 from sync.clients.base import ServiceNowAPI
 from sync.clock import Clock
 from sync.errors import PermanentError
+from sync.mapping import display_column
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,20 @@ class Lookups:
     """Cached ``RefLookup`` resolution against ServiceNow."""
 
     def __init__(
-        self, servicenow: ServiceNowAPI, clock: Clock, *, ttl_s: float = DEFAULT_LOOKUP_TTL_S
+        self,
+        servicenow: ServiceNowAPI,
+        clock: Clock,
+        *,
+        ttl_s: float = DEFAULT_LOOKUP_TTL_S,
+        on_miss: Callable[[str], None] | None = None,
     ) -> None:
         self._sn = servicenow
         self._clock = clock
         self._ttl_s = ttl_s
+        self._on_miss = on_miss
+        """called with the table of every look-up that found no single record (a metric)"""
         self._cache: dict[RefLookup, _Cached] = {}
+        self._names: dict[tuple[str, str], _Cached] = {}
         self._warned: set[RefLookup] = set()
         """How many queries were sent (tests check the cache with it)."""
 
@@ -69,6 +78,8 @@ class Lookups:
             sys_id = str(rows[0]["sys_id"])
         elif problem is None:
             problem = "no record matches" if not rows else "several records match"
+        if sys_id is None and self._on_miss is not None:
+            self._on_miss(ref.table)
         if sys_id is None and ref not in self._warned:
             self._warned.add(ref)
             log.warning(
@@ -81,6 +92,38 @@ class Lookups:
             )
         self._cache[ref] = _Cached(sys_id, now_mono + self._ttl_s)
         return sys_id
+
+    async def display(self, table: str, sys_id: str) -> str | None:
+        """The display value (:func:`sync.mapping.display_column`) of ``table`` record
+        ``sys_id``, or None when it cannot be read (one warning; cached like
+        :meth:`resolve`): a reference field shows people a name, never a sys_id."""
+        key = (table, sys_id)
+        now_mono = self._clock.monotonic()
+        cached = self._names.get(key)
+        if cached is not None and cached.expires_at_mono_s > now_mono:
+            return cached.sys_id
+        column = display_column(table)
+        try:
+            rows = await self._sn.query(table, {"sys_id": sys_id}, fields=[column], limit=1)
+        except PermanentError as exc:
+            rows = []
+            log.debug("%s %s not readable: %s", table, sys_id, exc)
+        name = str(rows[0].get(column) or "") if rows else ""
+        if not name:
+            if self._on_miss is not None:
+                self._on_miss(table)
+            ref = RefLookup(table, "sys_id", sys_id)
+            if ref not in self._warned:
+                self._warned.add(ref)
+                log.warning(
+                    "%s %s: no %s to show for it; the mapped value is left as it was",
+                    table,
+                    sys_id,
+                    column,
+                    extra={"table": table, "value": sys_id},
+                )
+        self._names[key] = _Cached(name or None, now_mono + self._ttl_s)
+        return name or None
 
     async def resolve_fields(self, lookups: Mapping[str, RefLookup]) -> dict[str, str]:
         """field -> sys_id for every look-up that matched; the others are left out."""

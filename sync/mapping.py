@@ -79,9 +79,11 @@ __all__ = [
     "bp_value",
     "compile_rules",
     "configured_create_fields",
+    "display_column",
     "mapped_create_values",
     "norm",
     "reads_primary_alert",
+    "reference_lookups",
     "static_fields",
     "static_lookups",
     "updatable_after_create",
@@ -339,6 +341,42 @@ def configured_create_fields(incident: BPIncident, incidents: IncidentSettings) 
         opened = datetime.fromtimestamp(incident.start, UTC).strftime(SN_DATETIME_FORMAT)
         fields.setdefault("opened_at", opened)
     return fields
+
+
+#: the column a referenced table shows people (its display value)
+DISPLAY_COLUMNS: Mapping[str, str] = {
+    "incident": "number",
+    "task": "number",
+    "problem": "number",
+    "change_request": "number",
+    "sys_user": "name",
+    "sys_user_group": "name",
+    "cmdb_ci": "name",
+    "cmn_location": "name",
+    "core_company": "name",
+}
+
+
+def display_column(table: str) -> str:
+    """The display column of a referenced table (``name`` unless known otherwise)."""
+    return DISPLAY_COLUMNS.get(table, "name")
+
+
+def reference_lookups(
+    values: Mapping[str, str | None], references: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, RefLookup]]:
+    """Split ServiceNow values to write into plain fields and look-ups: a non-empty
+    value for a reference field (``references``: field -> table) is a display value
+    (a group's name) to find as that table's record; an empty one clears the field."""
+    fields: dict[str, str] = {}
+    lookups: dict[str, RefLookup] = {}
+    for name, value in values.items():
+        table = references.get(name)
+        if table is not None and value:
+            lookups[name] = RefLookup(table=table, column=display_column(table), value=value)
+        else:
+            fields[name] = value or ""
+    return fields, lookups
 
 
 def _alert_tag(alert: BPAlert, name: str) -> str | None:

@@ -141,6 +141,14 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.lookup_misses = Counter(
+            "lookup_misses",
+            "Reference look-ups that found no single record (a name or e-mail without a "
+            "match, or a sys_id that cannot be read), by table; the field was left as is.",
+            ["table"],
+            namespace=ns,
+            registry=r,
+        )
         self.backlog_left = Gauge(
             "backlog",
             "Changes polled but not yet synced (a storm worked through across cycles).",
@@ -190,6 +198,9 @@ class Metrics:
 
     def skipped(self, side: str, reason: str) -> None:
         self.skipped_records.labels(side, reason).inc()
+
+    def lookup_miss(self, table: str) -> None:
+        self.lookup_misses.labels(table).inc()
 
     def backlog(self, side: str, count: int) -> None:
         self.backlog_left.labels(side).set(count)

@@ -116,6 +116,7 @@ from sync.mapping import (
     mapped_create_values,
     norm,
     reads_primary_alert,
+    reference_lookups,
     static_fields,
     static_lookups,
     updatable_after_create,
@@ -178,7 +179,15 @@ def _plan_create(
     # a replacement after a reopen searches anyway (the old incident shares the id)
     checked = inp.correlation_checked and inp.sn is None and previous_link_id is None
     return [
-        _create_action(bp, env, settings, previous_link_id, checked_absent=checked, sizes=inp.sizes)
+        _create_action(
+            bp,
+            env,
+            settings,
+            previous_link_id,
+            checked_absent=checked,
+            sizes=inp.sizes,
+            references=inp.references,
+        )
     ]
 
 
@@ -190,7 +199,9 @@ def _create_action(
     *,
     checked_absent: bool = False,
     sizes: FieldSizes = DEFAULT_SIZES,
+    references: Mapping[str, str] | None = None,
 ) -> CreateServiceNowIncident:
+    references = references or {}
     opts = settings.incidents
     rules = compile_rules(settings, sizes)
     primary = pick_primary_alert(bp.alerts, parse_criteria(opts.primary_alert))
@@ -205,11 +216,16 @@ def _create_action(
         name: fit(value, sizes.sn(name))
         for name, value in configured_create_fields(bp, opts).items()
     }
+    # a mapped value for a reference field is a name to look up (the record it names)
+    mapped_fields, mapped_lookups = reference_lookups(mapped.fields, references)
     # precedence: correlation (B2) > mapped values > static_fields, opened_at > texts
-    fields = {**generated, **configured, **mapped.fields, **static_fields(bp.id)}
+    fields = {**generated, **configured, **mapped_fields, **static_fields(bp.id)}
     lookups = {
-        name: ref for name, ref in static_lookups(opts, primary).items() if name not in fields
+        name: ref
+        for name, ref in static_lookups(opts, primary).items()
+        if name not in fields and name not in mapped_lookups
     }
+    lookups.update(mapped_lookups)
     record_sn = dict(mapped.record_sn)
     for name, value in generated.items():
         # remember a generated text only when update_fields lets bpsync rewrite it later
@@ -612,13 +628,16 @@ def _field_actions(pair: _Pair, fp: _FieldPlan) -> list[Action]:
     for name in fp.sn_writes:
         fp.bp_record_sn.pop(name, None)
     if fp.sn_writes:
+        # ServiceNow clears a field that is sent as ""; a reference field's name is
+        # looked up (the record it names), never sent as text
+        fields, lookups = reference_lookups(fp.sn_writes, pair.inp.references)
         actions.append(
             UpdateServiceNowFields(
                 link_id=link.id,
                 bp_incident_id=link.bp_incident_id,
                 sys_id=pair.sys_id,
-                # ServiceNow clears a field that is sent as ""
-                fields={name: value or "" for name, value in fp.sn_writes.items()},
+                fields=fields,
+                lookups=lookups,
                 record_bp=fp.sn_record_bp,
                 record_sn=fp.sn_record_sn,
             )

@@ -219,8 +219,16 @@ class Writes:
             log.info("create dropped: its link was superseded", extra={"link_id": link_id})
             return []
         adopted_now = False
+        record_sn = action.record_sn
         if link.sn_sys_id is None:
-            values = {**action.fields, **await self.lookups.resolve_fields(action.lookups)}
+            found = await self.lookups.resolve_fields(action.lookups)
+            values = {**action.fields, **found}
+            # a mapped name without a record leaves its field empty: remembered as such,
+            # so the empty field is not taken for a change made in ServiceNow
+            record_sn = {
+                k: (None if k in action.lookups and k not in found else v)
+                for k, v in action.record_sn.items()
+            }
             # B2: search correlation_id unless a batched check just found nothing and
             # this is the first attempt (a retry may follow a create that went through)
             existing = (
@@ -252,10 +260,10 @@ class Writes:
                 number,
                 self.clock.now(),
                 audit_outcome="adopted" if adopted else "created",
-                field_states=field_states(link_id, action.record_bp, action.record_sn),
+                field_states=field_states(link_id, action.record_bp, record_sn),
             )
         else:
-            await self.record(link_id, action.record_bp, action.record_sn)
+            await self.record(link_id, action.record_bp, record_sn)
         assert link.sn_sys_id is not None
         self.created[action.bp_incident_id] = (link.sn_sys_id, link_id)
         if link.sn_sys_id and adopted_now:
@@ -287,13 +295,18 @@ async def _create(
 async def _update_servicenow(
     w: Writes, action: UpdateServiceNowFields, call: WriteCall
 ) -> list[WriteAction]:
-    values = {**action.fields, **await w.lookups.resolve_fields(action.lookups)}
+    found = await w.lookups.resolve_fields(action.lookups)
+    values = {**action.fields, **found}
     if values and call.recheck:
         current = await w.sn.get_incident(action.sys_id)
         values = {k: v for k, v in values.items() if ref_value(current.get(k)) != v}
     if values:
         await w.sn.update_incident(action.sys_id, values)
-    await w.record(action.link_id, action.record_bp, action.record_sn)
+    # a name without a record is not written: the field keeps its value, and its last
+    # synced value stays what it was, so neither side reads as changed next cycle
+    missed = action.lookups.keys() - found.keys()
+    record_sn = {k: v for k, v in action.record_sn.items() if k not in missed}
+    await w.record(action.link_id, action.record_bp, record_sn)
     return await w.after_servicenow_success(action.link_id, call.env)
 
 

@@ -6,6 +6,7 @@ and request counts are read back from the emulators.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -400,3 +401,69 @@ async def test_the_ai_summary_reaches_the_description_when_it_arrives(
         assert tags["ai_summary"].startswith("1 of 1 alerts active")
         after = await emu.sn_get(sn["sys_id"])
         assert after["description"].startswith(f"AI incident analysis:\n{tags['ai_summary']}")
+
+
+# --------------------------------------------------------------------------- item 5
+
+GROUP_ROW = {
+    "bigpanda_tag": "support_group",
+    "servicenow_field": "assignment_group",
+    "direction": "both",
+}
+
+
+async def test_reference_fields_carry_names_both_ways_never_sys_ids(
+    world: World, emu: Emu, caplog: pytest.LogCaptureFixture
+) -> None:
+    await emu.define_tags("support_group")
+    await world.build(tag_mapping=[GROUP_ROW])
+    groups = {
+        name: await emu.sn_id("sys_user_group", "name", name)
+        for name in ("Network", "Database", "Software")
+    }
+
+    # at the create: a name from BigPanda becomes the group's record
+    bp_id = await emu.new_incident("db13", check="cpu")
+    await emu.set_tags(bp_id, support_group="Software")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    assert sn["assignment_group"] == groups["Software"]
+
+    # ServiceNow -> BigPanda: the group's name, not its sys_id
+    await emu.sn_patch(sn["sys_id"], {"assignment_group": groups["Network"]})
+    await settle(world)
+    assert (await emu.tags(bp_id))["support_group"] == "Network"
+
+    # BigPanda -> ServiceNow: a name becomes the reference
+    await emu.set_tags(bp_id, support_group="Database")
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["assignment_group"] == groups["Database"]
+
+    # a name without a record: the field stays, one warning, and no loop
+    await emu.set_tags(bp_id, support_group="No Such Team")
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["assignment_group"] == groups["Database"]
+    assert (await emu.tags(bp_id))["support_group"] == "No Such Team"
+    assert caplog.text.count("'No Such Team': no record matches") == 1
+    writes = await world.writes()
+    for _ in range(3):
+        assert isinstance(world.clock, FakeClock)
+        world.clock.advance(1)
+        assert (await world.cycle()).ok
+    assert await world.writes() == writes
+    for tags in [await emu.tags(bp_id)]:
+        assert all(not re.fullmatch(r"[0-9a-f]{32}", v) for v in tags.values()), tags
+
+
+async def test_a_reference_to_a_record_that_cannot_be_read_leaves_the_tag(
+    world: World, emu: Emu
+) -> None:
+    await emu.define_tags("support_group")
+    await world.build(tag_mapping=[GROUP_ROW])
+    bp_id = await emu.new_incident("db14", check="cpu")
+    await emu.set_tags(bp_id, support_group="Network")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    await emu.sn_patch(sn["sys_id"], {"assignment_group": "0" * 32})  # no such group
+    await settle(world)
+    assert (await emu.tags(bp_id))["support_group"] == "Network"

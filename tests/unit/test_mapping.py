@@ -310,3 +310,20 @@ def test_mapping_problems(
     problems = validate_mapping(settings(rows, **incidents))
     assert any(expected in p for p in problems), problems
     assert all(p.startswith(("tag_mapping[", "incidents.")) for p in problems)
+
+
+def test_reference_lookups_send_names_as_look_ups_and_clear_with_empty() -> None:
+    from sync.actions import RefLookup
+    from sync.mapping import display_column, reference_lookups
+
+    refs = {"assignment_group": "sys_user_group", "cmdb_ci": "cmdb_ci", "parent": "incident"}
+    fields, lookups = reference_lookups(
+        {"assignment_group": "Network", "cmdb_ci": None, "category": "db", "parent": "INC1"},
+        refs,
+    )
+    assert fields == {"cmdb_ci": "", "category": "db"}
+    assert lookups == {
+        "assignment_group": RefLookup("sys_user_group", "name", "Network"),
+        "parent": RefLookup("incident", "number", "INC1"),
+    }
+    assert display_column("u_custom_table") == "name"
