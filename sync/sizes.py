@@ -6,7 +6,7 @@ it is sent, and the cut value is what is remembered as synced: never refused wit
 and then found "changed" and rewritten every cycle.
 
 - ServiceNow: the dictionary's ``max_length`` of each field (``sys_dictionary``, read
-  once at start-up by :meth:`~sync.clients.servicenow.ServiceNowClient.field_sizes`);
+  once at start-up by :meth:`~sync.clients.servicenow.ServiceNowClient.field_dictionary`);
   where the dictionary cannot be read, the documented defaults
   (:data:`SN_DEFAULT_SIZES`: short_description 160, description 4,000, ...).
 - BigPanda: one limit for every incident tag value (:data:`BP_TAG_VALUE_MAX`, 512

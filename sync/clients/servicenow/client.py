@@ -27,53 +27,46 @@ Contract (docs/servicenow-api.md sections 0, 1, 2 and 6; SPEC B13, B16, B19, B20
   :class:`FatalError`. Apart from throttling (above) and the single OAuth refresh, the
   client never retries; the executor decides.
 
-Classification decisions worth knowing:
-
-- HTTP 500 with a JSON error body is **permanent**: SPEC B13 names "501 and above" as
-  transient, and a ServiceNow 500 with an error body is a server-side script failure
-  that repeats for the same input. A 500 whose body is not JSON (a proxy or Tomcat page)
-  is transient.
-- 403 is **fatal** (the integration user lacks rights: nothing works until an operator
-  acts), except a 403 on a write whose message is ServiceNow's record-level refusal
-  ("Operation Failed", e.g. "Data Policy Exception: ... mandatory: Resolution code") or
-  which mentions a data policy: that one is **permanent** (this record, this payload).
-- 202 on a GET (ServiceNow's session queue overflow, docs 6.8) is transient.
-- A 2xx answer that is not JSON (hibernating instance, proxy login page) or is malformed
-  JSON is transient; a JSON answer without ``result`` is permanent, naming the problem.
+Classification decisions worth knowing: see :mod:`sync.clients.servicenow.classification`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import email.utils
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 
 from sync.clients.base import RequestObserver, SNRecord
-from sync.clients.http import (
-    HttpAnswer,
-    Parsed,
-    classify_exception,
-    media_type,  # noqa: F401 - re-exported: tests and callers import it from here
-    new_session,
-    one_line,
-    parse_json_body,
-    send,
-    text_excerpt,
-)
+from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     ConcurrencyPacer,
     PacingPolicy,
     SideHealth,
     ThrottleObserver,
     resendable,
+)
+from sync.clients.servicenow.classification import classify
+from sync.clients.servicenow.oauth import OAuthTokens
+from sync.clients.servicenow.parsing import (
+    Page,
+    check_payload,
+    mod_count,
+    parse_field_info,
+    parse_page,
+    parse_record,
+)
+from sync.clients.servicenow.paths import (
+    CORRELATION_BATCH,
+    KEY_FIELDS,
+    RECORD_PATH,
+    SIDE,
+    SYNC_READ_PARAMS,
+    TABLE_PATH,
 )
 from sync.clients.snquery import (
     EncodedQuery,
@@ -87,39 +80,12 @@ from sync.clients.snquery import (
     sn_datetime,
 )
 from sync.clock import Clock
-from sync.errors import (
-    ApiError,
-    ConfigError,
-    FatalError,
-    NotFoundError,
-    PermanentError,
-    TransientError,
-)
+from sync.errors import ApiError, ConfigError, PermanentError, TransientError
 from sync.model import SNFieldInfo
 from sync.settings import ServiceNowSettings, redact_url
 
-log = logging.getLogger(__name__)
-
-SIDE = "servicenow"
-TABLE_PATH = "/api/now/table/{table}"
-RECORD_PATH = "/api/now/table/{table}/{sys_id}"
-TOKEN_PATH = "/oauth_token.do"  # noqa: S105 - a path, not a password
-
-#: raw values for sync logic (docs 0 and 6.4)
-SYNC_READ_PARAMS: Mapping[str, str] = {
-    "sysparm_display_value": "false",
-    "sysparm_exclude_reference_link": "true",
-}
-#: refresh the OAuth access token this long before it expires (capped at half its life)
-TOKEN_REFRESH_MARGIN_S = 60.0
-#: correlation ids per ``correlation_idIN`` query (24-character BigPanda ids: a URL of
-#: about 1.3 KB, far below any proxy's limit)
-CORRELATION_BATCH = 50
-#: the fields list_changed always needs for keyset paging and de-duplication
-KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
-
-_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
+# the package's name, as before the split: log filters and tests select on it
+log = logging.getLogger("sync.clients.servicenow")
 
 # --------------------------------------------------------------------------- session
 
@@ -139,208 +105,7 @@ def make_session(settings: ServiceNowSettings) -> aiohttp.ClientSession:
     )
 
 
-# --------------------------------------------------------------------------- classification
-
-
-def parse_retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or HTTP-date), else ``X-RateLimit-Reset``
-    (a UNIX timestamp, docs 1.6); None when neither is usable."""
-    raw = (headers.get("Retry-After") or "").strip()
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:  # an HTTP-date is GMT by definition
-                when = when.replace(tzinfo=UTC)
-            return max(0.0, (when - now).total_seconds())
-    reset = (headers.get("X-RateLimit-Reset") or "").strip()
-    if reset:
-        try:
-            return max(0.0, float(reset) - now.timestamp())
-        except ValueError:
-            return None
-    return None
-
-
-def _error_fields(data: Any) -> tuple[str | None, str | None]:
-    """ServiceNow's ``{"error": {"message", "detail"}}`` (or OAuth's flat error) fields."""
-    if not isinstance(data, Mapping):
-        return None, None
-    error = data.get("error")
-    if isinstance(error, Mapping):
-        return one_line(error.get("message")), one_line(error.get("detail"))
-    if isinstance(error, str):  # /oauth_token.do: {"error": "server_error", "error_description"}
-        description = one_line(data.get("error_description"))
-        return (description or one_line(error)), (one_line(error) if description else None)
-    return None, None
-
-
-def classify(
-    outcome: HttpAnswer | BaseException,
-    *,
-    method: str,
-    url: str,
-    now: datetime,
-    expect_result: bool = True,
-) -> Parsed | ApiError:
-    """Decide what one HTTP outcome means: a :class:`Parsed` success or the error to raise.
-
-    ``outcome`` is the answer, or the exception the transport raised (aiohttp's
-    ``ClientError``, ``OSError``, ``TimeoutError``). ``expect_result`` is False for
-    ``/oauth_token.do``, whose JSON has no ``result`` wrapper. ``url`` must carry no
-    secret (it goes into the message).
-    """
-    if isinstance(outcome, BaseException):
-        return classify_exception(
-            outcome, side=SIDE, section="servicenow", server="instance", method=method, url=url
-        )
-    status, ctype, body = outcome.status, outcome.content_type, outcome.body
-
-    data, json_problem = parse_json_body(ctype, body)
-    sn_message, sn_detail = _error_fields(data)
-
-    if 200 <= status < 300:
-        if status == 202 and method == "GET":
-            return TransientError(
-                SIDE,
-                "HTTP 202 without a result (ServiceNow session queue full?)",
-                method=method,
-                url=url,
-            )
-        if not body.strip():
-            if status == 204 or method == "DELETE":
-                return Parsed(None, outcome.headers)
-            return TransientError(
-                SIDE,
-                f"HTTP {status} with an empty body (expected JSON)",
-                status=status,
-                method=method,
-                url=url,
-            )
-        if json_problem is not None:
-            hint = (
-                " (instance hibernating or a proxy page?)"
-                if json_problem.startswith("expected JSON")
-                else ""
-            )
-            return TransientError(SIDE, json_problem + hint, status=status, method=method, url=url)
-        if not expect_result:
-            return Parsed(data, outcome.headers)
-        if not isinstance(data, Mapping) or "result" not in data:
-            shape = (
-                f"an object with keys {sorted(data)[:5]}"
-                if isinstance(data, Mapping)
-                else f"a JSON {type(data).__name__}"
-            )
-            return PermanentError(
-                SIDE,
-                f"unexpected answer shape: no 'result' member (got {shape})",
-                status=status,
-                method=method,
-                url=url,
-            )
-        return Parsed(data["result"], outcome.headers)
-
-    # --- failures: ServiceNow's own words when it gave some
-    if sn_message is None:
-        if json_problem is not None:
-            excerpt = text_excerpt(body) if ctype.startswith("text/") else ""
-            sn_message = f"HTTP {status} with a non-JSON body ({ctype or 'no content type'})"
-            if excerpt:
-                sn_detail = excerpt
-        else:
-            sn_message = f"HTTP {status}"
-    text = f"{sn_message} {sn_detail or ''}"
-    retry_after_s = parse_retry_after(outcome.headers, now)
-
-    if status == 401:
-        return FatalError(
-            SIDE,
-            f"authentication refused: {sn_message}",
-            status=status,
-            detail=sn_detail,
-            method=method,
-            url=url,
-        )
-    if status == 403:
-        record_level = "data policy" in text.lower() or (
-            method in _WRITE_METHODS and sn_message.strip().lower() == "operation failed"
-        )
-        if record_level:
-            return PermanentError(
-                SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
-            )
-        return FatalError(
-            SIDE,
-            f"permission refused: {sn_message}",
-            status=status,
-            detail=sn_detail,
-            method=method,
-            url=url,
-        )
-    if status == 404:
-        return NotFoundError(
-            SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
-        )
-    if status == 429:
-        return TransientError(
-            SIDE,
-            sn_message,
-            retry_after_s=retry_after_s,
-            status=status,
-            detail=sn_detail,
-            method=method,
-            url=url,
-        )
-    if status == 500:
-        if json_problem is not None:  # not ServiceNow speaking: a proxy or the servlet container
-            return TransientError(
-                SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
-            )
-        return PermanentError(
-            SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url
-        )
-    if status >= 501:
-        return TransientError(
-            SIDE,
-            sn_message,
-            retry_after_s=retry_after_s,
-            status=status,
-            detail=sn_detail,
-            method=method,
-            url=url,
-        )
-    return PermanentError(SIDE, sn_message, status=status, detail=sn_detail, method=method, url=url)
-
-
 # --------------------------------------------------------------------------- client
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a list: the records and ``X-Total-Count`` (None when not sent)."""
-
-    records: list[SNRecord]
-    total: int | None
-
-
-@dataclass(slots=True)
-class _Token:
-    access: str
-    refresh: str | None
-    expires_at: float
-    """On the clock's monotonic scale."""
-
-
-def _mod_count(record: Mapping[str, Any]) -> int:
-    raw = str(record.get("sys_mod_count", "") or "0")
-    return int(raw) if raw.isdigit() else 0
 
 
 class ServiceNowClient:
@@ -393,10 +158,13 @@ class ServiceNowClient:
         self.health = SideHealth(SIDE, clock, self._policy, throttle_observer)
         self._failures = 0
         """Consecutive transient failures (other than 429) of requests sent again."""
-        self._token: _Token | None = None
-        self._token_lock = asyncio.Lock()
         self._basic: str | None = None
-        if not settings.uses_oauth:
+        self._oauth: OAuthTokens | None = None
+        if settings.uses_oauth:
+            self._oauth = OAuthTokens(
+                settings, clock, self._send, base=self._base, shown_base=self._shown_base
+            )
+        else:
             pair = f"{settings.username}:{settings.password.get_secret_value()}"
             self._basic = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
@@ -448,21 +216,22 @@ class ServiceNowClient:
             headers = {"Accept": "application/json"}
             if data is not None:
                 headers["Content-Type"] = "application/json"
-            bearer = await self._bearer() if self._basic is None else None
+            bearer = await self._oauth.bearer() if self._oauth is not None else None
             headers["Authorization"] = self._basic or f"Bearer {bearer}"
             async with self._pacer.slot() as sent_at:
                 outcome = await self._send(
                     method, template, self._base + path, params=params, data=data, headers=headers
                 )
             if (
-                bearer is not None
+                self._oauth is not None
+                and bearer is not None
                 and not replayed
                 and isinstance(outcome, HttpAnswer)
                 and outcome.status == 401
             ):
                 # the token expired early or was revoked: one refresh, one replay
                 replayed = True
-                await self._renew_after_401(bearer)
+                await self._oauth.renew_after_401(bearer)
                 continue
             result = classify(outcome, method=method, url=shown, now=self._clock.now())
             if isinstance(result, TransientError):
@@ -499,112 +268,7 @@ class ServiceNowClient:
         log.debug("ServiceNow: %s; sending again in %.1f s", error, hold)
         return True
 
-    # ------------------------------------------------------------------ OAuth
-    async def _bearer(self) -> str:
-        token = self._token
-        if token is None or self._clock.monotonic() >= token.expires_at:
-            async with self._token_lock:
-                token = self._token
-                if token is None or self._clock.monotonic() >= token.expires_at:
-                    token = await self._obtain_token(token)
-                    self._token = token
-        return token.access
-
-    async def _renew_after_401(self, used_access: str) -> None:
-        async with self._token_lock:
-            current = self._token
-            if current is None or current.access == used_access:
-                # nobody renewed it meanwhile (concurrent 401s renew once)
-                self._token = await self._obtain_token(current)
-
-    async def _obtain_token(self, old: _Token | None) -> _Token:
-        if old is not None and old.refresh:
-            try:
-                return await self._grant("refresh_token", {"refresh_token": old.refresh}, old)
-            except (FatalError, PermanentError) as exc:
-                log.info("ServiceNow refused the OAuth refresh token; logging in again: %s", exc)
-        password = self._settings.password
-        assert password is not None  # checked in __init__
-        return await self._grant(
-            "password",
-            {"username": self._settings.username or "", "password": password.get_secret_value()},
-            None,
-        )
-
-    async def _grant(self, grant_type: str, extra: Mapping[str, str], old: _Token | None) -> _Token:
-        secret = self._settings.client_secret
-        assert secret is not None  # checked in __init__
-        form = {
-            "grant_type": grant_type,
-            "client_id": self._settings.client_id or "",
-            "client_secret": secret.get_secret_value(),
-            **extra,
-        }
-        outcome = await self._send(
-            "POST",
-            TOKEN_PATH,
-            self._base + TOKEN_PATH,
-            params=None,
-            data=form,
-            headers={"Accept": "application/json"},
-        )
-        shown = self._shown_base + TOKEN_PATH
-        result = classify(
-            outcome, method="POST", url=shown, now=self._clock.now(), expect_result=False
-        )
-        if isinstance(result, (FatalError, PermanentError)):
-            raise FatalError(
-                SIDE,
-                f"OAuth {grant_type} grant refused: {result.message}",
-                status=result.status,
-                detail=result.detail,
-                method="POST",
-                url=shown,
-            )
-        if isinstance(result, ApiError):
-            raise result
-        data = result.body
-        access = data.get("access_token") if isinstance(data, Mapping) else None
-        if not isinstance(access, str) or not access:
-            raise FatalError(
-                SIDE, "OAuth token answer lacks access_token", method="POST", url=shown
-            )
-        try:
-            lifetime_s = float(data.get("expires_in", 1800))
-        except (TypeError, ValueError):
-            lifetime_s = 1800.0
-        margin_s = min(TOKEN_REFRESH_MARGIN_S, lifetime_s / 2)
-        refresh = data.get("refresh_token")
-        return _Token(
-            access=access,
-            # the refresh grant may answer without a new refresh token (docs 1.7): keep the old
-            refresh=refresh
-            if isinstance(refresh, str) and refresh
-            else (old.refresh if old else None),
-            expires_at=self._clock.monotonic() + lifetime_s - margin_s,
-        )
-
     # ------------------------------------------------------------------ generic table ops
-    @staticmethod
-    def _record(value: Any, what: str) -> SNRecord:
-        if not isinstance(value, dict):
-            raise PermanentError(
-                SIDE, f"unexpected answer shape for {what}: result is not an object"
-            )
-        return value
-
-    @staticmethod
-    def _payload(fields: Mapping[str, str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for name, value in fields.items():
-            check_field(name)
-            if not isinstance(value, str):
-                raise PermanentError(
-                    SIDE, f"value of field {name} must be a string, not {type(value).__name__}"
-                )
-            out[name] = value
-        return out
-
     async def create(self, table: str, fields: Mapping[str, str]) -> SNRecord:
         """POST one record; returns the record as stored (after business rules)."""
         check_table(table)
@@ -613,9 +277,9 @@ class ServiceNowClient:
             TABLE_PATH,
             f"/api/now/table/{table}",
             params=SYNC_READ_PARAMS,
-            json_body=self._payload(fields),
+            json_body=check_payload(fields),
         )
-        return self._record(parsed.body, f"create on {table}")
+        return parse_record(parsed.body, f"create on {table}")
 
     async def get(
         self, table: str, sys_id: str, *, fields: Sequence[str] | None = None
@@ -629,7 +293,7 @@ class ServiceNowClient:
         parsed = await self._request(
             "GET", RECORD_PATH, f"/api/now/table/{table}/{sys_id}", params=params
         )
-        return self._record(parsed.body, f"{table} {sys_id}")
+        return parse_record(parsed.body, f"{table} {sys_id}")
 
     async def update(self, table: str, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
         """PATCH only ``fields``; returns the record as stored (after business rules)."""
@@ -640,9 +304,9 @@ class ServiceNowClient:
             RECORD_PATH,
             f"/api/now/table/{table}/{sys_id}",
             params=SYNC_READ_PARAMS,
-            json_body=self._payload(fields),
+            json_body=check_payload(fields),
         )
-        return self._record(parsed.body, f"{table} {sys_id}")
+        return parse_record(parsed.body, f"{table} {sys_id}")
 
     async def delete(self, table: str, sys_id: str) -> None:
         """DELETE one record; NotFoundError when it does not exist."""
@@ -673,14 +337,7 @@ class ServiceNowClient:
         if offset:
             params["sysparm_offset"] = str(offset)
         parsed = await self._request("GET", TABLE_PATH, f"/api/now/table/{table}", params=params)
-        if not isinstance(parsed.body, list) or not all(isinstance(r, dict) for r in parsed.body):
-            raise PermanentError(
-                SIDE,
-                f"unexpected answer shape for a list of {table}: result is not a list of objects",
-            )
-        total_raw = parsed.headers.get("X-Total-Count")
-        total = int(total_raw) if total_raw and total_raw.strip().isdigit() else None
-        return Page(records=parsed.body, total=total)
+        return parse_page(parsed.body, parsed.headers, table)
 
     async def list_records(
         self,
@@ -771,14 +428,8 @@ class ServiceNowClient:
                 element = str(row.get("element") or "")
                 if not element:
                     continue  # the table's own entry (no element)
-                length = str(row.get("max_length") or "").strip()
-                info = SNFieldInfo(
-                    internal_type=str(row.get("internal_type") or ""),
-                    max_length=int(length) if length.isdigit() and int(length) > 0 else None,
-                    reference=str(row.get("reference") or "") or None,
-                )
                 target = own if row.get("name") == self._table else inherited
-                target[element] = info
+                target[element] = parse_field_info(row)
             offset += size
             if (page.total is None and not page.records) or (
                 page.total is not None and offset >= page.total
@@ -902,7 +553,7 @@ class ServiceNowClient:
                     previous_key = last_good = key
                 ident = identity(record)
                 seen = newest.get(ident)
-                if seen is None or _mod_count(record) >= _mod_count(seen):
+                if seen is None or mod_count(record) >= mod_count(seen):
                     newest[ident] = record
             covered = page.total is not None and offset + limit >= page.total
             if covered or (page.total is None and not page.records):

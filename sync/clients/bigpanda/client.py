@@ -45,18 +45,7 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
   expanded objects (``id`` or ``alert_id``). A malformed shape is a
   :class:`PermanentError` naming the problem.
 
-Classification decisions worth knowing:
-
-- 500 is **transient**: BigPanda documents it as "server error, retry later" (docs 3.1),
-  unlike ServiceNow's script-failure 500. 501 and above are transient (SPEC B13).
-- 401 and 403 are **fatal** (bad key, or the key's user lacks a role permission).
-- 404 is :class:`NotFoundError`, except BigPanda's ``NotExistTag`` (the tag has no
-  definition): a :class:`PermanentError`, so the caller does not think the incident is
-  gone.
-- 409 on resolve means "already resolved" (docs 0): a success with ``status`` 409.
-  Elsewhere 409 is permanent.
-- 202 and 204 are successes whatever their body; a 200/201 whose body is not JSON (a
-  proxy page) or is malformed JSON is transient; an empty 200 to a GET is transient.
+Classification decisions worth knowing: see :mod:`sync.clients.bigpanda.classification`.
 """
 
 from __future__ import annotations
@@ -65,9 +54,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
@@ -79,16 +66,41 @@ from sync.clients.base import (
     BPTagDefinition,
     RequestObserver,
 )
-from sync.clients.http import (
-    HttpAnswer,
-    Parsed,
-    classify_exception,
-    new_session,
-    one_line,
-    parse_json_body,
-    send,
-    text_excerpt,
+from sync.clients.bigpanda.classification import classify
+from sync.clients.bigpanda.parsing import (
+    _items,
+    _text,
+    parse_activity,
+    parse_environment,
+    parse_incident,
+    parse_tag_definition,
+    poison_reason,
 )
+from sync.clients.bigpanda.paths import (
+    ACTIVITIES_MAX_PAGES,
+    ACTIVITIES_PATH,
+    ACTIVITIES_PER_PAGE,
+    ALERTS_PATH,
+    API_KEY_SETTING,
+    COMMENTS_PATH,
+    ENVIRONMENTS_PATH,
+    INCIDENT_PATH,
+    INCIDENTS_PATH,
+    ORG_TOKEN_SETTING,
+    RESOLVE_PATH,
+    SEARCH_EXPANDED_PAGE_SIZE_MAX,
+    SEARCH_FOLDERS,
+    SEARCH_PAGE_SIZE_MAX,
+    SEARCH_RESULT_CAP,
+    SEARCH_SORTS,
+    SIDE,
+    TAG_DEFINITIONS_PATH,
+    TAG_PATH,
+    TAGS_PATH,
+    Family,
+    _segment,
+)
+from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     PacingPolicy,
     RatePacer,
@@ -98,69 +110,12 @@ from sync.clients.pacing import (
     resendable,
 )
 from sync.clock import Clock
-from sync.constants import BPStatus
-from sync.errors import (
-    ApiError,
-    ConfigError,
-    FatalError,
-    MissingTagError,
-    NotFoundError,
-    PermanentError,
-    TransientError,
-)
-from sync.model import BPAlert, BPIncident
+from sync.errors import ApiError, ConfigError, PermanentError, TransientError
+from sync.model import BPIncident
 from sync.settings import BigPandaSettings, redact_url
 
-log = logging.getLogger(__name__)
-
-SIDE = "bigpanda"
-
-V2 = "/resources/v2.0"
-ENVIRONMENTS_PATH = f"{V2}/environments"
-INCIDENTS_PATH = f"{V2}/environments/{{environment_id}}/incidents"
-INCIDENT_PATH = f"{INCIDENTS_PATH}/{{incident_id}}"
-RESOLVE_PATH = f"{INCIDENT_PATH}/resolve"
-COMMENTS_PATH = f"{INCIDENT_PATH}/comments"
-TAGS_PATH = f"{INCIDENT_PATH}/tags"
-TAG_PATH = f"{TAGS_PATH}/{{tag_id}}"
-ACTIVITIES_PATH = f"{V2}/incidents/{{incident_id}}/activities"  # no environment (docs 11.4)
-TAG_DEFINITIONS_PATH = f"{V2}/incidents/tags/definitions"
-ALERTS_PATH = "/data/v2/alerts"
-
-#: search: largest page (10,000 reachable results = page 1000 at 100, docs 3.4)
-SEARCH_PAGE_SIZE_MAX = 100
-#: search with expand=alerts: larger pages are refused with 400 (docs 4.1)
-SEARCH_EXPANDED_PAGE_SIZE_MAX = 10
-#: search: results beyond this rank cannot be reached by paging (docs 3.4)
-SEARCH_RESULT_CAP = 10_000
-SEARCH_FOLDERS = frozenset({"active", "shared", "snoozed", "resolved", "unhandled", "maintenance"})
-SEARCH_SORTS = frozenset({"last_change", "status", "start", "alerts"})
-#: activities: items per page asked for, and a bound on pages read (1,000 activities)
-ACTIVITIES_PER_PAGE = 100
-ACTIVITIES_MAX_PAGES = 10
-#: a 429 suggests waiting BASE * 2**(n-1) seconds for the n-th consecutive one, capped
-RATE_LIMIT_BACKOFF_BASE_S = 1.0
-RATE_LIMIT_BACKOFF_MAX_S = 60.0
-#: an epoch value above this is milliseconds, not seconds (year 5138 in seconds)
-_EPOCH_MS_THRESHOLD = 100_000_000_000
-
-API_KEY_SETTING = "bigpanda.api_key"
-ORG_TOKEN_SETTING = "bigpanda.bearer_token"  # noqa: S105 - a setting name, not a secret
-
-
-class Family(StrEnum):
-    """Endpoint families: one token bucket and one consecutive-429 count each."""
-
-    ENVIRONMENTS = "environments"
-    SEARCH = "search"
-    INCIDENT = "incident"
-    RESOLVE = "resolve"
-    COMMENTS = "comments"
-    ACTIVITIES = "activities"
-    TAGS = "tags"
-    TAG_DEFINITIONS = "tag_definitions"
-    ALERTS = "alerts"
-
+# the package's name, as before the split: log filters and tests select on it
+log = logging.getLogger("sync.clients.bigpanda")
 
 # --------------------------------------------------------------------------- session
 
@@ -179,407 +134,7 @@ def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
     )
 
 
-# --------------------------------------------------------------------------- pacing
-
-
-def rate_limit_delay_s(consecutive_429s: int) -> float:
-    """Suggested wait after the n-th consecutive 429 of a family: 1, 2, 4, ... 60 s."""
-    exponent = max(0, consecutive_429s - 1)
-    if exponent >= 16:  # 2**16 s is far past the cap; avoid huge floats
-        return RATE_LIMIT_BACKOFF_MAX_S
-    return min(RATE_LIMIT_BACKOFF_MAX_S, RATE_LIMIT_BACKOFF_BASE_S * float(2**exponent))
-
-
-# --------------------------------------------------------------------------- classification
-
-
-def vendor_message(data: Any) -> str | None:
-    """BigPanda's words from ``{"status": N, "errors": [...]}`` (strings or objects),
-    else a ``message``/``error`` member; None when the body says nothing."""
-    if not isinstance(data, Mapping):
-        return None
-    parts: list[str] = []
-    errors = data.get("errors")
-    if isinstance(errors, str):
-        errors = [errors]
-    if isinstance(errors, Sequence):
-        for item in errors:
-            if isinstance(item, Mapping):
-                name = one_line(item.get("name") or item.get("code") or item.get("type"))
-                text = one_line(item.get("message") or item.get("description"))
-                if name and text:
-                    parts.append(f"{name}: {text}")
-                elif name or text:
-                    parts.append(name or text or "")
-                else:
-                    parts.append(json.dumps(item, sort_keys=True, default=str))
-            elif item is not None:
-                text = one_line(item)
-                if text:
-                    parts.append(text)
-    if not parts:
-        for key in ("message", "error", "msg"):
-            text = one_line(data.get(key)) if isinstance(data.get(key), str) else None
-            if text:
-                parts.append(text)
-                break
-    return "; ".join(parts) or None
-
-
-def classify(
-    outcome: HttpAnswer | BaseException,
-    *,
-    method: str,
-    url: str,
-    consecutive_429s: int = 1,
-    conflict_ok: bool = False,
-    credential: str = API_KEY_SETTING,
-) -> Parsed | ApiError:
-    """Decide what one HTTP outcome means: a :class:`Parsed` success or the error to raise.
-
-    ``consecutive_429s`` counts this answer if it is a 429 (sets the suggested delay);
-    ``conflict_ok`` makes a 409 a success (resolve: already resolved); ``credential`` is
-    the setting named when the token is refused. ``url`` must carry no secret.
-    """
-    if isinstance(outcome, BaseException):
-        return classify_exception(
-            outcome, side=SIDE, section="bigpanda", server="BigPanda", method=method, url=url
-        )
-    status, ctype, body = outcome.status, outcome.content_type, outcome.body
-
-    data, json_problem = parse_json_body(ctype, body)
-
-    if 200 <= status < 300:
-        if status in (202, 204):  # accepted / no content: the status is the answer
-            return Parsed(data, outcome.headers, status)
-        if not body.strip():
-            if method == "GET":
-                return TransientError(
-                    SIDE,
-                    f"HTTP {status} with an empty body (expected JSON)",
-                    status=status,
-                    method=method,
-                    url=url,
-                )
-            return Parsed(None, outcome.headers, status)
-        if json_problem is not None:
-            hint = " (a proxy page?)" if json_problem.startswith("expected JSON") else ""
-            return TransientError(SIDE, json_problem + hint, status=status, method=method, url=url)
-        return Parsed(data, outcome.headers, status)
-
-    # --- failures: BigPanda's own words when it gave some
-    message = vendor_message(data)
-    detail: str | None = None
-    if message is None:
-        if json_problem is not None:
-            message = f"HTTP {status} with a non-JSON body ({ctype or 'no content type'})"
-            excerpt = text_excerpt(body) if ctype.startswith("text/") else ""
-            detail = excerpt or None
-        else:
-            message = f"HTTP {status}"
-
-    if status == 401:
-        return FatalError(
-            SIDE,
-            f"authentication refused (check {credential}): {message}",
-            status=status,
-            detail=detail,
-            method=method,
-            url=url,
-        )
-    if status == 403:
-        return FatalError(
-            SIDE,
-            f"permission refused (the user of {credential} lacks a role permission "
-            f"for this environment or action): {message}",
-            status=status,
-            detail=detail,
-            method=method,
-            url=url,
-        )
-    if status == 404:
-        if "notexisttag" in message.lower():
-            return MissingTagError(
-                SIDE,
-                f"tag definition does not exist: {message}",
-                status=status,
-                detail=detail,
-                method=method,
-                url=url,
-            )
-        return NotFoundError(SIDE, message, status=status, detail=detail, method=method, url=url)
-    if status == 409 and conflict_ok:
-        return Parsed(data, outcome.headers, status)
-    if status == 410:
-        return NotFoundError(SIDE, message, status=status, detail=detail, method=method, url=url)
-    if status == 429:
-        return TransientError(
-            SIDE,
-            f"rate limited: {message}",
-            retry_after_s=rate_limit_delay_s(consecutive_429s),
-            status=status,
-            detail=detail,
-            method=method,
-            url=url,
-        )
-    if status >= 500:  # 500 "server error, retry later" (docs 3.1); 501+ (SPEC B13)
-        return TransientError(SIDE, message, status=status, detail=detail, method=method, url=url)
-    return PermanentError(SIDE, message, status=status, detail=detail, method=method, url=url)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-class _ShapeError(ValueError):
-    """A vendor object lacks a field or has a field of the wrong type."""
-
-
-def _epoch(value: Any, name: str) -> int | None:
-    """Epoch seconds as an int (docs 3.5); accepts floats and digit strings, converts an
-    obvious millisecond value; None for null or missing."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise _ShapeError(f"{name} is a boolean, expected epoch seconds")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _ShapeError(f"{name} is {value!r}, expected epoch seconds") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _ShapeError(f"{name} is {value!r}, expected epoch seconds")
-    seconds = int(value)
-    if abs(seconds) >= _EPOCH_MS_THRESHOLD:
-        seconds //= 1000
-    return seconds
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value if v is not None)
-    return str(value)
-
-
-def _status(value: Any, name: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _ShapeError(f"{name} is {value!r}, expected a string")
-    return value.strip().lower()
-
-
-def _bool(value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "1", "yes"}
-    return bool(value)
-
-
-def _id(value: Any, name: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise _ShapeError(f"missing or invalid {name}")
-    return str(value)
-
-
-def _alert_tags(value: Any) -> dict[str, str]:
-    """``[{"name", "value"}]`` (values may be lists; a repeated name is joined) or a dict."""
-    tags: dict[str, str] = {}
-    if isinstance(value, Mapping):
-        return {str(k): _text(v) or "" for k, v in value.items()}
-    if not isinstance(value, list):
-        return tags
-    for item in value:
-        if not isinstance(item, Mapping) or item.get("name") is None:
-            continue
-        name = str(item["name"])
-        text = _text(item.get("value")) or ""
-        tags[name] = f"{tags[name]}, {text}" if name in tags else text
-    return tags
-
-
-def _incident_tags(value: Any) -> dict[str, str]:
-    """``[{"tag_id", "tag_value"}]`` (a MultiValue value may be a list) or a dict."""
-    if isinstance(value, Mapping):
-        return {str(k): _text(v) or "" for k, v in value.items()}
-    tags: dict[str, str] = {}
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, Mapping) and item.get("tag_id") is not None:
-                tags[str(item["tag_id"])] = _text(item.get("tag_value")) or ""
-    return tags
-
-
-_ALERT_REFERENCE_KEYS = frozenset({"alert_id", "id"})
-
-
-def parse_alert(data: Mapping[str, Any]) -> BPAlert:
-    """An expanded alert (docs 5.2); its id is ``id`` or ``alert_id`` (both occur)."""
-    alert_id = _id(data.get("id", data.get("alert_id")), "alert id")
-    return BPAlert(
-        id=alert_id,
-        status=_status(data.get("status"), f"alert {alert_id} status"),
-        active=_bool(data.get("active"), True),
-        start=_epoch(data.get("start"), f"alert {alert_id} start"),
-        updated_at=_epoch(data.get("updated_at"), f"alert {alert_id} updated_at"),
-        primary_property=_text(data.get("primary_property")),
-        secondary_property=_text(data.get("secondary_property")),
-        source_system=_text(data.get("source_system")),
-        incident_key=_text(data.get("incident_key")),
-        description=_text(data.get("description")),
-        tags=_alert_tags(data.get("tags")),
-    )
-
-
-def _parse_incident(data: Any) -> BPIncident:
-    if not isinstance(data, Mapping):
-        raise _ShapeError(f"incident is a JSON {type(data).__name__}, expected an object")
-    incident_id = _id(data.get("id"), "incident id")
-    where = f"incident {incident_id}"
-    raw_alerts = data.get("alerts") or []
-    if not isinstance(raw_alerts, list):
-        raise _ShapeError(f"{where}: alerts is not a list")
-    alerts: list[BPAlert] = []
-    alert_ids: list[str] = []
-    for item in raw_alerts:
-        if isinstance(item, str):  # a bare id: tolerated
-            alert_ids.append(item)
-            continue
-        if not isinstance(item, Mapping):
-            raise _ShapeError(f"{where}: an alert is a JSON {type(item).__name__}")
-        if set(item) <= _ALERT_REFERENCE_KEYS:  # [{"alert_id": ...}] without expand
-            alert_ids.append(_id(item.get("alert_id", item.get("id")), f"{where} alert id"))
-            continue
-        alert = parse_alert(item)
-        alerts.append(alert)
-        alert_ids.append(alert.id)
-    environments = data.get("environments") or []
-    folders = data.get("folders") or []
-    return BPIncident(
-        id=incident_id,
-        status=_status(data.get("status"), f"{where} status"),
-        active=_bool(data.get("active"), data.get("end") is None),
-        severity=_status(data.get("severity"), f"{where} severity"),
-        start=_epoch(data.get("start"), f"{where} start"),
-        end=_epoch(data.get("end"), f"{where} end"),
-        changed_at=_epoch(data.get("changed_at"), f"{where} changed_at"),
-        updated_at=_epoch(data.get("updated_at"), f"{where} updated_at"),
-        environments=tuple(str(e) for e in environments) if isinstance(environments, list) else (),
-        folders=tuple(str(f) for f in folders) if isinstance(folders, list) else (),
-        tags=_incident_tags(data.get("incident_tags")),
-        alerts=tuple(alerts),
-        alert_ids=tuple(alert_ids),
-    )
-
-
-def parse_incident(data: Any) -> BPIncident:
-    """A v2 incident object (docs 5.1) as a :class:`BPIncident`; PermanentError if malformed."""
-    try:
-        return _parse_incident(data)
-    except _ShapeError as exc:
-        raise PermanentError(SIDE, f"unexpected incident shape: {exc}") from None
-
-
-def _parse_activity(data: Any) -> BPActivity:
-    if not isinstance(data, Mapping):
-        raise _ShapeError(f"activity is a JSON {type(data).__name__}")
-    params = data.get("params")
-    created_by = data.get("created_by")
-    if isinstance(created_by, Mapping):  # tolerate {"id": ..., "name": ...}
-        created_by = created_by.get("id") or created_by.get("user_id")
-    return BPActivity(
-        id=_id(data.get("id"), "activity id"),
-        type=str(data.get("type") or ""),
-        timestamp=_epoch(data.get("timestamp"), "activity timestamp") or 0,
-        created_by=None if created_by is None else str(created_by),
-        params=dict(params) if isinstance(params, Mapping) else {},
-    )
-
-
-def parse_activity(data: Any) -> BPActivity:
-    """An activity item (docs 4.6); PermanentError if malformed."""
-    try:
-        return _parse_activity(data)
-    except _ShapeError as exc:
-        raise PermanentError(SIDE, f"unexpected activity shape: {exc}") from None
-
-
-#: statuses an incident may have (docs 5.1), compared lower-case
-KNOWN_STATUSES = frozenset(BPStatus)
-
-
-def poison_reason(data: Any) -> str | None:
-    """Why a polled incident cannot be synced (a ``bpsync_skipped_records_total`` reason),
-    or None: ``malformed`` (not an object, no id), ``no_alerts`` (no ``alerts`` list),
-    ``unknown_status``, ``malformed_tag`` (an ``incident_tags`` item without ``tag_id``
-    or with an object for a value)."""
-    if not isinstance(data, Mapping) or data.get("id") in (None, ""):
-        return "malformed"
-    if not isinstance(data.get("alerts"), list):
-        return "no_alerts"
-    status = data.get("status")
-    if not isinstance(status, str) or status.strip().lower() not in KNOWN_STATUSES:
-        return "unknown_status"
-    tags = data.get("incident_tags")
-    if tags is not None and not isinstance(tags, (list, Mapping)):
-        return "malformed_tag"
-    for item in tags if isinstance(tags, list) else []:
-        if (
-            not isinstance(item, Mapping)
-            or item.get("tag_id") in (None, "")
-            or isinstance(item.get("tag_value"), Mapping)
-        ):
-            return "malformed_tag"
-    return None
-
-
-def parse_environment(data: Any) -> BPEnvironment:
-    if not isinstance(data, Mapping) or data.get("id") in (None, ""):
-        raise PermanentError(SIDE, "unexpected environment shape: missing id")
-    return BPEnvironment(
-        id=str(data["id"]), name=str(data.get("name") or ""), filter=str(data.get("filter") or "")
-    )
-
-
-def parse_tag_definition(data: Any) -> BPTagDefinition:
-    if not isinstance(data, Mapping) or data.get("id") in (None, ""):
-        raise PermanentError(SIDE, "unexpected tag definition shape: missing id")
-    config = data.get("config")
-    levels = config.get("ordered_list") if isinstance(config, Mapping) else None
-    return BPTagDefinition(
-        id=str(data["id"]),
-        name=str(data.get("name") or data["id"]),
-        type=str(data.get("type") or ""),
-        active=_bool(data.get("active"), True),
-        description=str(data.get("description") or ""),
-        ordered_list=tuple(str(v) for v in levels) if isinstance(levels, list) else (),
-    )
-
-
-def _items(body: Any, what: str) -> list[Any]:
-    """A list answer: a bare array or ``{"items": [...]}`` (both occur, docs 4.6)."""
-    if isinstance(body, list):
-        return body
-    if isinstance(body, Mapping) and isinstance(body.get("items"), list):
-        return list(body["items"])
-    shape = (
-        f"an object with keys {sorted(body)[:5]}"
-        if isinstance(body, Mapping)
-        else f"a JSON {type(body).__name__}"
-    )
-    raise PermanentError(SIDE, f"unexpected answer shape for {what}: got {shape}, expected a list")
-
-
 # --------------------------------------------------------------------------- client
-
-
-def _segment(value: str, what: str) -> str:
-    """One path segment, percent-encoded (tag ids may hold spaces); never empty."""
-    if not isinstance(value, str) or not value.strip():
-        raise PermanentError(SIDE, f"invalid {what}: {value!r}")
-    return quote(value, safe="")
 
 
 class BigPandaClient:
