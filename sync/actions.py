@@ -11,6 +11,12 @@ succeeded* (BigPanda tag id -> value, ServiceNow field -> value). The next poll 
 sees those values and recognises them as bpsync's own, so nothing is echoed back.
 :class:`RecordSynced` stores values without any write (both sides already agree).
 
+Follow-ups: a ServiceNow write carries the BigPanda writes its plan makes after it,
+``on_success`` (the link tag after a create; the link tag back after an ``error``) and
+``on_refused`` (B14: the comment with ServiceNow's message and the ``error`` tag). They
+wait on the write's result (its number, its refusal), and the executor puts them in the
+outbox in the same transaction that settles the write, so a kill loses none.
+
 Look-ups (SPEC B12): a field whose value must be looked up in ServiceNow (a user by
 e-mail, a group or CI by name) is given as a :class:`RefLookup`; the executor resolves
 it (cached) and leaves the field out, with one warning, when nothing or several match.
@@ -82,6 +88,8 @@ class CreateServiceNowIncident:
     """No active incident had this ``correlation_id`` when planned (a batched check):
     the first attempt creates without searching again; a retry always searches (B2)."""
     kind: str = "sn.create"
+    on_success: tuple[FollowUp, ...] = ()
+    on_refused: tuple[FollowUp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,8 @@ class UpdateServiceNowFields:
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
     kind: str = "sn.update"
+    on_success: tuple[FollowUp, ...] = ()
+    on_refused: tuple[FollowUp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +136,8 @@ class ResolveServiceNow:
     resolved_by: RefLookup | None = None
     reopen_deadline: datetime | None = None
     kind: str = "sn.resolve"
+    on_success: tuple[FollowUp, ...] = ()
+    on_refused: tuple[FollowUp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,29 +162,45 @@ class ReopenServiceNow:
     sys_id: str
     work_note: str
     kind: str = "sn.reopen"
+    on_success: tuple[FollowUp, ...] = ()
+    on_refused: tuple[FollowUp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class CommentBigPanda:
-    """A comment on the BigPanda incident (closure code, B14 error messages)."""
+    """A comment on the BigPanda incident (closure code, B14 error messages).
+
+    ``with_error``: a follow-up of a refused ServiceNow write; the refusal's message is
+    appended to ``text`` when it is sent (the result of the step it follows)."""
 
     bp_incident_id: str
     environment_id: str
     text: str
     link_id: int | None = None
     kind: str = "bp.comment"
+    with_error: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SetLinkTag:
-    """Set the ``link_tag`` tag to the ServiceNow URL (or ``error``, B14)."""
+    """Set the ``link_tag`` tag to the ServiceNow number and URL (or ``error``, B14).
+
+    ``value`` None: the link's value, from the link's number and sys_id when it is sent
+    (after a create: the create's result). ``only_after_error``: a follow-up that runs
+    only while the tag holds ``error`` (the way back after a refusal, B14)."""
 
     bp_incident_id: str
     environment_id: str
     tag_id: str
-    value: str
+    value: str | None
     link_id: int | None = None
     kind: str = "bp.link_tag"
+    only_after_error: bool = False
+
+
+#: what a ServiceNow write's plan does after it: on success / once it is refused for good
+#: (environment "" in a follow-up: the incident's environment as the executor knows it)
+FollowUp = CommentBigPanda | SetLinkTag
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +272,7 @@ __all__ = [
     "CommentBigPanda",
     "CreateServiceNowIncident",
     "FieldState",
+    "FollowUp",
     "Link",
     "MarkLinkLinked",
     "MarkLinkResolved",

@@ -23,8 +23,9 @@ means the same instants on the re-run), the slice and the next page, and the cou
 far. It is written after each page's outcomes are recorded; an interrupted run, re-run
 with the same arguments, resumes at the page it was on (that page is planned again,
 which is harmless: its incidents are linked or pending). A finished backfill starts over
-when run again. Writes left pending by a crash (B15) are driven first, and pending links
-without a write are recovered (adopted, or planned again) as a cycle does.
+when run again. What a crash left is recovered first, as a cycle does
+(:func:`sync.coordinator.recover`): pending links without a write are adopted or planned
+again, then the writes left pending (B15) are driven.
 
 ``dry_run``: every action is reported (one line each) and nothing is written: no HTTP
 write, no store write (not even the checkpoint).
@@ -60,7 +61,7 @@ from sync.actions import (
 )
 from sync.clients.base import BigPandaAPI, BPSearchPage
 from sync.clock import Clock, epoch_s, from_epoch_s
-from sync.coordinator import Coordinator
+from sync.coordinator import Coordinator, recover
 from sync.errors import BpsyncError, NotFoundError
 from sync.executor import Executor, PairResult
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
@@ -379,10 +380,9 @@ class Backfill:
     # ------------------------------------------------------------------ recovery
 
     async def _recover(self) -> None:
-        """What a crash left: due writes are sent; pending links without a write are
-        adopted or planned again (their incident fetched), as a cycle does."""
-        await self._executor.drive_due()
-        replan = await self._executor.recover_pending_links()
+        """What a crash left, as a cycle does (:func:`recover`); the incidents of the
+        pending links superseded are fetched and planned again."""
+        replan = await recover(self._executor)
         batch: list[tuple[BPIncident, str]] = []
         for link in replan:
             env = await self._executor.environment_of(link.bp_incident_id)

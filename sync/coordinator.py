@@ -2,31 +2,23 @@
 
 ``run_cycle()`` (what the scheduler calls every ``poll_interval``):
 
-1. Recover pending links that no outbox item owns (crash between link and enqueue):
-   adopted by ``correlation_id``, or superseded and re-planned (never a second create).
-2. Drive due outbox items (retries, dead items with attempts left, expired leases).
-3. Poll BigPanda (``list_changed`` per shared environment: ``bigpanda.environments``, or
-   every environment from ``list_environments`` when that is empty) and ServiceNow
-   (``list_changed``), each from its cursor minus ``cursor_overlap`` (SPEC B16).
-   Every polled change has a key ``<id>:<version>:<epoch s>`` (BigPanda: version = a
-   digest of status, end and tags, as ``updated_at`` has whole seconds; ServiceNow:
-   ``sys_mod_count``); a key in the cursor's ``seen`` set was
-   processed already and is dropped, so changes that share a second with the cursor are
-   neither missed nor processed twice. ``seen`` keeps the keys of the overlap window.
-4. Pair changes (live links looked up in one batch): a BigPanda incident with its live
+1. Recover (:func:`recover`, shared with backfill): pending links that no outbox item
+   owns (a crash between link and enqueue) are adopted by ``correlation_id``, or
+   superseded and re-planned (never a second create); then due outbox items are driven
+   (retries, dead items with attempts left, expired leases).
+2. Poll both sides from their cursors (:mod:`sync.polling`, SPEC B16): change keys
+   ``<id>:<version>:<epoch s>``, those in the cursor's ``seen`` set dropped; a malformed
+   record is skipped once, named; a stamp in the future counts as now.
+3. Pair changes (live links looked up in one batch): a BigPanda incident with its live
    link (and the ServiceNow incident if it changed too); a ServiceNow change with its
    live link; a ServiceNow change without a link only when its ``correlation_id`` names
    a BigPanda incident that has no live link (adopted by the planner's create, B2);
    anything else is ignored. An active BigPanda incident with neither a link nor a
-   ServiceNow change is a newcomer: read later, in batches (:mod:`sync.newcomers`). A
-   malformed record is skipped once, named; a stamp in the future counts as now.
-5. Hold the pairs whose link still has open writes (a pending create, a write waiting
-   for its retry): planned now, they would be planned from last-synced values that the
-   waiting write has not recorded yet (echoes, a stale value winning). Their link ids are
-   kept in the store (checkpoint ``held_links``, written before the cursors move), and
-   once their writes have drained they are read on both sides and planned as they are.
-   Plan each pair (the pure planner) and check the guards (:mod:`sync.guards`).
-6. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
+   ServiceNow change is a newcomer: read later, in batches (:mod:`sync.newcomers`).
+4. Hold the pairs whose link still has open writes, release those whose writes are done
+   (:mod:`sync.held`). Plan each pair (the pure planner) and check the guards
+   (:mod:`sync.guards`).
+5. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
    their batches arrive (:mod:`sync.execution`), and record progress as it goes: held
    links, then each cursor past what is finished (:func:`sync.progress.next_cursor`),
    every few seconds and at the end, however the cycle ends (``cycle_budget``, a stop,
@@ -51,45 +43,34 @@ error is in the returned :class:`CycleReport` and was logged once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from sync.actions import Action, PlanInput
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
-from sync.clock import Clock, epoch_s
-from sync.constants import BP_ID_PATTERN, Side, SNState
-from sync.errors import ApiError, BpsyncError, FatalError, GuardTripped, NotFoundError
+from sync.clock import Clock
+from sync.constants import BP_ID_PATTERN, Side
+from sync.errors import ApiError, BpsyncError, GuardTripped, NotFoundError
 from sync.execution import CycleRun
 from sync.executor import Executor
-from sync.guards import check_empty_side, check_mass_resolve
+from sync.guards import check_mass_resolve
+from sync.held import HeldPairs
 from sync.lookups import Lookups
 from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
-from sync.pairs import (
-    HELD_CHECKPOINT,
-    SN_SYS_ID_FORM,
-    Held,
-    Pair,
-    bp_change,
-    oldest_change,
-    pair_bp_id,
-    resolved_prelude,
-    sn_change,
-)
+from sync.pairs import Pair, oldest_change, pair_bp_id
+from sync.polling import BPPoll, Poller
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
 from sync.sizes import DEFAULT_SIZES, FieldSizes
 from sync.store.base import Cursor, LinkStore, OutboxState
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 Planner = Callable[[PlanInput, Settings, datetime], list[Action]]
 
@@ -116,16 +97,6 @@ class CoordinatorMetrics(Protocol):
     def skipped(self, side: str, reason: str) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class BPPoll:
-    """What a BigPanda poll brought: the changed incidents (each with its environment),
-    their change keys, and every incident listed, seen before or not."""
-
-    found: list[tuple[BPIncident, str]]
-    changes: list[Change]
-    listed: list[tuple[BPIncident, str]]
-
-
 @dataclass(slots=True)
 class CycleReport:
     """What one cycle did; ``error`` is None for a good cycle."""
@@ -140,6 +111,17 @@ class CycleReport:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+async def recover(executor: Executor) -> list[Link]:
+    """What a crash left, before anything new (a cycle's first step, and backfill's):
+    pending links that no outbox item owns are adopted by ``correlation_id``, or
+    superseded and returned, their incidents to be planned again (never a second
+    create); then the outbox items due are sent again (retries, dead items with
+    attempts left, expired leases)."""
+    replan = await executor.recover_pending_links()
+    await executor.drive_due()
+    return replan
 
 
 class Coordinator:
@@ -172,17 +154,19 @@ class Coordinator:
         self._plan = planner
         self._metrics = metrics
         self.force = force
-        self._down: dict[str, str] = {}
         self._pair_failures: dict[str, int] = {}
         self._last_guard: str | None = None
         self._stopping = False
-        self._skipped: set[tuple[str, str]] = set()
-        """(record, reason) of the ServiceNow records skipped or clamped and logged."""
         self.sizes: FieldSizes = DEFAULT_SIZES
         """field sizes in force (``Engine.prepare`` reads the ServiceNow dictionary)"""
         self.references: Mapping[str, str] = {}
         """ServiceNow reference fields -> their tables (``Engine.prepare``, dictionary)"""
         self._lookups = lookups or Lookups(servicenow, clock)
+        self._poll = Poller(
+            servicenow, bigpanda, settings, clock, forced=lambda: self.force, metrics=metrics
+        )
+        self.holds = HeldPairs(self)
+        """the held pairs: which to hold, which to release, their checkpoint"""
 
     # ------------------------------------------------------------------ for the cycle's run
 
@@ -223,15 +207,6 @@ class Coordinator:
         if self._metrics is not None:
             self._metrics.backlog(side.value, count)
 
-    def _skip_once(self, record: str, reason: str, message: str) -> None:
-        """One WARNING and one metric count per (record, reason) for the process's life."""
-        if (record, reason) in self._skipped:
-            return
-        self._skipped.add((record, reason))
-        log.warning(message, extra={"side": Side.SERVICENOW.value, "reason": reason})
-        if self._metrics is not None:
-            self._metrics.skipped(Side.SERVICENOW.value, reason)
-
     # ------------------------------------------------------------------ the cycle
 
     async def run_cycle(self) -> CycleReport:
@@ -247,7 +222,7 @@ class Coordinator:
             self._last_guard = exc.guard
         except BpsyncError as exc:
             report.error = exc
-            if not isinstance(exc, ApiError) or exc.side not in self._down:
+            if not isinstance(exc, ApiError) or not self._poll.is_down(exc.side):
                 log.error("cycle stopped: %s", exc)  # noqa: TRY400 - one line, no trace
         except Exception as exc:  # a bug must not kill the scheduler
             report.error = exc
@@ -265,31 +240,29 @@ class Coordinator:
 
     async def _cycle(self, report: CycleReport) -> None:
         started = self._clock.monotonic()
-        replan = await self._executor.recover_pending_links()
-        await self._executor.drive_due()
-        held = await self._held_links()
+        replan = await recover(self._executor)
+        held = await self.holds.load()
         live_links = await self._store.count_links(LIVE_LINK_STATES)
         bp_cursor = await self._store.get_cursor(Side.BIGPANDA)
         sn_cursor = await self._store.get_cursor(Side.SERVICENOW)
-        environments = await self._guarded_poll(Side.BIGPANDA, self._environments(live_links))
-        bp_polled = await self._guarded_poll(
-            Side.BIGPANDA, self._poll_bigpanda(environments, bp_cursor, live_links)
+        poll = self._poll
+        environments = await poll.guarded(Side.BIGPANDA, poll.environments(live_links))
+        bp_polled = await poll.guarded(
+            Side.BIGPANDA, poll.bigpanda(environments, bp_cursor, live_links)
         )
-        sn_polled = await self._guarded_poll(
-            Side.SERVICENOW, self._poll_servicenow(sn_cursor, live_links)
-        )
+        sn_polled = await poll.guarded(Side.SERVICENOW, poll.servicenow(sn_cursor, live_links))
         progress = Progress({Side.BIGPANDA: bp_polled.changes, Side.SERVICENOW: sn_polled[1]})
         run = CycleRun(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
         try:
             pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
-            pairs, held, preludes = await self._hold_busy(pairs, held, environments)
+            pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
             await self._expand_alerts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
             worked = {c.key for pair in (*pairs, *fresh) for c in pair.changes}
             progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
-            await self._run_preludes(preludes, live_links)
+            await self.holds.run_preludes(preludes, live_links)
             now = self._clock.now()
             plans: list[tuple[Pair, list[Action]]] = []
             for pair in sorted(pairs, key=oldest_change):
@@ -358,111 +331,6 @@ class Coordinator:
                 raise
             log.warning("guard %s overridden by --force: %s", exc.guard, exc)
 
-    # ------------------------------------------------------------------ polling
-
-    async def _guarded_poll(self, side: Side, poll: Awaitable[T]) -> T:
-        """Await a poll of ``side``: log an outage once and a recovery once."""
-        try:
-            value = await poll
-        except ApiError as exc:
-            if side.value not in self._down:
-                self._down[side.value] = str(exc)
-                level = logging.ERROR if isinstance(exc, FatalError) else logging.WARNING
-                log.log(level, "%s is unavailable: %s", side.value, exc, extra={"side": side.value})
-            raise
-        if self._down.pop(side.value, None) is not None:
-            log.info("%s is available again", side.value, extra={"side": side.value})
-        return value
-
-    async def _environments(self, live_links: int) -> list[str]:
-        configured = list(self._settings.bigpanda.environments)
-        if configured:
-            return configured
-        found = [env.id for env in await self._bp.list_environments()]
-        self._check_empty(Side.BIGPANDA, len(found), live_links, what="environments")
-        return found
-
-    async def _poll_bigpanda(
-        self, environments: Sequence[str], cursor: Cursor, live_links: int
-    ) -> BPPoll:
-        """Changed incidents (each with its environment), every change key polled, and
-        every incident listed, seen before or not (newcomers' pages are found from it)."""
-        since_s = None if cursor.watermark is None else epoch_s(cursor.watermark)
-        found: dict[str, tuple[BPIncident, str]] = {}
-        changes: list[Change] = []
-        total = 0
-        now = self._clock.now()
-        listed: list[tuple[BPIncident, str]] = []
-        for env in environments:
-            incidents = await self._bp.list_changed(
-                env,
-                since_s,
-                overlap_s=self._settings.cursor_overlap,
-                page_size=self._settings.retrieval_count,
-            )
-            total += len(incidents)
-            listed += [(incident, env) for incident in incidents]
-            for incident in incidents:
-                change = bp_change(incident, now)
-                if change.key in cursor.seen or incident.id in found:
-                    continue
-                found[incident.id] = (incident, env)
-                changes.append(change)
-        if cursor.watermark is None:
-            self._check_empty(Side.BIGPANDA, total, live_links)
-        return BPPoll(list(found.values()), changes, listed)
-
-    async def _poll_servicenow(
-        self, cursor: Cursor, live_links: int
-    ) -> tuple[list[SNIncident], list[Change]]:
-        records = await self._sn.list_changed(
-            cursor.watermark, overlap_s=self._settings.cursor_overlap
-        )
-        if cursor.watermark is None:
-            self._check_empty(Side.SERVICENOW, len(records), live_links)
-        found: dict[str, SNIncident] = {}
-        changes: list[Change] = []
-        now = self._clock.now()
-        for record in records:
-            name = str(record.get("sys_id") or "?")
-            try:
-                incident = SNIncident.from_record(record)
-            except ValueError as exc:  # B19: one malformed record is skipped, named
-                self._skip_once(name, "malformed", f"ServiceNow record skipped: {exc}")
-                continue
-            if not SN_SYS_ID_FORM.fullmatch(incident.sys_id):
-                self._skip_once(
-                    name,
-                    "bad_sys_id",
-                    f"ServiceNow record {incident.sys_id!r} ({incident.number or 'no number'}) "
-                    "skipped: its sys_id is not 32 letters and digits",
-                )
-                continue
-            change = sn_change(incident, now)
-            if incident.sys_updated_on > now:
-                self._skip_once(
-                    name,
-                    "future_timestamp",
-                    f"ServiceNow record {incident.sys_id} ({incident.number}) is stamped "
-                    f"{incident.sys_updated_on:%Y-%m-%d %H:%M:%S} UTC, in the future: "
-                    "taken as changed now (the cursor does not move past now)",
-                )
-            if change.key in cursor.seen:
-                continue
-            found[incident.sys_id] = incident  # the latest version wins
-            changes.append(change)
-        return list(found.values()), changes
-
-    def _check_empty(
-        self, side: Side, count: int, live_links: int, *, what: str = "incidents"
-    ) -> None:
-        try:
-            check_empty_side(self._settings.guard, side.value, what, count, live_links)
-        except GuardTripped as exc:
-            if not self.force:
-                raise
-            log.warning("guard %s overridden by --force: %s", exc.guard, exc)
-
     # ------------------------------------------------------------------ pairing
 
     async def _pair(
@@ -508,13 +376,13 @@ class Coordinator:
                 continue
             if await self._store.live_link_for_bp(corr) is not None:
                 continue  # an old incident of a linked BigPanda incident: history
-            fetched = await self._fetch_bp(corr, environments)
+            fetched = await self.fetch_bp(corr, environments)
             if fetched is not None:
                 pairs[corr] = Pair(fetched[0], sn, None, fetched[1], [change])
         for link in replan:
             if link.bp_incident_id in pairs:
                 continue
-            fetched = await self._fetch_bp(link.bp_incident_id, environments)
+            fetched = await self.fetch_bp(link.bp_incident_id, environments)
             if fetched is not None:
                 pairs[link.bp_incident_id] = Pair(fetched[0], None, None, fetched[1])
         ready: list[Pair] = []
@@ -621,117 +489,10 @@ class Coordinator:
                 for incident in batch:
                     by_id[incident.id].bp = incident
 
-    # ------------------------------------------------------------------ held pairs
-
-    def _busy(self, link: Link) -> bool:
-        """The link's writes are not all done: a pending create, or an open outbox item."""
-        return link.state == LinkState.PENDING or self._executor.has_open_writes(
-            link.bp_incident_id, link.sn_sys_id
-        )
-
-    async def _held_links(self) -> Held:
-        raw = await self._store.get_checkpoint(HELD_CHECKPOINT)
-        if not raw:
-            return {}
-        try:
-            data = json.loads(raw)
-            return {int(link_id): {str(f) for f in flags} for link_id, flags in data.items()}
-        except (ValueError, TypeError, AttributeError):
-            log.error("checkpoint %s unreadable, ignored: %r", HELD_CHECKPOINT, raw[:200])  # noqa: TRY400
-            return {}
-
-    async def save_held(self, held: Held) -> None:
-        value = json.dumps({str(k): sorted(v) for k, v in sorted(held.items())})
-        if value != (await self._store.get_checkpoint(HELD_CHECKPOINT) or "{}"):
-            await self._store.set_checkpoint(HELD_CHECKPOINT, value, self._clock.now())
-
-    @staticmethod
-    def keep_held(held: Held, pair: Pair) -> None:
-        """A pair whose outcome was not recorded stays (or becomes) held."""
-        if pair.link is not None:
-            held.setdefault(pair.link.id, set())
-
-    async def _hold_busy(
-        self, pairs: Sequence[Pair], held: Held, environments: Sequence[str]
-    ) -> tuple[list[Pair], Held, list[tuple[Pair, Pair]]]:
-        """Split off the pairs whose link has open writes (held: planned once those are
-        done); bring back the held links whose writes are done, read on both sides.
-        Returns the pairs to plan now, the links still held, and (prelude, pair) for
-        released pairs whose side was resolved and reopened while held."""
-        ready: list[Pair] = []
-        still_held: Held = {}
-        by_link: dict[int, Pair] = {}
-        for pair in pairs:
-            if pair.link is not None and self._busy(pair.link):
-                flags = still_held[pair.link.id] = held.get(pair.link.id, set())
-                if pair.bp is not None and not pair.bp.active:
-                    flags.add("bp_resolved")
-                # (Resolved while bpsync's own reopen waits is not a person's resolve)
-                if (
-                    pair.sn is not None
-                    and pair.sn.state == SNState.RESOLVED
-                    and not self._executor.reopen_waits(pair.link.sn_sys_id)
-                ):
-                    flags.add("sn_resolved")
-                log.debug("%s waits for its open writes", self.pair_ids(pair))
-                continue
-            ready.append(pair)
-            if pair.link is not None:
-                by_link[pair.link.id] = pair
-        preludes: list[tuple[Pair, Pair]] = []
-        for link_id in sorted(held.keys() - still_held.keys()):
-            link = await self._store.get_link(link_id)
-            if link is None or link.state not in LIVE_LINK_STATES:
-                continue  # superseded or gone: its incident is another link's now
-            if self._busy(link):
-                still_held[link_id] = held[link_id]
-                continue
-            polled = by_link.get(link_id)
-            if polled is None:
-                fetched = await self._fetch_bp(link.bp_incident_id, environments)
-                if fetched is None:
-                    log.warning("held link %d: BigPanda incident not found, released", link_id)
-                    continue
-                polled = Pair(fetched[0], None, link, fetched[1])
-                ready.append(polled)
-            pair = polled
-            pair.link = link
-            await self._read_both_sides(pair)
-            prelude = resolved_prelude(pair, held[link_id])
-            if prelude is not None:
-                preludes.append((prelude, pair))
-            await self.expand_for_create(pair)
-        return ready, still_held, preludes
-
-    async def _run_preludes(self, preludes: Sequence[tuple[Pair, Pair]], live: int) -> None:
-        """Plan and execute each released pair's resolved state first, then refresh the
-        pair's link: its own plan then sees the reopen (B9)."""
-        for prelude, pair in preludes:
-            actions = await self.plan_pair(prelude, self._clock.now())
-            self.check_guards([actions], live)
-            if actions:
-                await self._executor.execute(actions, environment_id=prelude.environment_id)
-            pair.link = await self._store.live_link_for_bp(pair_bp_id(pair))
-            await self.expand_for_create(pair)
-
-    async def _read_both_sides(self, pair: Pair) -> None:
-        """Give a released pair the side it lacks, as it is now: which side changed while
-        it was held is unknown, and a missing side reads as 'unchanged since synced'."""
-        link = pair.link
-        assert link is not None
-        try:
-            if pair.bp is None and pair.environment_id is not None:
-                pair.bp = await self._bp.get_incident(
-                    pair.environment_id, link.bp_incident_id, expand_alerts=False
-                )
-            if pair.sn is None and link.sn_sys_id:
-                pair.sn = SNIncident.from_record(await self._sn.get_incident(link.sn_sys_id))
-        except (NotFoundError, ValueError) as exc:
-            log.warning("%s: a side cannot be read: %s", self.pair_ids(pair), exc)
-
-    async def _fetch_bp(
+    async def fetch_bp(
         self, incident_id: str, environments: Sequence[str]
     ) -> tuple[BPIncident, str] | None:
+        """The incident and its environment: the one remembered first, then the others."""
         remembered = await self._executor.environment_of(incident_id)
         candidates: list[str] = [remembered] if remembered else []
         candidates += [env for env in environments if env != remembered]

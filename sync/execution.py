@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sync.actions import Action
 from sync.constants import Side
 from sync.errors import BpsyncError
+from sync.held import keep_held
 from sync.model import BPIncident
 from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
@@ -167,7 +168,7 @@ class CycleRun:
         except Exception:  # one pair's bug must not stop the others
             log.exception("executing %s failed", c.pair_ids(pair))
             self.progress.finish(keys, ok=False)
-            c.keep_held(self.held, pair)
+            keep_held(self.held, pair)
             return
         self.actions += len(actions)
         for kind, outcome in result.outcomes:
@@ -175,7 +176,7 @@ class CycleRun:
             if kind.startswith("bp.") or kind == "sn.create":
                 self.progress.wrote_bp.add(pair_bp_id(pair))
         if not result.recorded:
-            c.keep_held(self.held, pair)
+            keep_held(self.held, pair)
         self.progress.finish(keys, ok=result.recorded)
         if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
             await self.checkpoint(final=False)
@@ -185,7 +186,7 @@ class CycleRun:
         c = self._c
         async with self._lock:
             self._last_checkpoint = c.clock.monotonic()
-            await c.save_held(self.held)
+            await c.holds.save(self.held)
             for side in (Side.BIGPANDA, Side.SERVICENOW):
                 forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
                 self._cursors[side] = await c.advance(

@@ -156,6 +156,8 @@ class Link:
     reopen_deadline: datetime | None = None
     previous_link_id: int | None = None
     updated_at: datetime | None = None
+    bp_environment_id: str | None = None
+    """The BigPanda environment of the incident, set when the link is created."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,8 @@ ids and the reason, the ``notifications`` metric, and a JSON POST to ``retry.not
 when set (its own short-lived HTTP session, bounded by :data:`NOTIFY_TIMEOUT_S`; a
 failing notify is logged, never raised).
 
-Error communication (B14)
--------------------------
-A ServiceNow write that fails permanently, or whose last attempt fails, puts a
-:class:`~sync.actions.CommentBigPanda` with ServiceNow's message (and detail) on the
-BigPanda incident and sets the link tag to ``error`` (:meth:`Alerts.error_writes`; the
-delivery enqueues and sends them). The tag value last written is kept as the link's
-BigPanda field state under the link tag's name; the next successful ServiceNow write of
-that link sets the tag back to the incident's link value
-(:meth:`sync.executor.writes.Writes.after_servicenow_success`).
+Error communication (B14) is a step of the write's plan (``on_refused``,
+:mod:`sync.followups`): the delivery sends it once the write is refused for good.
 """
 
 from __future__ import annotations
@@ -28,10 +21,6 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from sync.actions import CommentBigPanda, SetLinkTag
-from sync.constants import LINK_TAG_ERROR_VALUE, Side
-from sync.errors import ApiError
-from sync.executor.codec import SIDE_OF_KIND, WriteAction
 from sync.settings import Settings
 from sync.store.base import OutboxItem
 
@@ -75,30 +64,6 @@ class Alerts:
         self._environment_of = environment_of
         self._metrics = metrics
         self.notifications = 0
-
-    async def error_writes(
-        self, action: WriteAction, env: str | None, exc: ApiError, item: OutboxItem
-    ) -> list[CommentBigPanda | SetLinkTag]:
-        """B14: a ServiceNow write failed for good -> comment + link tag ``error``
-        (the writes to send, in order; none for a BigPanda write)."""
-        if SIDE_OF_KIND[action.kind] is not Side.SERVICENOW:
-            return []
-        bp_id = action.bp_incident_id
-        env = env or await self._environment_of(bp_id)
-        if env is None:
-            log.warning(
-                "cannot report the ServiceNow error on BigPanda: environment unknown",
-                extra={"bp_incident_id": bp_id},
-            )
-            return []
-        message = exc.message + (f" ({exc.detail})" if exc.detail else "")
-        text = f"ServiceNow refused the {action.kind} write: {message}"
-        link_id = item.link_id
-        tag = self._settings.incidents.link_tag
-        return [
-            CommentBigPanda(bp_id, env, text, link_id=link_id),
-            SetLinkTag(bp_id, env, tag, LINK_TAG_ERROR_VALUE, link_id),
-        ]
 
     async def notify(self, item: OutboxItem, reason: str) -> None:
         """The operator notification: ERROR log, metric, optional POST."""

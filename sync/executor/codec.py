@@ -1,7 +1,8 @@
 """The outbox codec: pure functions from a write to its outbox item and back.
 
 No I/O here. An outbox item's payload is the serialised action (:func:`encode_action`,
-datetimes and look-ups tagged so :func:`decode_action` restores them exactly) plus the
+datetimes, look-ups and follow-up actions tagged so :func:`decode_action` restores them
+exactly; follow-up fields at their defaults left out, so older items keep their keys) plus the
 BigPanda environment and, for a create, the pending link id. Its target
 (:func:`target_of`) orders the writes to one incident; its idempotency key
 (:func:`idempotency_key`) is a hash of kind, target and payload.
@@ -72,7 +73,21 @@ WRITE_CLASSES: dict[str, type[Any]] = {
 }
 
 
+_KEEP = object()
+
+#: fields left out of the payload while they hold their default: items written before
+#: the field existed keep their idempotency key
+_OMITTED_DEFAULTS: dict[str, Any] = {
+    "on_success": (),
+    "on_refused": (),
+    "with_error": False,
+    "only_after_error": False,
+}
+
+
 def _encode_value(value: Any) -> Any:
+    if isinstance(value, CommentBigPanda | SetLinkTag):
+        return {"$action": encode_action(value)}
     if isinstance(value, datetime):
         return {"$dt": value.isoformat()}
     if isinstance(value, RefLookup):
@@ -88,6 +103,8 @@ def _decode_value(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"$dt"}:
             return datetime.fromisoformat(value["$dt"])
+        if set(value) == {"$action"}:
+            return decode_action(value["$action"])
         if set(value) == {"$ref"}:
             table, column, ref_value = value["$ref"]
             return RefLookup(str(table), str(column), str(ref_value))
@@ -100,7 +117,11 @@ def _decode_value(value: Any) -> Any:
 def encode_action(action: WriteAction) -> dict[str, Any]:
     """The action as JSON-safe data (datetimes and look-ups tagged)."""
     assert is_dataclass(action)
-    return {f.name: _encode_value(getattr(action, f.name)) for f in fields(action)}
+    return {
+        f.name: _encode_value(value)
+        for f in fields(action)
+        if (value := getattr(action, f.name)) != _OMITTED_DEFAULTS.get(f.name, _KEEP)
+    }
 
 
 def decode_action(data: Mapping[str, Any]) -> WriteAction:

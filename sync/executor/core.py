@@ -15,7 +15,7 @@ reported (:mod:`sync.executor.alerts`); :mod:`sync.executor.codec` turns a write
 outbox item and back.
 
 A create starts here: ``previous_link_id`` -> that link becomes ``superseded`` ->
-the pending link, the environment (checkpoint ``bp_env:<id>``) and the create's outbox
+the pending link with its environment (``Link.bp_environment_id``) and the create's outbox
 item in one transaction (``create_pending_link_and_enqueue``; ``DuplicateLinkError``:
 another cycle or replica owns it, skip); the rest of the protocol is the create handler's.
 :meth:`Executor.recover_pending_links` handles pending links without an outbox item
@@ -38,20 +38,18 @@ from sync.actions import (
     MarkLinkResolved,
     RecordConflict,
     RecordSynced,
-    SetLinkTag,
 )
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock
 from sync.executor.alerts import Alerts
 from sync.executor.codec import (
-    BP_ENV_CHECKPOINT,
     WriteAction,
     ids_of,
-    link_tag_value,
     new_outbox_item,
 )
 from sync.executor.delivery import DEFAULT_DRIVE_LIMIT, DEFAULT_LEASE_S, Delivery, DriveReport
 from sync.executor.writes import Writes
+from sync.followups import after_adoption
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
@@ -146,16 +144,6 @@ class Executor:
                 break  # everything after a create depends on its link
         return result
 
-    def has_open_writes(self, bp_incident_id: str, sn_sys_id: str | None) -> bool:
-        """True while a write to this pair waits in the outbox (a retry, an item in
-        flight, a dead item with attempts left), as known since the last drive_due."""
-        return self._delivery.has_open_writes(bp_incident_id, sn_sys_id)
-
-    def reopen_waits(self, sn_sys_id: str | None) -> bool:
-        """A reopen of this ServiceNow incident waits in the outbox (as known since the
-        last drive_due): until it is sent, the incident still reads Resolved."""
-        return self._delivery.reopen_waits(sn_sys_id)
-
     async def drive_due(self, *, limit: int = DEFAULT_DRIVE_LIMIT) -> DriveReport:
         """Send again what is due: failed writes whose interval passed, dead items with
         attempts left, and in-flight items whose lease expired or that a previous process
@@ -206,17 +194,8 @@ class Executor:
             )
             env = await self.environment_of(link.bp_incident_id)
             if env is not None:
-                await self._run_write(
-                    SetLinkTag(
-                        link.bp_incident_id,
-                        env,
-                        self._settings.incidents.link_tag,
-                        link_tag_value(self.base_url, number, sys_id),
-                        link_id=link.id,
-                    ),
-                    env,
-                    PairResult(),
-                )
+                step = after_adoption(link.bp_incident_id, env, link.id, self._settings)
+                await self._run_write(step, env, PairResult())
         return replan
 
     async def environment_of(self, bp_incident_id: str) -> str | None:
@@ -280,7 +259,7 @@ class Executor:
                 now,
                 lambda link: new_outbox_item(action, env, {"link_id": link.id})[0],
                 previous_link_id=action.previous_link_id,
-                checkpoint=(BP_ENV_CHECKPOINT + action.bp_incident_id, env),
+                bp_environment_id=env,
             )
         except DuplicateLinkError:
             log.info(

@@ -128,25 +128,10 @@ class Delivery:
         #: side -> monotonic time before which nothing is sent to it (Retry-After)
         self._not_before: dict[str, float] = {}
         #: target -> {id: kind} of its open items (pending retry / in flight / dead with
-        #: attempts left)
+        #: attempts left), for queue order (the coordinator asks the store: ``open_writes``)
         self._open: dict[str, dict[int, str]] = {}
 
     # ------------------------------------------------------------------ open items
-
-    def has_open_writes(self, bp_incident_id: str, sn_sys_id: str | None) -> bool:
-        """True while a write to this pair waits in the outbox (a retry, an item in
-        flight, a dead item with attempts left), as known since the last drive_due."""
-        targets = [f"bigpanda:{bp_incident_id}", f"servicenow:create:{bp_incident_id}"]
-        if sn_sys_id:
-            targets.append(f"servicenow:{sn_sys_id}")
-        return any(self._open.get(target) for target in targets)
-
-    def reopen_waits(self, sn_sys_id: str | None) -> bool:
-        """A reopen of this ServiceNow incident waits in the outbox (as known since the
-        last drive_due): until it is sent, the incident still reads Resolved."""
-        if not sn_sys_id:
-            return False
-        return "sn.reopen" in self._open.get(f"servicenow:{sn_sys_id}", {}).values()
 
     def _blocked(self, target: str, item_id: int) -> bool:
         return any(other < item_id for other in self._open.get(target, ()))
@@ -260,20 +245,19 @@ class Delivery:
         """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
         records: list[FieldStates] = []
         try:
-            follow_ups = await self._attempt(
-                action, env, meta, records, retried=resend or item.attempts > 0
-            )
+            await self._attempt(action, env, meta, records, retried=resend or item.attempts > 0)
         except _Deferred as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
         except TransientError as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.retry_after_s)
         except PermanentError as exc:
             return await self._failed_permanently(item, action, env, exc)
-        # follow-ups (the link tag after a create) are in the outbox BEFORE this item is
-        # complete: killed in between, the create is re-driven (idempotent, B2) and the
-        # follow-up is still there, never lost (B15)
-        # (one transaction: the field states the write recorded, the follow-ups, complete)
-        news = [new_outbox_item(f, env) for f in follow_ups]
+        # the plan's next steps (the link tag after a create, B14's way back) are in the
+        # outbox BEFORE this item is complete: killed in between, the write is re-driven
+        # (idempotent, B2) and the steps are still there, never lost (B15)
+        # (one transaction: the field states the write recorded, the steps, complete)
+        follow_ups = await self._writes.follow_ups(action, env, item.link_id)
+        news = [new_outbox_item(f, f.environment_id) for f in follow_ups]
         f_items = await self._store.complete_and_enqueue(
             item.id,
             self._clock.now(),
@@ -282,7 +266,7 @@ class Delivery:
         )
         self._close(item)
         for follow_up, f_item, (_, f_meta) in zip(follow_ups, f_items, news, strict=True):
-            await self.send_enqueued(f_item, follow_up, env, f_meta)
+            await self.send_enqueued(f_item, follow_up, follow_up.environment_id, f_meta)
         return "ok"
 
     async def _attempt(
@@ -293,7 +277,7 @@ class Delivery:
         records: list[FieldStates],
         *,
         retried: bool,
-    ) -> list[WriteAction]:
+    ) -> None:
         side = SIDE_OF_KIND[action.kind].value
         delay_s = self._retry.in_cycle_backoff
         for attempt_no in range(1, self._retry.in_cycle_attempts + 1):
@@ -301,7 +285,8 @@ class Delivery:
             records.clear()
             try:
                 recheck = retried or attempt_no > 1
-                return await self._writes.apply(action, env, meta, records, recheck=recheck)
+                await self._writes.apply(action, env, meta, records, recheck=recheck)
+                return
             except TransientError as exc:
                 if exc.retry_after_s:
                     mono = self._clock.monotonic() + exc.retry_after_s
@@ -379,6 +364,7 @@ class Delivery:
     async def _communicate_error(
         self, action: WriteAction, env: str | None, exc: ApiError, item: OutboxItem
     ) -> None:
-        """B14: the comment and the ``error`` link tag, through the outbox."""
-        for write in await self._alerts.error_writes(action, env, exc, item):
+        """The plan's steps for a refusal (B14: the comment, the ``error`` link tag),
+        through the outbox."""
+        for write in await self._writes.follow_ups(action, env, item.link_id, refusal=exc):
             await self.run_write(write, write.environment_id)

@@ -1,9 +1,12 @@
 """The writes: one handler per write action, looked up in :data:`HANDLERS` by its type.
 
-A handler sends one write through the clients and records its effect; it returns the
-follow-up writes (the link tag after a create or after B14's recovery). Field states a
-handler appends to ``call.records`` are recorded with the item's completion (one
-transaction, see :mod:`sync.executor.delivery`).
+A handler sends one write through the clients and records its effect; it decides
+nothing else. What follows a ServiceNow write (the link tag after a create, B14's
+comment and ``error`` tag after a refusal, the tag back after a success) is the plan's
+(``on_success``/``on_refused``, :mod:`sync.followups`): :meth:`Writes.follow_ups` only
+fills those steps in with the write's result. Field states a handler appends to
+``call.records`` are recorded with the item's completion (one transaction, see
+:mod:`sync.executor.delivery`).
 
 ``call.recheck`` (a retry): the target is read first and only what still differs is
 sent. The write may have landed in part before it failed, or a person may have set the
@@ -13,18 +16,20 @@ Idempotent create (B2, B15)
 ---------------------------
 ``previous_link_id`` -> that link becomes ``superseded`` (history kept) ->
 ``create_pending_link`` (``DuplicateLinkError``: another cycle or replica owns it, skip)
--> the environment is remembered (checkpoint ``bp_env:<id>``) -> enqueue (these three in
+-> with the environment (``Link.bp_environment_id``) -> enqueue (these three in
 one transaction: ``create_pending_link_and_enqueue``, :mod:`sync.executor.core`) -> search
 ``correlation_id`` (active incidents not already linked in this incident's history): one
 found is adopted (its fields that differ from the plan are PATCHed), none -> create
 with ``correlation_id`` = BigPanda id and ``correlation_display`` = ``BigPanda`` ->
 ``confirm_link`` -> record field states (with the audit entry, one transaction:
-``confirm_link_and_record``) -> :class:`~sync.actions.SetLinkTag` (enqueued in the
-transaction that completes the create: ``complete_and_enqueue``).
+``confirm_link_and_record``) -> the plan's link tag (``on_success``, its value filled in
+from the link when sent; enqueued in the transaction that completes the create:
+``complete_and_enqueue``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from typing import Any
 from sync.actions import (
     CommentBigPanda,
     CreateServiceNowIncident,
+    FollowUp,
     ReopenServiceNow,
     ResolveBigPanda,
     ResolveServiceNow,
@@ -49,16 +55,17 @@ from sync.constants import (
     Side,
     SNState,
 )
-from sync.errors import MissingTagError, NotFoundError, PermanentError
+from sync.errors import ApiError, MissingTagError, NotFoundError, PermanentError
 from sync.executor.codec import (
-    BP_ENV_CHECKPOINT,
     WriteAction,
     field_states,
     link_tag_value,
     ref_value,
 )
+from sync.followups import steps_after
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
+from sync.planner import resolve_still_wanted
 from sync.settings import Settings
 from sync.store.base import FieldStates, LinkStore
 from sync.tagdefs import ensure_tag_definitions
@@ -110,8 +117,12 @@ class Writes:
         return self.settings.servicenow.base_url or ""
 
     async def environment_of(self, bp_incident_id: str) -> str | None:
-        """The BigPanda environment remembered for an incident (at its create)."""
-        return await self.store.get_checkpoint(BP_ENV_CHECKPOINT + bp_incident_id)
+        """The BigPanda environment remembered for an incident: its newest link's, set
+        at the link's create (``Link.bp_environment_id``)."""
+        for link in await self.store.links_for_bp(bp_incident_id):  # newest first
+            if link.bp_environment_id:
+                return link.bp_environment_id
+        return None
 
     async def apply(
         self,
@@ -121,10 +132,10 @@ class Writes:
         records: list[FieldStates],
         *,
         recheck: bool = False,
-    ) -> list[WriteAction]:
-        """Send one write and record its effect; returns follow-up writes."""
+    ) -> None:
+        """Send one write and record its effect (in ``records``, saved by the caller)."""
         handler = HANDLERS[type(action)]
-        return await handler(self, action, WriteCall(env, meta, records, recheck))
+        await handler(self, action, WriteCall(env, meta, records, recheck))
 
     async def record(
         self,
@@ -141,30 +152,13 @@ class Writes:
     async def resolve_is_stale(
         self, action: ResolveServiceNow | ResolveBigPanda, env: str | None
     ) -> bool:
-        """A resolve sent late (a retry, or queued behind another write of the target)
-        may find the pair moved on: its link resolved or superseded, or the side that was
-        resolved reopened. Sent anyway it would resolve a reopened incident (B9), or mark
-        a superseded link resolved next to the live one. Then it is dropped."""
+        """Reads what :func:`sync.planner.resolve_still_wanted` decides on: the link,
+        and the side whose resolve this carries (BigPanda for a ServiceNow resolve)."""
         link = await self.store.get_link(action.link_id)
-        if link is None or link.state != LinkState.LINKED:
-            stale = True
-        elif isinstance(action, ResolveServiceNow):
-            env = env or await self.environment_of(action.bp_incident_id)
-            try:
-                bp = None
-                if env is not None:
-                    bp = await self.bp.get_incident(env, action.bp_incident_id, expand_alerts=False)
-            except NotFoundError:
-                bp = None
-            stale = bp is not None and bp.active
-        elif action.sys_id is not None:
-            try:
-                record = await self.sn.get_incident(action.sys_id)
-            except NotFoundError:
-                return False
-            stale = int(str(record.get("state") or "1")) not in SN_RESOLVED_STATES
-        else:
-            stale = False
+        resolved: bool | None = None
+        if link is not None and link.state == LinkState.LINKED:
+            resolved = await self._source_resolved(action, env)
+        stale = not resolve_still_wanted(link, other_side_resolved=resolved)
         if stale:
             log.info(
                 "%s dropped: the pair changed since it was planned",
@@ -173,20 +167,80 @@ class Writes:
             )
         return stale
 
-    async def after_servicenow_success(self, link_id: int, env: str | None) -> list[WriteAction]:
-        """B14, the way back: the link tag says ``error`` -> set it to the link value."""
-        tag = self.settings.incidents.link_tag
+    async def _source_resolved(
+        self, action: ResolveServiceNow | ResolveBigPanda, env: str | None
+    ) -> bool | None:
+        """Is the side whose resolve ``action`` carries still resolved? None: unknown."""
+        if isinstance(action, ResolveServiceNow):
+            env = env or await self.environment_of(action.bp_incident_id)
+            if env is None:
+                return None
+            try:
+                bp = await self.bp.get_incident(env, action.bp_incident_id, expand_alerts=False)
+            except NotFoundError:
+                return None
+            return not bp.active
+        if action.sys_id is None:
+            return None
+        try:
+            record = await self.sn.get_incident(action.sys_id)
+        except NotFoundError:
+            return None
+        return int(str(record.get("state") or "1")) in SN_RESOLVED_STATES
+
+    async def follow_ups(
+        self,
+        action: WriteAction,
+        env: str | None,
+        link_id: int | None,
+        *,
+        refusal: ApiError | None = None,
+    ) -> list[FollowUp]:
+        """The plan's steps after ``action`` (``on_success``, or ``on_refused`` with the
+        ``refusal``), filled in with what the write's result and the store say: the
+        environment and link of the incident, the refusal's message; a step that runs
+        only after an ``error`` is left out unless the link tag says ``error``."""
+        if not isinstance(
+            action,
+            CreateServiceNowIncident
+            | UpdateServiceNowFields
+            | ResolveServiceNow
+            | ReopenServiceNow,
+        ):
+            return []  # a BigPanda write has no follow-ups
+        steps = steps_after(action, self.settings, refused=refusal is not None)
+        if not steps:
+            return []
+        bp_id = action.bp_incident_id
+        env = env or await self.environment_of(bp_id)
+        out: list[FollowUp] = []
+        for step in steps:
+            where = step.environment_id or env
+            if not where:
+                log.warning(
+                    "cannot write to BigPanda after the %s write: environment unknown",
+                    action.kind,
+                    extra={"bp_incident_id": bp_id},
+                )
+                return []
+            step_link = step.link_id if step.link_id is not None else link_id
+            if (
+                isinstance(step, SetLinkTag)
+                and step.only_after_error
+                and (step_link is None or not await self._tag_says_error(step_link, step.tag_id))
+            ):
+                continue
+            filled = dataclasses.replace(step, environment_id=where, link_id=step_link)
+            if isinstance(filled, CommentBigPanda) and filled.with_error and refusal is not None:
+                message = refusal.message + (f" ({refusal.detail})" if refusal.detail else "")
+                text = f"{filled.text}: {message}"
+                filled = dataclasses.replace(filled, text=text, with_error=False)
+            out.append(filled)
+        return out
+
+    async def _tag_says_error(self, link_id: int, tag: str) -> bool:
         state = (await self.store.field_states(link_id)).get((Side.BIGPANDA, tag))
-        if state is None or state.value != LINK_TAG_ERROR_VALUE:
-            return []
-        link = await self.store.get_link(link_id)
-        if link is None or not link.sn_sys_id:
-            return []
-        env = env or await self.environment_of(link.bp_incident_id)
-        if env is None:
-            return []
-        value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
-        return [SetLinkTag(link.bp_incident_id, env, tag, value, link_id=link_id)]
+        return state is not None and state.value == LINK_TAG_ERROR_VALUE
 
     async def find_existing(
         self, bp_incident_id: str, link_id: int, links: Sequence[Link] | None = None
@@ -207,7 +261,7 @@ class Writes:
 
     async def apply_create(
         self, action: CreateServiceNowIncident, link_id: int, *, recheck: bool
-    ) -> list[WriteAction]:
+    ) -> None:
         # the incident's links (history for find_existing) hold this one: one read
         links = await self.store.links_for_bp(action.bp_incident_id)
         link = next((old for old in links if old.id == link_id), None)
@@ -217,7 +271,7 @@ class Writes:
             raise PermanentError("bpsync", f"the pending link {link_id} no longer exists")
         if link.state == LinkState.SUPERSEDED:
             log.info("create dropped: its link was superseded", extra={"link_id": link_id})
-            return []
+            return
         adopted_now = False
         record_sn = action.record_sn
         if link.sn_sys_id is None:
@@ -268,33 +322,20 @@ class Writes:
         self.created[action.bp_incident_id] = (link.sn_sys_id, link_id)
         if link.sn_sys_id and adopted_now:
             self.adopted.add(action.bp_incident_id)
-        value = link_tag_value(self.base_url, link.sn_number or "", link.sn_sys_id)
-        return [
-            SetLinkTag(
-                action.bp_incident_id,
-                action.environment_id,
-                self.settings.incidents.link_tag,
-                value,
-                link_id=link_id,
-            )
-        ]
+        return  # the link tag is the plan's follow-up (on_success)
 
 
 # --------------------------------------------------------------------------- handlers
 
 
-async def _create(
-    w: Writes, action: CreateServiceNowIncident, call: WriteCall
-) -> list[WriteAction]:
+async def _create(w: Writes, action: CreateServiceNowIncident, call: WriteCall) -> None:
     link_id = call.meta.get("link_id")
     if not isinstance(link_id, int):
         raise PermanentError("bpsync", "create without a pending link id")
-    return await w.apply_create(action, link_id, recheck=call.recheck)
+    await w.apply_create(action, link_id, recheck=call.recheck)
 
 
-async def _update_servicenow(
-    w: Writes, action: UpdateServiceNowFields, call: WriteCall
-) -> list[WriteAction]:
+async def _update_servicenow(w: Writes, action: UpdateServiceNowFields, call: WriteCall) -> None:
     found = await w.lookups.resolve_fields(action.lookups)
     values = {**action.fields, **found}
     if values and call.recheck:
@@ -307,14 +348,11 @@ async def _update_servicenow(
     missed = action.lookups.keys() - found.keys()
     record_sn = {k: v for k, v in action.record_sn.items() if k not in missed}
     await w.record(action.link_id, action.record_bp, record_sn)
-    return await w.after_servicenow_success(action.link_id, call.env)
 
 
-async def _resolve_servicenow(
-    w: Writes, action: ResolveServiceNow, call: WriteCall
-) -> list[WriteAction]:
+async def _resolve_servicenow(w: Writes, action: ResolveServiceNow, call: WriteCall) -> None:
     if await w.resolve_is_stale(action, call.env):
-        return []
+        return
     values = {
         "state": str(int(SNState.RESOLVED)),
         "close_code": action.close_code,
@@ -338,12 +376,10 @@ async def _resolve_servicenow(
             resolved_at=w.clock.now(),
             reopen_deadline=action.reopen_deadline,
         )
-    return await w.after_servicenow_success(action.link_id, call.env)
+    return
 
 
-async def _reopen_servicenow(
-    w: Writes, action: ReopenServiceNow, call: WriteCall
-) -> list[WriteAction]:
+async def _reopen_servicenow(w: Writes, action: ReopenServiceNow, call: WriteCall) -> None:
     values = {"state": str(int(SNState.IN_PROGRESS))}
     if action.work_note:
         values["work_notes"] = action.work_note
@@ -351,7 +387,6 @@ async def _reopen_servicenow(
     link = await w.store.get_link(action.link_id)
     if link is not None and link.state == LinkState.RESOLVED:
         await w.store.set_link_state(action.link_id, LinkState.LINKED, w.clock.now())
-    return await w.after_servicenow_success(action.link_id, call.env)
 
 
 async def _defined(w: Writes, send: Callable[[], Awaitable[None]]) -> None:
@@ -365,9 +400,7 @@ async def _defined(w: Writes, send: Callable[[], Awaitable[None]]) -> None:
         await send()
 
 
-async def _update_bigpanda_tags(
-    w: Writes, action: UpdateBigPandaTags, call: WriteCall
-) -> list[WriteAction]:
+async def _update_bigpanda_tags(w: Writes, action: UpdateBigPandaTags, call: WriteCall) -> None:
     tags, remove_tags = dict(action.tags), action.remove_tags
     if remove_tags or call.recheck:
         # with removals, several calls: even a first attempt may follow a partial
@@ -380,14 +413,11 @@ async def _update_bigpanda_tags(
     for tag_id in remove_tags:
         await w.bp.delete_tag(action.environment_id, action.bp_incident_id, tag_id)
     call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
-    return []
 
 
-async def _resolve_bigpanda(
-    w: Writes, action: ResolveBigPanda, call: WriteCall
-) -> list[WriteAction]:
+async def _resolve_bigpanda(w: Writes, action: ResolveBigPanda, call: WriteCall) -> None:
     if await w.resolve_is_stale(action, call.env):
-        return []
+        return
     await w.bp.resolve_incident(action.environment_id, action.bp_incident_id, action.comment)
     if action.reopen_deadline is not None:
         await w.store.set_link_state(
@@ -397,35 +427,41 @@ async def _resolve_bigpanda(
             resolved_at=w.clock.now(),
             reopen_deadline=action.reopen_deadline,
         )
-    return []
+    return
 
 
-async def _comment_bigpanda(
-    w: Writes, action: CommentBigPanda, call: WriteCall
-) -> list[WriteAction]:
+async def _comment_bigpanda(w: Writes, action: CommentBigPanda, call: WriteCall) -> None:
     await w.bp.add_comment(action.environment_id, action.bp_incident_id, action.text)
-    return []
 
 
-async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> list[WriteAction]:
+async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> None:
+    value = action.value
+    if value is None:  # the link's number and URL, as the create left them
+        link = await w.store.get_link(action.link_id) if action.link_id is not None else None
+        if link is None or not link.sn_sys_id:
+            log.warning(
+                "link tag not set: the link has no ServiceNow incident",
+                extra={"bp_incident_id": action.bp_incident_id, "link_id": action.link_id},
+            )
+            return
+        value = link_tag_value(w.base_url, link.sn_number or "", link.sn_sys_id)
+        action = dataclasses.replace(action, value=value)
     current_tags = (
         await w.bp.get_tags(action.environment_id, action.bp_incident_id) if call.recheck else {}
     )
-    if current_tags.get(action.tag_id) != action.value:
+    if current_tags.get(action.tag_id) != value:
         await _defined(
             w,
             lambda: w.bp.set_tag(
-                action.environment_id, action.bp_incident_id, action.tag_id, action.value
+                action.environment_id, action.bp_incident_id, action.tag_id, value
             ),
         )
     if action.link_id is not None:
-        call.records.append(
-            FieldStates(action.link_id, Side.BIGPANDA, {action.tag_id: action.value})
-        )
-    return []
+        call.records.append(FieldStates(action.link_id, Side.BIGPANDA, {action.tag_id: value}))
+    return
 
 
-Handler = Callable[[Writes, Any, WriteCall], Awaitable[list[WriteAction]]]
+Handler = Callable[[Writes, Any, WriteCall], Awaitable[None]]
 
 #: the write action's type -> its handler (every kind of ``codec.WRITE_CLASSES``)
 HANDLERS: dict[type[WriteAction], Handler] = {

@@ -16,11 +16,12 @@ The semantics both stores follow, where the protocols leave a choice:
 - Unknown link or outbox ids in a write raise :class:`StoreError` (``no link 7``).
 - ``links_for_bp``, ``list_links`` and ``list_audit`` are newest first (id descending);
   ``list_outbox`` is queue order (id ascending).
-- ``create_pending_link``: state ``pending``, no sys_id; a live link for the incident
+- ``create_pending_link``: state ``pending``, no sys_id, the BigPanda environment as
+  given (``bp_environment_id``, None when not given); a live link for the incident
   raises :class:`DuplicateLinkError`; ``previous_link_id`` must name an existing link.
 - ``confirm_link``: sets sys_id and number; ``pending`` becomes ``linked`` (``linked``
-  and ``resolved`` keep their state); a superseded link raises StoreError; another live
-  link with that sys_id raises DuplicateLinkError.
+  and ``resolved`` keep their state); the environment is kept; a superseded link raises
+  StoreError; another live link with that sys_id raises DuplicateLinkError.
 - ``set_link_state``: the link's times as :func:`link_times_for` says: to ``resolved``:
   ``resolved_at`` (default ``now``) and ``reopen_deadline`` are set; to
   ``pending``/``linked`` (a reopen): both are set to the given values (default:
@@ -35,6 +36,10 @@ The semantics both stores follow, where the protocols leave a choice:
 - ``fail``: attempts + 1, back to ``pending`` at ``next_attempt_at``, ``last_error`` set.
 - ``dead_letter``: attempts + 1 (it records the attempt that gave up), state ``dead``.
 - ``complete``: state ``done`` (kept as history; its key is free for a new item).
+- ``open_writes``: per target that has any, the kinds of its *open* items: ``pending``
+  and ``in_flight`` ones, and ``dead`` ones that still get attempts (fewer than
+  ``attempts``, and not refused for good: ``last_error`` not starting with
+  :data:`PERMANENT_ERROR_PREFIX`); one read whatever the number of targets.
 - ``retry_dead``: dead -> pending, attempts 0, due ``now``, last error kept; returns the
   number of items moved (0 for an id that is not dead).
 - ``drop_dead``: deletes a dead item; False when the id is not a dead item.
@@ -52,7 +57,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from sync.constants import Side
 from sync.errors import StoreError
@@ -202,8 +207,9 @@ class Cursor:
 # Free-form resumable state under a name. The names below are stored: renaming one
 # loses what a running deployment remembers.
 
-#: prefix of ``bp_env:<BigPanda incident id>``: the incident's environment id, written
-#: with its create (:func:`bp_env_checkpoint`)
+#: prefix of ``bp_env:<BigPanda incident id>``, retired: the incident's environment id,
+#: written with its create until migration 0002 moved it to ``links.bp_environment_id``
+#: (and deleted these); no longer written or read
 BP_ENV_CHECKPOINT_PREFIX = "bp_env:"
 #: JSON object, link id -> flags, of the links whose changes wait for their open writes
 #: (``sync.pairs``)
@@ -212,18 +218,10 @@ HELD_LINKS_CHECKPOINT = "held_links"
 #: progress, JSON (``sync.backfill.checkpoint_name``)
 BACKFILL_CHECKPOINT_PREFIX = "backfill:"
 
-
-def bp_env_checkpoint(bp_incident_id: str) -> str:
-    """The name of the checkpoint holding a BigPanda incident's environment id."""
-    return BP_ENV_CHECKPOINT_PREFIX + bp_incident_id
-
-
-class Checkpoint(NamedTuple):
-    """A checkpoint to write with other steps in one transaction
-    (``create_pending_link_and_enqueue``); a plain ``(name, value)`` tuple is the same."""
-
-    name: str
-    value: str
+#: ``last_error`` prefix of an outbox item refused for good (a permanent error, stored):
+#: such a dead item is never sent again automatically, so it is not open
+#: (``sync.executor.delivery.PERMANENT_PREFIX`` writes it)
+PERMANENT_ERROR_PREFIX = "permanent: "
 
 
 # --------------------------------------------------------------------------- protocols
@@ -247,9 +245,15 @@ class LinkRepository(Protocol):
         ...
 
     async def create_pending_link(
-        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        *,
+        previous_link_id: int | None = None,
+        bp_environment_id: str | None = None,
     ) -> Link:
-        """Raises DuplicateLinkError if a live link exists (enforced by a unique index)."""
+        """Raises DuplicateLinkError if a live link exists (enforced by a unique index);
+        ``bp_environment_id``: the incident's BigPanda environment, kept with the link."""
         ...
 
     async def confirm_link(
@@ -321,6 +325,14 @@ class Outbox(Protocol):
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int: ...
 
+    async def open_writes(
+        self, targets: Collection[str], *, attempts: int
+    ) -> dict[str, frozenset[str]]:
+        """Target -> the kinds of its open items, for each of ``targets`` that has any:
+        pending, in flight, or dead with fewer than ``attempts`` attempts and not
+        refused for good (one read for the whole batch)."""
+        ...
+
     async def retry_dead(self, item_id: int | None, now: datetime) -> int:
         """Dead item(s) back to pending with attempts reset; None means all. Returns count."""
         ...
@@ -384,12 +396,11 @@ class LinkStore(LinkRepository, Outbox, Audit, Cursors, Leadership, Protocol):
         item_for: Callable[[Link], NewOutboxItem],
         *,
         previous_link_id: int | None = None,
-        checkpoint: tuple[str, str] | None = None,
+        bp_environment_id: str | None = None,
     ) -> tuple[Link, OutboxItem]:
-        """``create_pending_link``, then ``set_checkpoint(*checkpoint)`` (a
-        :class:`Checkpoint`), then ``enqueue`` of ``item_for(link)``, in one transaction:
-        all of them or none. Raises DuplicateLinkError (nothing written) if a live link
-        exists."""
+        """``create_pending_link`` (with its environment), then ``enqueue`` of
+        ``item_for(link)``, in one transaction: both or neither. Raises
+        DuplicateLinkError (nothing written) if a live link exists."""
         ...
 
     async def confirm_link_and_record(

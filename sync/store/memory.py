@@ -22,6 +22,7 @@ from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
 from sync.store.base import (
+    PERMANENT_ERROR_PREFIX,
     AuditEntry,
     Cursor,
     DuplicateLinkError,
@@ -35,6 +36,18 @@ from sync.store.base import (
     link_times_for,
     opt_utc,
 )
+
+
+def _is_open(item: OutboxItem, attempts: int) -> bool:
+    """An item still to send: pending, in flight, or dead with attempts left (not refused
+    for good) -- ``open_writes``' rule."""
+    if item.state in (OutboxState.PENDING, OutboxState.IN_FLIGHT):
+        return True
+    return (
+        item.state == OutboxState.DEAD
+        and item.attempts < attempts
+        and not (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
+    )
 
 
 @dataclass
@@ -145,7 +158,12 @@ class MemoryStore:
                 )
 
     async def create_pending_link(
-        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        *,
+        previous_link_id: int | None = None,
+        bp_environment_id: str | None = None,
     ) -> Link:
         now = as_utc(now)
         data = self._write()
@@ -161,6 +179,7 @@ class MemoryStore:
             created_at=now,
             previous_link_id=previous_link_id,
             updated_at=now,
+            bp_environment_id=bp_environment_id,
         )
         data.next_link_id += 1
         data.links[link.id] = link
@@ -263,16 +282,17 @@ class MemoryStore:
         item_for: Callable[[Link], NewOutboxItem],
         *,
         previous_link_id: int | None = None,
-        checkpoint: tuple[str, str] | None = None,
+        bp_environment_id: str | None = None,
     ) -> tuple[Link, OutboxItem]:
         # nothing below awaits anything: the steps run as one (every check comes first)
         as_utc(now)
         self._write()
         link = await self.create_pending_link(
-            bp_incident_id, now, previous_link_id=previous_link_id
+            bp_incident_id,
+            now,
+            previous_link_id=previous_link_id,
+            bp_environment_id=bp_environment_id,
         )
-        if checkpoint is not None:
-            await self.set_checkpoint(checkpoint[0], checkpoint[1], now)
         item = await self._enqueue_new(item_for(link), now)
         return link, item
 
@@ -454,6 +474,16 @@ class MemoryStore:
             return len(items)
         wanted = {OutboxState(s) for s in states}
         return sum(1 for x in items if x.state in wanted)
+
+    async def open_writes(
+        self, targets: Collection[str], *, attempts: int
+    ) -> dict[str, frozenset[str]]:
+        wanted = set(targets)
+        found: dict[str, set[str]] = {}
+        for item in self._read().outbox.values():
+            if item.target in wanted and _is_open(item, attempts):
+                found.setdefault(item.target, set()).add(item.kind)
+        return {target: frozenset(kinds) for target, kinds in found.items()}
 
     async def retry_dead(self, item_id: int | None, now: datetime) -> int:
         now = as_utc(now)

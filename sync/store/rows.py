@@ -25,6 +25,7 @@ def to_link(row: Row[Any]) -> Link:
         reopen_deadline=m["reopen_deadline"],
         previous_link_id=m["previous_link_id"],
         updated_at=m["updated_at"],
+        bp_environment_id=m["bp_environment_id"],
     )
 
 
@@ -77,7 +78,10 @@ def to_field_state(row: Row[Any]) -> FieldState:
 
 
 def pending_link_values(
-    bp_incident_id: str, now: datetime, previous_link_id: int | None
+    bp_incident_id: str,
+    now: datetime,
+    previous_link_id: int | None,
+    bp_environment_id: str | None = None,
 ) -> dict[str, Any]:
     """The row of a new pending link."""
     return {
@@ -90,6 +94,7 @@ def pending_link_values(
         "resolved_at": None,
         "reopen_deadline": None,
         "previous_link_id": previous_link_id,
+        "bp_environment_id": bp_environment_id,
     }
 
 

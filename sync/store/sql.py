@@ -113,21 +113,33 @@ class SqlStore(SqlOutbox):
             return [to_link(row) for row in await conn.execute(query)]
 
     async def _insert_pending_link(
-        self, conn: AsyncConnection, bp_incident_id: str, now: datetime, previous: int | None
+        self,
+        conn: AsyncConnection,
+        bp_incident_id: str,
+        now: datetime,
+        previous: int | None,
+        environment: str | None,
     ) -> Link:
         if previous is not None:
             await self._get_link(conn, previous, lock=False)
-        values = pending_link_values(bp_incident_id, now, previous)
+        values = pending_link_values(bp_incident_id, now, previous, environment)
         result = await conn.execute(INSERT_LINK, values)
         return to_link(result.one())
 
     async def create_pending_link(
-        self, bp_incident_id: str, now: datetime, *, previous_link_id: int | None = None
+        self,
+        bp_incident_id: str,
+        now: datetime,
+        *,
+        previous_link_id: int | None = None,
+        bp_environment_id: str | None = None,
     ) -> Link:
         now = as_utc(now)
         try:
             async with self._write() as conn:
-                return await self._insert_pending_link(conn, bp_incident_id, now, previous_link_id)
+                return await self._insert_pending_link(
+                    conn, bp_incident_id, now, previous_link_id, bp_environment_id
+                )
         except IntegrityError as exc:
             if not unique_violation(exc):
                 raise StoreError(f"cannot create link: {describe(exc)}") from exc
@@ -278,14 +290,14 @@ class SqlStore(SqlOutbox):
         item_for: Callable[[Link], NewOutboxItem],
         *,
         previous_link_id: int | None = None,
-        checkpoint: tuple[str, str] | None = None,
+        bp_environment_id: str | None = None,
     ) -> tuple[Link, OutboxItem]:
         now = as_utc(now)
         try:
             async with self._write() as conn:
-                link = await self._insert_pending_link(conn, bp_incident_id, now, previous_link_id)
-                if checkpoint is not None:
-                    await self._put_checkpoint(conn, checkpoint[0], checkpoint[1], now)
+                link = await self._insert_pending_link(
+                    conn, bp_incident_id, now, previous_link_id, bp_environment_id
+                )
                 new = item_for(link)
                 # the link was made in this transaction: no need to look it up again
                 item = await self._enqueue_in(conn, new, now, check_link=new.link_id != link.id)

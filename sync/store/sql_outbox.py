@@ -4,6 +4,8 @@
   the race (the unique index on not-done keys) has its item returned.
 - Postgres: ``claim_due`` uses ``FOR UPDATE SKIP LOCKED`` so replicas never claim the
   same item.
+- ``open_writes`` answers a cycle's whole batch of targets in one read (in chunks of
+  :data:`OPEN_WRITES_CHUNK` targets, one transaction).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
 from sync.store.engines import describe, unique_violation
 from sync.store.rows import new_item_values, to_item
 from sync.store.sql_core import SqlCore
-from sync.store.statements import COMPLETE_ITEM, INSERT_ITEM, NOT_DONE_WITH_KEY
+from sync.store.statements import COMPLETE_ITEM, INSERT_ITEM, NOT_DONE_WITH_KEY, OPEN_WRITES
+
+#: targets per statement of ``open_writes`` (bound parameters have a limit per statement)
+OPEN_WRITES_CHUNK = 5000
 
 
 class SqlOutbox(SqlCore):
@@ -174,6 +179,23 @@ class SqlOutbox(SqlCore):
         query = select(func.count()).select_from(t.outbox).where(*self._outbox_filter(states))
         async with self._read() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    async def open_writes(
+        self, targets: Collection[str], *, attempts: int
+    ) -> dict[str, frozenset[str]]:
+        wanted = sorted(set(targets))
+        found: dict[str, set[str]] = {}
+        if not wanted:
+            return {}
+        async with self._read() as conn:
+            for start in range(0, len(wanted), OPEN_WRITES_CHUNK):
+                params = {
+                    "b_targets": wanted[start : start + OPEN_WRITES_CHUNK],
+                    "b_attempts": attempts,
+                }
+                for target, kind in await conn.execute(OPEN_WRITES, params):
+                    found.setdefault(target, set()).add(kind)
+        return {target: frozenset(kinds) for target, kinds in found.items()}
 
     async def retry_dead(self, item_id: int | None, now: datetime) -> int:
         now = as_utc(now)

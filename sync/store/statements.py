@@ -7,11 +7,11 @@ The hot upserts are text, the same on SQLite and Postgres: SQLAlchemy cannot cac
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 
 from sync.model import LIVE_LINK_STATES
 from sync.store import tables as t
-from sync.store.base import OutboxState
+from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxState
 
 #: the leader table's only row
 LEADER_ID = 1
@@ -59,6 +59,26 @@ COMPLETE_ITEM = (
     update(t.outbox)
     .where(t.outbox.c.id == bindparam("b_id"))
     .values(state=OutboxState.DONE.value, updated_at=bindparam("updated_at"))
+)
+#: (target, kind) of the open items of some targets (``open_writes``: pending, in flight,
+#: or dead with attempts left and not refused for good)
+OPEN_WRITES = (
+    select(t.outbox.c.target, t.outbox.c.kind)
+    .where(
+        t.outbox.c.target.in_(bindparam("b_targets", expanding=True)),
+        or_(
+            t.outbox.c.state.in_([OutboxState.PENDING.value, OutboxState.IN_FLIGHT.value]),
+            and_(
+                t.outbox.c.state == OutboxState.DEAD.value,
+                t.outbox.c.attempts < bindparam("b_attempts"),
+                or_(
+                    t.outbox.c.last_error.is_(None),
+                    ~t.outbox.c.last_error.startswith(PERMANENT_ERROR_PREFIX),
+                ),
+            ),
+        ),
+    )
+    .distinct()
 )
 INSERT_AUDIT = insert(t.audit)
 

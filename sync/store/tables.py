@@ -102,6 +102,8 @@ class LinkRow(Base):
     resolved_at: Mapped[datetime | None]
     reopen_deadline: Mapped[datetime | None]
     previous_link_id: Mapped[int | None] = mapped_column(ForeignKey("links.id"))
+    bp_environment_id: Mapped[str | None] = mapped_column(String(200))
+    """The BigPanda incident's environment, set with the link (migration 0002)."""
 
     __table_args__ = (
         CheckConstraint(

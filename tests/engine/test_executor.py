@@ -34,9 +34,8 @@ async def _linked_pair(
 ) -> tuple[str, str, int]:
     incident = bp.add_incident()
     record = sn.add_incident(correlation_id=incident.id, short_description="x")
-    link = await store.create_pending_link(incident.id, clock.now())
+    link = await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
     await store.confirm_link(link.id, record["sys_id"], record["number"], clock.now())
-    await store.set_checkpoint(f"bp_env:{incident.id}", "env1", clock.now())
     return incident.id, record["sys_id"], link.id
 
 
@@ -84,6 +83,19 @@ async def test_create_records_link_and_sets_link_tag(
     states = await store.field_states(link.id)
     assert states[(Side.SERVICENOW, "impact")].value == "1"
     assert await store.count_outbox([OutboxState.DONE]) == 2  # the create and the tag
+
+
+async def test_create_keeps_the_environment_with_the_link(
+    executor: Executor, store: MemoryStore, bp: FakeBigPanda
+) -> None:
+    incident = bp.add_incident()
+    action = CreateServiceNowIncident(incident.id, "env-7", {"short_description": "x"})
+    await executor.execute([action], environment_id="env-7")
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None and link.bp_environment_id == "env-7"
+    assert await executor.environment_of(incident.id) == "env-7"
+    assert await store.get_checkpoint(f"bp_env:{incident.id}") is None  # no more
+    assert await executor.environment_of("f" * 24) is None
 
 
 async def test_create_log_line_names_both_ids(
@@ -465,8 +477,7 @@ async def test_pending_link_recovery_adopts_instead_of_creating(
 ) -> None:
     incident = bp.add_incident()
     # crashed after the create reached ServiceNow, before anything else was recorded
-    link = await store.create_pending_link(incident.id, clock.now())
-    await store.set_checkpoint(f"bp_env:{incident.id}", "env1", clock.now())
+    link = await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
     record = sn.add_incident(correlation_id=incident.id)
     replan = await executor.recover_pending_links()
     assert replan == []

@@ -2,7 +2,7 @@
 
 The last ones concern pairs whose writes wait in the outbox: such a pair is held (not
 planned) until its writes are done, then read on both sides and planned as it is
-(``sync.coordinator``, step 5).
+(``sync.held``).
 """
 
 from __future__ import annotations

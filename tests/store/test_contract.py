@@ -14,7 +14,7 @@ from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import (
-    Checkpoint,
+    PERMANENT_ERROR_PREFIX,
     Cursor,
     DuplicateLinkError,
     FencedError,
@@ -23,7 +23,6 @@ from sync.store.base import (
     NewAuditEntry,
     NewOutboxItem,
     OutboxState,
-    bp_env_checkpoint,
 )
 from tests.store.conftest import Backend
 
@@ -58,6 +57,7 @@ async def test_create_pending_link_and_look_it_up(store: LinkStore) -> None:
     assert link.bp_incident_id == BP1
     assert link.state == LinkState.PENDING
     assert link.sn_sys_id is None
+    assert link.bp_environment_id is None
     assert link.sn_number is None
     assert link.created_at == T0
     assert link.updated_at == T0
@@ -134,6 +134,24 @@ async def test_confirm_link(store: LinkStore) -> None:
     # confirming again (a retry) is harmless
     again = await store.confirm_link(link.id, SYS1, "INC001", at(6))
     assert again.state == LinkState.LINKED
+
+
+async def test_the_environment_is_kept_from_create_through_confirm_and_states(
+    store: LinkStore,
+) -> None:
+    link = await store.create_pending_link(BP1, T0, bp_environment_id="env-1")
+    assert link.bp_environment_id == "env-1"
+    assert (await store.get_link(link.id)) == link
+    confirmed = await store.confirm_link(link.id, SYS1, "INC001", at(1))
+    assert confirmed.bp_environment_id == "env-1"
+    resolved = await store.set_link_state(link.id, LinkState.RESOLVED, at(2))
+    assert resolved.bp_environment_id == "env-1"
+    assert (await store.live_link_for_sn(SYS1)) == resolved
+    assert (await store.live_links_for_bp([BP1]))[BP1].bp_environment_id == "env-1"
+    superseded = await store.set_link_state(link.id, LinkState.SUPERSEDED, at(3))
+    newer = await store.create_pending_link(BP1, at(4), previous_link_id=link.id)
+    assert superseded.bp_environment_id == "env-1" and newer.bp_environment_id is None
+    assert [x.bp_environment_id for x in await store.links_for_bp(BP1)] == [None, "env-1"]
 
 
 async def test_confirm_keeps_resolved_state(store: LinkStore) -> None:
@@ -428,6 +446,33 @@ async def test_dead_letter_list_retry_and_drop(store: LinkStore) -> None:
     assert await store.count_outbox([OutboxState.PENDING]) == 2
 
 
+async def test_open_writes_of_some_targets_in_one_read(store: LinkStore) -> None:
+    pending = await store.enqueue("sn.update", "servicenow:1", {}, "pending", T0)
+    in_flight = await store.enqueue("sn.reopen", "servicenow:1", {}, "in-flight", T0)
+    await store.claim_due(T0, limit=1, lease_s=60)  # the oldest: `pending` is in flight
+    await store.enqueue("bp.tags", "bigpanda:1", {}, "retry", T0)
+    done = await store.enqueue("bp.comment", "bigpanda:2", {}, "done", T0)
+    await store.complete(done.id, at(1))
+    once_dead = await store.enqueue("sn.resolve", "servicenow:3", {}, "dead-1", T0)
+    await store.dead_letter(once_dead.id, "HTTP 503", at(1))  # 1 attempt: more to come
+    spent = await store.enqueue("sn.update", "servicenow:4", {}, "dead-3", T0)
+    for second in (1, 2, 3):  # its last attempt failed: waits for an operator
+        await store.dead_letter(spent.id, "HTTP 503", at(second))
+    refused = await store.enqueue("bp.tags", "bigpanda:5", {}, "refused", T0)
+    await store.dead_letter(refused.id, PERMANENT_ERROR_PREFIX + "HTTP 400: no", at(1))
+    await store.enqueue("sn.update", "servicenow:other", {}, "not-asked", T0)
+    targets = ["servicenow:1", "bigpanda:1", "bigpanda:2", "servicenow:3", "servicenow:4"]
+    targets += ["bigpanda:5", "servicenow:none", "bigpanda:1"]
+    assert await store.open_writes(targets, attempts=3) == {
+        "servicenow:1": frozenset({"sn.update", "sn.reopen"}),
+        "bigpanda:1": frozenset({"bp.tags"}),
+        "servicenow:3": frozenset({"sn.resolve"}),
+    }
+    assert await store.open_writes(["servicenow:3"], attempts=1) == {}
+    assert await store.open_writes([], attempts=3) == {}
+    assert pending.id < in_flight.id
+
+
 async def test_unknown_outbox_items_fail(store: LinkStore) -> None:
     with pytest.raises(StoreError, match="no outbox item"):
         await store.complete(5, T0)
@@ -664,19 +709,16 @@ def _new(
     return NewOutboxItem("sn.create", target, {"link_id": link_id, "k": key}, key, link_id, BP1)
 
 
-async def test_create_pending_link_and_enqueue_writes_all_three(store: LinkStore) -> None:
+async def test_create_pending_link_and_enqueue_writes_both(store: LinkStore) -> None:
     link, item = await store.create_pending_link_and_enqueue(
-        BP1,
-        T0,
-        lambda link: _new("create-1", link.id),
-        checkpoint=Checkpoint(bp_env_checkpoint(BP1), "env-1"),
+        BP1, T0, lambda link: _new("create-1", link.id), bp_environment_id="env-1"
     )
     assert link.state is LinkState.PENDING and link.bp_incident_id == BP1
+    assert link.bp_environment_id == "env-1"
     assert (await store.live_link_for_bp(BP1)) == link
     assert item.state is OutboxState.PENDING and item.attempts == 0
     assert item.link_id == link.id and item.payload == {"link_id": link.id, "k": "create-1"}
     assert item.next_attempt_at == T0 and item.bp_incident_id == BP1
-    assert await store.get_checkpoint("bp_env:" + BP1) == "env-1"
     assert [i.id for i in await store.list_outbox([OutboxState.PENDING])] == [item.id]
 
 
@@ -686,11 +728,10 @@ async def test_create_pending_link_and_enqueue_writes_nothing_on_a_duplicate(
     first = await store.create_pending_link(BP1, T0)
     with pytest.raises(DuplicateLinkError):
         await store.create_pending_link_and_enqueue(
-            BP1, at(1), lambda link: _new("create-2", link.id), checkpoint=("bp_env:" + BP1, "e")
+            BP1, at(1), lambda link: _new("create-2", link.id), bp_environment_id="e"
         )
     assert await store.links_for_bp(BP1) == [first]
     assert await store.count_outbox() == 0
-    assert await store.get_checkpoint("bp_env:" + BP1) is None
 
 
 async def test_create_pending_link_and_enqueue_supersedes_nothing_itself(

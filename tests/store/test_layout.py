@@ -11,8 +11,7 @@ from sync.store.base import (
     BACKFILL_CHECKPOINT_PREFIX,
     BP_ENV_CHECKPOINT_PREFIX,
     HELD_LINKS_CHECKPOINT,
-    Checkpoint,
-    bp_env_checkpoint,
+    PERMANENT_ERROR_PREFIX,
 )
 
 STORE = Path(__file__).resolve().parents[2] / "sync" / "store"
@@ -83,7 +82,13 @@ def test_the_store_modules_import_each_other_without_a_cycle() -> None:
 
 def test_checkpoint_names_are_the_stored_ones() -> None:
     # stored names: a change would lose what running deployments remember
-    assert bp_env_checkpoint("abc") == BP_ENV_CHECKPOINT_PREFIX + "abc" == "bp_env:abc"
+    assert BP_ENV_CHECKPOINT_PREFIX == "bp_env:"  # retired: migration 0002 reads it
     assert HELD_LINKS_CHECKPOINT == "held_links"
     assert BACKFILL_CHECKPOINT_PREFIX == "backfill:"
-    assert Checkpoint("held_links", "{}") == ("held_links", "{}")
+
+
+def test_the_permanent_error_prefix_is_the_one_delivery_writes() -> None:
+    # stored in ``last_error``: ``open_writes`` tells a dead item refused for good by it
+    from sync.executor.delivery import PERMANENT_PREFIX
+
+    assert PERMANENT_ERROR_PREFIX == PERMANENT_PREFIX == "permanent: "

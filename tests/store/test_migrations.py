@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
 from sync.errors import StoreError
 from sync.store import check_schema, current_revision, open_store, upgrade_database
@@ -134,3 +134,93 @@ def test_the_daemon_schema_check_does_not_load_alembic(tmp_path: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def _upgrade_to(revision: str) -> Any:
+    def run(conn: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+    return run
+
+
+def _downgrade_to(revision: str) -> Any:
+    def run(conn: Connection) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+    return run
+
+
+def _execute(*statements: str) -> Any:
+    def run(conn: Connection) -> None:
+        for statement in statements:
+            conn.execute(text(statement))
+
+    return run
+
+
+def _select(statement: str) -> Any:
+    def run(conn: Connection) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in conn.execute(text(statement))]
+
+    return run
+
+
+_LINK = (
+    "INSERT INTO links (id, bp_incident_id, sn_sys_id, sn_number, state, created_at,"
+    " updated_at, previous_link_id) VALUES ({id}, '{bp}', {sys_id}, NULL, '{state}',"
+    " '2026-01-01 00:00:00', '2026-01-01 00:00:0{id}', {previous})"
+)
+_CHECKPOINT = (
+    "INSERT INTO checkpoints (name, value, updated_at)"
+    " VALUES ('{name}', '{value}', '2026-01-01 00:00:00')"
+)
+
+
+async def test_an_old_database_keeps_its_environments_in_the_links(empty_url: str) -> None:
+    """0002: the ``bp_env:<incident>`` checkpoints of a database at 0001 move into the
+    ``bp_environment_id`` of the incident's links (every link of it) and are deleted;
+    other checkpoints stay; the downgrade writes them back."""
+    bp_a, bp_b, bp_c = "a" * 24, "b" * 24, "c" * 24
+    await _run_sync(empty_url, _upgrade_to("0001"))
+    await _run_sync(
+        empty_url,
+        _execute(
+            _LINK.format(id=1, bp=bp_a, sys_id="'s1'", state="superseded", previous="NULL"),
+            _LINK.format(id=2, bp=bp_a, sys_id="NULL", state="pending", previous=1),
+            _LINK.format(id=3, bp=bp_b, sys_id="'s3'", state="linked", previous="NULL"),
+            _LINK.format(id=4, bp=bp_c, sys_id="'s4'", state="linked", previous="NULL"),
+            _CHECKPOINT.format(name=f"bp_env:{bp_a}", value="env-a"),
+            _CHECKPOINT.format(name=f"bp_env:{bp_b}", value="env-b"),
+            _CHECKPOINT.format(name="bp_env:" + "d" * 24, value="env-gone"),  # no link
+            _CHECKPOINT.format(name="held_links", value="{}"),
+            _CHECKPOINT.format(name="bpXenv:x", value="not mine"),  # LIKE's _ would match
+        ),
+    )
+    assert await upgrade_database(empty_url) == ("0001", head_revision())
+    store = await open_store(empty_url)
+    try:
+        envs = {link.id: link.bp_environment_id for link in await store.list_links()}
+        assert envs == {1: "env-a", 2: "env-a", 3: "env-b", 4: None}
+        assert await store.get_checkpoint(f"bp_env:{bp_a}") is None
+        assert await store.get_checkpoint(f"bp_env:{bp_b}") is None
+        assert await store.get_checkpoint("bp_env:" + "d" * 24) is None
+        assert await store.get_checkpoint("held_links") == "{}"
+        assert await store.get_checkpoint("bpXenv:x") == "not mine"
+    finally:
+        await store.close()
+    await _run_sync(empty_url, _downgrade_to("0001"))
+    names = "SELECT name, value FROM checkpoints"
+    assert sorted(await _run_sync(empty_url, _select(names))) == sorted(
+        [
+            (f"bp_env:{bp_a}", "env-a"),
+            (f"bp_env:{bp_b}", "env-b"),
+            ("bpXenv:x", "not mine"),
+            ("held_links", "{}"),
+        ]
+    )
+    columns = await _run_sync(empty_url, lambda conn: inspect(conn).get_columns("links"))
+    assert "bp_environment_id" not in {column["name"] for column in columns}

@@ -15,6 +15,7 @@ import pytest
 
 from sync.actions import (
     Action,
+    CommentBigPanda,
     CreateServiceNowIncident,
     MarkLinkLinked,
     MarkLinkResolved,
@@ -25,12 +26,13 @@ from sync.actions import (
     ReopenServiceNow,
     ResolveBigPanda,
     ResolveServiceNow,
+    SetLinkTag,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
 from sync.constants import MIRROR_MARKER, Side
 from sync.model import BPAlert, BPIncident, FieldState, Link, LinkState, SNIncident
-from sync.planner import plan
+from sync.planner import plan, resolve_still_wanted
 from sync.settings import Settings, TagMappingRule
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -490,7 +492,26 @@ def test_bigpanda_resolved_resolves_servicenow() -> None:
         close_notes="Resolved in BigPanda",
         resolved_by=RefLookup("sys_user", "email", "resolver@example.com"),
         reopen_deadline=NOW + timedelta(minutes=30),
+        # the plan's next steps: the link tag back after an error; B14 on refusal
+        on_success=(SetLinkTag(BP_ID, ENV, "servicenow_link", None, 7, only_after_error=True),),
+        on_refused=(
+            CommentBigPanda(
+                BP_ID, ENV, "ServiceNow refused the sn.resolve write", 7, with_error=True
+            ),
+            SetLinkTag(BP_ID, ENV, "servicenow_link", "error", 7),
+        ),
     )
+
+
+def test_a_create_plans_its_link_tag_and_its_error_report() -> None:
+    [create] = plan(
+        PlanInput(bp=make_bp(), sn=None, link=None, environment_id=ENV), make_settings(), NOW
+    )
+    assert isinstance(create, CreateServiceNowIncident)
+    # the link tag takes the create's number and URL (value None: filled from the link)
+    assert create.on_success == (SetLinkTag(BP_ID, ENV, "servicenow_link", None),)
+    assert [type(step) for step in create.on_refused] == [CommentBigPanda, SetLinkTag]
+    assert create.on_refused[1] == SetLinkTag(BP_ID, ENV, "servicenow_link", "error")
 
 
 def test_bigpanda_resolved_without_resolve_servicenow() -> None:
@@ -609,7 +630,15 @@ def test_plan_is_deterministic_and_does_not_mutate_its_input() -> None:
     assert repr(inp) == before
 
 
-PURE_MODULES = ("sync.planner", "sync.mapping", "sync.describe", "sync.primary", "sync.sizes")
+PURE_MODULES = (
+    "sync.planner",
+    "sync.mapping",
+    "sync.describe",
+    "sync.primary",
+    "sync.sizes",
+    "sync.followups",
+    "sync.fieldsync",
+)
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 
 
@@ -640,3 +669,24 @@ def test_pure_modules_import_only_pure_project_modules(module: str) -> None:
     project = {name for name in runtime_imports if name.startswith("sync")}
     assert project <= allowed_project, project - allowed_project
     assert not {name.split(".")[0] for name in runtime_imports} & set(IO_MODULES)
+
+
+# ====================================================================== late resolves
+
+
+@pytest.mark.parametrize(
+    ("state", "other_side_resolved", "wanted"),
+    [
+        (LinkState.LINKED, True, True),
+        (LinkState.LINKED, None, True),  # the other side cannot be read: sent
+        (LinkState.LINKED, False, False),  # reopened since it was planned (B9)
+        (LinkState.RESOLVED, True, False),  # resolved already
+        (LinkState.SUPERSEDED, True, False),  # another link carries the pair
+    ],
+)
+def test_a_late_resolve_is_sent_only_while_the_pair_is_as_planned(
+    state: LinkState, other_side_resolved: bool | None, wanted: bool
+) -> None:
+    link = Link(7, BP_ID, SYS_ID, "INC0010001", state, NOW)
+    assert resolve_still_wanted(link, other_side_resolved=other_side_resolved) is wanted
+    assert resolve_still_wanted(None, other_side_resolved=True) is False
