@@ -1,6 +1,8 @@
 """Actions: what the pure planner decides and the executor carries out.
 
-Every action is a frozen dataclass named by its verb. The planner (``sync.planner``)
+Every action is a frozen dataclass named by its verb; its ``kind`` (the outbox's and
+the logs' name for it) and, for a write, its ``side`` are class constants, defined
+once here. The planner (``sync.planner``)
 returns a list of them for one BigPanda incident / ServiceNow incident pair; the
 executor (``sync.executor``) runs each through the clients and records its outcome in
 the store on its own.
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from sync.constants import Side
 from sync.model import BPIncident, FieldState, Link, SNIncident
@@ -87,7 +90,8 @@ class CreateServiceNowIncident:
     checked_absent: bool = False
     """No active incident had this ``correlation_id`` when planned (a batched check):
     the first attempt creates without searching again; a retry always searches (B2)."""
-    kind: str = "sn.create"
+    kind: ClassVar[str] = "sn.create"
+    side: ClassVar[Side] = Side.SERVICENOW
     on_success: tuple[FollowUp, ...] = ()
     on_refused: tuple[FollowUp, ...] = ()
 
@@ -103,7 +107,8 @@ class UpdateServiceNowFields:
     lookups: Mapping[str, RefLookup] = field(default_factory=dict)
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
-    kind: str = "sn.update"
+    kind: ClassVar[str] = "sn.update"
+    side: ClassVar[Side] = Side.SERVICENOW
     on_success: tuple[FollowUp, ...] = ()
     on_refused: tuple[FollowUp, ...] = ()
 
@@ -119,7 +124,8 @@ class UpdateBigPandaTags:
     sys_id: str | None = None
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
-    kind: str = "bp.tags"
+    kind: ClassVar[str] = "bp.tags"
+    side: ClassVar[Side] = Side.BIGPANDA
     remove_tags: tuple[str, ...] = ()
     """Tag ids to delete (``DELETE .../tags/{tag_id}``): a mapped field became empty."""
 
@@ -135,7 +141,8 @@ class ResolveServiceNow:
     close_notes: str
     resolved_by: RefLookup | None = None
     reopen_deadline: datetime | None = None
-    kind: str = "sn.resolve"
+    kind: ClassVar[str] = "sn.resolve"
+    side: ClassVar[Side] = Side.SERVICENOW
     on_success: tuple[FollowUp, ...] = ()
     on_refused: tuple[FollowUp, ...] = ()
 
@@ -150,7 +157,8 @@ class ResolveBigPanda:
     comment: str
     sys_id: str | None = None
     reopen_deadline: datetime | None = None
-    kind: str = "bp.resolve"
+    kind: ClassVar[str] = "bp.resolve"
+    side: ClassVar[Side] = Side.BIGPANDA
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +169,8 @@ class ReopenServiceNow:
     bp_incident_id: str
     sys_id: str
     work_note: str
-    kind: str = "sn.reopen"
+    kind: ClassVar[str] = "sn.reopen"
+    side: ClassVar[Side] = Side.SERVICENOW
     on_success: tuple[FollowUp, ...] = ()
     on_refused: tuple[FollowUp, ...] = ()
 
@@ -177,7 +186,8 @@ class CommentBigPanda:
     environment_id: str
     text: str
     link_id: int | None = None
-    kind: str = "bp.comment"
+    kind: ClassVar[str] = "bp.comment"
+    side: ClassVar[Side] = Side.BIGPANDA
     with_error: bool = False
 
 
@@ -194,7 +204,8 @@ class SetLinkTag:
     tag_id: str
     value: str | None
     link_id: int | None = None
-    kind: str = "bp.link_tag"
+    kind: ClassVar[str] = "bp.link_tag"
+    side: ClassVar[Side] = Side.BIGPANDA
     only_after_error: bool = False
 
 
@@ -210,7 +221,7 @@ class MarkLinkResolved:
     link_id: int
     resolved_at: datetime
     reopen_deadline: datetime
-    kind: str = "link.resolved"
+    kind: ClassVar[str] = "link.resolved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +229,7 @@ class MarkLinkLinked:
     """Store only: a resolved link is live again (after a reopen on either side)."""
 
     link_id: int
-    kind: str = "link.linked"
+    kind: ClassVar[str] = "link.linked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +239,7 @@ class RecordSynced:
     link_id: int
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
-    kind: str = "link.record"
+    kind: ClassVar[str] = "link.record"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +254,7 @@ class RecordConflict:
     sn_value: str | None
     winner: Side
     policy: str
-    kind: str = "conflict"
+    kind: ClassVar[str] = "conflict"
 
 
 Action = (
@@ -262,7 +273,9 @@ Action = (
 )
 
 #: actions that only touch the store (no HTTP write)
-STORE_ONLY_KINDS = frozenset({"link.resolved", "link.linked", "link.record", "conflict"})
+STORE_ONLY_KINDS = frozenset(
+    cls.kind for cls in (MarkLinkResolved, MarkLinkLinked, RecordSynced, RecordConflict)
+)
 
 
 __all__ = [

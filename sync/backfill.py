@@ -484,7 +484,7 @@ class Backfill:
         if any(o in ("retry", "queued", "deferred") for o in kinds):
             return "queued"
         if creates:
-            first = next(o for k, o in result.outcomes if k == "sn.create")
+            first = next(o for k, o in result.outcomes if k == CreateServiceNowIncident.kind)
             if first != "ok":
                 return "skipped"  # another cycle or replica owns the incident
             return "adopted" if result.adopted else "created"

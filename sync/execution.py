@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from sync.actions import Action
+from sync.actions import Action, CreateServiceNowIncident
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.held import keep_held
@@ -173,7 +173,7 @@ class CycleRun:
         self.actions += len(actions)
         for kind, outcome in result.outcomes:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-            if kind.startswith("bp.") or kind == "sn.create":
+            if kind.startswith("bp.") or kind == CreateServiceNowIncident.kind:
                 self.progress.wrote_bp.add(pair_bp_id(pair))
         if not result.recorded:
             keep_held(self.held, pair)

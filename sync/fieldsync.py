@@ -355,7 +355,7 @@ def _field_actions(pair: LinkedPair, fp: _FieldPlan) -> list[Action]:
                 record_bp=fp.sn_record_bp,
                 record_sn=fp.sn_record_sn,
                 on_success=on_success(pair),
-                on_refused=on_refused(pair, "sn.update"),
+                on_refused=on_refused(pair, UpdateServiceNowFields.kind),
             )
         )
     if fp.bp_writes:

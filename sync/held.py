@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sync.actions import ReopenServiceNow
 from sync.constants import SNState
 from sync.errors import NotFoundError
 from sync.model import LIVE_LINK_STATES, Link, LinkState, SNIncident
@@ -59,7 +60,8 @@ class OpenWrites:
     def reopen_waits(self, sn_sys_id: str | None) -> bool:
         """A reopen of this ServiceNow incident waits in the outbox: until it is sent, the
         incident still reads Resolved."""
-        return bool(sn_sys_id) and "sn.reopen" in self.by_target.get(f"servicenow:{sn_sys_id}", ())
+        kinds = self.by_target.get(f"servicenow:{sn_sys_id}", ()) if sn_sys_id else ()
+        return ReopenServiceNow.kind in kinds
 
 
 def keep_held(held: Held, pair: Pair) -> None:

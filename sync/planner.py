@@ -230,7 +230,7 @@ def _create_action(
         record_sn=record_sn,
         checked_absent=checked_absent,
         on_success=(after_create(bp.id, env, settings),),
-        on_refused=on_refusal(bp.id, env, "sn.create", None, settings),
+        on_refused=on_refusal(bp.id, env, CreateServiceNowIncident.kind, None, settings),
     )
 
 
@@ -300,7 +300,7 @@ def _resolve_servicenow(pair: LinkedPair) -> ResolveServiceNow:
         resolved_by=resolved_by,
         reopen_deadline=pair.deadline,
         on_success=on_success(pair),
-        on_refused=on_refused(pair, "sn.resolve"),
+        on_refused=on_refused(pair, ResolveServiceNow.kind),
     )
 
 
@@ -334,7 +334,7 @@ def _reopen(pair: LinkedPair) -> ReopenServiceNow:
         sys_id=pair.sys_id,
         work_note=clip(note, SN_JOURNAL_MAX),
         on_success=on_success(pair),
-        on_refused=on_refused(pair, "sn.reopen"),
+        on_refused=on_refused(pair, ReopenServiceNow.kind),
     )
 
 

@@ -39,17 +39,6 @@ from sync.store.base import FieldStates, NewOutboxItem
 #: checkpoint key prefix remembering a BigPanda incident's environment
 BP_ENV_CHECKPOINT = "bp_env:"
 
-SIDE_OF_KIND: dict[str, Side] = {
-    "sn.create": Side.SERVICENOW,
-    "sn.update": Side.SERVICENOW,
-    "sn.resolve": Side.SERVICENOW,
-    "sn.reopen": Side.SERVICENOW,
-    "bp.tags": Side.BIGPANDA,
-    "bp.resolve": Side.BIGPANDA,
-    "bp.comment": Side.BIGPANDA,
-    "bp.link_tag": Side.BIGPANDA,
-}
-
 WriteAction = (
     CreateServiceNowIncident
     | UpdateServiceNowFields
@@ -61,16 +50,23 @@ WriteAction = (
     | SetLinkTag
 )
 
+#: every write action class by its kind
 WRITE_CLASSES: dict[str, type[Any]] = {
-    "sn.create": CreateServiceNowIncident,
-    "sn.update": UpdateServiceNowFields,
-    "sn.resolve": ResolveServiceNow,
-    "sn.reopen": ReopenServiceNow,
-    "bp.tags": UpdateBigPandaTags,
-    "bp.resolve": ResolveBigPanda,
-    "bp.comment": CommentBigPanda,
-    "bp.link_tag": SetLinkTag,
+    cls.kind: cls
+    for cls in (
+        CreateServiceNowIncident,
+        UpdateServiceNowFields,
+        ResolveServiceNow,
+        ReopenServiceNow,
+        UpdateBigPandaTags,
+        ResolveBigPanda,
+        CommentBigPanda,
+        SetLinkTag,
+    )
 }
+
+#: the side each write kind goes to
+SIDE_OF_KIND: dict[str, Side] = {kind: cls.side for kind, cls in WRITE_CLASSES.items()}
 
 
 _KEEP = object()
@@ -118,9 +114,12 @@ def encode_action(action: WriteAction) -> dict[str, Any]:
     """The action as JSON-safe data (datetimes and look-ups tagged)."""
     assert is_dataclass(action)
     return {
-        f.name: _encode_value(value)
-        for f in fields(action)
-        if (value := getattr(action, f.name)) != _OMITTED_DEFAULTS.get(f.name, _KEEP)
+        "kind": action.kind,
+        **{
+            f.name: _encode_value(value)
+            for f in fields(action)
+            if (value := getattr(action, f.name)) != _OMITTED_DEFAULTS.get(f.name, _KEEP)
+        },
     }
 
 
@@ -131,7 +130,7 @@ def decode_action(data: Mapping[str, Any]) -> WriteAction:
     if cls is None:
         raise ValueError(f"unknown outbox action kind {kind!r}")
     try:
-        action = cls(**{k: _decode_value(v) for k, v in data.items()})
+        action = cls(**{k: _decode_value(v) for k, v in data.items() if k != "kind"})
     except TypeError as exc:
         raise ValueError(f"malformed {kind} payload: {exc}") from None
     assert isinstance(action, WRITE_CLASSES[kind])

@@ -160,7 +160,7 @@ class Executor:
         open_items = await self._store.list_outbox(
             [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
         )
-        owned = {item.link_id for item in open_items if item.kind == "sn.create"}
+        owned = {item.link_id for item in open_items if item.kind == CreateServiceNowIncident.kind}
         replan: list[Link] = []
         for link in pending:
             if link.id in owned:
