@@ -16,7 +16,7 @@ from sync.clock import FakeClock
 from sync.emulators.control import BANNER_KEY, serve_app
 from sync.emulators.servicenow import (
     STATE_KEY,
-    SNState,
+    InstanceState,
     create_app,
     parse_query,
     split_terms,
@@ -41,7 +41,7 @@ class SN:
     url: str
     http: aiohttp.ClientSession
     clock: FakeClock
-    state: SNState
+    state: InstanceState
 
     async def call(
         self,

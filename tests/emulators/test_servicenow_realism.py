@@ -27,7 +27,7 @@ from sync.emulators.servicenow import (
     CONFIG_KEYS,
     SEMAPHORE_QUEUE_FULL,
     STATE_KEY,
-    SNState,
+    InstanceState,
     create_app,
     stable_id,
 )
@@ -305,7 +305,7 @@ async def test_short_pages_hide_rows_after_the_limit(clock: FakeClock, fraction:
 async def test_short_pages_follow_the_seed_and_grow_monotonically(clock: FakeClock) -> None:
     rows = [{"sys_id": f"{i:032x}"} for i in range(500)]
 
-    def hidden(state: SNState) -> set[str]:
+    def hidden(state: InstanceState) -> set[str]:
         return {r["sys_id"] for r in rows if state.hidden_from_lists("incident", r)}
 
     first = create_app(clock=clock, seed=7, short_pages=0.3)[STATE_KEY]

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from sync.clock import FakeClock
-from sync.emulators.servicenow import STATE_KEY, SNState, create_app
+from sync.emulators.servicenow import STATE_KEY, InstanceState, create_app
 from sync.errors import FatalError, TransientError
 from tests.integration.test_sn_client import Env, Handler, _create_many, _env
 
@@ -49,7 +49,7 @@ def recording_app(
     return app, seen
 
 
-def state_of(env: Env) -> SNState:
+def state_of(env: Env) -> InstanceState:
     return env.app[STATE_KEY]
 
 
@@ -65,7 +65,7 @@ async def until_served(call: Callable[..., Awaitable[T]], *args: Any, **kwargs: 
     raise AssertionError("still refused after 200 attempts")
 
 
-def correlated(state: SNState, *, listable: bool = True) -> dict[str, dict[str, str]]:
+def correlated(state: InstanceState, *, listable: bool = True) -> dict[str, dict[str, str]]:
     """The incidents a full poll must return (visible in lists when ``listable``)."""
     return {
         sys_id: row
