@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs
 
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
-from aioresponses import core as aioresponses_core
 from pydantic import SecretStr
 from yarl import URL
 
@@ -27,6 +24,7 @@ from sync.clients.snquery import QueryError
 from sync.clock import FakeClock
 from sync.errors import ConfigError, FatalError, NotFoundError, PermanentError, TransientError
 from sync.settings import ServiceNowSettings
+from tests.mocked_http import Recorder
 
 #: outage_after 0: the first transient answer reaches the caller (these tests classify;
 #: sending again is tested on its own below)
@@ -61,36 +59,6 @@ def oauth_settings(**kw: Any) -> ServiceNowSettings:
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with make_session(settings()) as s:
         yield s
-
-
-class _CompatResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without ``stream_writer``, which aiohttp 3.14
-    requires; a stand-in reporting zero bytes sent is all the response needs."""
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-@pytest.fixture
-def mocked(monkeypatch: pytest.MonkeyPatch) -> Any:
-    if "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters:
-        monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
-    with aioresponses() as m:
-        yield m
-
-
-class Recorder:
-    """An aioresponses callback that records each request and answers from a script."""
-
-    def __init__(self, *answers: CallbackResult | Callable[[URL, dict[str, Any]], CallbackResult]):
-        self.answers = list(answers)
-        self.calls: list[tuple[URL, dict[str, Any]]] = []
-
-    def __call__(self, url: URL, **kwargs: Any) -> CallbackResult:
-        self.calls.append((url, kwargs))
-        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
-        return answer(url, kwargs) if callable(answer) else answer
 
 
 def rec(sys_id: str, updated: str, mod: int = 0, **extra: str) -> dict[str, str]:
