@@ -37,10 +37,9 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from sync.actions import (
@@ -67,6 +66,7 @@ from sync.executor import Executor, PairResult
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
 from sync.pairs import Pair
 from sync.store.base import BACKFILL_CHECKPOINT_PREFIX, LinkStore
+from sync.window import resolve_window
 
 log = logging.getLogger(__name__)
 
@@ -82,51 +82,6 @@ EXPANDED_PAGE_SIZE = 10
 CHECKPOINT_PREFIX = BACKFILL_CHECKPOINT_PREFIX
 #: the summary's rows, in order
 OUTCOMES = ("created", "adopted", "updated", "skipped", "failed", "queued")
-
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-# --------------------------------------------------------------------------- times
-
-
-def parse_time(text: str, now: datetime, *, option: str = "--since") -> datetime:
-    """ISO 8601 (``2026-11-01``, ``2026-11-01T08:00``, ``...Z``, ``...+02:00``; no zone
-    means UTC), a duration before now (``90s``, ``30m``, ``24h``, ``7d``, ``2w``), or
-    ``now``. ValueError names the option and the accepted forms."""
-    value = text.strip()
-    if value.lower() == "now":
-        return now
-    match = _RELATIVE.match(value)
-    if match:
-        amount = float(match.group(1)) * _UNIT_S[match.group(2).lower()]
-        try:
-            return now - timedelta(seconds=amount)
-        except OverflowError:
-            raise ValueError(f"{option} {text!r} reaches too far back") from None
-    try:
-        when = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise ValueError(
-            f"{option} {text!r} is not a time: use ISO 8601 (2026-11-01, "
-            "2026-11-01T08:00:00Z) or a duration before now (30m, 24h, 7d)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC)
-
-
-def resolve_window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime]:
-    """The window ``[since, until]`` (until defaults to now and is capped at now)."""
-    start = parse_time(since, now, option="--since")
-    end = now if until is None else parse_time(until, now, option="--until")
-    end = min(end, now)
-    if start >= end:
-        raise ValueError(
-            f"--since ({start:%Y-%m-%d %H:%M:%SZ}) must be before --until "
-            f"({end:%Y-%m-%d %H:%M:%SZ})"
-        )
-    return start, end
 
 
 # --------------------------------------------------------------------------- reporting
@@ -505,8 +460,6 @@ __all__ = [
     "BackfillSummary",
     "checkpoint_name",
     "describe_action",
-    "parse_time",
-    "resolve_window",
     "shared_environments",
 ]
 

@@ -24,12 +24,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from sync.backfill import OUTCOMES, Backfill, BackfillSummary, resolve_window
+from sync.backfill import OUTCOMES, Backfill, BackfillSummary
 from sync.cli.common import fail, get_ctx, require, run_async
 from sync.clock import SystemClock
 from sync.logs import setup_logging
 from sync.settings import Settings, secret_values
 from sync.store.base import LinkStore
+from sync.window import resolve_window
 
 #: exit code of an interrupted run (progress saved), as for SIGINT
 EXIT_INTERRUPTED = 130

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from sync.backfill import Backfill, BackfillSummary, checkpoint_name, parse_time, resolve_window
+from sync.backfill import Backfill, BackfillSummary, checkpoint_name
 from sync.clock import FakeClock
 from sync.coordinator import Coordinator
 from sync.executor import Executor
 from sync.model import LinkState
 from sync.settings import Settings
 from sync.store.memory import MemoryStore
+from sync.window import parse_time, resolve_window
 from tests.engine.conftest import make_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
 
