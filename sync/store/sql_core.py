@@ -23,10 +23,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+import sync.store.tables as t
 from sync.errors import StoreError
 from sync.model import Link
 from sync.settings import redact_url
-from sync.store import tables as t
 from sync.store.base import as_utc, fenced_error
 from sync.store.engines import WRITE_OPTION, mapped_errors
 from sync.store.rows import to_link

@@ -19,8 +19,8 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import sync.store.tables as t
 from sync.errors import StoreError
-from sync.store import tables as t
 from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
 from sync.store.engines import describe, unique_violation
 from sync.store.rows import new_item_values, to_item

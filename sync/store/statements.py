@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 
+import sync.store.tables as t
 from sync.model import LIVE_LINK_STATES
-from sync.store import tables as t
 from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxState
 
 #: the leader table's only row
