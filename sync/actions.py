@@ -65,6 +65,8 @@ class PlanInput:
     sizes: FieldSizes = DEFAULT_SIZES
     """Field sizes in force (the ServiceNow dictionary's, read at start-up): longer
     values are cut with a marker (:mod:`sync.sizes`)."""
+    labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Choice labels of the fields ``label = true`` rows map (field -> {label: value})."""
     references: Mapping[str, str] = field(default_factory=dict)
     """ServiceNow reference fields (field -> referenced table, from the dictionary): their
     values in ``sn`` are display values (names), and a name written to one is looked up."""

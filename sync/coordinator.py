@@ -159,6 +159,8 @@ class Coordinator:
         self._stopping = False
         self.sizes: FieldSizes = DEFAULT_SIZES
         """field sizes in force (``Engine.prepare`` reads the ServiceNow dictionary)"""
+        self.labels: Mapping[str, Mapping[str, str]] = {}
+        """choice labels of the fields ``label = true`` rows map (``Engine.prepare``)"""
         self.references: Mapping[str, str] = {}
         """ServiceNow reference fields -> their tables (``Engine.prepare``, dictionary)"""
         self._lookups = lookups or Lookups(servicenow, clock)
@@ -301,6 +303,7 @@ class Coordinator:
             correlation_checked=checked,
             sizes=self.sizes,
             references=self.references,
+            labels=self.labels,
         )
         return self._plan(inp, self._settings, now)
 

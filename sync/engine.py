@@ -72,11 +72,46 @@ class Engine:
                 )
         sizes = {name: info.max_length for name, info in dictionary.items() if info.max_length}
         self.coordinator.sizes = FieldSizes.from_dictionary(sizes)
+        self.coordinator.labels = await self._choice_labels()
         self.coordinator.references = {
             name: info.reference
             for name, info in dictionary.items()
             if info.internal_type == "reference" and info.reference
         }
+
+    async def _choice_labels(self) -> dict[str, dict[str, str]]:
+        """label -> value of each field a ``label = true`` row maps, from ``sys_choice``
+        (incident's own choices, else those it inherits from task)."""
+        out: dict[str, dict[str, str]] = {}
+        for row in self.settings.tag_mapping:
+            name = row.servicenow_field
+            if not row.label or name in out:
+                continue
+            labels: dict[str, str] = {}
+            for table in ("incident", "task"):
+                try:
+                    choices = await self.servicenow.query(
+                        "sys_choice",
+                        {"name": table, "element": name, "inactive": "false"},
+                        fields=["value", "label"],
+                        limit=1000,
+                    )
+                except PermanentError as exc:
+                    log.warning("choices of %s not readable: %s", name, exc)
+                    choices = []
+                for choice in choices:
+                    label, value = str(choice.get("label") or ""), str(choice.get("value") or "")
+                    if label and value:
+                        labels.setdefault(label, value)
+                if labels:
+                    break
+            if not labels:
+                log.warning(
+                    "mapping: %s has no choices to show by label; its label row maps nothing",
+                    name,
+                )
+            out[name] = labels
+        return out
 
     async def close(self) -> None:
         """Close the sessions, then the store (each once, errors logged)."""

@@ -120,7 +120,7 @@ def _newest_wins(bp: BPIncident | None, sn: SNIncident | None) -> Side:
 def sync_fields(pair: LinkedPair) -> list[Action]:
     inp, settings, link = pair.inp, pair.settings, pair.link
     opts = settings.incidents
-    rules = compile_rules(settings, inp.sizes)
+    rules = compile_rules(settings, inp.sizes, inp.labels)
     synced = inp.synced
 
     bp_now: dict[str, str | None] = {}

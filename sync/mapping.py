@@ -236,14 +236,21 @@ class FieldRule:
         return self.to_sn(bp) == sn or (bp is not None and self.to_bp(sn) == bp)
 
 
-def compile_rules(settings: Settings, sizes: FieldSizes = DEFAULT_SIZES) -> tuple[FieldRule, ...]:
-    """The usable rules, in configuration order, values cut to ``sizes``.
+def compile_rules(
+    settings: Settings,
+    sizes: FieldSizes = DEFAULT_SIZES,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[FieldRule, ...]:
+    """The usable rules, in configuration order, values cut to ``sizes``; a ``label``
+    row maps by ``labels`` (ServiceNow field -> {label: value}, read at start; a field
+    without choices maps nothing).
 
     Rows on the link tag are dropped; writes into read-only tags (``priority``,
     ``severity``, ``status``) and read-only or journal fields are switched off. The rows
     themselves are reported by :func:`validate_mapping`.
     """
     out: list[FieldRule] = []
+    by_label = labels or {}
     for row in settings.tag_mapping:
         if row.bigpanda_tag == settings.incidents.link_tag:
             continue
@@ -255,7 +262,7 @@ def compile_rules(settings: Settings, sizes: FieldSizes = DEFAULT_SIZES) -> tupl
                 and not _sn_read_only(row.servicenow_field),
                 to_bigpanda=row.direction in ("sn_to_bp", "both")
                 and _tag_writable(row.bigpanda_tag, row.value_map),
-                value_map=row.value_map,
+                value_map=by_label.get(row.servicenow_field, {}) if row.label else row.value_map,
                 sn_max=sizes.sn(row.servicenow_field),
                 bp_max=sizes.bigpanda_tag,
             )

@@ -176,6 +176,7 @@ def _plan_create(
             checked_absent=checked,
             sizes=inp.sizes,
             references=inp.references,
+            labels=inp.labels,
         )
     ]
 
@@ -189,10 +190,11 @@ def _create_action(
     checked_absent: bool = False,
     sizes: FieldSizes = DEFAULT_SIZES,
     references: Mapping[str, str] | None = None,
+    labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> CreateServiceNowIncident:
     references = references or {}
     opts = settings.incidents
-    rules = compile_rules(settings, sizes)
+    rules = compile_rules(settings, sizes, labels)
     primary = pick_primary_alert(bp.alerts, parse_criteria(opts.primary_alert))
     texts = build_texts(bp, settings, env, sizes)
     mapped = mapped_create_values(bp, rules, primary)

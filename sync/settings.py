@@ -185,6 +185,18 @@ class TagMappingRule(_Section):
     direction: Literal["bp_to_sn", "sn_to_bp", "both"] = "both"
     value_map: dict[str, str] | None = None
     """BigPanda value -> ServiceNow value; the reverse direction uses the inverse map."""
+    label: bool = False
+    """A choice field carried by its label (``1 - High``) instead of its value (``1``):
+    the map is built from ServiceNow's choices (``sys_choice``) at start."""
+
+    @model_validator(mode="after")
+    def _label_or_map(self) -> TagMappingRule:
+        if self.label and self.value_map:
+            raise ValueError(
+                f"tag_mapping row {self.bigpanda_tag} <-> {self.servicenow_field}: label = "
+                "true builds the map from ServiceNow's choice labels; give it or a value_map"
+            )
+        return self
 
     @model_validator(mode="after")
     def _priority_needs_levels(self) -> TagMappingRule:

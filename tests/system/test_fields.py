@@ -467,3 +467,32 @@ async def test_a_reference_to_a_record_that_cannot_be_read_leaves_the_tag(
     await emu.sn_patch(sn["sys_id"], {"assignment_group": "0" * 32})  # no such group
     await settle(world)
     assert (await emu.tags(bp_id))["support_group"] == "Network"
+
+
+async def test_a_choice_field_by_label_when_the_row_says_so(world: World, emu: Emu) -> None:
+    await emu.define_tags("impact_label", "category_value")
+    mapping = [
+        {
+            "bigpanda_tag": "impact_label",
+            "servicenow_field": "impact",
+            "direction": "both",
+            "label": True,
+        },
+        {"bigpanda_tag": "category_value", "servicenow_field": "category", "direction": "sn_to_bp"},
+    ]
+    await world.build(tag_mapping=mapping)
+    bp_id = await emu.new_incident("db15", check="cpu")
+    await emu.set_tags(bp_id, impact_label="1 - High")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    assert sn["impact"] == "1"  # the label's value
+
+    await emu.sn_patch(sn["sys_id"], {"impact": "2", "category": "network"})
+    await settle(world)
+    tags = await emu.tags(bp_id)
+    assert tags["impact_label"] == "2 - Medium"  # by label
+    assert tags["category_value"] == "network"  # a row without label: by value
+
+    await emu.set_tags(bp_id, impact_label="No Such Level")  # not a label: left alone
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["impact"] == "2"
