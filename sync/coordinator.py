@@ -354,16 +354,17 @@ class Coordinator:
             link = links.get(incident.id)
             pair = Pair(incident, None, link, env, [bp_changes[incident.id]])
             pairs[incident.id] = pair
+        sn_links = await self._store.live_links_for_sn([sn.sys_id for sn in sn_polled[0]])
         for sn in sn_polled[0]:
             change = sn_changes[sn.sys_id]
-            link = await self._store.live_link_for_sn(sn.sys_id)
+            link = sn_links.get(sn.sys_id)
             if link is not None:
                 known = pairs.get(link.bp_incident_id)
                 if known is not None:
                     known.sn = sn
                     known.changes.append(change)
                     continue
-                link_env = await self._executor.environment_of(link.bp_incident_id)
+                link_env = link.bp_environment_id
                 if link_env is None and len(environments) == 1:
                     link_env = environments[0]
                 pairs[link.bp_incident_id] = Pair(None, sn, link, link_env, [change])

@@ -240,6 +240,10 @@ class LinkRepository(Protocol):
         """The live link of each of these incidents that has one (one read)."""
         ...
 
+    async def live_links_for_sn(self, sn_sys_ids: Collection[str]) -> dict[str, Link]:
+        """The live link of each of these ServiceNow incidents that has one (one read)."""
+        ...
+
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
         """Every link of the incident, newest first (history across reopens)."""
         ...

@@ -133,6 +133,14 @@ class MemoryStore:
             if link.bp_incident_id in wanted and link.state in LIVE_LINK_STATES
         }
 
+    async def live_links_for_sn(self, sn_sys_ids: Collection[str]) -> dict[str, Link]:
+        wanted = set(sn_sys_ids)
+        return {
+            link.sn_sys_id: link
+            for link in self._read().links.values()
+            if link.sn_sys_id in wanted and link.state in LIVE_LINK_STATES
+        }
+
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
         found = [x for x in self._read().links.values() if x.bp_incident_id == bp_incident_id]
         return sorted(found, key=lambda x: x.id, reverse=True)

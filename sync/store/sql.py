@@ -59,6 +59,7 @@ from sync.store.statements import (
     LIVE_BY_BP,
     LIVE_BY_BPS,
     LIVE_BY_SN,
+    LIVE_BY_SNS,
     UPSERT_CHECKPOINT,
     UPSERT_FIELD_STATE,
 )
@@ -98,6 +99,15 @@ class SqlStore(SqlOutbox):
             rows = await conn.execute(LIVE_BY_BPS, {"b_values": ids})
             links = [to_link(row) for row in rows]
         return {link.bp_incident_id: link for link in links}
+
+    async def live_links_for_sn(self, sn_sys_ids: Collection[str]) -> dict[str, Link]:
+        ids = sorted(set(sn_sys_ids))
+        if not ids:
+            return {}
+        async with self._read() as conn:
+            rows = await conn.execute(LIVE_BY_SNS, {"b_values": ids})
+            links = [to_link(row) for row in rows]
+        return {link.sn_sys_id: link for link in links if link.sn_sys_id}
 
     async def links_for_bp(self, bp_incident_id: str) -> list[Link]:
         async with self._read() as conn:

@@ -33,6 +33,10 @@ LIVE_BY_BPS = select(t.links).where(
     t.links.c.bp_incident_id.in_(bindparam("b_values", expanding=True)),
     t.links.c.state.in_(_LIVE),
 )
+LIVE_BY_SNS = select(t.links).where(
+    t.links.c.sn_sys_id.in_(bindparam("b_values", expanding=True)),
+    t.links.c.state.in_(_LIVE),
+)
 LINKS_FOR_BP = (
     select(t.links)
     .where(t.links.c.bp_incident_id == bindparam("b_value"))

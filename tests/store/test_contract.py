@@ -865,3 +865,13 @@ async def test_live_links_for_bp_reads_several_at_once(store: LinkStore) -> None
     assert found == {BP1: again, BP2: two}
     assert await store.live_links_for_bp([]) == {}
     assert await store.live_links_for_bp(["c" * 24]) == {}
+
+
+async def test_live_links_for_sn_reads_several_at_once(store: LinkStore) -> None:
+    one = await linked(store, BP1, SYS1)
+    two = await linked(store, BP2, SYS2)
+    found = await store.live_links_for_sn([SYS1, SYS2, "d" * 32, SYS1])
+    assert found == {SYS1: one, SYS2: two}
+    await store.set_link_state(one.id, LinkState.SUPERSEDED, at(2))  # history: not live
+    assert await store.live_links_for_sn([SYS1, SYS2]) == {SYS2: two}
+    assert await store.live_links_for_sn([]) == {}
