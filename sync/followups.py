@@ -24,8 +24,10 @@ from sync.actions import (
     CreateServiceNowIncident,
     FollowUp,
     ReopenServiceNow,
+    ResolveBigPanda,
     ResolveServiceNow,
     SetLinkTag,
+    UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
 from sync.constants import LINK_TAG_ERROR_VALUE
@@ -40,6 +42,7 @@ __all__ = [
     "after_servicenow_write",
     "on_refusal",
     "steps_after",
+    "supersedes",
 ]
 
 ServiceNowWrite = (
@@ -105,3 +108,22 @@ def steps_after(
     if isinstance(action, CreateServiceNowIncident):
         return (after_create(bp_id, action.environment_id, settings),)
     return after_servicenow_write(bp_id, "", link_id, settings)
+
+
+def supersedes(later: object, dead: object) -> bool:
+    """Does the write ``later`` (sent successfully, to the same target) make the dead
+    write ``dead`` pointless? Then the dead letter is closed, not left for a person:
+    a field update covering the same fields, a tag write covering the same tags, the
+    same resolve, reopen, create or link tag. A comment is never superseded (each is
+    a message of its own)."""
+    if type(later) is not type(dead):
+        return False
+    if isinstance(dead, UpdateServiceNowFields) and isinstance(later, UpdateServiceNowFields):
+        return {*dead.fields, *dead.lookups} <= {*later.fields, *later.lookups}
+    if isinstance(dead, UpdateBigPandaTags) and isinstance(later, UpdateBigPandaTags):
+        return {*dead.tags, *dead.remove_tags} <= {*later.tags, *later.remove_tags}
+    if isinstance(dead, SetLinkTag) and isinstance(later, SetLinkTag):
+        return dead.tag_id == later.tag_id
+    return isinstance(
+        dead, CreateServiceNowIncident | ResolveServiceNow | ResolveBigPanda | ReopenServiceNow
+    )

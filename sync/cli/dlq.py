@@ -6,14 +6,16 @@ in its next cycle. ``drop`` deletes an item for good (asks unless ``--yes``).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 from rich.table import Table
 
-from sync.cli.common import run_async
-from sync.cli.db import cli_store, console, when
+from sync.cli.common import get_ctx, run_async
+from sync.cli.db import cli_store, console
 from sync.clock import SystemClock
 from sync.errors import BpsyncError
-from sync.store.base import OutboxItem, OutboxState
+from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxItem, OutboxState
 
 _DEAD = [OutboxState.DEAD]
 
@@ -25,28 +27,57 @@ def dlq() -> None:
 
 @dlq.command("list")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--all", "all_", is_flag=True, help="Also the dead writes bpsync still retries by itself."
+)
 @click.pass_context
-def list_(ctx: click.Context, limit: int) -> None:
-    """List dead writes, oldest first."""
+def list_(ctx: click.Context, limit: int, all_: bool) -> None:
+    """List the dead writes that need a person, oldest first: age, attempts, last error
+    and incident. A dead write that a later write made pointless is closed by bpsync
+    (superseded); one with attempts left is retried by bpsync (shown with --all)."""
+    attempts = get_ctx(ctx).settings().retry.attempts
 
-    async def run() -> tuple[list[OutboxItem], int]:
+    def needs_a_person(item: OutboxItem) -> bool:
+        refused = (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
+        return refused or item.attempts >= attempts
+
+    async def run() -> list[OutboxItem]:
         async with cli_store(ctx) as store:
-            return await store.list_outbox(_DEAD, limit=limit), await store.count_outbox(_DEAD)
+            return await store.list_outbox(_DEAD, limit=1_000_000)
 
-    items, total = run_async(run())
-    table = Table(title=f"dead letters ({len(items)} of {total})")
-    for name in ("id", "kind", "target", "attempts", "last error", "updated"):
+    dead = run_async(run())
+    shown = [item for item in dead if all_ or needs_a_person(item)][:limit]
+    retrying = sum(1 for item in dead if not needs_a_person(item))
+    title = f"dead letters ({len(shown)} of {len(dead) if all_ else len(dead) - retrying})"
+    if retrying and not all_:
+        title += f"; {retrying} more retried by bpsync (--all)"
+    table = Table(title=title)
+    for name in ("id", "age", "incident", "kind", "attempts", "next", "last error"):
         table.add_column(name, no_wrap=name != "last error")
-    for item in items:
+    now = SystemClock().now()
+    for item in shown:
+        incident = item.bp_incident_id or ""
+        if item.sn_sys_id:
+            incident += f" / {item.sn_sys_id}"
         table.add_row(
             str(item.id),
+            _age(now - item.created_at),
+            incident,
             item.kind,
-            item.target,
-            str(item.attempts),
+            f"{item.attempts} of {attempts}",
+            "a person" if needs_a_person(item) else "bpsync retries",
             item.last_error or "",
-            when(item.updated_at),
         )
     console().print(table)
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 172_800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
 
 
 @dlq.command()

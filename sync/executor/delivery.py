@@ -59,8 +59,16 @@ from sync.errors import ApiError, PermanentError, TransientError
 from sync.executor.alerts import Alerts, item_extra
 from sync.executor.codec import SIDE_OF_KIND, WriteAction, decode_action, new_outbox_item
 from sync.executor.writes import Writes
+from sync.followups import supersedes
 from sync.settings import RetrySettings
-from sync.store.base import FieldStates, LinkStore, NewOutboxItem, OutboxItem, OutboxState
+from sync.store.base import (
+    FieldStates,
+    LinkStore,
+    NewAuditEntry,
+    NewOutboxItem,
+    OutboxItem,
+    OutboxState,
+)
 
 # every line the executor logs is on "sync.executor" (log consumers filter on it)
 log = logging.getLogger("sync.executor")
@@ -130,6 +138,8 @@ class Delivery:
         #: target -> {id: kind} of its open items (pending retry / in flight / dead with
         #: attempts left), for queue order (the coordinator asks the store: ``open_writes``)
         self._open: dict[str, dict[int, str]] = {}
+        #: targets with a dead letter (checked for superseded ones when a write succeeds)
+        self._dead_targets: set[str] = set()
 
     # ------------------------------------------------------------------ open items
 
@@ -157,6 +167,7 @@ class Delivery:
         self._open = {}
         finals: list[OutboxItem] = []
         interval = timedelta(seconds=self._retry.interval)
+        self._dead_targets = {i.target for i in open_items if i.state == OutboxState.DEAD}
         for item in open_items:
             if item.state == OutboxState.DEAD:
                 exhausted = item.attempts >= self._retry.attempts
@@ -265,6 +276,8 @@ class Delivery:
             field_states=records,
         )
         self._close(item)
+        if item.target in self._dead_targets:
+            await self._close_superseded(item, action)
         for follow_up, f_item, (_, f_meta) in zip(follow_ups, f_items, news, strict=True):
             await self.send_enqueued(f_item, follow_up, follow_up.environment_id, f_meta)
         return "ok"
@@ -310,6 +323,46 @@ class Delivery:
             raise _Deferred(side, remaining_s)
         await self._clock.sleep(remaining_s)
 
+    async def _close_superseded(self, done: OutboxItem, action: WriteAction) -> None:
+        """Dead letters of the same target that this success made pointless
+        (:func:`sync.followups.supersedes`) are closed: ``dlq list`` keeps only what
+        still needs a person."""
+        dead = await self._store.list_outbox([OutboxState.DEAD], limit=1_000_000)
+        left = False
+        now = self._clock.now()
+        for item in dead:
+            if item.target != done.target:
+                continue
+            try:
+                old = decode_action(item.payload.get("action", {}))
+            except ValueError:
+                old = None
+            if item.id > done.id or old is None or not supersedes(action, old):
+                left = True
+                continue
+            await self._store.complete(item.id, now)
+            self._close(item)
+            await self._store.record_audit(
+                NewAuditEntry(
+                    "action",
+                    "superseded",
+                    link_id=item.link_id,
+                    bp_incident_id=item.bp_incident_id,
+                    sn_sys_id=item.sn_sys_id,
+                    detail={"outbox_id": item.id, "by": done.id, "kind": item.kind},
+                ),
+                now,
+            )
+            log.info(
+                "dead letter %d closed: a later %s write (%d) succeeded",
+                item.id,
+                done.kind,
+                done.id,
+                extra=item_extra(item),
+            )
+        if not left:
+            self._dead_targets.discard(done.target)
+
     # ------------------------------------------------------------------ failures
 
     async def _failed(
@@ -328,6 +381,7 @@ class Delivery:
         notify_at = min(self._retry.notify_after, self._retry.attempts)
         if attempt_no >= dead_at:
             updated = await self._store.dead_letter(item.id, reason, now)
+            self._dead_targets.add(item.target)
             outcome = "dead"
         else:
             wait_s = max(self._retry.interval, retry_after_s or 0.0)
@@ -344,8 +398,11 @@ class Delivery:
         )
         if updated.attempts == notify_at:
             await self._alerts.notify(updated, reason)
-        if updated.attempts >= self._retry.attempts and isinstance(exc, ApiError):
-            await self._communicate_error(action, env, exc, updated)
+        if isinstance(exc, ApiError):
+            # B14 at the first failure, not the last: the BigPanda user hears of it
+            # while it happens (once per incident per outage: see Writes.follow_ups)
+            final = updated.attempts >= self._retry.attempts
+            await self._communicate_error(action, env, exc, updated, final=final)
         return outcome
 
     async def _failed_permanently(
@@ -355,16 +412,26 @@ class Delivery:
         updated = await self._store.dead_letter(
             item.id, PERMANENT_PREFIX + reason, self._clock.now()
         )
+        self._dead_targets.add(item.target)
         self._close(item)
         log.warning("write refused, not retried: %s", reason, extra=item_extra(updated))
         await self._alerts.notify(updated, reason)
-        await self._communicate_error(action, env, exc, updated)
+        await self._communicate_error(action, env, exc, updated, final=True)
         return "dead"
 
     async def _communicate_error(
-        self, action: WriteAction, env: str | None, exc: ApiError, item: OutboxItem
+        self,
+        action: WriteAction,
+        env: str | None,
+        exc: ApiError,
+        item: OutboxItem,
+        *,
+        final: bool,
     ) -> None:
         """The plan's steps for a refusal (B14: the comment, the ``error`` link tag),
         through the outbox."""
-        for write in await self._writes.follow_ups(action, env, item.link_id, refusal=exc):
+        steps = await self._writes.follow_ups(
+            action, env, item.link_id, refusal=exc, retrying=not final
+        )
+        for write in steps:
             await self.run_write(write, write.environment_id)

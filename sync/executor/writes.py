@@ -195,11 +195,15 @@ class Writes:
         link_id: int | None,
         *,
         refusal: ApiError | None = None,
+        retrying: bool = False,
     ) -> list[FollowUp]:
         """The plan's steps after ``action`` (``on_success``, or ``on_refused`` with the
         ``refusal``), filled in with what the write's result and the store say: the
-        environment and link of the incident, the refusal's message; a step that runs
-        only after an ``error`` is left out unless the link tag says ``error``."""
+        environment and link of the incident, the refusal's message (``retrying``: the
+        write will be sent again, and the comment says so); a step that runs only after
+        an ``error`` is left out unless the link tag says ``error``, and a refusal while
+        the tag says ``error`` already adds nothing (one report per incident and
+        outage, not one per attempt)."""
         if not isinstance(
             action,
             CreateServiceNowIncident
@@ -211,6 +215,11 @@ class Writes:
         steps = steps_after(action, self.settings, refused=refusal is not None)
         if not steps:
             return []
+        if refusal is not None and link_id is not None:
+            tags = {s.tag_id for s in steps if isinstance(s, SetLinkTag) and s.value}
+            for tag in tags:
+                if await self._tag_says_error(link_id, tag):
+                    return []  # this outage of the incident is reported already
         bp_id = action.bp_incident_id
         env = env or await self.environment_of(bp_id)
         out: list[FollowUp] = []
@@ -234,6 +243,8 @@ class Writes:
             if isinstance(filled, CommentBigPanda) and filled.with_error and refusal is not None:
                 message = refusal.message + (f" ({refusal.detail})" if refusal.detail else "")
                 text = f"{filled.text}: {message}"
+                if retrying:
+                    text += " (bpsync tries again; the link returns when it succeeds)"
                 filled = dataclasses.replace(filled, text=text, with_error=False)
             out.append(filled)
         return out

@@ -176,7 +176,7 @@ async def test_long_retry_after_defers_to_a_later_cycle(
     start = clock.monotonic()
     result = await executor.execute([action], environment_id="env1")
     assert result.outcomes == [("sn.update", "retry")]
-    [item] = await store.list_outbox()
+    [item] = await _updates(store)
     assert item.next_attempt_at >= clock.now() + timedelta(seconds=29)
     # another write to ServiceNow in the same window is not sent before Retry-After elapses
     other = UpdateServiceNowFields(link_id, incident_id, sys_id, {"urgency": "2"})
@@ -220,6 +220,29 @@ async def test_permanent_failure_one_attempt_b14_then_recovery(
     await executor.execute([good], environment_id="env1")
     number = sn.incidents[sys_id]["number"]
     assert incident.tags["servicenow_link"] == link_tag_value(SN_URL, number, sys_id)
+    # ... and the dead letter it made pointless (the same field written) is closed
+    assert await store.list_outbox([OutboxState.DEAD]) == []
+    [closed] = await store.list_audit(kind="action", limit=1)
+    assert (closed.outcome, closed.detail["outbox_id"]) == ("superseded", dead.id)
+
+
+async def test_a_dead_letter_stays_while_no_later_write_covers_it(
+    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    refused = PermanentError("servicenow", "Invalid value", status=400)
+    sn.fail_next("update_incident", refused)
+    bad = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "9", "urgency": "9"})
+    await executor.execute([bad], environment_id="env1")
+    # a later write of one of its two fields: the other still needs a person
+    other = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    await executor.execute([other], environment_id="env1")
+    [dead] = await store.list_outbox([OutboxState.DEAD])
+    assert dead.kind == "sn.update"
+    # both fields written later: closed
+    both = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "1", "urgency": "2"})
+    await executor.execute([both], environment_id="env1")
+    assert await store.list_outbox([OutboxState.DEAD]) == []
 
 
 class _NotifySink:
@@ -323,17 +346,23 @@ async def test_a_dead_item_succeeding_on_its_last_attempt_leaves_the_dlq(
     sn.fail_next("update_incident", *[_transient() for _ in range(5)])
     action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "3"})
     await executor.execute([action], environment_id="env1")
+    # B14 at the first failure: the user hears of it now, once (not once per attempt)
+    assert bp.incidents[incident_id].tags["servicenow_link"] == "error"
+    comments = [w for w in bp.writes if w[0] == "comment"]
+    assert len(comments) == 1 and "bpsync tries again" in comments[0][2]["text"]
     for _ in range(4):
         clock.advance(10)
         await executor.drive_due()
-    [item] = await store.list_outbox()
+    [item] = await _updates(store)
     assert (item.state, item.attempts) == (OutboxState.DEAD, 5)
+    assert len([w for w in bp.writes if w[0] == "comment"]) == 1
     clock.advance(10)
     await executor.drive_due()
-    [item] = await store.list_outbox()
+    [item] = await _updates(store)
     assert item.state == OutboxState.DONE
     assert executor.notifications == 0
-    assert "servicenow_link" not in bp.incidents[incident_id].tags
+    # the success puts the link back on the incident
+    assert bp.incidents[incident_id].tags["servicenow_link"].startswith("INC")
 
 
 async def test_fatal_error_propagates_and_keeps_the_item(

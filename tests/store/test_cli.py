@@ -50,7 +50,7 @@ async def _populate(url: str) -> dict[str, int]:
         )
         await store.record_audit(conflict, T0)
         dead = await store.enqueue("sn.update", f"servicenow:{SYS_NEW}", {}, "k1", T0)
-        await store.dead_letter(dead.id, "HTTP 400: Invalid field 'u_x'", T0)
+        await store.dead_letter(dead.id, "permanent: HTTP 400: Invalid field 'u_x'", T0)
         other = await store.enqueue("bp.tags", f"bigpanda:{BP}", {}, "k2", T0)
         await store.dead_letter(other.id, "HTTP 404", T0)
         return {"old": old.id, "new": new.id, "dead": dead.id, "other": other.id}
@@ -118,8 +118,13 @@ def test_dlq_list_retry_and_drop(db_url: str, capsys: pytest.CaptureFixture[str]
     ids = asyncio.run(_populate(db_url))
     code, out, _ = run(["dlq", "list"], capsys)
     assert code == 0
+    # what needs a person: the refused write; the other is still retried by bpsync
+    assert "dead letters (1 of 1); 1 more retried by bpsync (--all)" in out
+    assert "Invalid field 'u_x'" in out and "a person" in out
+    assert "HTTP 404" not in out
+    code, out, _ = run(["dlq", "list", "--all"], capsys)
     assert "dead letters (2 of 2)" in out
-    assert "Invalid field 'u_x'" in out
+    assert "HTTP 404" in out and "bpsync retries" in out
     code, _, err = run(["dlq", "retry"], capsys)
     assert code == 2
     assert "give either ITEM_ID or --all" in err

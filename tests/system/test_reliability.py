@@ -361,8 +361,8 @@ async def test_d_six_attempts_dead_after_five_notify_after_six_exactly(
             expected_state = OutboxState.PENDING if attempt < 5 else OutboxState.DEAD
             assert item.state == expected_state, seen
             assert len(received) == (1 if attempt == 6 else 0), seen
-            if attempt < 6:
-                assert (await emu.tags(bp_id))[LINK_TAG] != "error"
+            # B14 from the first failed attempt on: the user hears of it while it happens
+            assert (await emu.tags(bp_id))[LINK_TAG] == "error"
 
         # after the last attempt: nothing more is sent
         for _ in range(6):
@@ -391,9 +391,11 @@ async def test_d_six_attempts_dead_after_five_notify_after_six_exactly(
         assert "503" in errors[0].getMessage()
         assert world.engine is not None
         assert world.engine.executor.notifications == 1
-        # ... and B14 once the last attempt failed
+        # ... and B14 once per outage, not once per attempt
         assert (await emu.tags(bp_id))[LINK_TAG] == "error"
-        assert any("Injected fault" in t for t in await comments(emu, bp_id))
+        reports = [t for t in await comments(emu, bp_id) if "Injected fault" in t]
+        assert len(reports) == 1, reports
+        assert "bpsync tries again" in reports[0]
 
 
 # --------------------------------------------------------------------------- (e)
