@@ -32,15 +32,19 @@ in this cycle at all). The store counts attempts. After failed attempt ``n``:
 - ``n == min(notify_after, attempts)``: the operator is notified once
   (:mod:`sync.executor.alerts`).
 - ``n == attempts``: the last attempt failed: no more automatic attempts
-  (``bpsync dlq retry`` starts over with 0 attempts), and B14 for a ServiceNow write.
+  (``bpsync dlq retry`` starts over with 0 attempts).
+- B14 for a ServiceNow write comes with its first failed attempt (the plan's
+  ``on_refused`` steps), once per incident and outage: not again while the link tag
+  says ``error`` (:meth:`sync.executor.writes.Writes.follow_ups`).
+- A success closes the dead letters of its target that it covers (superseded).
 
 With the seed's values (6 attempts, dead-letter after 5, notify after 6): attempts 1-4
 fail -> pending, 15 minutes apart; attempt 5 fails -> dead; attempt 6 (15 minutes later,
-from the dead-letter queue) fails -> notify, B14, no more attempts.
+from the dead-letter queue) fails -> notify, no more attempts; B14 at attempt 1.
 
 A :class:`~sync.errors.PermanentError` is one attempt only: dead-lettered at once with
 the vendor's message (``last_error`` starts with ``permanent: ``; such an item is never
-re-driven automatically), the operator notified, and B14. A :class:`~sync.errors.FatalError`
+re-driven automatically), the operator notified, and B14 (unless already shown). A :class:`~sync.errors.FatalError`
 (credentials) or a :class:`~sync.errors.StoreError` (including ``FencedError``) leaves
 the item as it is and propagates: the coordinator stops the cycle.
 """
