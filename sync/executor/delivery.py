@@ -44,9 +44,10 @@ from the dead-letter queue) fails -> notify, no more attempts; B14 at attempt 1.
 
 A :class:`~sync.errors.PermanentError` is one attempt only: dead-lettered at once with
 the vendor's message (``last_error`` starts with ``permanent: ``; such an item is never
-re-driven automatically), the operator notified, and B14 (unless already shown). A :class:`~sync.errors.FatalError`
-(credentials) or a :class:`~sync.errors.StoreError` (including ``FencedError``) leaves
-the item as it is and propagates: the coordinator stops the cycle.
+re-driven automatically), the operator notified, and B14 (unless already shown). A
+:class:`~sync.errors.FatalError` (credentials) or a :class:`~sync.errors.StoreError`
+(including ``FencedError``) leaves the item as it is and propagates: the coordinator
+stops the cycle.
 """
 
 from __future__ import annotations
