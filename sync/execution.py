@@ -21,6 +21,7 @@ from sync.held import keep_held
 from sync.model import BPIncident
 from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
+from sync.planner import share_decision
 from sync.progress import Progress
 from sync.store.base import Cursor
 
@@ -123,9 +124,18 @@ class CycleRun:
         c = self._c
         by_env: dict[str, list[BPIncident]] = {}
         pairs: dict[str, Pair] = {}
+        now = c.clock.now()
         for pair in fresh:
             assert pair.bp is not None
             assert pair.environment_id is not None
+            # [share] before anything is read: not shared -> finished; too young -> its
+            # change stays open (the cursor waits for it; polled and asked again)
+            decision = share_decision(pair.bp, c.settings, now)
+            if decision is False:
+                self.progress.finish((ch.key for ch in pair.changes), ok=True)
+                continue
+            if decision is not True:
+                continue
             by_env.setdefault(pair.environment_id, []).append(pair.bp)
             pairs[pair.bp.id] = pair
         envs = sorted(by_env, key=lambda env: min(i.start or 0 for i in by_env[env]))

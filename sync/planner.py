@@ -79,7 +79,7 @@ need the alerts expanded (they are skipped when ``inp.bp`` lists alert ids but n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sync.actions import (
@@ -93,6 +93,7 @@ from sync.actions import (
     ResolveBigPanda,
     ResolveServiceNow,
 )
+from sync.bpql import compile_bpql
 from sync.constants import (
     BP_COMMENT_MAX,
     MIRROR_MARKER,
@@ -104,6 +105,7 @@ from sync.describe import build_texts, clip, incident_links
 from sync.fieldsync import LinkedPair, on_refused, on_success, sync_fields, text_updatable
 from sync.followups import after_create, on_refusal
 from sync.mapping import (
+    BP_INCIDENT_ATTRIBUTES,
     compile_rules,
     configured_create_fields,
     mapped_create_values,
@@ -118,7 +120,7 @@ from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import Settings
 
-__all__ = ["plan", "resolve_still_wanted"]
+__all__ = ["plan", "resolve_still_wanted", "share_decision"]
 
 
 def plan(inp: PlanInput, settings: Settings, now: datetime) -> list[Action]:
@@ -126,7 +128,7 @@ def plan(inp: PlanInput, settings: Settings, now: datetime) -> list[Action]:
     link = inp.link
     if link is None:
         # B1: no link yet -> create when BigPanda is active in a shared environment
-        return _plan_create(inp, settings)
+        return _plan_create(inp, settings, now)
     if link.state is LinkState.PENDING:
         # a create is in flight: the executor's recovery confirms or retries it
         return []
@@ -153,8 +155,34 @@ def _shared_environment(inp: PlanInput, settings: Settings) -> str | None:
     return None
 
 
+def share_decision(bp: BPIncident, settings: Settings, now: datetime) -> datetime | bool:
+    """Does this BigPanda incident get a ServiceNow ticket now (``[share]``)? True: yes;
+    False: not while it does not match ``share.filter``; a time: it matches, but it is
+    younger than ``share.delay``: not before then. ``share.manual_tag`` set to ``true``
+    (a person asked for a ticket) wins over the filter and the delay. Decided on the
+    incident as the poll lists it (status, severity, tags): before its alerts are read.
+    """
+    share = settings.share
+    if share.manual_tag and bp.tags.get(share.manual_tag, "").strip().lower() == "true":
+        return True
+    if share.filter and not compile_bpql(share.filter)(lambda name: _bpql_values(bp, name)):
+        return False
+    if share.delay > 0 and bp.start is not None:
+        ready = datetime.fromtimestamp(bp.start, UTC) + timedelta(seconds=share.delay)
+        if now < ready:
+            return ready
+    return True
+
+
+def _bpql_values(bp: BPIncident, name: str) -> list[str]:
+    if name in BP_INCIDENT_ATTRIBUTES:
+        return [BP_INCIDENT_ATTRIBUTES[name](bp).lower()]
+    value = bp.tags.get(name)
+    return [] if value is None else [value]
+
+
 def _plan_create(
-    inp: PlanInput, settings: Settings, previous_link_id: int | None = None
+    inp: PlanInput, settings: Settings, now: datetime, previous_link_id: int | None = None
 ) -> list[Action]:
     bp = inp.bp
     if bp is None or not bp.active:
@@ -163,6 +191,10 @@ def _plan_create(
     env = _shared_environment(inp, settings)
     if env is None:
         # not in an environment shared with ServiceNow
+        return []
+    if share_decision(bp, settings, now) is not True:
+        # not shared by the [share] rules (yet): no ticket; an incident with a link
+        # keeps syncing whatever the rules say (only creates ask)
         return []
     # a batched correlation check that found nothing spares the create its own search;
     # a replacement after a reopen searches anyway (the old incident shares the id)
@@ -276,7 +308,7 @@ def _plan_resolved(pair: LinkedPair) -> list[Action]:
             # B9: reopened inside the window -> reopen the same ServiceNow incident
             return [*sync_fields(pair), _reopen(pair), MarkLinkLinked(link_id=link.id)]
         # B9: closed/canceled, window over or reopen off -> a new incident, linked to the old
-        return _plan_create(inp, pair.settings, previous_link_id=link.id)
+        return _plan_create(inp, pair.settings, pair.now, previous_link_id=link.id)
     if not sn_resolved:
         # ServiceNow reopened while BigPanda stays resolved: BigPanda has no reopen API;
         # leave both alone (the link turns live when BigPanda reopens too)

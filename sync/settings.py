@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sync.bpql import compile_bpql
 from sync.clients.pacing import PacingPolicy
 from sync.errors import ConfigError
 
@@ -282,6 +283,30 @@ class RetrySettings(_Section):
     notify_url: str | None = None
 
 
+class ShareSettings(_Section):
+    """``[share]``: which BigPanda incidents get a ServiceNow ticket (besides
+    ``bigpanda.environments``). An incident that stops matching keeps its link."""
+
+    filter: str = ""
+    """BPQL over the incident's status, severity and tags (``severity = critical AND
+    NOT env = test``); empty: every incident. Checked at start."""
+    delay: Duration = 0.0
+    """Create only once the incident is this old (BigPanda recommends about 3 minutes,
+    so AI tags arrive first); 0: at once."""
+    manual_tag: str | None = None
+    """An incident with this tag set to ``true`` gets a ticket whatever the filter and
+    the delay (a person asked for one)."""
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_compiles(cls, value: str) -> str:
+        try:
+            compile_bpql(value)
+        except ValueError as exc:
+            raise ValueError(f"share.filter is not valid BPQL: {exc}") from None
+        return value
+
+
 class GuardSettings(_Section):
     """``[guard]``: refuse mass changes until an operator confirms (``bpsync run --force``)."""
 
@@ -354,6 +379,7 @@ class Settings(BaseSettings):
     tag_mapping: list[TagMappingRule] = Field(default_factory=list)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
+    share: ShareSettings = Field(default_factory=ShareSettings)
     pacing: PacingSettings = Field(default_factory=PacingSettings)
 
     state_dir: Path = Path("./var")

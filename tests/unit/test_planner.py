@@ -638,6 +638,7 @@ PURE_MODULES = (
     "sync.sizes",
     "sync.followups",
     "sync.fieldsync",
+    "sync.bpql",
 )
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 
