@@ -164,6 +164,22 @@ class ResolveBigPanda:
 
 
 @dataclass(frozen=True, slots=True)
+class SnoozeBigPanda:
+    """ServiceNow On Hold -> snooze the BigPanda incident until ``end_time`` (epoch s);
+    ``end_time`` None: unsnooze (On Hold left)."""
+
+    link_id: int
+    bp_incident_id: str
+    environment_id: str
+    end_time: int | None
+    sys_id: str | None = None
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: ClassVar[str] = "bp.snooze"
+    side: ClassVar[Side] = Side.BIGPANDA
+
+
+@dataclass(frozen=True, slots=True)
 class ReopenServiceNow:
     """B9: a BigPanda reopen inside the window moves the same ServiceNow incident to In Progress."""
 
@@ -266,6 +282,7 @@ Action = (
     | ResolveServiceNow
     | ResolveBigPanda
     | ReopenServiceNow
+    | SnoozeBigPanda
     | CommentBigPanda
     | SetLinkTag
     | MarkLinkResolved
@@ -300,6 +317,7 @@ __all__ = [
     "ResolveServiceNow",
     "SNIncident",
     "SetLinkTag",
+    "SnoozeBigPanda",
     "UpdateBigPandaTags",
     "UpdateServiceNowFields",
 ]

@@ -55,7 +55,9 @@ class BPIncident:
     alerts: tuple[BPAlert, ...] = ()
     """Expanded alerts; empty when the incident was fetched without ``expand=alerts``."""
     alert_ids: tuple[str, ...] = ()
-    """AI Incident Analysis summary, when known."""
+    """The alerts' ids (known with or without ``expand=alerts``)."""
+    snoozed: bool = False
+    """Snoozed (``snooze.snoozed``; it sits in the ``snoozed`` folder, not ``active``)."""
 
 
 @dataclass(frozen=True, slots=True)

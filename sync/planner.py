@@ -114,6 +114,7 @@ from sync.mapping import (
     static_lookups,
 )
 from sync.model import BPIncident, Link, LinkState, SNIncident
+from sync.onhold import plan_hold
 from sync.primary import parse_criteria, pick_primary_alert
 from sync.sizes import DEFAULT_SIZES, FieldSizes, fit
 
@@ -276,6 +277,8 @@ def _plan_linked(pair: LinkedPair) -> list[Action]:
     actions = sync_fields(pair)
     bp_active = inp.bp.active if inp.bp is not None else True  # linked: last seen active
     sn_resolved = inp.sn.resolved if inp.sn is not None else False
+    if bp_active and not sn_resolved:
+        actions += plan_hold(pair)  # On Hold <-> snooze (hold_to_snooze)
     if not bp_active and sn_resolved:
         # both resolved: the link is resolved; reopen allowed until the deadline (B9)
         actions.append(

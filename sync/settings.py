@@ -254,6 +254,13 @@ class IncidentSettings(_Section):
     overrides), e.g. ``{contact_type = "monitoring", u_source = "BigPanda"}``; a mapped
     value for the same field wins."""
     opened_at_from_start: bool = True
+    hold_to_snooze: bool = False
+    """ServiceNow On Hold <-> BigPanda snooze: On Hold snoozes the BigPanda incident,
+    leaving it unsnoozes it; a snooze and an unsnooze set and clear On Hold."""
+    snooze_max: Duration = Field(default=89 * 86400.0, gt=0, le=90 * 86400.0)
+    """How long an On Hold snoozes the BigPanda incident (snoozes near 90 days fail)."""
+    hold_reason: str = Field(default="1", min_length=1)
+    """``hold_reason`` written with On Hold from a BigPanda snooze (1: Awaiting Caller)."""
     """``opened_at`` of a created incident = the BigPanda incident's start (UTC)."""
 
     @field_validator("static_fields")

@@ -164,6 +164,14 @@ class BigPandaAPI(Protocol):
         """One cheap authorised call; raises FatalError when the key is refused."""
         ...
 
+    async def snooze_incident(
+        self, environment_id: str, incident_id: str, end_time: int, comment: str | None = None
+    ) -> None:
+        """Snooze the incident until ``end_time`` (epoch s)."""
+        ...
+
+    async def unsnooze_incident(self, environment_id: str, incident_id: str) -> None: ...
+
     async def list_tag_definitions(
         self, *, active: bool | None = None, tag_type: str | None = None
     ) -> list[BPTagDefinition]:

@@ -30,6 +30,7 @@ from sync.actions import (
     ResolveBigPanda,
     ResolveServiceNow,
     SetLinkTag,
+    SnoozeBigPanda,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
@@ -46,6 +47,7 @@ WriteAction = (
     | ResolveServiceNow
     | ResolveBigPanda
     | ReopenServiceNow
+    | SnoozeBigPanda
     | CommentBigPanda
     | SetLinkTag
 )
@@ -60,6 +62,7 @@ WRITE_CLASSES: dict[str, type[Any]] = {
         ReopenServiceNow,
         UpdateBigPandaTags,
         ResolveBigPanda,
+        SnoozeBigPanda,
         CommentBigPanda,
         SetLinkTag,
     )

@@ -43,6 +43,7 @@ from sync.actions import (
     ResolveBigPanda,
     ResolveServiceNow,
     SetLinkTag,
+    SnoozeBigPanda,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
@@ -445,6 +446,18 @@ async def _comment_bigpanda(w: Writes, action: CommentBigPanda, call: WriteCall)
     await w.bp.add_comment(action.environment_id, action.bp_incident_id, action.text)
 
 
+async def _snooze_bigpanda(w: Writes, action: SnoozeBigPanda, call: WriteCall) -> None:
+    env, bp_id = action.environment_id, action.bp_incident_id
+    want = action.end_time is not None
+    current = await w.bp.get_incident(env, bp_id, expand_alerts=False) if call.recheck else None
+    if current is None or current.snoozed != want:
+        if action.end_time is not None:
+            await w.bp.snooze_incident(env, bp_id, action.end_time)
+        else:
+            await w.bp.unsnooze_incident(env, bp_id)
+    call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
+
+
 async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> None:
     value = action.value
     if value is None:  # the link's number and URL, as the create left them
@@ -484,4 +497,5 @@ HANDLERS: dict[type[WriteAction], Handler] = {
     ResolveBigPanda: _resolve_bigpanda,
     CommentBigPanda: _comment_bigpanda,
     SetLinkTag: _set_link_tag,
+    SnoozeBigPanda: _snooze_bigpanda,
 }

@@ -18,6 +18,7 @@ from sync.actions import (
     ResolveBigPanda,
     ResolveServiceNow,
     SetLinkTag,
+    SnoozeBigPanda,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
@@ -85,6 +86,7 @@ EVERY_WRITE: list[WriteAction] = [
     ReopenServiceNow(7, BP, SYS, "reopened in BigPanda"),
     CommentBigPanda(BP, ENV, "ServiceNow refused the sn.update write: no", link_id=7),
     SetLinkTag(BP, ENV, "servicenow_link", "INC0010001 https://sn/x", link_id=7),
+    SnoozeBigPanda(7, BP, ENV, 1_800_000_000, SYS, record_bp={"$snoozed": "true"}),
 ]
 
 #: the same writes with only the required fields (the defaults round-trip too)
@@ -97,6 +99,7 @@ MINIMAL_WRITES: list[WriteAction] = [
     ReopenServiceNow(7, BP, SYS, ""),
     CommentBigPanda(BP, ENV, "text"),
     SetLinkTag(BP, ENV, "servicenow_link", "error"),
+    SnoozeBigPanda(7, BP, ENV, None),
 ]
 
 
@@ -174,6 +177,7 @@ def test_targets() -> None:
         "bp.resolve": f"bigpanda:{BP}",
         "bp.comment": f"bigpanda:{BP}",
         "bp.link_tag": f"bigpanda:{BP}",
+        "bp.snooze": f"bigpanda:{BP}",
     }
 
 

@@ -639,6 +639,7 @@ PURE_MODULES = (
     "sync.followups",
     "sync.fieldsync",
     "sync.bpql",
+    "sync.onhold",
 )
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 

@@ -94,6 +94,7 @@ from sync.clients.bigpanda.paths import (
     SEARCH_RESULT_CAP,
     SEARCH_SORTS,
     SIDE,
+    SNOOZE_PATH,
     TAG_DEFINITIONS_PATH,
     TAG_PATH,
     TAGS_PATH,
@@ -459,6 +460,21 @@ class BigPandaClient:
         await self._request(
             Family.COMMENTS, "POST", COMMENTS_PATH, path, json_body={"comment": text}
         )
+
+    async def snooze_incident(
+        self, environment_id: str, incident_id: str, end_time: int, comment: str | None = None
+    ) -> None:
+        """``PUT .../snooze {"end_time", "comment"?}`` (204; docs 4): until ``end_time``."""
+        path = self._incident_path(SNOOZE_PATH, environment_id, incident_id)
+        body: dict[str, Any] = {"end_time": int(end_time)}
+        if comment:
+            body["comment"] = comment
+        await self._request(Family.SNOOZE, "PUT", SNOOZE_PATH, path, json_body=body)
+
+    async def unsnooze_incident(self, environment_id: str, incident_id: str) -> None:
+        """``DELETE .../snooze`` (204)."""
+        path = self._incident_path(SNOOZE_PATH, environment_id, incident_id)
+        await self._request(Family.SNOOZE, "DELETE", SNOOZE_PATH, path)
 
     async def list_activities(
         self, incident_id: str, *, types: Sequence[str] | None = None

@@ -159,7 +159,15 @@ def _parse_incident(data: Any) -> BPIncident:
         tags=_incident_tags(data.get("incident_tags")),
         alerts=tuple(alerts),
         alert_ids=tuple(alert_ids),
+        snoozed=_snoozed(data.get("snooze"), folders),
     )
+
+
+def _snoozed(snooze: Any, folders: Any) -> bool:
+    """``snooze.snoozed`` (the docs' shape), else membership of the ``snoozed`` folder."""
+    if isinstance(snooze, Mapping) and isinstance(snooze.get("snoozed"), bool):
+        return bool(snooze["snoozed"])
+    return isinstance(folders, list) and "snoozed" in folders
 
 
 def parse_incident(data: Any) -> BPIncident:
