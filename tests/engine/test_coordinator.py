@@ -112,7 +112,7 @@ async def test_servicenow_changes_in_one_second_are_all_seen(
     await coordinator.run_cycle()
     assert [i.sn.fields["impact"] for i in planner.take() if i.sn] == ["1"]
     sn.change(sys_ids[1], impact="2")  # the same second as the previous change
-    sn.change(sys_ids[0], urgency="3")
+    sn.change(sys_ids[0], urgency="1")
     await coordinator.run_cycle()
     seen = {i.sn.sys_id: i for i in planner.take() if i.sn}
     assert set(seen) == set(sys_ids)

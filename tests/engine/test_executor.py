@@ -344,7 +344,7 @@ async def test_a_dead_item_succeeding_on_its_last_attempt_leaves_the_dlq(
     executor = Executor(store, sn, bp, settings, clock)
     incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
     sn.fail_next("update_incident", *[_transient() for _ in range(5)])
-    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "3"})
+    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
     await executor.execute([action], environment_id="env1")
     # B14 at the first failure: the user hears of it now, once (not once per attempt)
     assert bp.incidents[incident_id].tags["servicenow_link"] == "error"
@@ -385,18 +385,18 @@ async def test_writes_to_one_target_keep_their_order(
     incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
     sn.fail_next("update_incident", *[_transient() for _ in range(3)])
     old = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "1"})
-    new = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "3"})
+    new = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
     assert (await executor.execute([old], environment_id="env1")).outcomes == [
         ("sn.update", "retry")
     ]
     assert (await executor.execute([new], environment_id="env1")).outcomes == [
         ("sn.update", "queued")
     ]
-    assert sn.incidents[sys_id].get("impact") is None
+    assert sn.incidents[sys_id]["impact"] == "3"  # the table's default, untouched
     clock.advance(60)
     await executor.drive_due()
-    assert [w[2] for w in sn.writes] == [{"impact": "1"}, {"impact": "3"}]
-    assert sn.incidents[sys_id]["impact"] == "3"
+    assert [w[2] for w in sn.writes] == [{"impact": "1"}, {"impact": "2"}]
+    assert sn.incidents[sys_id]["impact"] == "2"
 
 
 async def test_in_flight_item_of_a_crashed_process_is_sent_again(

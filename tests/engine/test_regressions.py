@@ -77,6 +77,7 @@ async def test_tag_write_retried_in_cycle_after_a_partial_success_is_no_echo(
     """set_tags landed, then delete_tag failed: the in-cycle retry re-sent set_tags."""
     executor = Executor(store, sn, bp, make_settings(), clock)
     incident = bp.add_incident(tags={"team": "a"})
+    bp.define_tags("sev")  # a tag must be defined before it can be set
     bp.fail_next("delete_tag", _down("bigpanda"))
     action = UpdateBigPandaTags(1, incident.id, "env1", {"sev": "high"}, remove_tags=("team",))
     link = await store.create_pending_link(incident.id, clock.now())
