@@ -261,6 +261,19 @@ class RecordSynced:
 
 
 @dataclass(frozen=True, slots=True)
+class FreezeField:
+    """Store only: stop writing ``field`` (a ServiceNow field and the tags mapped to it)
+    for this pair: it flipped ``writes`` times within the guard's window. Logged
+    (WARNING), counted, shown by ``bpsync links show``; ``links release`` ends it."""
+
+    link_id: int
+    bp_incident_id: str
+    field: str
+    writes: int
+    kind: ClassVar[str] = "guard.freeze"
+
+
+@dataclass(frozen=True, slots=True)
 class RecordConflict:
     """B6: both sides changed ``sn_field``/``bp_tag``; ``winner`` per conflict_policy. Audited."""
 
@@ -289,11 +302,13 @@ Action = (
     | MarkLinkLinked
     | RecordSynced
     | RecordConflict
+    | FreezeField
 )
 
 #: actions that only touch the store (no HTTP write)
 STORE_ONLY_KINDS = frozenset(
-    cls.kind for cls in (MarkLinkResolved, MarkLinkLinked, RecordSynced, RecordConflict)
+    cls.kind
+    for cls in (MarkLinkResolved, MarkLinkLinked, RecordSynced, RecordConflict, FreezeField)
 )
 
 
@@ -305,6 +320,7 @@ __all__ = [
     "CreateServiceNowIncident",
     "FieldState",
     "FollowUp",
+    "FreezeField",
     "Link",
     "MarkLinkLinked",
     "MarkLinkResolved",

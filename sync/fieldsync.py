@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING
 
 from sync.actions import (
     Action,
+    CommentBigPanda,
     FollowUp,
+    FreezeField,
     PlanInput,
     RecordConflict,
     RecordSynced,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
-from sync.constants import Side
-from sync.describe import build_texts
+from sync.constants import BP_COMMENT_MAX, MIRROR_MARKER, Side
+from sync.describe import build_texts, clip
+from sync.flipflop import FLIPS, Flips, frozen_fields
 from sync.followups import after_servicenow_write, on_refusal
 from sync.mapping import (
     UNMAPPED,
@@ -120,8 +123,11 @@ def _newest_wins(bp: BPIncident | None, sn: SNIncident | None) -> Side:
 def sync_fields(pair: LinkedPair) -> list[Action]:
     inp, settings, link = pair.inp, pair.settings, pair.link
     opts = settings.incidents
-    rules = compile_rules(settings, inp.sizes, inp.labels)
     synced = inp.synced
+    frozen = frozen_fields(synced)  # left alone until `bpsync links release`
+    rules = tuple(
+        r for r in compile_rules(settings, inp.sizes, inp.labels) if r.field not in frozen
+    )
 
     bp_now: dict[str, str | None] = {}
     sn_now: dict[str, str | None] = {}
@@ -245,7 +251,55 @@ def sync_fields(pair: LinkedPair) -> list[Action]:
         sn_changed=sn_changed,
     )
     _sync_texts(pair, fp)
-    return _field_actions(pair, fp)
+    freezes = _guard_flips(pair, fp, rules)
+    return [*_field_actions(pair, fp), *freezes]
+
+
+def _guard_flips(pair: LinkedPair, fp: _FieldPlan, rules: tuple[FieldRule, ...]) -> list[Action]:
+    """Count this plan's writes per ServiceNow field (:mod:`sync.flipflop`): remember
+    them with the write, or freeze a field written too often and drop its writes."""
+    flips = Flips(pair.inp.synced, pair.settings.guard, pair.now)
+    tags_of: dict[str, set[str]] = {}
+    for rule in rules:
+        tags_of.setdefault(rule.field, set()).add(rule.tag)
+    written = set(fp.sn_writes) | {
+        field for field, tags in tags_of.items() if tags & fp.bp_writes.keys()
+    }
+    actions: list[Action] = []
+    link = pair.link
+    for name in sorted(written):
+        writes, history = flips.count(name)
+        if not flips.too_many(writes):
+            record = fp.sn_record_sn if name in fp.sn_writes else fp.bp_record_sn
+            record[FLIPS + name] = history
+            continue
+        # nothing of the field is written or remembered: released, it syncs as usual
+        fp.sn_writes.pop(name, None)
+        fp.sn_record_sn.pop(name, None)
+        fp.bp_record_sn.pop(name, None)
+        fp.ack_sn.pop(name, None)
+        for tag in tags_of.get(name, ()):
+            fp.bp_writes.pop(tag, None)
+            fp.bp_record_bp.pop(tag, None)
+            fp.sn_record_bp.pop(tag, None)
+            fp.ack_bp.pop(tag, None)
+        actions.append(FreezeField(link.id, link.bp_incident_id, name, writes))
+        if pair.environment_id:
+            text = (
+                f"{MIRROR_MARKER} bpsync stopped syncing {name}: it was rewritten {writes} "
+                f"times within {int(pair.settings.guard.flip_flop_window)} s (a rule on "
+                "either side keeps changing it back). `bpsync links release "
+                f"{link.id}` resumes it."
+            )
+            actions.append(
+                CommentBigPanda(
+                    link.bp_incident_id,
+                    pair.environment_id,
+                    clip(text, BP_COMMENT_MAX),
+                    link_id=link.id,
+                )
+            )
+    return actions
 
 
 def _propagate(

@@ -1,4 +1,5 @@
-"""``bpsync links list|show``: look at the link store's pairs, their history and audit."""
+"""``bpsync links list|show|release``: look at the link store's pairs, their history and
+audit; resume the fields the flip-flop guard froze."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from rich.table import Table
 
 from sync.cli.common import run_async
 from sync.cli.db import cli_store, console, when
+from sync.clock import SystemClock
+from sync.constants import Side
 from sync.errors import BpsyncError
+from sync.flipflop import frozen_fields, released
 from sync.model import Link, LinkState
 from sync.store.base import AuditEntry
 from sync.store.sql import SqlStore
@@ -90,7 +94,7 @@ def show(ctx: click.Context, key: str, audit_limit: int) -> None:
     """Show one link (by link id, BigPanda incident id or ServiceNow sys_id): its history
     across reopens, the last synced field values and the recent audit."""
 
-    async def run() -> tuple[list[Link], Link, dict[int, list[AuditEntry]], Table]:
+    async def run() -> tuple[list[Link], Link, dict[int, list[AuditEntry]], Table, list[str]]:
         async with cli_store(ctx) as store:
             history = await _find(store, key)
             if not history:
@@ -107,12 +111,17 @@ def show(ctx: click.Context, key: str, audit_limit: int) -> None:
             field_table.add_column(name)
         for (side, name), state in sorted(fields.items()):
             field_table.add_row(side.value, name, state.value or "", when(state.synced_at))
-        return history, chosen, audits, field_table
+        return history, chosen, audits, field_table, sorted(frozen_fields(fields))
 
-    history, chosen, audits, field_table = run_async(run())
+    history, chosen, audits, field_table, frozen = run_async(run())
     out = console()
     out.print(_links_table(f"BigPanda incident {chosen.bp_incident_id}: history", history))
     out.print(field_table)
+    if frozen:
+        out.print(
+            f"frozen (a loop with a rule on either side; `bpsync links release "
+            f"{chosen.id}` resumes): {', '.join(frozen)}"
+        )
     entries = sorted((e for rows in audits.values() for e in rows), key=lambda e: -e.id)
     audit_table = Table(title="recent audit")
     for name in ("at", "link", "kind", "outcome", "field", "BigPanda value", "ServiceNow value"):
@@ -128,3 +137,28 @@ def show(ctx: click.Context, key: str, audit_limit: int) -> None:
             entry.sn_value or "",
         )
     out.print(audit_table)
+
+
+@links.command()
+@click.argument("link_id", type=int)
+@click.pass_context
+def release(ctx: click.Context, link_id: int) -> None:
+    """Resume the fields the flip-flop guard froze on this link (``guard.flip_flop_*``):
+    what changed meanwhile syncs in the next cycle."""
+
+    async def run() -> list[str]:
+        async with cli_store(ctx) as store:
+            if await store.get_link(link_id) is None:
+                raise BpsyncError(f"no link {link_id}")
+            fields = frozen_fields(await store.field_states(link_id))
+            if fields:
+                await store.record_field_states(
+                    link_id, Side.SERVICENOW, released(fields), SystemClock().now()
+                )
+            return sorted(fields)
+
+    fields = run_async(run())
+    if fields:
+        click.echo(f"released on link {link_id}: {', '.join(fields)}")
+    else:
+        click.echo(f"nothing frozen on link {link_id}")

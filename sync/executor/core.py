@@ -34,6 +34,7 @@ from sync.actions import (
     STORE_ONLY_KINDS,
     Action,
     CreateServiceNowIncident,
+    FreezeField,
     MarkLinkLinked,
     MarkLinkResolved,
     RecordConflict,
@@ -49,6 +50,7 @@ from sync.executor.codec import (
 )
 from sync.executor.delivery import DEFAULT_DRIVE_LIMIT, DEFAULT_LEASE_S, Delivery, DriveReport
 from sync.executor.writes import Writes
+from sync.flipflop import FLIPS, FROZEN
 from sync.followups import after_adoption
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
@@ -209,7 +211,7 @@ class Executor:
             await self._apply_store_only(action)
             return "ok"
         assert not isinstance(
-            action, MarkLinkLinked | MarkLinkResolved | RecordSynced | RecordConflict
+            action, MarkLinkLinked | MarkLinkResolved | RecordSynced | RecordConflict | FreezeField
         )
         if isinstance(action, CreateServiceNowIncident):
             return await self._start_create(action, result)
@@ -229,6 +231,17 @@ class Executor:
             await self._store.set_link_state(action.link_id, LinkState.LINKED, now)
         elif isinstance(action, RecordSynced):
             await self._writes.record(action.link_id, action.record_bp, action.record_sn)
+        elif isinstance(action, FreezeField):
+            state = {FROZEN + action.field: "true", FLIPS + action.field: None}
+            await self._writes.record(action.link_id, {}, state)
+            log.warning(
+                "%s frozen for this pair: written %d times within the guard's window (a rule "
+                "on either side keeps changing it); `bpsync links release %d` resumes it",
+                action.field,
+                action.writes,
+                action.link_id,
+                extra={"bp_incident_id": action.bp_incident_id, "link_id": action.link_id},
+            )
         elif isinstance(action, RecordConflict):
             await self._store.record_audit(
                 NewAuditEntry(

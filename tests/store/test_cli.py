@@ -162,3 +162,28 @@ def test_unreachable_database_is_one_line(
     assert err.startswith("bpsync: error: database postgresql+asyncpg://u:****@127.0.0.1:1/db:")
     assert "hunter2" not in err
     assert err.count("\n") == 1
+
+
+def test_links_show_names_frozen_fields_and_release_resumes_them(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = asyncio.run(_populate(db_url))
+
+    async def freeze() -> None:
+        store = await open_store(db_url)
+        try:
+            frozen = {"$frozen:impact": "true", "$flips:impact": "1 2 3"}
+            await store.record_field_states(ids["new"], Side.SERVICENOW, frozen, T0)
+        finally:
+            await store.close()
+
+    asyncio.run(freeze())
+    code, out, _ = run(["links", "show", str(ids["new"])], capsys)
+    assert code == 0
+    assert f"`bpsync links release {ids['new']}` resumes): impact" in out
+    code, out, _ = run(["links", "release", str(ids["new"])], capsys)
+    assert (code, out.strip()) == (0, f"released on link {ids['new']}: impact")
+    code, out, _ = run(["links", "release", str(ids["new"])], capsys)
+    assert out.strip() == f"nothing frozen on link {ids['new']}"
+    code, _, err = run(["links", "release", "999999"], capsys)
+    assert code == 1 and "no link 999999" in err

@@ -496,3 +496,54 @@ async def test_a_choice_field_by_label_when_the_row_says_so(world: World, emu: E
     await emu.set_tags(bp_id, impact_label="No Such Level")  # not a label: left alone
     await settle(world)
     assert (await emu.sn_get(sn["sys_id"]))["impact"] == "2"
+
+
+# --------------------------------------------------------------------------- loops
+
+
+async def test_a_field_two_rules_fight_over_is_frozen_then_released(
+    world: World, emu: Emu, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(world)
+    assert isinstance(world.clock, FakeClock)
+    bp_id = await emu.new_incident("loop-01", check="cpu")
+    await emu.set_tags(bp_id, impact_level="high")
+    await settle(world)
+    sn = await emu.sn_one_for(bp_id)
+    writes_per_step: list[int] = []
+    for step in range(10):  # a ServiceNow rule and a BigPanda enrichment fight
+        before = await world.writes()
+        if step % 2 == 0:
+            await emu.sn_patch(sn["sys_id"], {"impact": "3"})
+        else:
+            await emu.set_tags(bp_id, impact_level="high")
+        world.clock.advance(5)
+        assert (await world.cycle()).ok
+        writes_per_step.append(await world.writes() - before - 1)  # minus the rule's own
+    # bpsync wrote 6 times, then froze the field (its comment is the one write after)
+    assert sum(1 for w in writes_per_step if w) <= 7, writes_per_step
+    assert writes_per_step[-2:] == [0, 0], writes_per_step
+    assert caplog.text.count("impact frozen for this pair") == 1
+    comments = [t for t in await _comments(emu, bp_id) if "bpsync stopped syncing impact" in t]
+    assert len(comments) == 1
+    assert world.engine is not None
+    link = await world.engine.store.live_link_for_bp(bp_id)
+    assert link is not None
+
+    # released: the field syncs again (the ServiceNow value of the last step wins... or
+    # the BigPanda one: whichever changed since the freeze)
+    from sync.constants import Side
+    from sync.flipflop import released
+
+    await world.engine.store.record_field_states(
+        link.id, Side.SERVICENOW, released(["impact"]), world.clock.now()
+    )
+    await emu.set_tags(bp_id, impact_level="medium")
+    world.clock.advance(700)  # the old writes leave the window
+    await settle(world)
+    assert (await emu.sn_get(sn["sys_id"]))["impact"] == "2"
+
+
+async def _comments(emu: Emu, bp_id: str) -> list[str]:
+    activities = await emu.activities(bp_id, ["incident_commented"])
+    return [str(a["params"].get("comment", "")) for a in activities]

@@ -17,6 +17,7 @@ from sync.actions import (
     Action,
     CommentBigPanda,
     CreateServiceNowIncident,
+    FreezeField,
     MarkLinkLinked,
     MarkLinkResolved,
     PlanInput,
@@ -65,6 +66,11 @@ ALERT = BPAlert(
     secondary_property="check",
     tags={"host": "db-1", "check": "cpu"},
 )
+
+
+def synced_values(record: Mapping[str, str | None]) -> dict[str, str | None]:
+    """A write's recorded values without the flip-flop guard's memory ($flips:...)."""
+    return {k: v for k, v in record.items() if not k.startswith("$")}
 
 
 def make_settings(
@@ -288,7 +294,7 @@ def test_bigpanda_change_updates_servicenow_in_one_action() -> None:
     assert (update.link_id, update.sys_id, update.bp_incident_id) == (7, SYS_ID, BP_ID)
     assert update.fields == {"impact": "2", "urgency": "2", "u_team": "web"}
     assert update.record_bp == {"severity": "warning", "team": "web"}
-    assert update.record_sn == {"impact": "2", "urgency": "2", "u_team": "web"}
+    assert synced_values(update.record_sn) == {"impact": "2", "urgency": "2", "u_team": "web"}
 
 
 def test_bigpanda_change_with_unchanged_servicenow_side_none() -> None:
@@ -306,7 +312,7 @@ def test_servicenow_change_updates_bigpanda() -> None:
     assert update.tags == {"team": "web", "group": "grp-sys-id"}
     assert update.remove_tags == ()
     assert update.record_bp == {"team": "web", "group": "grp-sys-id"}
-    assert update.record_sn == {"u_team": "web", "assignment_group": "grp-sys-id"}
+    assert synced_values(update.record_sn) == {"u_team": "web", "assignment_group": "grp-sys-id"}
 
 
 def test_emptied_field_removes_the_tag_and_removed_tag_clears_the_field() -> None:
@@ -318,7 +324,7 @@ def test_emptied_field_removes_the_tag_and_removed_tag_clears_the_field() -> Non
     [to_sn] = plan(linked(make_bp(tags={}), make_sn()), s, NOW)
     assert isinstance(to_sn, UpdateServiceNowFields)
     assert to_sn.fields == {"u_team": ""}  # ServiceNow clears a field sent as ""
-    assert to_sn.record_sn == {"u_team": None}
+    assert synced_values(to_sn.record_sn) == {"u_team": None}
 
 
 def test_servicenow_field_not_fetched_counts_as_unchanged() -> None:
@@ -409,7 +415,7 @@ def test_conflict_policy(policy: str, sn_updated: datetime, winner: Side) -> Non
     else:
         tags = only(actions, UpdateBigPandaTags)
         assert tags.tags == {"team": "sn-team"}
-        assert tags.record_sn == {"u_team": "sn-team"}
+        assert synced_values(tags.record_sn) == {"u_team": "sn-team"}
         assert not [a for a in actions if isinstance(a, UpdateServiceNowFields)]
     assert not [a for a in actions if isinstance(a, RecordSynced)]
 
@@ -438,7 +444,7 @@ def test_written_tag_is_passed_on_to_rules_that_read_it() -> None:
     assert only(actions, UpdateBigPandaTags).tags == {"team": "web"}
     update = only(actions, UpdateServiceNowFields)
     assert update.fields == {"u_team_copy": "web"}
-    assert update.record_sn == {"u_team_copy": "web"}
+    assert synced_values(update.record_sn) == {"u_team_copy": "web"}
 
 
 # ====================================================================== generated texts
@@ -463,7 +469,7 @@ def test_description_rewritten_only_when_listed_and_changed() -> None:
     assert isinstance(update, UpdateServiceNowFields)
     assert set(update.fields) == {"description"}
     assert "1 Critical, 1 Warning" in update.fields["description"]
-    assert update.record_sn == {"description": update.fields["description"]}
+    assert synced_values(update.record_sn) == {"description": update.fields["description"]}
     # alerts not expanded: the text cannot be built, nothing is rewritten
     unexpanded = make_bp(alerts=(), alert_ids=("al-1", "al-2"))
     assert plan(linked(unexpanded, None, synced=synced), s, NOW) == []
@@ -640,6 +646,7 @@ PURE_MODULES = (
     "sync.fieldsync",
     "sync.bpql",
     "sync.onhold",
+    "sync.flipflop",
 )
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 
@@ -692,3 +699,54 @@ def test_a_late_resolve_is_sent_only_while_the_pair_is_as_planned(
     link = Link(7, BP_ID, SYS_ID, "INC0010001", state, NOW)
     assert resolve_still_wanted(link, other_side_resolved=other_side_resolved) is wanted
     assert resolve_still_wanted(None, other_side_resolved=True) is False
+
+
+# ====================================================================== flip-flop guard
+
+
+def _flips(count: int, field: str = "u_team") -> dict[tuple[Side, str], FieldState]:
+    synced = make_synced()
+    times = " ".join(str(int(NOW.timestamp()) - 60 * i) for i in range(count))
+    synced[(Side.SERVICENOW, f"$flips:{field}")] = FieldState(
+        7, Side.SERVICENOW, f"$flips:{field}", times, NOW
+    )
+    return synced
+
+
+def test_a_field_written_too_often_is_frozen_instead_of_written() -> None:
+    bp = make_bp(tags={"team": "web"})
+    # five writes in the window: the sixth is made and remembered with the others
+    [update] = plan(linked(bp, None, synced=_flips(5)), make_settings(), NOW)
+    assert isinstance(update, UpdateServiceNowFields)
+    assert update.fields == {"u_team": "web"}
+    assert len((update.record_sn["$flips:u_team"] or "").split()) == 6
+    # six already: the seventh is not made; the field is frozen, once, with a comment
+    actions = plan(linked(bp, None, synced=_flips(6)), make_settings(), NOW)
+    assert [type(a) for a in actions] == [FreezeField, CommentBigPanda]
+    freeze = actions[0]
+    assert isinstance(freeze, FreezeField) and (freeze.field, freeze.writes) == ("u_team", 7)
+    assert "bpsync links release 7" in actions[1].text  # type: ignore[union-attr]
+
+
+def test_writes_older_than_the_window_do_not_count() -> None:
+    synced = _flips(0)
+    old = " ".join(str(int(NOW.timestamp()) - 3600 - i) for i in range(10))
+    synced[(Side.SERVICENOW, "$flips:u_team")] = FieldState(
+        7, Side.SERVICENOW, "$flips:u_team", old, NOW
+    )
+    [update] = plan(
+        linked(make_bp(tags={"team": "web"}), None, synced=synced), make_settings(), NOW
+    )
+    assert isinstance(update, UpdateServiceNowFields)
+
+
+def test_a_frozen_field_is_left_alone_both_ways_until_released() -> None:
+    synced = make_synced()
+    synced[(Side.SERVICENOW, "$frozen:u_team")] = FieldState(
+        7, Side.SERVICENOW, "$frozen:u_team", "true", NOW
+    )
+    bp = make_bp(tags={"team": "web"})
+    sn = make_sn(fields={"u_team": "ops"})
+    assert plan(linked(bp, sn, synced=synced), make_settings(), NOW) == []
+    released = {k: v for k, v in synced.items() if k[1] != "$frozen:u_team"}
+    assert plan(linked(bp, sn, synced=released), make_settings(), NOW) != []
