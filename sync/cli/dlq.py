@@ -6,6 +6,7 @@ in its next cycle. ``drop`` deletes an item for good (asks unless ``--yes``).
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import click
@@ -66,9 +67,18 @@ def list_(ctx: click.Context, limit: int, all_: bool) -> None:
             item.kind,
             f"{item.attempts} of {attempts}",
             "a person" if needs_a_person(item) else "bpsync retries",
-            item.last_error or "",
+            _reason(item.last_error or ""),
         )
     console().print(table)
+
+
+#: "<side>: <METHOD> <url>: " in a write's error: the incident column says which
+_REQUEST = re.compile(r"^(?P<head>(?:permanent: )?\w+: )(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
+
+
+def _reason(error: str) -> str:
+    """The error as a person needs it: the vendor's answer, without the request URL."""
+    return _REQUEST.sub(lambda m: m.group("head"), error, count=1)
 
 
 def _age(delta: timedelta) -> str:

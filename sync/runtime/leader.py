@@ -39,6 +39,17 @@ from sync.settings import redact_url
 
 log = logging.getLogger(__name__)
 
+#: a session that is gone or in a state it cannot recover from: the lock is not held
+#: (asyncpg raises InternalClientError when the server killed the connection while an
+#: operation was in progress)
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 #: the advisory lock key: "bpsync" in ASCII (see the module docstring for schemas)
 ADVISORY_LOCK_KEY = 0x627073796E63
 #: how long one election query (or the connect) may take
@@ -96,7 +107,7 @@ class PostgresLeaderElector:
                 timeout=ELECTION_TIMEOUT_S,
                 server_settings={"application_name": f"bpsync leader {self.holder}"[:63]},
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise self._error("connect", exc) from None
         return self._conn
 
@@ -109,7 +120,7 @@ class PostgresLeaderElector:
             got = await conn.fetchval(
                 "SELECT pg_try_advisory_lock($1::bigint)", self.key, timeout=ELECTION_TIMEOUT_S
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _CONNECTION_ERRORS as exc:
             await self._drop_connection()
             raise self._error("pg_try_advisory_lock", exc) from None
         self._held = bool(got)
@@ -131,7 +142,7 @@ class PostgresLeaderElector:
                 self.key & 0xFFFFFFFF,
                 timeout=ELECTION_TIMEOUT_S,
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _CONNECTION_ERRORS as exc:
             log.warning("leader connection lost: %s", self._error("check", exc))
             await self._drop_connection()
             return False

@@ -425,10 +425,11 @@ async def test_e_dlq_retry_of_a_fixed_failure_succeeds_and_clears_it(
     for dead_item in (item, other):
         row = next(line for line in listed.output.splitlines() if f" {dead_item.id} " in line)
         assert "sn.update" in row
-        assert f"servicenow:{dead_item.sn_sys_id}" in row
-        assert " 1 " in row  # attempts
-        assert "permanent: servicenow: PATCH" in row
-    # the reason (wrapped in its column) carries ServiceNow's message
+        assert f"{dead_item.bp_incident_id} / {dead_item.sn_sys_id}" in row  # the incident
+        assert " 1 of 6 " in row  # attempts
+        assert "a person" in row  # refused: bpsync does not retry it
+        assert "permanent: servicenow: HTTP 400: Injected fault" in row  # without the URL
+    # the reason carries ServiceNow's message
     assert listed.output.count("HTTP 400: Injected") == 2
 
     # drop: asks first; "n" keeps it, --yes drops it
