@@ -263,7 +263,7 @@ class RecordSynced:
 @dataclass(frozen=True, slots=True)
 class FreezeField:
     """Store only: stop writing ``field`` (a ServiceNow field and the tags mapped to it)
-    for this pair: it flipped ``writes`` times within the guard's window. Logged
+    for this pair: it flipped back ``writes`` times within the guard's window. Logged
     (WARNING), counted, shown by ``bpsync links show``; ``links release`` ends it."""
 
     link_id: int

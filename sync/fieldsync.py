@@ -268,7 +268,11 @@ def _guard_flips(pair: LinkedPair, fp: _FieldPlan, rules: tuple[FieldRule, ...])
     actions: list[Action] = []
     link = pair.link
     for name in sorted(written):
-        writes, history = flips.count(name)
+        if name in fp.sn_writes:
+            value = fp.sn_writes[name]
+        else:  # written on BigPanda: the value of the first tag mapped from it
+            value = next(fp.bp_writes[t] for t in sorted(tags_of[name]) if t in fp.bp_writes)
+        writes, history = flips.count(name, value)
         if not flips.too_many(writes):
             record = fp.sn_record_sn if name in fp.sn_writes else fp.bp_record_sn
             record[FLIPS + name] = history
@@ -286,7 +290,7 @@ def _guard_flips(pair: LinkedPair, fp: _FieldPlan, rules: tuple[FieldRule, ...])
         actions.append(FreezeField(link.id, link.bp_incident_id, name, writes))
         if pair.environment_id:
             text = (
-                f"{MIRROR_MARKER} bpsync stopped syncing {name}: it was rewritten {writes} "
+                f"{MIRROR_MARKER} bpsync stopped syncing {name}: it flipped back {writes} "
                 f"times within {int(pair.settings.guard.flip_flop_window)} s (a rule on "
                 "either side keeps changing it back). `bpsync links release "
                 f"{link.id}` resumes it."

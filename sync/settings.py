@@ -322,8 +322,9 @@ class GuardSettings(_Section):
     """The guards only apply once there are at least this many live links."""
     empty_side_check: bool = True
     flip_flop_changes: int = Field(default=6, ge=1)
-    """A mapped field bpsync writes more than this often within ``flip_flop_window``
-    (a business rule or an enrichment fighting bpsync) is frozen for that pair."""
+    """A mapped field bpsync writes back to a value it already wrote more than this
+    often within ``flip_flop_window`` (a business rule or an enrichment fighting
+    bpsync) is frozen for that pair."""
     flip_flop_window: Duration = 600.0
 
 

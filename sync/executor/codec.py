@@ -157,6 +157,21 @@ def idempotency_key(kind: str, target: str, payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:40]
 
 
+def _without_memory(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The payload the idempotency key is made of: without what a write remembers for
+    the guards (``record_*`` entries named ``$...``, e.g. the flip-flop guard's times),
+    which differ each time the same write is planned again."""
+    action = payload.get("action")
+    if not isinstance(action, Mapping):
+        return payload
+    trimmed = dict(action)
+    for name in ("record_bp", "record_sn"):
+        record = trimmed.get(name)
+        if isinstance(record, Mapping):
+            trimmed[name] = {k: v for k, v in record.items() if not str(k).startswith("$")}
+    return {**payload, "action": trimmed}
+
+
 def new_outbox_item(
     action: WriteAction, env: str | None, extra: Mapping[str, Any] | None = None
 ) -> tuple[NewOutboxItem, dict[str, Any]]:
@@ -164,7 +179,7 @@ def new_outbox_item(
     meta: dict[str, Any] = {"environment_id": env, **(extra or {})}
     payload = {"action": encode_action(action), **meta}
     target = target_of(action)
-    key = idempotency_key(action.kind, target, payload)
+    key = idempotency_key(action.kind, target, _without_memory(payload))
     bp_id, sn_id, link_id = ids_of(action)
     link_id = link_id if link_id is not None else meta.get("link_id")
     new = NewOutboxItem(action.kind, target, payload, key, link_id, bp_id, sn_id)

@@ -235,8 +235,8 @@ class Executor:
             state = {FROZEN + action.field: "true", FLIPS + action.field: None}
             await self._writes.record(action.link_id, {}, state)
             log.warning(
-                "%s frozen for this pair: written %d times within the guard's window (a rule "
-                "on either side keeps changing it); `bpsync links release %d` resumes it",
+                "%s frozen for this pair: it flipped back %d times within the guard's window "
+                "(a rule on either side keeps changing it); `bpsync links release %d` resumes it",
                 action.field,
                 action.writes,
                 action.link_id,

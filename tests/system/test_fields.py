@@ -511,7 +511,7 @@ async def test_a_field_two_rules_fight_over_is_frozen_then_released(
     await settle(world)
     sn = await emu.sn_one_for(bp_id)
     writes_per_step: list[int] = []
-    for step in range(10):  # a ServiceNow rule and a BigPanda enrichment fight
+    for step in range(16):  # a ServiceNow rule and a BigPanda enrichment fight
         before = await world.writes()
         if step % 2 == 0:
             await emu.sn_patch(sn["sys_id"], {"impact": "3"})
@@ -520,9 +520,10 @@ async def test_a_field_two_rules_fight_over_is_frozen_then_released(
         world.clock.advance(5)
         assert (await world.cycle()).ok
         writes_per_step.append(await world.writes() - before - 1)  # minus the rule's own
-    # bpsync wrote 6 times, then froze the field (its comment is the one write after)
-    assert sum(1 for w in writes_per_step if w) <= 7, writes_per_step
-    assert writes_per_step[-2:] == [0, 0], writes_per_step
+    # bpsync wrote 1, low, 1, low, ...: from the 3rd write on each is a flip back; the
+    # 7th flip is not made (the field freezes, its comment the one write of that step)
+    assert sum(1 for w in writes_per_step if w) == 9, writes_per_step
+    assert writes_per_step[-4:] == [0, 0, 0, 0], writes_per_step
     assert caplog.text.count("impact frozen for this pair") == 1
     comments = [t for t in await _comments(emu, bp_id) if "bpsync stopped syncing impact" in t]
     assert len(comments) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import subprocess
 import sys
@@ -704,40 +705,68 @@ def test_a_late_resolve_is_sent_only_while_the_pair_is_as_planned(
 # ====================================================================== flip-flop guard
 
 
-def _flips(count: int, field: str = "u_team") -> dict[tuple[Side, str], FieldState]:
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:8]
+
+
+def _flips(values: list[str], field: str = "u_team", age_s: int = 60) -> dict[Any, FieldState]:
+    """The guard's memory: ``values`` written, one a minute, the newest ``age_s`` ago."""
     synced = make_synced()
-    times = " ".join(str(int(NOW.timestamp()) - 60 * i) for i in range(count))
+    now_s = int(NOW.timestamp())
+    entries = [
+        f"{now_s - age_s - 60 * (len(values) - 1 - i)}:{_digest(v)}" for i, v in enumerate(values)
+    ]
     synced[(Side.SERVICENOW, f"$flips:{field}")] = FieldState(
-        7, Side.SERVICENOW, f"$flips:{field}", times, NOW
+        7, Side.SERVICENOW, f"$flips:{field}", " ".join(entries), NOW
     )
     return synced
 
 
-def test_a_field_written_too_often_is_frozen_instead_of_written() -> None:
+def test_a_field_that_keeps_flipping_back_is_frozen_instead_of_written() -> None:
     bp = make_bp(tags={"team": "web"})
-    # five writes in the window: the sixth is made and remembered with the others
-    [update] = plan(linked(bp, None, synced=_flips(5)), make_settings(), NOW)
+    # web, ops, web, ops, web, ops, web: the last four and this web are flips (5)
+    history = ["web", "ops"] * 3
+    [update] = plan(linked(bp, None, synced=_flips(history)), make_settings(), NOW)
     assert isinstance(update, UpdateServiceNowFields)
     assert update.fields == {"u_team": "web"}
-    assert len((update.record_sn["$flips:u_team"] or "").split()) == 6
-    # six already: the seventh is not made; the field is frozen, once, with a comment
-    actions = plan(linked(bp, None, synced=_flips(6)), make_settings(), NOW)
+    assert len((update.record_sn["$flips:u_team"] or "").split()) == 7
+    # one more round: the 7th flip is not made; the field is frozen, once, with a comment
+    actions = plan(linked(bp, None, synced=_flips([*history, "web", "ops"])), make_settings(), NOW)
     assert [type(a) for a in actions] == [FreezeField, CommentBigPanda]
     freeze = actions[0]
     assert isinstance(freeze, FreezeField) and (freeze.field, freeze.writes) == ("u_team", 7)
     assert "bpsync links release 7" in actions[1].text  # type: ignore[union-attr]
 
 
-def test_writes_older_than_the_window_do_not_count() -> None:
-    synced = _flips(0)
-    old = " ".join(str(int(NOW.timestamp()) - 3600 - i) for i in range(10))
-    synced[(Side.SERVICENOW, "$flips:u_team")] = FieldState(
-        7, Side.SERVICENOW, "$flips:u_team", old, NOW
-    )
+def test_a_field_that_moves_forward_is_never_frozen() -> None:
+    history = [f"team-{n}" for n in range(20)]  # 20 writes, all new values
     [update] = plan(
-        linked(make_bp(tags={"team": "web"}), None, synced=synced), make_settings(), NOW
+        linked(make_bp(tags={"team": "web"}), None, synced=_flips(history)), make_settings(), NOW
     )
     assert isinstance(update, UpdateServiceNowFields)
+
+
+def test_flips_older_than_the_window_do_not_count() -> None:
+    history = ["web", "ops"] * 10
+    old = _flips(history, age_s=3600)
+    [update] = plan(linked(make_bp(tags={"team": "web"}), None, synced=old), make_settings(), NOW)
+    assert isinstance(update, UpdateServiceNowFields)
+
+
+def test_the_guard_memory_is_not_part_of_the_idempotency_key() -> None:
+    """A write planned again (a refused one, deduplicated by its key) stays one write
+    although the guard's memory of it carries the time it was planned."""
+    from sync.executor.codec import new_outbox_item
+
+    bp = make_bp(tags={"team": "web"})
+    [first] = plan(linked(bp, None, synced=_flips([])), make_settings(), NOW)
+    [again] = plan(linked(bp, None, synced=_flips([])), make_settings(), NOW + timedelta(seconds=5))
+    assert isinstance(first, UpdateServiceNowFields) and isinstance(again, UpdateServiceNowFields)
+    assert first.record_sn != again.record_sn
+    assert (
+        new_outbox_item(first, ENV)[0].idempotency_key
+        == new_outbox_item(again, ENV)[0].idempotency_key
+    )
 
 
 def test_a_frozen_field_is_left_alone_both_ways_until_released() -> None:
