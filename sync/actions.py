@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from sync.constants import Side
-from sync.model import BPIncident, FieldState, Link, SNIncident
+from sync.model import BPIncident, FieldState, JournalInput, Link, SNIncident
 from sync.sizes import DEFAULT_SIZES, FieldSizes
 
 
@@ -70,6 +70,8 @@ class PlanInput:
     references: Mapping[str, str] = field(default_factory=dict)
     """ServiceNow reference fields (field -> referenced table, from the dictionary): their
     values in ``sn`` are display values (names), and a name written to one is looked up."""
+    journal: JournalInput | None = None
+    """The pair's conversation read in this cycle (None: not read), :mod:`sync.journal`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,44 @@ FollowUp = CommentBigPanda | SetLinkTag
 
 
 @dataclass(frozen=True, slots=True)
+class CarryEntryToServiceNow:
+    """A BigPanda comment becomes one ServiceNow journal entry (``element``: work_notes
+    or comments), ``text`` prefixed with its author and time (:mod:`sync.journal`).
+
+    Recorded in the journal ledger before it is sent; a write that may have landed (a
+    retry, or an entry the ledger already holds) is looked for in the incident's
+    journal by ``digest`` first (the normalised text), never sent twice."""
+
+    link_id: int
+    bp_incident_id: str
+    sys_id: str
+    entry_id: str
+    element: str
+    text: str
+    digest: str
+    kind: ClassVar[str] = "sn.journal"
+    side: ClassVar[Side] = Side.SERVICENOW
+    on_success: tuple[FollowUp, ...] = ()
+    on_refused: tuple[FollowUp, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CarryEntryToBigPanda:
+    """A ServiceNow journal entry becomes one BigPanda comment, ``text`` naming its
+    author and kind; recorded and re-checked as :class:`CarryEntryToServiceNow`."""
+
+    link_id: int
+    bp_incident_id: str
+    environment_id: str
+    sys_id: str
+    entry_id: str
+    text: str
+    digest: str
+    kind: ClassVar[str] = "bp.journal"
+    side: ClassVar[Side] = Side.BIGPANDA
+
+
+@dataclass(frozen=True, slots=True)
 class MarkLinkResolved:
     """Store only: both sides are resolved; reopen allowed until ``reopen_deadline``."""
 
@@ -298,6 +338,8 @@ Action = (
     | SnoozeBigPanda
     | CommentBigPanda
     | SetLinkTag
+    | CarryEntryToServiceNow
+    | CarryEntryToBigPanda
     | MarkLinkResolved
     | MarkLinkLinked
     | RecordSynced
@@ -316,6 +358,8 @@ __all__ = [
     "STORE_ONLY_KINDS",
     "Action",
     "BPIncident",
+    "CarryEntryToBigPanda",
+    "CarryEntryToServiceNow",
     "CommentBigPanda",
     "CreateServiceNowIncident",
     "FieldState",

@@ -29,6 +29,11 @@ again, then the writes left pending (B15) are driven.
 
 ``dry_run``: every action is reported (one line each) and nothing is written: no HTTP
 write, no store write (not even the checkpoint).
+
+Journals (``sync.journal``): with ``with_journal`` (``--with-journal``) each page's
+linked incidents have their history read on both sides and carried, each entry once (a
+re-run carries nothing twice); without it, the links a page makes get a history cutoff,
+so neither the backfill nor the daemon later copies what was said before.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from typing import Any, Protocol
 from sync.actions import (
     STORE_ONLY_KINDS,
     Action,
+    CarryEntryToBigPanda,
+    CarryEntryToServiceNow,
     CommentBigPanda,
     CreateServiceNowIncident,
     MarkLinkLinked,
@@ -63,6 +70,7 @@ from sync.clock import Clock, epoch_s, from_epoch_s
 from sync.coordinator import Coordinator, recover
 from sync.errors import BpsyncError, NotFoundError
 from sync.executor import Executor, PairResult
+from sync.journal_reads import backfill_journals, mark_history
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
 from sync.pairs import Pair
 from sync.store.base import BACKFILL_CHECKPOINT_PREFIX, LinkStore
@@ -220,6 +228,10 @@ def describe_action(action: Action, environment_id: str | None = None) -> str:
         return f"resolve {where}"
     if isinstance(action, CommentBigPanda):
         return f"comment on {where}: {action.text[:60]!r}"
+    if isinstance(action, CarryEntryToServiceNow):
+        return f"{action.element} on ServiceNow {action.sys_id}: {action.text[:60]!r}"
+    if isinstance(action, CarryEntryToBigPanda):
+        return f"comment on {where} from ServiceNow: {action.text[:60]!r}"
     if isinstance(action, SetLinkTag):
         return f"set tag {action.tag_id} on {where} to {action.value!r}"
     if isinstance(action, MarkLinkResolved):
@@ -256,6 +268,7 @@ class Backfill:
         restart: bool = False,
         progress: BackfillProgress | None = None,
         should_stop: Callable[[], bool] | None = None,
+        with_journal: bool = False,
     ) -> None:
         self._store = store
         self._bp = bigpanda
@@ -267,6 +280,7 @@ class Backfill:
         self._until_arg = until
         self._dry_run = dry_run
         self._restart = restart
+        self._with_journal = with_journal
         self._progress: BackfillProgress = progress or _NoProgress()
         self._should_stop = should_stop or (lambda: False)
         self._seen: set[str] = set()
@@ -420,7 +434,20 @@ class Backfill:
             if self._dry_run:
                 for action in outcome.actions:
                     self._progress.action(describe_action(action, outcome.environment_id))
+        await self._journals(outcomes)
         return kinds
+
+    async def _journals(self, outcomes: Sequence[IncidentOutcome]) -> None:
+        """``with_journal``: the page's history carried (sync.journal); else the links
+        this page made get a history cutoff, so the daemon does not carry it either."""
+        c = self._coordinator
+        if self._with_journal:
+            pairs = [(o.bp_incident_id, o.environment_id) for o in outcomes if not o.error]
+            for action in await backfill_journals(c, pairs, execute=not self._dry_run):
+                if self._dry_run:
+                    self._progress.action(describe_action(action))
+        elif not self._dry_run:
+            await mark_history(c, [o.bp_incident_id for o in outcomes if o.link is None])
 
     async def _classify(self, outcome: IncidentOutcome) -> str:
         """created, adopted, updated, skipped, failed or queued (would-be, in a dry run)."""

@@ -59,12 +59,13 @@ from sync.execution import CycleRun
 from sync.executor import Executor
 from sync.guards import check_mass_resolve
 from sync.held import HeldPairs
+from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
 from sync.pairs import Pair, oldest_change, pair_bp_id
-from sync.polling import BPPoll, Poller
+from sync.polling import BPPoll, Polled, Poller, count_changes
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
 from sync.sizes import DEFAULT_SIZES, FieldSizes
@@ -168,6 +169,8 @@ class Coordinator:
             servicenow, bigpanda, settings, clock, forced=lambda: self.force, metrics=metrics
         )
         self.holds = HeldPairs(self)
+        self.journals = JournalReads(self)
+        """the conversations of the changed pairs, read before they are planned"""
         """the held pairs: which to hold, which to release, their checkpoint"""
 
     # ------------------------------------------------------------------ for the cycle's run
@@ -255,16 +258,30 @@ class Coordinator:
         sn_polled = await poll.guarded(Side.SERVICENOW, poll.servicenow(sn_cursor, live_links))
         progress = Progress({Side.BIGPANDA: bp_polled.changes, Side.SERVICENOW: sn_polled[1]})
         run = CycleRun(self, progress, held, {Side.BIGPANDA: bp_cursor, Side.SERVICENOW: sn_cursor})
+        await self.work(
+            report, run, Polled(bp_polled, sn_polled, environments, live_links, started, replan)
+        )
+
+    async def work(
+        self, report: CycleReport, run: CycleRun, polled: Polled, via: str = "poll"
+    ) -> None:
+        """Pair, hold, plan, guard, execute and record what a poll (or a push pass,
+        :mod:`sync.push`) brought: the cycle's steps 3 to 7."""
+        progress, held = run.progress, run.held
+        bp_polled, sn_polled = polled.bigpanda, polled.servicenow
+        environments, live_links = polled.environments, polled.live_links
+        worked: set[str] = set()
         try:
-            pairs, fresh = await self._pair(bp_polled, sn_polled, replan, environments)
+            pairs, fresh = await self._pair(bp_polled, sn_polled, polled.replan, environments)
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
             await self._expand_alerts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
-            worked = {c.key for pair in (*pairs, *fresh) for c in pair.changes}
+            worked.update(c.key for pair in (*pairs, *fresh) for c in pair.changes)
             progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
             await self.holds.run_preludes(preludes, live_links)
+            await self.journals.read(pairs, progress)
             now = self._clock.now()
             plans: list[tuple[Pair, list[Action]]] = []
             for pair in sorted(pairs, key=oldest_change):
@@ -275,7 +292,7 @@ class Coordinator:
                     progress.finish((c.key for c in pair.changes), ok=False)
             self.check_guards([actions for _, actions in plans], live_links)
             report.pairs = len(pairs) + len(fresh)
-            deadline = started + self._settings.cycle_budget
+            deadline = polled.started + self._settings.cycle_budget
             await run.execute(plans, fresh, deadline=deadline, polled=bp_polled.listed)
         except BaseException:
             # an outage, a store error, a cancelled drain: what finished stays finished
@@ -290,6 +307,7 @@ class Coordinator:
             report.actions += run.actions
             for outcome, count in run.outcomes.items():
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + count
+            count_changes(self._metrics, progress, worked, via)
 
     async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
@@ -304,6 +322,7 @@ class Coordinator:
             sizes=self.sizes,
             references=self.references,
             labels=self.labels,
+            journal=pair.journal,
         )
         return self._plan(inp, self._settings, now)
 

@@ -181,6 +181,8 @@ class CycleRun:
             keep_held(self.held, pair)
             return
         self.actions += len(actions)
+        if pair.link is None:  # a new incident: its first change may be bpsync's own
+            c.journals.created(pair, result)
         for kind, outcome in result.outcomes:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if kind.startswith("bp.") or kind == CreateServiceNowIncident.kind:

@@ -9,7 +9,8 @@ incident's number and URL, ServiceNow's refusal message) and nothing it decides:
 - after any ServiceNow write that succeeds while the link tag says ``error``: the tag
   back to the number and URL (B14, the way back);
 - once a ServiceNow write is refused for good: a BigPanda comment with ServiceNow's
-  message and the link tag := ``error`` (B14, the seed's error communication).
+  message and the link tag := ``error`` (B14, the seed's error communication); the
+  comment starts with the mirror marker, so journals never carry it back.
 
 A follow-up's environment ``""`` means "the incident's environment as the executor
 knows it" (a pair planned from its ServiceNow side alone may not know it).
@@ -20,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sync.actions import (
+    CarryEntryToServiceNow,
     CommentBigPanda,
     CreateServiceNowIncident,
     FollowUp,
@@ -30,7 +32,7 @@ from sync.actions import (
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
-from sync.constants import LINK_TAG_ERROR_VALUE
+from sync.constants import LINK_TAG_ERROR_VALUE, MIRROR_MARKER
 
 if TYPE_CHECKING:
     from sync.settings import Settings
@@ -46,7 +48,11 @@ __all__ = [
 ]
 
 ServiceNowWrite = (
-    CreateServiceNowIncident | UpdateServiceNowFields | ResolveServiceNow | ReopenServiceNow
+    CreateServiceNowIncident
+    | UpdateServiceNowFields
+    | ResolveServiceNow
+    | ReopenServiceNow
+    | CarryEntryToServiceNow
 )
 
 
@@ -82,7 +88,7 @@ def on_refusal(
         CommentBigPanda(
             bp_incident_id,
             environment_id,
-            f"ServiceNow refused the {kind} write",
+            f"{MIRROR_MARKER} ServiceNow refused the {kind} write",
             link_id=link_id,
             with_error=True,
         ),
@@ -114,8 +120,8 @@ def supersedes(later: object, dead: object) -> bool:
     """Does the write ``later`` (sent successfully, to the same target) make the dead
     write ``dead`` pointless? Then the dead letter is closed, not left for a person:
     a field update covering the same fields, a tag write covering the same tags, the
-    same resolve, reopen, create or link tag. A comment is never superseded (each is
-    a message of its own)."""
+    same resolve, reopen, create or link tag. A comment or a journal entry is never
+    superseded (each is a message of its own)."""
     if type(later) is not type(dead):
         return False
     if isinstance(dead, UpdateServiceNowFields) and isinstance(later, UpdateServiceNowFields):

@@ -18,6 +18,8 @@ Series (all prefixed ``bpsync_``):
 - ``notifications_total{kind}`` (operators notified: B13)
 - ``throttled_total{side,family}`` (429s, each sent again after a pause),
   ``skipped_records_total{side,reason}`` (malformed polled records, each once)
+- ``changes_total{side,via}`` (changes synced, ``via`` push or poll: a rising poll
+  count with push on is a webhook that stopped arriving), ``push_requests_total{side,status}``
 - gauges: ``outbox_depth``, ``dead_letters``, ``live_links``,
   ``cursor_lag_seconds{side}``, ``backlog{side}`` (changes polled, not yet synced),
   ``leader`` (1 = this replica writes), ``last_cycle_timestamp_seconds{outcome}``
@@ -149,6 +151,24 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self.changes_total = Counter(
+            "changes",
+            "Changes of paired incidents synced, by side and how bpsync learnt of them: "
+            "push (a webhook) or poll (the poll found what no webhook announced).",
+            ["side", "via"],
+            namespace=ns,
+            registry=r,
+        )
+        for side in ("bigpanda", "servicenow"):  # 0 from the start: a rate can be taken
+            for via in ("push", "poll"):
+                self.changes_total.labels(side, via)
+        self.push_requests = Counter(
+            "push_requests",
+            "Webhook deliveries received, by side and the HTTP status answered.",
+            ["side", "status"],
+            namespace=ns,
+            registry=r,
+        )
         self.backlog_left = Gauge(
             "backlog",
             "Changes polled but not yet synced (a storm worked through across cycles).",
@@ -201,6 +221,13 @@ class Metrics:
 
     def lookup_miss(self, table: str) -> None:
         self.lookup_misses.labels(table).inc()
+
+    def changes(self, side: str, via: str, count: int) -> None:
+        if count:
+            self.changes_total.labels(side, via).inc(count)
+
+    def push_request(self, side: str, status: int) -> None:
+        self.push_requests.labels(side, str(status)).inc()
 
     def backlog(self, side: str, count: int) -> None:
         self.backlog_left.labels(side).set(count)

@@ -172,3 +172,46 @@ class FieldState:
     """ServiceNow field name, or BigPanda tag id."""
     value: str | None
     synced_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One entry of an incident's conversation: a BigPanda comment (an
+    ``incident_commented`` activity) or a ServiceNow journal entry (a
+    ``sys_journal_field`` row)."""
+
+    id: str
+    """The activity id / the ``sys_journal_field`` row's sys_id."""
+    kind: str
+    """``comment`` (BigPanda), ``work_notes`` or ``comments`` (ServiceNow)."""
+    text: str
+    author: str
+    """BigPanda user id / ServiceNow user name ("" when unknown)."""
+    at: datetime
+    """When it was written (aware UTC, whole seconds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedEntry:
+    """One row of the journal ledger: an entry bpsync carries to the other side,
+    recorded before it is sent (``sync.journal``)."""
+
+    link_id: int
+    side: Side
+    """The side the entry was read from."""
+    entry_id: str
+    """The entry's id on that side (or ``sync.journal.HISTORY``: a history cutoff)."""
+    digest: str
+    """Digest of the normalised text written to the other side."""
+    at: datetime
+    """When it was recorded (for a history cutoff: entries before it are history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalInput:
+    """A linked pair's conversation as read in this cycle: each side's entries (None:
+    not read), and the ledger of what was carried for its incident (every link)."""
+
+    bigpanda: tuple[JournalEntry, ...] | None = None
+    servicenow: tuple[JournalEntry, ...] | None = None
+    carried: tuple[CarriedEntry, ...] = ()

@@ -43,6 +43,9 @@ resolved, BP resolved:
 A resolve action carries ``reopen_deadline``: once it succeeds both sides are resolved,
 and the executor marks the link resolved with that deadline.
 
+Journals: the plan of a linked or resolved link starts with the journal entries of the
+pair to carry, each once, never bpsync's own (:func:`sync.journal.plan_journal`).
+
 Field sync (per mapping rule; ``bp``/``sn`` now, compared with the last-synced value of
 that side)
 ---------------------------------------------------------------------------------------
@@ -104,6 +107,7 @@ from sync.constants import (
 from sync.describe import build_texts, clip, incident_links
 from sync.fieldsync import LinkedPair, on_refused, on_success, sync_fields, text_updatable
 from sync.followups import after_create, on_refusal
+from sync.journal import plan_journal
 from sync.mapping import (
     BP_INCIDENT_ATTRIBUTES,
     compile_rules,
@@ -136,9 +140,10 @@ def plan(inp: PlanInput, settings: Settings, now: datetime) -> list[Action]:
     if link.state is LinkState.SUPERSEDED or link.sn_sys_id is None:
         # history only (a newer link carries the pair), or no ServiceNow side to act on
         return []
-    if link.state is LinkState.LINKED:
-        return _plan_linked(LinkedPair(inp, settings, now, link, link.sn_sys_id))
-    return _plan_resolved(LinkedPair(inp, settings, now, link, link.sn_sys_id))
+    pair = LinkedPair(inp, settings, now, link, link.sn_sys_id)
+    actions = _plan_linked(pair) if link.state is LinkState.LINKED else _plan_resolved(pair)
+    # the conversation first (sync.journal): an entry written before a resolve reads before it
+    return [*plan_journal(pair, actions), *actions]
 
 
 # --------------------------------------------------------------------------- create

@@ -18,7 +18,7 @@ of a side (no watermark) the empty-side guard checks what came back
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -27,9 +27,9 @@ from sync.clock import Clock, epoch_s
 from sync.constants import Side
 from sync.errors import ApiError, FatalError, GuardTripped
 from sync.guards import check_empty_side
-from sync.model import BPIncident, SNIncident
+from sync.model import BPIncident, Link, SNIncident
 from sync.pairs import SN_SYS_ID_FORM, bp_change, sn_change
-from sync.progress import Change
+from sync.progress import Change, Progress
 from sync.settings import Settings
 from sync.store.base import Cursor
 
@@ -53,6 +53,32 @@ class BPPoll:
     found: list[tuple[BPIncident, str]]
     changes: list[Change]
     listed: list[tuple[BPIncident, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    """What the pairing step works on: a cycle's poll of both sides, or the incidents a
+    push pass read (:mod:`sync.push`), with the cycle's context."""
+
+    bigpanda: BPPoll
+    servicenow: tuple[list[SNIncident], list[Change]]
+    environments: Sequence[str]
+    live_links: int
+    started: float
+    """When the cycle (or pass) started (monotonic): its ``cycle_budget`` counts from it."""
+    replan: Sequence[Link] = ()
+    """Links a crash left to plan again (:func:`sync.coordinator.recover`)."""
+
+
+def count_changes(metrics: object, progress: Progress, worked: Collection[str], via: str) -> None:
+    """``bpsync_changes_total{side,via}``: the changes of paired incidents finished, by
+    how they arrived (``push``, or ``poll``: the poll found what no push announced)."""
+    changes = getattr(metrics, "changes", None)
+    if not callable(changes):
+        return
+    for side in Side:
+        done = {c.key for c in progress.polled[side]} & progress.done
+        changes(side.value, via, len(done.intersection(worked)))
 
 
 class Poller:

@@ -88,6 +88,37 @@ def next_cursor(
     return Cursor(side=side, watermark=watermark, seen=frozenset(seen))
 
 
+def seen_after_push(
+    cursor: Cursor,
+    changes: Sequence[Change],
+    done: Collection[str],
+    *,
+    overlap: timedelta,
+    forget: Collection[str] = (),
+) -> Cursor | None:
+    """The cursor after a push pass (:mod:`sync.push`) finished ``done`` of ``changes``,
+    or None when it need not be written.
+
+    The finished keys join ``seen``, so the poll drops its copy of each change; the
+    watermark does not move: the changes of other incidents before these are still the
+    poll's to find. Keys older than the poll's window (``watermark - overlap``) are not
+    kept, as :func:`next_cursor` would not keep them; before the first poll (no
+    watermark) nothing is written (the first poll plans everything anyway, and the
+    field states make a second plan of a synced change write nothing). ``forget`` as
+    for :func:`next_cursor`.
+    """
+    if cursor.watermark is None:
+        return None
+    floor_s = epoch_s(cursor.watermark - overlap)
+    seen = set(cursor.seen)
+    seen |= {c.key for c in changes if c.key in done and key_epoch(c.key) >= floor_s}
+    if forget:
+        seen = {k for k in seen if k.split(":", 1)[0] not in forget}
+    if seen == cursor.seen:
+        return None
+    return Cursor(side=cursor.side, watermark=cursor.watermark, seen=frozenset(seen))
+
+
 @dataclass(slots=True)
 class Progress:
     """What a cycle has finished so far, per change key (both sides' keys together)."""

@@ -275,6 +275,25 @@ class IncidentSettings(_Section):
         return value
 
 
+class JournalSettings(_Section):
+    """``[journal]``: the conversation carried both ways, each entry once (``sync.journal``)."""
+
+    to_servicenow: Literal["work_notes", "comments", "off"] = "work_notes"
+    """Where each BigPanda comment goes: a ServiceNow work note (the seed's default),
+    an additional comment, or nowhere."""
+    from_servicenow: CsvList = Field(default_factory=list)
+    """Which ServiceNow journal entries become BigPanda comments: ``work_notes``,
+    ``comments``, both, or none (the default: nothing reached BigPanda before)."""
+
+    @field_validator("from_servicenow")
+    @classmethod
+    def _journal_kinds(cls, value: list[str]) -> list[str]:
+        for kind in value:
+            if kind not in ("work_notes", "comments"):
+                raise ValueError(f"{kind!r} is not a journal: use work_notes and/or comments")
+        return list(dict.fromkeys(value))
+
+
 class RetrySettings(_Section):
     """``[retry]``: the seed's promise (6 tries, 15 min apart, DLQ after 5, notify after 6)."""
 
@@ -370,6 +389,32 @@ class PacingSettings(_Section):
         )
 
 
+class PushSettings(_Section):
+    """``[push]``: changes pushed by webhooks (``POST /webhooks/bigpanda`` and
+    ``/webhooks/servicenow`` on ``http_port``), polling kept to reconcile (``sync.push``)."""
+
+    _secret_fields: ClassVar[tuple[str, ...]] = ("bigpanda_token", "servicenow_token")
+
+    enabled: bool = False
+    bigpanda_token: SecretStr | None = None
+    """``Authorization: Bearer <token>`` BigPanda's webhook sends; unset: no receiver."""
+    servicenow_token: SecretStr | None = None
+    """``Authorization: Bearer <token>`` the business rule sends; unset: no receiver."""
+    max_body: int = Field(default=1024 * 1024, ge=1024)
+    """Largest request body accepted, in bytes (413 above it, the body is not read)."""
+    max_concurrent: int = Field(default=32, ge=1, le=1024)
+    """Requests handled at once per receiver; more are answered 503 (sent again later)."""
+    reconcile_interval: Duration | None = None
+    """The poll's interval while push is on (it catches what a lost webhook missed);
+    unset: ``poll_interval``."""
+
+    @model_validator(mode="after")
+    def _a_receiver(self) -> PushSettings:
+        if self.enabled and not (self.bigpanda_token or self.servicenow_token):
+            raise ValueError("enabled needs bigpanda_token or servicenow_token (or both)")
+        return self
+
+
 class Settings(BaseSettings):
     """All of bpsync's settings. Build it with :func:`load_settings`."""
 
@@ -389,10 +434,12 @@ class Settings(BaseSettings):
     bigpanda: BigPandaSettings = Field(default_factory=BigPandaSettings)
     incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     tag_mapping: list[TagMappingRule] = Field(default_factory=list)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
     share: ShareSettings = Field(default_factory=ShareSettings)
     pacing: PacingSettings = Field(default_factory=PacingSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
 
     state_dir: Path = Path("./var")
     database_url: SecretStr | None = None
@@ -526,7 +573,7 @@ def redact_url(url: str) -> str:
 def secret_values(settings: Settings) -> list[str]:
     """Every secret's plain value (for the log redaction filter)."""
     found: list[str] = []
-    for section in (settings.servicenow, settings.bigpanda):
+    for section in (settings.servicenow, settings.bigpanda, settings.push):
         for name in type(section)._secret_fields:
             secret = getattr(section, name)
             if isinstance(secret, SecretStr) and secret.get_secret_value():

@@ -47,7 +47,7 @@ import inspect
 import math
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync.clients.base import (
@@ -65,9 +65,9 @@ from sync.clients.bigpanda.paths import (
 )
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
-from sync.constants import SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
+from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
 from sync.errors import MissingTagError, NotFoundError, PermanentError
-from sync.model import BPAlert, BPIncident, SNFieldInfo
+from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo
 
 Hook = Callable[[str, tuple[Any, ...]], Awaitable[None] | None]
 
@@ -497,6 +497,42 @@ class FakeServiceNow(_Faults):
         await self._enter("field_dictionary", self.clock)
         return dict(SN_DICTIONARY)
 
+    # --- journals (sync.journal): ``journal`` as sys_journal_field rows
+    def add_journal_entry(
+        self, sys_id: str, element: str, text: str, *, by: str = "person.name"
+    ) -> str:
+        """A person writes a work note or an additional comment; returns the entry's id."""
+        self._journal_stamps()
+        self.change(sys_id, **{element: text})
+        index = len(self.journal) - 1
+        self._journal_stamps()[index] = (self._now(), by)
+        return f"{index + 1:032x}"
+
+    def _journal_stamps(self) -> dict[int, tuple[str, str]]:
+        """Each journal entry's (sys_created_on, sys_created_by), stamped when first seen
+        (entries bpsync wrote through ``update_incident``: its user name)."""
+        stamps: dict[int, tuple[str, str]] = self.__dict__.setdefault("_stamps", {})
+        for index, (_, _, text) in enumerate(self.journal):
+            if index not in stamps:
+                own = text.lstrip().startswith(MIRROR_MARKER)
+                stamps[index] = (self._now(), "bpsync" if own else "person.name")
+        return stamps
+
+    async def list_journal(self, sys_id: str, elements: Sequence[str]) -> list[JournalEntry]:
+        await self._enter("list_journal", self.clock, sys_id)
+        stamps = self._journal_stamps()
+        return [
+            JournalEntry(
+                f"{index + 1:032x}",
+                element,
+                text,
+                stamps[index][1],
+                datetime.strptime(stamps[index][0], SN_DATETIME_FORMAT).replace(tzinfo=UTC),
+            )
+            for index, (row_id, element, text) in enumerate(self.journal)
+            if row_id == check_sys_id(sys_id) and element in elements
+        ]
+
 
 # =========================================================================== BigPanda
 
@@ -918,3 +954,11 @@ class FakeBigPanda(_Faults):
         self.tag_definitions[name] = definition
         self.writes.append(("define_tag", name, {"type": tag_type}))
         return definition
+
+    # --- journals (sync.journal)
+    def comment(self, incident_id: str, text: str, *, by: str | None = None) -> str:
+        """A person comments in BigPanda (not a bpsync write); returns the activity id."""
+        incident = self.incidents[incident_id]
+        incident.updated_at = self._now_s()
+        self._activity(incident, "incident_commented", {"comment": text}, by or self.person)
+        return incident.activities[-1].id

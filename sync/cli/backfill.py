@@ -140,6 +140,7 @@ async def _run(
     dry_run: bool,
     restart: bool,
     force: bool,
+    with_journal: bool = False,
 ) -> BackfillSummary:
     from sync.backfill import shared_environments
     from sync.engine import build_engine
@@ -193,6 +194,7 @@ async def _run(
                 restart=restart,
                 progress=_BarProgress(progress),
                 should_stop=stop.is_set,
+                with_journal=with_journal,
             )
             return await backfill.run()
     finally:
@@ -222,6 +224,12 @@ async def _run(
 )
 @click.option("--restart", is_flag=True, help="Ignore saved progress and start from --since.")
 @click.option("--force", is_flag=True, help="Override the mass-resolve guard for this run.")
+@click.option(
+    "--with-journal",
+    is_flag=True,
+    help="Also carry each incident's history of comments and work notes ([journal]); "
+    "without it, only what is said from now on is carried.",
+)
 @click.pass_context
 def backfill(  # noqa: PLR0917 - click passes every option
     ctx: click.Context,
@@ -231,6 +239,7 @@ def backfill(  # noqa: PLR0917 - click passes every option
     dry_run: bool,
     restart: bool,
     force: bool,
+    with_journal: bool,
 ) -> None:
     """Sync historical BigPanda incidents (active during the window) to ServiceNow.
 
@@ -254,6 +263,7 @@ def backfill(  # noqa: PLR0917 - click passes every option
             dry_run=dry_run,
             restart=restart,
             force=force,
+            with_journal=with_journal,
         )
     )
     out = Console()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.model import BPIncident, SNFieldInfo
+from sync.model import BPIncident, JournalEntry, SNFieldInfo
 
 #: a ServiceNow record as the Table API returns it with display_value=false
 SNRecord = dict[str, Any]
@@ -67,6 +67,11 @@ class ServiceNowAPI(Protocol):
 
     async def field_dictionary(self) -> dict[str, SNFieldInfo]:
         """element -> dictionary entry of the incident table (and what it inherits)."""
+        ...
+
+    async def list_journal(self, sys_id: str, elements: Sequence[str]) -> list[JournalEntry]:
+        """The incident's journal entries (``sys_journal_field``) whose element is one of
+        ``elements`` (``work_notes``, ``comments``), oldest first (``sys_created_on``)."""
         ...
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from sync.actions import (
     Action,
+    CarryEntryToBigPanda,
+    CarryEntryToServiceNow,
     CommentBigPanda,
     CreateServiceNowIncident,
     RefLookup,
@@ -50,6 +52,8 @@ WriteAction = (
     | SnoozeBigPanda
     | CommentBigPanda
     | SetLinkTag
+    | CarryEntryToServiceNow
+    | CarryEntryToBigPanda
 )
 
 #: every write action class by its kind
@@ -65,6 +69,8 @@ WRITE_CLASSES: dict[str, type[Any]] = {
         SnoozeBigPanda,
         CommentBigPanda,
         SetLinkTag,
+        CarryEntryToServiceNow,
+        CarryEntryToBigPanda,
     )
 }
 
@@ -144,7 +150,10 @@ def target_of(action: WriteAction) -> str:
     """The outbox target: writes to one target are sent in queue order."""
     if isinstance(action, CreateServiceNowIncident):
         return f"servicenow:create:{action.bp_incident_id}"
-    if isinstance(action, UpdateServiceNowFields | ResolveServiceNow | ReopenServiceNow):
+    if isinstance(
+        action,
+        UpdateServiceNowFields | ResolveServiceNow | ReopenServiceNow | CarryEntryToServiceNow,
+    ):
         return f"servicenow:{action.sys_id}"
     return f"bigpanda:{action.bp_incident_id}"
 

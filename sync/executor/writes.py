@@ -8,6 +8,11 @@ fills those steps in with the write's result. Field states a handler appends to
 ``call.records`` are recorded with the item's completion (one transaction, see
 :mod:`sync.executor.delivery`).
 
+Journal entries (``sync.journal``) have their handlers in
+:mod:`sync.executor.journal_writes`: recorded in the ledger before they are sent, looked
+for in the target's journal when they may have landed. Every comment bpsync writes
+starts with the mirror marker, so journals never carry it back.
+
 ``call.recheck`` (a retry): the target is read first and only what still differs is
 sent. The write may have landed in part before it failed, or a person may have set the
 same value while it waited; resending it would be an echo (B5).
@@ -36,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.actions import (
+    CarryEntryToBigPanda,
+    CarryEntryToServiceNow,
     CommentBigPanda,
     CreateServiceNowIncident,
     FollowUp,
@@ -51,6 +58,7 @@ from sync.clients.base import BigPandaAPI, ServiceNowAPI, SNRecord
 from sync.clock import Clock
 from sync.constants import (
     LINK_TAG_ERROR_VALUE,
+    MIRROR_MARKER,
     SN_CORRELATION_DISPLAY,
     SN_RESOLVED_STATES,
     Side,
@@ -63,7 +71,9 @@ from sync.executor.codec import (
     link_tag_value,
     ref_value,
 )
+from sync.executor.journal_writes import carry_to_bigpanda, carry_to_servicenow
 from sync.followups import steps_after
+from sync.journal import is_own
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.planner import resolve_still_wanted
@@ -210,7 +220,8 @@ class Writes:
             CreateServiceNowIncident
             | UpdateServiceNowFields
             | ResolveServiceNow
-            | ReopenServiceNow,
+            | ReopenServiceNow
+            | CarryEntryToServiceNow,
         ):
             return []  # a BigPanda write has no follow-ups
         steps = steps_after(action, self.settings, refused=refusal is not None)
@@ -443,7 +454,9 @@ async def _resolve_bigpanda(w: Writes, action: ResolveBigPanda, call: WriteCall)
 
 
 async def _comment_bigpanda(w: Writes, action: CommentBigPanda, call: WriteCall) -> None:
-    await w.bp.add_comment(action.environment_id, action.bp_incident_id, action.text)
+    # bpsync's comments carry the mirror marker (the plan's do): journals never carry them back
+    text = action.text if is_own(action.text) else f"{MIRROR_MARKER} {action.text}"
+    await w.bp.add_comment(action.environment_id, action.bp_incident_id, text)
 
 
 async def _snooze_bigpanda(w: Writes, action: SnoozeBigPanda, call: WriteCall) -> None:
@@ -498,4 +511,6 @@ HANDLERS: dict[type[WriteAction], Handler] = {
     CommentBigPanda: _comment_bigpanda,
     SetLinkTag: _set_link_tag,
     SnoozeBigPanda: _snooze_bigpanda,
+    CarryEntryToServiceNow: carry_to_servicenow,
+    CarryEntryToBigPanda: carry_to_bigpanda,
 }

@@ -16,10 +16,17 @@ Start-up, in order; each failure is ONE line naming the problem and exit code 1:
    a new store epoch (``take_epoch``), so a deposed leader's writes are fenced; when
    ``still_leader()`` fails it stops writing and goes back to standby.
 4. Credentials of both APIs (``check_auth``) before the first cycle.
-5. The HTTP server (``/healthz``, ``/readyz``, ``/metrics``) on ``http_port``.
-6. APScheduler (``AsyncIOScheduler``, interval ``poll_interval``, ``max_instances=1``,
-   ``coalesce=True``) calls one tick: leadership check, then ``coordinator.run_cycle``.
-   systemd gets READY once the first tick is scheduled, and watchdog pings.
+5. The HTTP server (``/healthz``, ``/readyz``, ``/metrics``) on ``http_port``; with
+   ``[push] enabled`` also the webhook receivers (:mod:`sync.runtime.receiver`).
+6. APScheduler (``AsyncIOScheduler``, interval ``poll_interval``, or
+   ``push.reconcile_interval`` with push on, ``max_instances=1``, ``coalesce=True``)
+   calls one tick: leadership check, then ``coordinator.run_cycle``. systemd gets READY
+   once the first tick is scheduled, and watchdog pings.
+7. Push mode: a delivery recorded by a receiver wakes the push loop, which runs a push
+   pass (:mod:`sync.push.passes`) at once, or a whole tick when a burst is cheaper to
+   poll; it also looks for events every :data:`PUSH_LOOK_S` (those recorded by a
+   standby replica, or left by a kill). A pass and a cycle never run at once (one
+   lock), so per-incident work stays serial; only the leader works events.
 
 Stop (SIGTERM or SIGINT): no new cycle starts; the cycle in flight finishes its writes
 (bounded by ``DRAIN_TIMEOUT_S``, then cancelled: every write is in the outbox, so a
@@ -52,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: how long a stop waits for the in-flight cycle before cancelling it (SPEC B17: < 10 s)
 DRAIN_TIMEOUT_S = 8.0
+#: how often the push loop looks for events nobody woke it for
+PUSH_LOOK_S = 2.0
 
 
 @dataclass
@@ -108,7 +117,22 @@ class Daemon:
         self._scheduler: Any = None
         self._stop = asyncio.Event()
         self._current: asyncio.Task[Any] | None = None
+        self._work = asyncio.Lock()
+        """held by a cycle and by a push pass: never both at once"""
+        self._wake = asyncio.Event()
+        self._push_task: asyncio.Task[None] | None = None
+        self.push: Any = None
+        """the push pass (:class:`sync.push.passes.PushPass`), with push on"""
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def cycle_interval(self) -> float:
+        """Seconds between cycles: ``push.reconcile_interval`` with push on (default
+        ``poll_interval``), else ``poll_interval``; /readyz judges cycles by it."""
+        push = self.settings.push
+        if push.enabled and push.reconcile_interval:
+            return push.reconcile_interval
+        return self.settings.poll_interval
 
     # ------------------------------------------------------------------ life cycle
 
@@ -122,7 +146,7 @@ class Daemon:
         self.metrics = Metrics()
         self.health = HealthState(
             self.clock,
-            self.settings.poll_interval,
+            self.cycle_interval,
             cycle_budget=self.settings.cycle_budget,
             throttled=self._throttled,
         )
@@ -141,12 +165,22 @@ class Daemon:
         from sync.runtime.server import start_http_server
 
         store = self.engine.store
+        receiver = None
+        if self.settings.push.enabled:
+            from sync.push.passes import PushPass
+            from sync.runtime.receiver import PushReceiver
+
+            self.push = PushPass(self.engine.coordinator)
+            receiver = PushReceiver(
+                self.settings, store, self.clock, self.wake, metrics=self.metrics
+            )
         self._server = await start_http_server(
             self.settings.http_host,
             self.settings.http_port,
             health=self.health,
             metrics=self.metrics,
             db_ping=store.ping,
+            push=receiver,
         )
 
     async def _take_single_writer(self, url: str) -> None:
@@ -167,11 +201,12 @@ class Daemon:
             if not await self._lead():
                 return None
             assert self.engine is not None
-            self.health.cycle_started = self.clock.monotonic()
-            try:
-                report = await self.engine.coordinator.run_cycle()
-            finally:
-                self.health.cycle_started = None
+            async with self._work:
+                self.health.cycle_started = self.clock.monotonic()
+                try:
+                    report = await self.engine.coordinator.run_cycle()
+                finally:
+                    self.health.cycle_started = None
             if isinstance(report.error, FencedError):
                 await self._step_down(f"fenced: {report.error}")
             if report.ok:
@@ -268,10 +303,13 @@ class Daemon:
         self.install_signal_handlers()
         self._notifier = SystemdNotifier.from_env()
         self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        interval = self.cycle_interval
+        if self.push is not None:
+            self._push_task = asyncio.create_task(self._push_loop())
         self._scheduler.add_job(
             self.tick,
             "interval",
-            seconds=self.settings.poll_interval,
+            seconds=interval,
             max_instances=1,
             coalesce=True,
             next_run_time=self.clock.now(),
@@ -287,7 +325,8 @@ class Daemon:
         log.info(
             "bpsync running",
             extra={
-                "poll_interval_s": self.settings.poll_interval,
+                "poll_interval_s": interval,
+                "push": self.push is not None,
                 "http_port": getattr(self._server, "port", None),
                 "leader": self.leader,
             },
@@ -300,6 +339,7 @@ class Daemon:
         # pause first, drain, then shut down: APScheduler's AsyncIOExecutor.shutdown()
         # cancels the running job's task whatever ``wait`` says
         self._scheduler.pause()
+        self._wake.set()  # the push loop sees the stop
         await self._drain()
         self._scheduler.shutdown(wait=False)
 
@@ -307,16 +347,53 @@ class Daemon:
         self._stop.set()
 
     async def _drain(self) -> None:
-        current = self._current
-        if current is None or current.done():
+        busy = [t for t in (self._current, self._push_task) if t is not None and not t.done()]
+        if not busy:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(current), timeout=DRAIN_TIMEOUT_S)
-        except TimeoutError:
+        _, late = await asyncio.wait(busy, timeout=DRAIN_TIMEOUT_S)
+        for task in late:
             log.warning("the cycle in flight did not finish in %.0fs: cancelled", DRAIN_TIMEOUT_S)
-            current.cancel()
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await current
+                await task
+
+    # ------------------------------------------------------------------ push mode
+
+    def wake(self, side: object = None) -> None:
+        """A delivery was recorded (the receivers call this): work it now."""
+        self._wake.set()
+
+    async def _push_loop(self) -> None:
+        """Push passes until the stop (see the module docstring, step 7)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=PUSH_LOOK_S)
+            self._wake.clear()
+            if self._stop.is_set() or not self.leader:
+                continue
+            try:
+                if await self._push_pass():
+                    self._wake.set()  # more may wait: look again at once
+            except (StoreError, ApiError) as exc:
+                log.warning("push pass failed: %s", exc)
+            except Exception:  # the loop must outlive a bug
+                log.exception("push pass failed unexpectedly")
+
+    async def _push_pass(self) -> bool:
+        """One pass (or a tick for a burst); True when it worked events (look again)."""
+        events = await self.push.take()
+        if not events:
+            return False
+        if self.push.wants_cycle(events):
+            report = await self.tick()
+            if report is not None and report.ok:
+                await self.push.ack(events)
+            return report is not None and report.ok
+        async with self._work:
+            if self._stop.is_set():
+                return False
+            result = await self.push.work(events)
+        return not result.kept
 
     async def close(self) -> None:
         if self._server is not None:

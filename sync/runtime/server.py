@@ -5,6 +5,8 @@
   (0/1) and ``reasons`` (see :mod:`sync.runtime.health` for the rule). The database is
   pinged on each request, bounded by ``DB_PING_TIMEOUT_S``.
 - ``GET /metrics``: the Prometheus text exposition of the daemon's own registry.
+- ``POST /webhooks/bigpanda``, ``POST /webhooks/servicenow``: the push receivers, with
+  ``[push] enabled`` (:mod:`sync.runtime.receiver`).
 
 No access log: probes every few seconds would drown the daemon's own lines.
 """
@@ -20,6 +22,7 @@ from aiohttp import web
 from sync.errors import ConfigError
 from sync.metrics import CONTENT_TYPE, Metrics
 from sync.runtime.health import HealthState
+from sync.runtime.receiver import PushReceiver
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,9 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
-def make_app(*, health: HealthState, metrics: Metrics, db_ping: DbPing) -> web.Application:
+def make_app(
+    *, health: HealthState, metrics: Metrics, db_ping: DbPing, push: PushReceiver | None = None
+) -> web.Application:
     app = web.Application()
     app[_HEALTH_KEY] = health
     app[_METRICS_KEY] = metrics
@@ -72,6 +77,8 @@ def make_app(*, health: HealthState, metrics: Metrics, db_ping: DbPing) -> web.A
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    if push is not None:
+        push.install(app)
     return app
 
 
@@ -95,10 +102,17 @@ class HttpServer:
 
 
 async def start_http_server(
-    host: str, port: int, *, health: HealthState, metrics: Metrics, db_ping: DbPing
+    host: str,
+    port: int,
+    *,
+    health: HealthState,
+    metrics: Metrics,
+    db_ping: DbPing,
+    push: PushReceiver | None = None,
 ) -> HttpServer:
-    """Bind and serve; a port that cannot be bound is a one-line ConfigError (http_port)."""
-    app = make_app(health=health, metrics=metrics, db_ping=db_ping)
+    """Bind and serve; a port that cannot be bound is a one-line ConfigError (http_port).
+    ``push``: the webhook receivers (push mode), when on."""
+    app = make_app(health=health, metrics=metrics, db_ping=db_ping, push=push)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

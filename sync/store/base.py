@@ -7,8 +7,9 @@ test suite (``tests/store``) runs against both. Each method is one short transac
 
 :class:`LinkStore` is the union of the parts its callers use: :class:`LinkRepository`
 (links and their field state), :class:`Outbox` (writes to send, dead letters),
-:class:`Audit`, :class:`Cursors` (poll cursors and checkpoints) and :class:`Leadership`
-(the leader epoch and fencing), plus the steps that span them in one transaction.
+:class:`Audit`, :class:`Cursors` (poll cursors and checkpoints), :class:`JournalLedger`
+(the journal entries carried, ``sync.journal``) and :class:`Leadership` (the leader
+epoch and fencing), plus the steps that span them in one transaction.
 
 The semantics both stores follow, where the protocols leave a choice:
 
@@ -45,6 +46,13 @@ The semantics both stores follow, where the protocols leave a choice:
 - ``drop_dead``: deletes a dead item; False when the id is not a dead item.
 - ``get_cursor`` of a side never advanced: ``Cursor(side, None, frozenset())``;
   ``advance_cursor`` stores the cursor as given (the caller decides what "advance" means).
+- ``record_push_event``: one row per (side, object id); never fenced (a standby records
+  what it receives, the leader works it); ``ack_push_events`` is fenced and deletes only
+  rows not delivered again since they were taken.
+- ``record_carried``: one row per (link, side, entry id), kept as first recorded (a
+  second record returns False); an unknown link raises StoreError; fenced like every
+  write. ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
+  ordered by (link id, time, side, entry id); incidents without rows are left out.
 - ``take_epoch``: the first epoch is 1; once fenced (``fence`` or ``take_epoch``), every
   write first checks the stored epoch and raises :func:`fenced_error`'s FencedError when
   it moved on.
@@ -61,7 +69,7 @@ from typing import Any, Protocol
 
 from sync.constants import Side
 from sync.errors import StoreError
-from sync.model import FieldState, Link, LinkState
+from sync.model import CarriedEntry, FieldState, Link, LinkState
 
 
 class DuplicateLinkError(StoreError):
@@ -201,6 +209,24 @@ class Cursor:
     watermark: datetime | None
     seen: frozenset[str] = frozenset()
     """Keys already processed at the watermark (e.g. ``sys_id:mod_count``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushEvent:
+    """A change a webhook announced (``sync.push``), recorded before its 202: a hint
+    that the incident changed, one row per incident however many deliveries."""
+
+    side: Side
+    object_id: str
+    """The BigPanda incident id or the ServiceNow sys_id."""
+    received_at: datetime
+    """When the latest delivery was recorded."""
+    deliveries: int = 1
+    """Deliveries recorded since the engine last took it."""
+    version: str | None = None
+    """As the latest delivery said (``updated_at``, ``sys_mod_count``), if it did."""
+    environment_id: str | None = None
+    """The BigPanda environment the delivery named, if any."""
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -368,6 +394,53 @@ class Cursors(Protocol):
     async def set_checkpoint(self, name: str, value: str, now: datetime) -> None: ...
 
 
+class PushEvents(Protocol):
+    """Changes announced by webhooks, until the engine has worked them (``sync.push``)."""
+
+    async def record_push_event(
+        self,
+        side: Side,
+        object_id: str,
+        now: datetime,
+        *,
+        version: str | None = None,
+        environment_id: str | None = None,
+    ) -> PushEvent:
+        """Upsert per (side, object_id): deliveries + 1, ``received_at`` = now, version
+        and environment replaced when given. Never fenced (any replica records)."""
+        ...
+
+    async def pending_push_events(self, *, limit: int) -> list[PushEvent]:
+        """The oldest ``limit`` events (``received_at``, then side and id)."""
+        ...
+
+    async def ack_push_events(self, events: Collection[PushEvent]) -> None:
+        """Delete each event whose row is still as taken (same ``received_at`` and
+        ``deliveries``): one delivered again since stays, to be worked again."""
+        ...
+
+    async def count_push_events(self) -> int: ...
+
+
+class JournalLedger(Protocol):
+    """The journal entries bpsync carries, recorded before each is sent (``sync.journal``)."""
+
+    async def record_carried(
+        self, link_id: int, side: Side, entry_id: str, digest: str, now: datetime
+    ) -> bool:
+        """Record that the entry ``entry_id`` read from ``side`` is carried to the other
+        side as a text with ``digest``; True when new, False (nothing changed) when the
+        ledger holds it already."""
+        ...
+
+    async def carried_entries(
+        self, bp_incident_ids: Collection[str]
+    ) -> dict[str, list[CarriedEntry]]:
+        """The ledger rows of every link of each of these BigPanda incidents that has
+        any (history across reopens included), one read for the batch."""
+        ...
+
+
 class Leadership(Protocol):
     """High availability: fencing by epoch."""
 
@@ -381,7 +454,9 @@ class Leadership(Protocol):
         ...
 
 
-class LinkStore(LinkRepository, Outbox, Audit, Cursors, Leadership, Protocol):
+class LinkStore(
+    LinkRepository, Outbox, Audit, Cursors, Leadership, PushEvents, JournalLedger, Protocol
+):
     """Everything the engine needs to remember across restarts: the parts above, the
     lifecycle, and the executor's hot paths, several steps in one transaction."""
 

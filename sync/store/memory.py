@@ -36,6 +36,8 @@ from sync.store.base import (
     link_times_for,
     opt_utc,
 )
+from sync.store.memory_journal import JournalRows, MemoryJournal
+from sync.store.memory_push import MemoryPushEvents, PushRows
 
 
 def _is_open(item: OutboxItem, attempts: int) -> bool:
@@ -65,9 +67,11 @@ class _Data:
     next_link_id: int = 1
     next_outbox_id: int = 1
     next_audit_id: int = 1
+    push_events: PushRows = field(default_factory=dict)
+    journal: JournalRows = field(default_factory=dict)
 
 
-class MemoryStore:
+class MemoryStore(MemoryPushEvents, MemoryJournal):
     """A :class:`~sync.store.base.LinkStore` kept in process memory."""
 
     def __init__(self, *, _data: _Data | None = None) -> None:
@@ -101,6 +105,13 @@ class MemoryStore:
     def _read(self) -> _Data:
         self._check_open()
         return self._data
+
+    def _push_rows(self, *, fenced: bool) -> PushRows:
+        return (self._write() if fenced else self._read()).push_events
+
+    def _journal_data(self, *, write: bool) -> tuple[Mapping[int, Link], JournalRows]:
+        data = self._write() if write else self._read()
+        return data.links, data.journal
 
     # --- links
 

@@ -12,6 +12,7 @@ them, part by part:
   in-memory SQLite use the async engine.
 - :mod:`sync.store.sql_core`: one short transaction per call, and fencing by epoch.
 - :mod:`sync.store.sql_outbox`: the outbox and dead letters.
+- :mod:`sync.store.sql_push`: the changes webhooks announced (push mode).
 - :mod:`sync.store.statements`: the hot statements, built once; :mod:`sync.store.rows`:
   rows to records and back.
 - This module: links, field state, audit, cursors and checkpoints, the steps that span
@@ -49,7 +50,9 @@ from sync.store.base import (
 )
 from sync.store.engines import describe, make_engine, make_sqlite_thread_engine, unique_violation
 from sync.store.rows import audit_values, pending_link_values, to_audit, to_field_state, to_link
+from sync.store.sql_journal import SqlJournal
 from sync.store.sql_outbox import SqlOutbox
+from sync.store.sql_push import SqlPushEvents
 from sync.store.statements import (
     CONFIRM_LINK,
     INSERT_AUDIT,
@@ -70,7 +73,7 @@ from sync.store.threads import run_calls_in_thread
 # the store has one; wrapped once by the decorator rather than one by one, so a new
 # method cannot be forgotten. ``close`` manages the thread itself.
 @run_calls_in_thread
-class SqlStore(SqlOutbox):
+class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
     """A :class:`~sync.store.base.LinkStore` on SQLite or Postgres. Build with ``open_store``."""
 
     # --- links

@@ -238,6 +238,38 @@ class CheckpointRow(Base):
     updated_at: Mapped[datetime]
 
 
+class PushEventRow(Base):
+    """A change a webhook announced, until the engine has worked it (migration 0003)."""
+
+    __tablename__ = "push_events"
+
+    side: Mapped[str] = mapped_column(String(16), primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str | None] = mapped_column(String(64))
+    environment_id: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[datetime]
+    deliveries: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_push_events_received_at", "received_at"),)
+
+
+class JournalLedgerRow(Base):
+    """A journal entry bpsync carries to the other side, recorded before it is sent
+    (``sync.journal``); entry id ``history``: a side's history cutoff (migration 0004)."""
+
+    __tablename__ = "journal_ledger"
+
+    link_id: Mapped[int] = mapped_column(
+        ForeignKey("links.id", ondelete="CASCADE"), primary_key=True
+    )
+    side: Mapped[str] = mapped_column(String(16), primary_key=True)
+    """The side the entry was read from."""
+    entry_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    """Of the normalised text written to the other side."""
+    recorded_at: Mapped[datetime]
+
+
 def _table(row: type[Base]) -> Table:
     table = row.__table__
     assert isinstance(table, Table)
@@ -252,3 +284,5 @@ outbox = _table(OutboxRow)
 audit = _table(AuditRow)
 leader = _table(LeaderRow)
 checkpoints = _table(CheckpointRow)
+push_events = _table(PushEventRow)
+journal_ledger = _table(JournalLedgerRow)

@@ -84,6 +84,11 @@ def test_cost_quick() -> None:
     assert kinds["bp_to_sn"]["bp_writes"] == 0
     assert 0 < kinds["sn_to_bp"]["bp_writes"] <= 1
     assert kinds["sn_to_bp"]["sn_writes"] == 0
+    # journals (the defaults: BigPanda comments to work notes): no read beyond the
+    # changed pair's own comment read, reported apart
+    for change in kinds.values():
+        assert 0 <= change["journal_reads"] <= 2
+        assert change["bp_reads"] <= 0.05
 
 
 def test_backfill_quick() -> None:

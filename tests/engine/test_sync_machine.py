@@ -13,13 +13,17 @@ Invariants after every step:
   (every incident with a ``correlation_id`` belongs to a link of that BigPanda incident,
   and there are at most as many as the incident was activated);
 - no write is an echo (the fakes' ``echoes`` stay empty, SPEC B5);
-- nothing is created for an incident outside the shared environment.
+- nothing is created for an incident outside the shared environment;
+- journals (``sync.journal``): no entry a person wrote is on the other side twice, and
+  none is ever carried back to where it was written (no echo).
 
 At teardown (and in the ``settle`` rule) the failures are cleared and cycles run, the
 clock moving past ``retry.interval``, until nothing is left to send; then the sides
 have converged on every mapped field per the rule directions and the conflict policy,
-the resolution states agree per ``resolve_servicenow`` / ``resolve_bigpanda``, and one
-more cycle makes zero writes.
+the resolution states agree per ``resolve_servicenow`` / ``resolve_bigpanda``, every
+journal entry written while its pair was linked is on the other side exactly once (while
+that link is still the pair's, and not into a Closed/Canceled ticket), and one more cycle
+makes zero writes.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from hypothesis.stateful import (
 )
 
 from sync.clock import FakeClock
-from sync.constants import SN_RESOLVED_STATES
+from sync.constants import MIRROR_MARKER, SN_RESOLVED_STATES
 from sync.coordinator import Coordinator, CycleReport
 from sync.errors import TransientError
 from sync.executor import Executor
@@ -63,6 +67,8 @@ IN_CYCLE_ATTEMPTS = 2
 #: (IN_CYCLE_ATTEMPTS * retry.attempts), so no write is ever exhausted
 MAX_QUEUED_FAILURES = 4
 SETTLE_CYCLES = 25
+#: what a person writes in ServiceNow's journal (BigPanda has comments only)
+JOURNAL_KINDS = ["work_notes", "comments"]
 
 TEXT = ["a", "b", "c", ""]
 SEV_MAP = {"high": "1", "low": "2", "mid": "3"}
@@ -182,6 +188,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.unsynced: set[str] = set()
         #: (incident, tag) -> the value a conflict must settle on
         self.expected: dict[tuple[str, str], Expected] = {}
+        #: journal entries people wrote: (side written on, BigPanda id, link id, text)
+        self.entries: list[tuple[str, str, int, str]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -282,6 +290,7 @@ class SyncMachine(RuleBasedStateMachine):
                 "retry.in_cycle_backoff_max": 2.0,
                 "guard.min_links": 100_000,
                 "guard.max_resolve_fraction": 1.0,
+                "journal.from_servicenow": "work_notes,comments",
             }
         )
         self.mapping_rules = compile_rules(self.settings)
@@ -416,6 +425,36 @@ class SyncMachine(RuleBasedStateMachine):
         assert value is not UNMAPPED
         self.expected[(inc, tag)] = Expected(link.id, value)
 
+    # ------------------------------------------------------------------ journals
+
+    @rule(inc=incidents, on_bigpanda=st.booleans(), kind=st.sampled_from(JOURNAL_KINDS))
+    def write_journal_entry(self, inc: str, on_bigpanda: bool, kind: str) -> None:
+        """A person comments in BigPanda, or writes a work note or comment in ServiceNow,
+        on a linked pair: it must reach the other side once, and never come back."""
+        found = self.linked_record(inc)
+        if found is None or found[0].state != LinkState.LINKED:
+            return
+        link, _ = found
+        assert link.sn_sys_id is not None
+        text = f"entry-{len(self.entries)}"
+        if on_bigpanda:
+            self.bp.comment(inc, text)
+        else:
+            self.sn.add_journal_entry(link.sn_sys_id, kind, text)
+        self.entries.append(("bigpanda" if on_bigpanda else "servicenow", inc, link.id, text))
+        self.edited(inc, None)  # a change of the record: "newest" compares them
+
+    def journal_copies(self, side: str, bp_id: str, text: str) -> int:
+        """bpsync's copies of ``text`` on ``side`` (every ServiceNow incident of the
+        BigPanda incident, or the BigPanda incident)."""
+        if side == "bigpanda":
+            activities = self.bp.incidents[bp_id].activities
+            texts = [str(a.params.get("comment")) for a in activities]
+        else:
+            sys_ids = {s for s, r in self.sn.incidents.items() if r["correlation_id"] == bp_id}
+            texts = [t for sys_id, _, t in self.sn.journal if sys_id in sys_ids]
+        return sum(1 for t in texts if t.startswith(MIRROR_MARKER) and t.endswith(f"\n{text}"))
+
     # ------------------------------------------------------------------ faults, time
 
     @rule(
@@ -479,6 +518,13 @@ class SyncMachine(RuleBasedStateMachine):
         assert self.bp.echoes == [], self.bp.echoes
 
     @invariant()
+    def journal_entries_at_most_once_and_never_back(self) -> None:
+        for side, bp_id, _, text in self.entries:
+            other = "servicenow" if side == "bigpanda" else "bigpanda"
+            assert self.journal_copies(other, bp_id, text) <= 1, (side, text)
+            assert self.journal_copies(side, bp_id, text) == 0, f"{text} echoed to {side}"
+
+    @invariant()
     def one_live_link_and_no_duplicate_creates(self) -> None:
         links = self.run(self.store.list_links(None, limit=100_000))
         live: dict[str, int] = {}
@@ -525,6 +571,7 @@ class SyncMachine(RuleBasedStateMachine):
                 break
         assert quiet, f"no convergence after {SETTLE_CYCLES} cycles"
         self.check_converged()
+        self.check_journals()
         # B5: one more cycle (the overlap shows bpsync its own writes again): no writes
         self.clock.advance(1)
         before = self.writes()
@@ -561,6 +608,22 @@ class SyncMachine(RuleBasedStateMachine):
             if state in (7, 8):
                 continue  # closed or canceled: frozen, fields no longer follow
             self.check_fields(bp_id, link, record, where)
+
+    def check_journals(self) -> None:
+        """Every entry written while its pair was linked is on the other side exactly
+        once, while that link is still the pair's (an entry not carried before a reopen
+        past the window follows the new link with the incident's next change) and not
+        into a Closed/Canceled ticket (frozen)."""
+        for side, bp_id, link_id, text in self.entries:
+            link = self.live_link(bp_id)
+            if link is None or link.id != link_id or link.sn_sys_id is None:
+                continue
+            state = int(self.sn.incidents[link.sn_sys_id].get("state", "1"))
+            if side == "bigpanda" and state in (7, 8):
+                continue
+            other = "servicenow" if side == "bigpanda" else "bigpanda"
+            event(f"journal entry from {side} checked")
+            assert self.journal_copies(other, bp_id, text) == 1, (side, bp_id, text)
 
     def check_fields(self, bp_id: str, link: Link, record: dict[str, str], where: str) -> None:
         tags = self.bp.incidents[bp_id].tags

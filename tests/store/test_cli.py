@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from migrations import HEAD
 from sync.cli.main import main
 from sync.constants import Side
 from sync.model import LinkState
@@ -69,14 +70,14 @@ async def _outbox_states(url: str) -> dict[int, OutboxState]:
 def test_db_upgrade_and_current(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["db", "current"], capsys)
     assert code == 0
-    assert "revision empty (newest 0002): needs `bpsync db upgrade`" in out
+    assert f"revision empty (newest {HEAD}): needs `bpsync db upgrade`" in out
     code, out, _ = run(["db", "upgrade"], capsys)
     assert code == 0
-    assert out.strip().endswith("upgraded from empty to 0002")
+    assert out.strip().endswith(f"upgraded from empty to {HEAD}")
     code, out, _ = run(["db", "upgrade"], capsys)
-    assert "already at revision 0002" in out
+    assert f"already at revision {HEAD}" in out
     code, out, _ = run(["db", "current"], capsys)
-    assert "revision 0002 (newest 0002): up to date" in out
+    assert f"revision {HEAD} (newest {HEAD}): up to date" in out
 
 
 def test_store_commands_on_an_old_schema_say_what_to_run(
@@ -86,7 +87,7 @@ def test_store_commands_on_an_old_schema_say_what_to_run(
         code, out, err = run(argv, capsys)
         assert code == 1
         assert err.strip() == (
-            "bpsync: error: database schema is at empty, this bpsync needs 0002: "
+            f"bpsync: error: database schema is at empty, this bpsync needs {HEAD}: "
             "run `bpsync db upgrade`"
         )
         assert out == ""

@@ -875,3 +875,106 @@ async def test_live_links_for_sn_reads_several_at_once(store: LinkStore) -> None
     await store.set_link_state(one.id, LinkState.SUPERSEDED, at(2))  # history: not live
     assert await store.live_links_for_sn([SYS1, SYS2]) == {SYS2: two}
     assert await store.live_links_for_sn([]) == {}
+
+
+# --------------------------------------------------------------------------- push events
+
+
+async def test_push_events_are_one_row_per_incident(store: LinkStore) -> None:
+    assert await store.pending_push_events(limit=10) == []
+    first = await store.record_push_event(Side.BIGPANDA, BP1, T0, environment_id="env-1")
+    assert (first.side, first.object_id, first.deliveries) == (Side.BIGPANDA, BP1, 1)
+    assert (first.version, first.environment_id, first.received_at) == (None, "env-1", T0)
+    await store.record_push_event(Side.SERVICENOW, SYS1, at(1), version="3")
+    # delivered again: one row, counted, the newest time; a given version replaces,
+    # what a delivery does not say is kept
+    again = await store.record_push_event(Side.BIGPANDA, BP1, at(2), version="1700000000")
+    assert (again.deliveries, again.received_at) == (2, at(2))
+    assert (again.version, again.environment_id) == ("1700000000", "env-1")
+    assert again.received_at.tzinfo == UTC
+    pending = await store.pending_push_events(limit=10)
+    assert [(e.side, e.object_id) for e in pending] == [
+        (Side.SERVICENOW, SYS1),
+        (Side.BIGPANDA, BP1),
+    ]  # oldest received first
+    assert pending[1] == again
+    assert await store.pending_push_events(limit=1) == pending[:1]
+    assert await store.count_push_events() == 2
+
+
+async def test_ack_keeps_push_events_delivered_again_since(store: LinkStore) -> None:
+    await store.record_push_event(Side.BIGPANDA, BP1, T0)
+    await store.record_push_event(Side.SERVICENOW, SYS1, T0)
+    taken = await store.pending_push_events(limit=10)
+    await store.record_push_event(Side.BIGPANDA, BP1, at(1))  # while the engine works
+    await store.ack_push_events(taken)
+    left = await store.pending_push_events(limit=10)
+    assert [(e.object_id, e.deliveries) for e in left] == [(BP1, 2)]
+    await store.ack_push_events(left)
+    assert await store.count_push_events() == 0
+    await store.ack_push_events(left)  # acknowledged twice: nothing to do
+    await store.ack_push_events([])
+
+
+async def test_push_events_are_recorded_by_any_replica_and_acked_by_the_leader(
+    backend: Backend,
+) -> None:
+    leader = await backend.open()
+    standby = await backend.open()
+    standby.fence(await leader.take_epoch("replica-a", T0))
+    await leader.take_epoch("replica-a", at(1))  # the standby's epoch is stale
+    await standby.record_push_event(Side.SERVICENOW, SYS1, at(2))  # not fenced
+    taken = await leader.pending_push_events(limit=10)
+    assert [e.object_id for e in taken] == [SYS1]
+    with pytest.raises(FencedError):
+        await standby.ack_push_events(taken)
+    await leader.ack_push_events(taken)
+    assert await standby.count_push_events() == 0
+
+
+# --------------------------------------------------------------------------- journal ledger
+
+
+async def test_journal_ledger_records_each_entry_once(store: LinkStore) -> None:
+    link = await linked(store)
+    assert await store.carried_entries([BP1]) == {}
+    assert await store.record_carried(link.id, Side.BIGPANDA, "c1", "d1", at(2)) is True
+    # recorded before sent: a second record (a retry, another item) changes nothing
+    assert await store.record_carried(link.id, Side.BIGPANDA, "c1", "other", at(3)) is False
+    # the same id read from the other side is another entry
+    assert await store.record_carried(link.id, Side.SERVICENOW, "c1", "d2", at(4)) is True
+    rows = (await store.carried_entries([BP1, BP2]))[BP1]
+    assert [(r.side, r.entry_id, r.digest, r.at) for r in rows] == [
+        (Side.BIGPANDA, "c1", "d1", at(2)),
+        (Side.SERVICENOW, "c1", "d2", at(4)),
+    ]
+    assert {r.link_id for r in rows} == {link.id}
+    assert rows[0].at.tzinfo == UTC
+    assert BP2 not in await store.carried_entries([BP1, BP2])
+    assert await store.carried_entries([]) == {}
+
+
+async def test_journal_ledger_spans_the_links_of_an_incident(store: LinkStore) -> None:
+    old = await linked(store, BP1, SYS1)
+    other = await linked(store, BP2, SYS2, "INC002")
+    await store.record_carried(old.id, Side.BIGPANDA, "c1", "d1", at(2))
+    await store.record_carried(other.id, Side.BIGPANDA, "c9", "d9", at(2))
+    await store.set_link_state(old.id, LinkState.SUPERSEDED, at(3))
+    new = await store.create_pending_link(BP1, at(4), previous_link_id=old.id)
+    await store.record_carried(new.id, Side.SERVICENOW, "history", "", at(5))
+    found = await store.carried_entries([BP1, BP2])
+    assert [(r.link_id, r.entry_id) for r in found[BP1]] == [(old.id, "c1"), (new.id, "history")]
+    assert [(r.link_id, r.entry_id) for r in found[BP2]] == [(other.id, "c9")]
+
+
+async def test_journal_ledger_needs_a_link_and_the_lead(backend: Backend) -> None:
+    store = await backend.open()
+    with pytest.raises(StoreError, match="no link"):
+        await store.record_carried(4242, Side.BIGPANDA, "c1", "d1", T0)
+    link = await linked(store)
+    standby = await backend.open()
+    standby.fence(await store.take_epoch("replica-a", T0))
+    await store.take_epoch("replica-b", at(1))  # the standby's epoch is stale
+    with pytest.raises(FencedError):
+        await standby.record_carried(link.id, Side.BIGPANDA, "c1", "d1", at(2))
+    assert await store.carried_entries([BP1]) == {}

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from sync.actions import (
+    CarryEntryToBigPanda,
+    CarryEntryToServiceNow,
     CommentBigPanda,
     CreateServiceNowIncident,
     RefLookup,
@@ -87,6 +89,18 @@ EVERY_WRITE: list[WriteAction] = [
     CommentBigPanda(BP, ENV, "ServiceNow refused the sn.update write: no", link_id=7),
     SetLinkTag(BP, ENV, "servicenow_link", "INC0010001 https://sn/x", link_id=7),
     SnoozeBigPanda(7, BP, ENV, 1_800_000_000, SYS, record_bp={"$snoozed": "true"}),
+    CarryEntryToServiceNow(
+        7,
+        BP,
+        SYS,
+        "a" * 32,
+        "work_notes",
+        "[bpsync] BigPanda comment by u1 at 2024-05-02 12:00:00 UTC:\nhi",
+        "d" * 32,
+        on_success=(SetLinkTag(BP, ENV, "servicenow_link", None, 7, only_after_error=True),),
+        on_refused=(CommentBigPanda(BP, ENV, "refused", 7, with_error=True),),
+    ),
+    CarryEntryToBigPanda(7, BP, ENV, SYS, "b" * 32, "[bpsync] ServiceNow work note", "e" * 32),
 ]
 
 #: the same writes with only the required fields (the defaults round-trip too)
@@ -100,6 +114,8 @@ MINIMAL_WRITES: list[WriteAction] = [
     CommentBigPanda(BP, ENV, "text"),
     SetLinkTag(BP, ENV, "servicenow_link", "error"),
     SnoozeBigPanda(7, BP, ENV, None),
+    CarryEntryToServiceNow(7, BP, SYS, "a" * 32, "comments", "t", "d"),
+    CarryEntryToBigPanda(7, BP, "", SYS, "b" * 32, "t", "e"),
 ]
 
 
@@ -178,6 +194,8 @@ def test_targets() -> None:
         "bp.comment": f"bigpanda:{BP}",
         "bp.link_tag": f"bigpanda:{BP}",
         "bp.snooze": f"bigpanda:{BP}",
+        "sn.journal": f"servicenow:{SYS}",
+        "bp.journal": f"bigpanda:{BP}",
     }
 
 

@@ -503,7 +503,7 @@ def test_bigpanda_resolved_resolves_servicenow() -> None:
         on_success=(SetLinkTag(BP_ID, ENV, "servicenow_link", None, 7, only_after_error=True),),
         on_refused=(
             CommentBigPanda(
-                BP_ID, ENV, "ServiceNow refused the sn.resolve write", 7, with_error=True
+                BP_ID, ENV, "[bpsync] ServiceNow refused the sn.resolve write", 7, with_error=True
             ),
             SetLinkTag(BP_ID, ENV, "servicenow_link", "error", 7),
         ),
@@ -648,6 +648,7 @@ PURE_MODULES = (
     "sync.bpql",
     "sync.onhold",
     "sync.flipflop",
+    "sync.journal",
 )
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 

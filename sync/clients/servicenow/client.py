@@ -51,6 +51,7 @@ from sync.clients.pacing import (
     resendable,
 )
 from sync.clients.servicenow.classification import classify
+from sync.clients.servicenow.journal import read_journal
 from sync.clients.servicenow.oauth import OAuthTokens
 from sync.clients.servicenow.parsing import (
     Page,
@@ -81,7 +82,7 @@ from sync.clients.snquery import (
 )
 from sync.clock import Clock
 from sync.errors import ApiError, ConfigError, PermanentError, TransientError
-from sync.model import SNFieldInfo
+from sync.model import JournalEntry, SNFieldInfo
 from sync.settings import ServiceNowSettings, redact_url
 
 # the package's name, as before the split: log filters and tests select on it
@@ -409,6 +410,11 @@ class ServiceNowClient:
 
     async def check_auth(self) -> None:
         await self.list_records(self._table, None, fields=["sys_id"], limit=1)
+
+    async def list_journal(self, sys_id: str, elements: Sequence[str]) -> list[JournalEntry]:
+        """The incident's journal entries, oldest first (:mod:`.journal`)."""
+        size = self._settings.page_size
+        return await read_journal(self, self._table, sys_id, elements, page_size=size)
 
     async def field_dictionary(self) -> dict[str, SNFieldInfo]:
         """The incident table's dictionary (``sys_dictionary``): element -> type, size,

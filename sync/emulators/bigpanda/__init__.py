@@ -58,7 +58,7 @@ Test hooks (NOT BigPanda behaviour, no auth, not counted):
 
       {"id"?: 24-hex, "status": "critical", "active"?: bool, "severity"?, "start"?,
        "end"?, "changed_at"?, "updated_at"?, "incident_tags"?: {"priority": "P1"} or
-       [{"tag_id", "tag_value"}], "assignee"?: "<user id>",
+       [{"tag_id", "tag_value"}], "assignee"?: "<user id>", "shared"?: bool,
        "alerts": [{"id"?, "status", "primary_property"?: "host", "secondary_property"?,
                    "source_system"?, "incident_key"?, "start"?, "description"?,
                    "tags": {"host": "db-1"} or [{"name", "value"}]}],
@@ -75,7 +75,10 @@ Test hooks (NOT BigPanda behaviour, no auth, not counted):
   logic (search filters, sorting, actions) keeps using the normalised fields.
 - ``GET /_emulator/incidents``: every incident, expanded, with ``activities``.
 - ``GET /_emulator/webhook``: AutoShare webhook config, recent ``deliveries`` and the
-  ``dlq``; ``POST /_emulator/webhook`` changes the config (``{"url": ...}`` turns it on);
+  ``dlq``; ``POST /_emulator/webhook`` changes the config (``{"url": ...}`` turns it on,
+  ``"headers"`` are sent as given, e.g. bpsync's ``Authorization: Bearer``; ``"envelope":
+  "v2"`` sends Webhook v2 trigger bodies; ``"faults"``: drop, duplicate, delay, reorder,
+  test switches of :mod:`sync.emulators.delivery`);
   ``DELETE /_emulator/webhook/dlq`` empties the DLQ.
 - ``GET/POST /_emulator/config``: read or change ``rate_limit_per_s`` (null = off),
   ``rate_limit_shape`` (``token_bucket`` | ``sliding_window`` | ``fixed_window``),

@@ -93,7 +93,8 @@ def create_app(
       (on the injected clock, at the next request);
     - ``repeat_window_s`` (10.0): an identical merge/split within it answers 409;
     - ``webhook``: a :class:`WebhookConfig` JSON (``{"url", "envelope", "headers",
-      "triggers", "environments", "retry_interval_s", "attempts", "dlq_after"}``) to
+      "triggers", "environments", "retry_interval_s", "attempts", "dlq_after",
+      "faults"}``) to
       simulate AutoShare to a notifications webhook (off by default; also
       ``POST /_emulator/webhook``);
     - ``rate_limit_burst`` (= the rate): bucket size of the ``token_bucket`` shape;

@@ -82,6 +82,7 @@ def load_incident(st: State, data: Mapping[str, Any]) -> Incident:
         if tag_id not in st.tag_definitions:
             st.define_tag(tag_id)
         inc.tags[str(tag_id)] = TagValue(str(value), "fixture", "", inc.updated_at)
+    inc.shared = bool(data.get("shared", False))  # shared before (by hand or AutoShare)
     if data.get("assignee"):
         assignee = str(data["assignee"])
         inc.assignee = {"user_id": assignee, "name": assignee, "email": ""}

@@ -1,4 +1,5 @@
-"""AutoShare to a notifications webhook: what is sent, when, and the retries and DLQ."""
+"""AutoShare to a notifications webhook: what is sent, when, and the retries and DLQ;
+the fault switches of :mod:`sync.emulators.delivery` (drop, duplicate, delay, reorder)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from sync.clock import Clock
 from sync.emulators.bigpanda.model import Incident
 from sync.emulators.bigpanda.state import State
+from sync.emulators.delivery import DeliveryFaults
 
 WEBHOOK_TRIGGERS = frozenset(
     {
@@ -39,7 +41,9 @@ class WebhookConfig:
     url: str | None = None
     envelope: str = "incident"
     """``incident``: ``{"incident": {...}, "trigger", "environment", "sender"}``;
-    ``bare``: the incident object itself, with ``event_type``."""
+    ``bare``: the incident object itself, with ``event_type``; ``v2``: a Webhook v2
+    trigger body from the template bpsync documents (``{"incident_id", "environment_id",
+    "trigger"}``)."""
     headers: dict[str, str] = field(default_factory=dict)
     """Custom headers (auth, ``x-bp-*``) sent as they are."""
     triggers: frozenset[str] = DEFAULT_WEBHOOK_TRIGGERS
@@ -50,20 +54,24 @@ class WebhookConfig:
     attempts: int = 6
     dlq_after: int = 5
     timeout_s: float = 10.0
+    faults: DeliveryFaults = field(default_factory=DeliveryFaults)
+    """Test switches (not BigPanda behaviour): drop, duplicate, delay, reorder."""
 
     def update(self, data: Mapping[str, Any]) -> None:
         """Apply a partial JSON config; ValueError/TypeError for a bad one."""
         unknown = set(data) - {
             "url", "envelope", "headers", "triggers", "environments", "share_target",
-            "retry_interval_s", "attempts", "dlq_after", "timeout_s",
+            "retry_interval_s", "attempts", "dlq_after", "timeout_s", "faults",
         }  # fmt: skip
         if unknown:
             raise ValueError(f"unknown webhook keys: {sorted(unknown)}")
         if "url" in data:
             self.url = None if data["url"] is None else str(data["url"])
+        if "faults" in data:
+            self.faults.update(data["faults"])
         if "envelope" in data:
-            if data["envelope"] not in {"incident", "bare"}:
-                raise ValueError("envelope must be incident or bare")
+            if data["envelope"] not in {"incident", "bare", "v2"}:
+                raise ValueError("envelope must be incident, bare or v2")
             self.envelope = str(data["envelope"])
         if "headers" in data:
             self.headers = {str(k): str(v) for k, v in dict(data["headers"]).items()}
@@ -96,6 +104,7 @@ class WebhookConfig:
             "attempts": self.attempts,
             "dlq_after": self.dlq_after,
             "timeout_s": self.timeout_s,
+            "faults": self.faults.to_json(),
         }
 
 
@@ -116,7 +125,7 @@ class Webhooks:
         self.config = config
         self.log: deque[dict[str, Any]] = deque(maxlen=_WEBHOOK_LOG_SIZE)
         self.dlq: list[dict[str, Any]] = []
-        self._backlog: list[dict[str, Any]] = []
+        self._backlog: list[tuple[dict[str, Any], float]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._running = False
@@ -151,6 +160,8 @@ class Webhooks:
         payload: dict[str, Any]
         if cfg.envelope == "bare":
             payload = {**body, "event_type": trigger}
+        elif cfg.envelope == "v2":
+            payload = {"incident_id": inc.id, "environment_id": env_id, "trigger": trigger}
         else:
             payload = {
                 "incident": body,
@@ -171,7 +182,10 @@ class Webhooks:
             "notified": False,
         }
         self.log.append(delivery)
-        self._backlog.append(delivery)
+        waits = cfg.faults.plan()
+        if not waits:
+            delivery["result"] = "dropped"
+        self._backlog += [(delivery, wait) for wait in waits]
         self._flush()
 
     def _flush(self) -> None:
@@ -182,8 +196,8 @@ class Webhooks:
         except RuntimeError:
             return
         backlog, self._backlog = self._backlog, []
-        for delivery in backlog:
-            task = loop.create_task(self._deliver(delivery))
+        for delivery, wait in backlog:
+            task = loop.create_task(self._deliver(delivery, wait))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -206,8 +220,10 @@ class Webhooks:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _deliver(self, delivery: dict[str, Any]) -> None:
+    async def _deliver(self, delivery: dict[str, Any], wait: float = 0.0) -> None:
         cfg = self.config
+        if wait:
+            await self.clock.sleep(wait)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         headers = {**cfg.headers, "X-BP-Trigger": delivery["trigger"]}

@@ -129,6 +129,11 @@ Emulated (section 7 items):
   correlation_id/correlation_display 100): ``overlong="truncate"`` (default, what the
   database column does) or ``"reject"`` (403 ``Operation Failed`` naming the field).
 
+Push mode's business rule (off until given a URL): ``GET/POST /_emulator/business_rule``
+configures an after insert/update rule on ``incident`` that POSTs ``{"table", "sys_id",
+"sys_mod_count", "sys_updated_on"}`` with the configured headers, with drop, duplicate,
+delay and reorder fault switches (:mod:`.rules`, :mod:`sync.emulators.delivery`).
+
 Not emulated: per-user ACLs, session cookies/serialisation, XML, ``sysparm_view``
 (ignored), the auto-close job, date operators ``ON``/``RELATIVE*``/``DATEPART``.
 
@@ -138,7 +143,7 @@ queries), :mod:`.state` (:class:`InstanceState`, options, seeding, business rule
 switches), :mod:`.app` (:func:`create_app`).
 """
 
-from sync.emulators.servicenow.app import STATE_KEY, create_app
+from sync.emulators.servicenow.app import RULE_KEY, STATE_KEY, create_app
 from sync.emulators.servicenow.config import (
     CONFIG_KEYS,
     apply_config,
@@ -180,6 +185,7 @@ __all__ = [
     "DISPLAY_FIELDS",
     "FIRST_INCIDENT_NUMBER",
     "INCIDENT_FIELDS",
+    "RULE_KEY",
     "SCHEMAS",
     "SEMAPHORE_QUEUE_FULL",
     "STATE_KEY",

@@ -17,6 +17,7 @@ from sync.emulators.servicenow.config import (
 )
 from sync.emulators.servicenow.errors import error_response
 from sync.emulators.servicenow.routes import MAX_PAYLOAD_BYTES, Api
+from sync.emulators.servicenow.rules import BusinessRule
 from sync.emulators.servicenow.state import (
     DEFAULT_USERS,
     FIRST_INCIDENT_NUMBER,
@@ -25,6 +26,7 @@ from sync.emulators.servicenow.state import (
 )
 
 STATE_KEY: web.AppKey[InstanceState] = web.AppKey("servicenow_state", InstanceState)
+RULE_KEY: web.AppKey[BusinessRule] = web.AppKey("servicenow_business_rule", BusinessRule)
 
 
 def create_app(
@@ -58,6 +60,10 @@ def create_app(
     app[STATE_KEY] = state
     app.middlewares.append(api.semaphore_middleware)
     app.middlewares.append(api.auth_middleware)
+    rule = BusinessRule(state, the_clock)  # push mode's rule (off until given a URL)
+    app[RULE_KEY] = rule
+    app.middlewares.append(rule.middleware)
+    app.on_cleanup.append(rule.stop)
     control = EmulatorControl(
         error_response=error_response,
         on_reset=state.reset,
@@ -68,6 +74,9 @@ def create_app(
     get_config, set_config = config_handlers(state)
     app.router.add_get("/_emulator/config", get_config)
     app.router.add_post("/_emulator/config", set_config)
+    get_rule, set_rule = rule.handlers()
+    app.router.add_get("/_emulator/business_rule", get_rule)
+    app.router.add_post("/_emulator/business_rule", set_rule)
     app.router.add_post("/oauth_token.do", api.oauth_token)
     for prefix in ("/api/now", "/api/now/{version:v[12]}"):
         app.router.add_route("*", prefix + "/table/{table}", api.collection)

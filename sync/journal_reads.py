@@ -1,0 +1,205 @@
+"""Reading the conversations of a cycle's changed pairs, before they are planned.
+
+The coordinator's step for journals (:mod:`sync.journal` decides what to read and what
+to carry; this module only reads): for each pair :func:`sync.journal.reads_wanted`
+names, its BigPanda comments (``list_activities(types=["incident_commented"])``) and
+its ServiceNow journal entries (``sys_journal_field``) through the client protocols,
+and the ledger of its incident in one store read for the whole batch; the result is
+the pair's :class:`~sync.model.JournalInput`, planned with the pair. An idle cycle has
+no pair, so it reads nothing.
+
+A side that cannot be read for one pair (the incident gone, a read refused: an ACL on
+``sys_journal_field``) is left unread for that pair, with one WARNING per distinct
+reason; an outage stops the cycle as any other read does.
+
+``created``: the execution tells which new incidents got their ticket (and link tag)
+in this cycle; their snapshots no newer than that are bpsync's own, not read
+(:func:`~sync.journal.reads_wanted`'s ``fresh_until``: a storm of new incidents costs no
+read per incident). Kept in memory for an hour: after a restart that change is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sync.actions import Action, CreateServiceNowIncident, PlanInput
+from sync.clients.base import BPActivity
+from sync.clock import from_epoch_s
+from sync.constants import Side
+from sync.errors import NotFoundError, PermanentError
+from sync.executor import PairResult
+from sync.fieldsync import LinkedPair
+from sync.journal import BP_COMMENT_KIND, HISTORY, plan_journal, reads_all, reads_wanted
+from sync.model import CarriedEntry, JournalEntry, JournalInput
+from sync.pairs import Pair, pair_bp_id
+from sync.progress import Progress
+
+if TYPE_CHECKING:
+    from sync.coordinator import Coordinator
+
+# the cycle's lines stay on "sync.coordinator", wherever the code lives
+log = logging.getLogger("sync.coordinator")
+
+#: BigPanda's activity type of a comment
+COMMENTED = "incident_commented"
+#: how long a new link's create is remembered for its first change (s)
+FRESH_TTL_S = 3600.0
+
+
+def comment_entries(activities: Sequence[BPActivity]) -> tuple[JournalEntry, ...]:
+    """BigPanda ``incident_commented`` activities (newest first) as entries, oldest first."""
+    return tuple(
+        JournalEntry(
+            id=a.id,
+            kind=BP_COMMENT_KIND,
+            text=str(a.params.get("comment") or ""),
+            author=a.created_by or "",
+            at=from_epoch_s(a.timestamp),
+        )
+        for a in reversed(activities)
+        if a.type == COMMENTED
+    )
+
+
+class JournalReads:
+    """The coordinator's journal reads (see the module docstring)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._c = coordinator
+        #: BigPanda incident id -> when its create (with the link tag) ended (epoch s)
+        self._fresh: dict[str, float] = {}
+        self._warned: set[str] = set()
+
+    def created(self, pair: Pair, result: PairResult) -> None:
+        """A new incident's plan ran: remember when, if its create went through."""
+        if (CreateServiceNowIncident.kind, "ok") in result.outcomes:
+            self._fresh[pair_bp_id(pair)] = self._c.clock.now().timestamp()
+
+    async def read(self, pairs: Sequence[Pair], progress: Progress | None = None) -> None:
+        """Give each pair that needs it its :class:`JournalInput` (``pair.journal``).
+
+        A BigPanda incident read in the second its snapshot is stamped may still get a
+        comment in that second, which leaves its change key as it is: its key leaves
+        ``seen`` (``progress.wrote_bp``, as for an incident bpsync wrote to), so the
+        next poll brings it again and it is read once more, a second later."""
+        c = self._c
+        settings = c.settings.journal
+        now_s = c.clock.now().timestamp()
+        self._fresh = {k: v for k, v in self._fresh.items() if v >= now_s - FRESH_TTL_S}
+        wanted: list[tuple[Pair, bool, bool]] = []
+        for pair in pairs:
+            fresh = self._fresh.get(pair_bp_id(pair))
+            read_bp, read_sn = reads_wanted(
+                settings, pair.link, pair.bp, pair.sn, fresh_until=fresh
+            )
+            if read_bp or read_sn:
+                wanted.append((pair, read_bp, read_sn))
+            stamp = pair.bp.updated_at if pair.bp is not None else None
+            if read_bp and progress is not None and stamp is not None and stamp >= int(now_s):
+                progress.wrote_bp.add(pair_bp_id(pair))
+        await self._read(wanted)
+
+    async def read_all(self, pairs: Sequence[Pair]) -> None:
+        """Both sides of each linked pair, whatever changed (backfill ``--with-journal``)."""
+        settings = self._c.settings.journal
+        wanted = [(pair, *reads_all(settings, pair.link)) for pair in pairs]
+        await self._read([(pair, bp, sn) for pair, bp, sn in wanted if bp or sn])
+
+    async def _read(self, wanted: Sequence[tuple[Pair, bool, bool]]) -> None:
+        c = self._c
+        if not wanted:
+            return
+        ledger = await c.store.carried_entries([pair_bp_id(pair) for pair, _, _ in wanted])
+        limit = asyncio.Semaphore(c.settings.pair_concurrency)
+
+        async def one(pair: Pair, read_bp: bool, read_sn: bool) -> None:
+            async with limit:
+                bp = await self._bigpanda(pair) if read_bp else None
+                sn = await self._servicenow(pair) if read_sn else None
+            carried: tuple[CarriedEntry, ...] = tuple(ledger.get(pair_bp_id(pair), ()))
+            pair.journal = JournalInput(bp, sn, carried)
+
+        tasks = [asyncio.ensure_future(one(*item)) for item in wanted]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # an outage: the others stop too, the cycle stops
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _bigpanda(self, pair: Pair) -> tuple[JournalEntry, ...] | None:
+        bp_id = pair_bp_id(pair)
+        try:
+            activities = await self._c.bigpanda.list_activities(bp_id, types=[COMMENTED])
+        except (NotFoundError, PermanentError) as exc:
+            self._warn(f"BigPanda comments of {bp_id} not read", exc)
+            return None
+        return comment_entries(activities)
+
+    async def _servicenow(self, pair: Pair) -> tuple[JournalEntry, ...] | None:
+        link = pair.link
+        assert link is not None  # reads_wanted checked: a live link with a sys_id
+        assert link.sn_sys_id is not None
+        kinds = self._c.settings.journal.from_servicenow
+        try:
+            entries = await self._c.servicenow.list_journal(link.sn_sys_id, kinds)
+        except (NotFoundError, PermanentError) as exc:
+            self._warn("ServiceNow journal (sys_journal_field) not read", exc)
+            return None
+        return tuple(entries)
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        reason = str(exc)
+        if reason in self._warned:
+            log.debug("%s: %s", what, reason)
+            return
+        self._warned.add(reason)
+        log.warning("%s: %s", what, reason)
+
+
+# --------------------------------------------------------------------------- backfill
+
+
+async def backfill_journals(
+    coordinator: Coordinator, incidents: Sequence[tuple[str, str]], *, execute: bool
+) -> list[Action]:
+    """``bpsync backfill --with-journal``: the history of these (BigPanda id,
+    environment) incidents' live links, read on both sides and carried as a cycle would
+    (the same pure plan, the same ledger: a re-run carries nothing twice); with
+    ``execute`` False only planned (a dry run)."""
+    links = await coordinator.store.live_links_for_bp([bp_id for bp_id, _ in incidents])
+    pairs = [Pair(None, None, links[bp_id], env) for bp_id, env in incidents if bp_id in links]
+    await coordinator.journals.read_all(pairs)
+    now = coordinator.clock.now()
+    planned: list[Action] = []
+    for pair in pairs:
+        link = pair.link
+        if pair.journal is None or link is None or link.sn_sys_id is None:
+            continue
+        inp = PlanInput(
+            bp=None,
+            sn=None,
+            link=link,
+            environment_id=pair.environment_id,
+            sizes=coordinator.sizes,
+            journal=pair.journal,
+        )
+        actions = plan_journal(LinkedPair(inp, coordinator.settings, now, link, link.sn_sys_id), [])
+        if execute and actions:
+            await coordinator.executor.execute(actions, environment_id=pair.environment_id)
+        planned.extend(actions)
+    return planned
+
+
+async def mark_history(coordinator: Coordinator, bp_incident_ids: Sequence[str]) -> None:
+    """``bpsync backfill`` without ``--with-journal``: the links it just made for these
+    incidents get a history cutoff on both sides (:data:`~sync.journal.HISTORY`): what
+    was said before is not carried, by this run or by the daemon later."""
+    store = coordinator.store
+    now = coordinator.clock.now()
+    for link in (await store.live_links_for_bp(bp_incident_ids)).values():
+        for side in Side:
+            await store.record_carried(link.id, side, HISTORY, "", now)

@@ -1,0 +1,212 @@
+"""The push pass: the incidents webhooks announced, read and worked as polled changes.
+
+The daemon runs a pass within ~100 ms of a delivery (:mod:`sync.runtime.daemon`), never
+at the same time as a cycle (one lock: per-incident work stays serial):
+
+1. Take the recorded events (:class:`~sync.store.base.PushEvents`, oldest first). More
+   than :data:`PASS_BATCH` at once (a storm) is cheaper to poll: the daemon runs a full
+   cycle instead, which lists them ten to a hundred a page, and acknowledges them after.
+2. Read each incident from its API (a delivery is a hint, not the truth): BigPanda in
+   the environment the delivery named if it is shared, else where its link remembers,
+   else in each shared environment; ServiceNow by sys_id. An incident that is gone, not
+   shared, or (ServiceNow) carries no ``correlation_id`` is not bpsync's: dropped, as the
+   poll would never list it.
+3. Its change key is the poll's (``<id>:<version>:<epoch s>``, :mod:`sync.pairs`): a key
+   already in the cursor's ``seen`` set was synced (by the poll, or by an earlier
+   delivery of the same change): a duplicate, a replay or a stale delivery, dropped.
+4. The rest go through the cycle's own steps (:meth:`Coordinator.work`): pair, hold,
+   plan, guard, execute. bpsync's own writes echoed back by a webhook are new keys and
+   are planned, and the field states recognise them (nothing is written back).
+5. The finished keys join ``seen`` (:func:`sync.progress.seen_after_push`), so the
+   poll's copy of each change is dropped; the watermark does not move. The events are
+   acknowledged; one delivered again meanwhile stays for the next pass. An outage keeps
+   them for the next pass; any other error leaves them to the poll (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sync.constants import Side
+from sync.errors import ApiError, BpsyncError, NotFoundError
+from sync.execution import CycleRun
+from sync.model import LIVE_LINK_STATES, BPIncident, SNIncident
+from sync.pairs import SN_SYS_ID_FORM, bp_change, sn_change
+from sync.polling import BPPoll, Polled
+from sync.progress import Change, Progress, seen_after_push
+from sync.store.base import PushEvent
+
+if TYPE_CHECKING:
+    from sync.coordinator import Coordinator, CycleReport
+
+log = logging.getLogger(__name__)
+
+#: events one pass reads incident by incident; more pending at once: a full cycle
+PASS_BATCH = 20
+#: events taken at once when a full cycle covers them
+TAKE_LIMIT = 1000
+
+
+@dataclass(slots=True)
+class PassResult:
+    """What one pass did."""
+
+    events: int = 0
+    """Events taken."""
+    changes: dict[Side, int] = field(default_factory=dict)
+    """New changes worked, per side."""
+    duplicates: int = 0
+    """Events whose change was synced already (a duplicate, replay or stale delivery)."""
+    dropped: int = 0
+    """Events about incidents that are not bpsync's (gone, not shared, no correlation)."""
+    kept: bool = False
+    """An outage: the events stay for the next pass."""
+    report: CycleReport | None = None
+
+
+class PushRun(CycleRun):
+    """A push pass's execution: the cycle's, but its progress moves no watermark: the
+    finished keys join ``seen`` (:func:`seen_after_push`)."""
+
+    async def checkpoint(self, *, final: bool) -> None:
+        c = self._c
+        overlap = timedelta(seconds=c.settings.cursor_overlap)
+        async with self._lock:
+            self._last_checkpoint = c.clock.monotonic()
+            await c.holds.save(self.held)
+            for side in (Side.BIGPANDA, Side.SERVICENOW):
+                forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
+                moved = seen_after_push(
+                    self._cursors[side],
+                    self.progress.polled[side],
+                    self.progress.done,
+                    overlap=overlap,
+                    forget=forget,
+                )
+                if moved is not None:
+                    await c.store.advance_cursor(moved, c.clock.now())
+                    self._cursors[side] = moved
+
+
+class PushPass:
+    """Works the recorded push events of one engine (see the module docstring)."""
+
+    def __init__(self, coordinator: Coordinator, *, batch: int = PASS_BATCH) -> None:
+        self._c = coordinator
+        self.batch = batch
+        self._listed: list[str] | None = None
+        """the environments BigPanda lists (when none is configured), read once"""
+        self._stopped = False
+        """an outage stopped a pass (logged once)"""
+
+    async def take(self) -> list[PushEvent]:
+        """The events recorded and not yet worked, oldest first."""
+        return await self._c.store.pending_push_events(limit=TAKE_LIMIT)
+
+    def wants_cycle(self, events: Sequence[PushEvent]) -> bool:
+        """Too many at once: a full cycle reads them more cheaply than one by one."""
+        return len(events) > self.batch
+
+    async def ack(self, events: Sequence[PushEvent]) -> None:
+        await self._c.store.ack_push_events(events)
+
+    async def work(self, events: Sequence[PushEvent]) -> PassResult:
+        """Read, de-duplicate and work ``events`` (at most :attr:`batch` of them)."""
+        from sync.coordinator import CycleReport
+
+        c = self._c
+        result = PassResult(events=len(events))
+        started = c.clock.monotonic()
+        try:
+            environments = await self._environments()
+            cursors = {side: await c.store.get_cursor(side) for side in Side}
+            bp_found: list[tuple[BPIncident, str]] = []
+            sn_found: list[SNIncident] = []
+            changes: dict[Side, list[Change]] = {Side.BIGPANDA: [], Side.SERVICENOW: []}
+            for event in events:
+                read = await self._read(event, environments)
+                if read is None:
+                    result.dropped += 1
+                    continue
+                incident, env = read
+                now = c.clock.now()
+                if isinstance(incident, BPIncident):
+                    change = bp_change(incident, now)
+                else:
+                    change = sn_change(incident, now)
+                known = {ch.key for ch in changes[event.side]}
+                if change.key in cursors[event.side].seen or change.key in known:
+                    result.duplicates += 1
+                    continue
+                changes[event.side].append(change)
+                if isinstance(incident, BPIncident):
+                    bp_found.append((incident, env or ""))
+                else:
+                    sn_found.append(incident)
+            result.changes = {side: len(found) for side, found in changes.items()}
+            if bp_found or sn_found:
+                held = await c.holds.load()
+                live = await c.store.count_links(LIVE_LINK_STATES)
+                bp_polled = BPPoll(bp_found, changes[Side.BIGPANDA], list(bp_found))
+                sn_polled = (sn_found, changes[Side.SERVICENOW])
+                polled = Polled(bp_polled, sn_polled, environments, live, started)
+                run = PushRun(c, Progress(changes), held, cursors)
+                result.report = CycleReport()
+                await c.work(result.report, run, polled, via="push")
+        except ApiError as exc:
+            result.kept = True
+            if not self._stopped:  # once per outage (the poll's cycle logs it too)
+                self._stopped = True
+                log.warning("push pass stopped, its events wait for the next one: %s", exc)
+            return result
+        except BpsyncError as exc:  # a guard: the poll meets it again, and reports it
+            log.warning("push pass stopped, the poll will find these changes: %s", exc)
+        except Exception:  # a bug must not stop the loop: the poll is the safety net
+            log.exception("push pass failed; the poll will find these changes")
+        if self._stopped:
+            self._stopped = False
+            log.info("push passes work again")
+        await self.ack(events)
+        return result
+
+    async def _environments(self) -> list[str]:
+        configured = list(self._c.settings.bigpanda.environments)
+        if configured:
+            return configured
+        if self._listed is None:
+            self._listed = [env.id for env in await self._c.bigpanda.list_environments()]
+        return self._listed
+
+    async def _read(
+        self, event: PushEvent, environments: Sequence[str]
+    ) -> tuple[BPIncident | SNIncident, str | None] | None:
+        """The incident as its API has it now, or None when it is not bpsync's."""
+        c = self._c
+        if event.side is Side.BIGPANDA:
+            env = event.environment_id
+            if env is not None and env in environments:
+                try:
+                    incident = await c.bigpanda.get_incident(env, event.object_id)
+                except NotFoundError:
+                    pass
+                else:
+                    return incident, env
+            others = [e for e in environments if e != env]
+            return await c.fetch_bp(event.object_id, others)
+        if not SN_SYS_ID_FORM.fullmatch(event.object_id):
+            return None
+        try:
+            sn = SNIncident.from_record(await c.servicenow.get_incident(event.object_id))
+        except NotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("pushed ServiceNow record %s skipped: %s", event.object_id, exc)
+            return None
+        return (sn, None) if sn.correlation_id else None
+
+
+__all__ = ["PASS_BATCH", "PassResult", "PushPass", "PushRun"]

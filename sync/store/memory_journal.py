@@ -1,0 +1,49 @@
+"""``MemoryJournal``: the journal ledger of :class:`sync.store.memory.MemoryStore`, with
+the semantics of :class:`sync.store.sql_journal.SqlJournal` (``sync.store.base``)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+
+from sync.constants import Side
+from sync.errors import StoreError
+from sync.model import CarriedEntry, Link
+from sync.store.base import as_utc
+
+JournalRows = dict[tuple[int, Side, str], CarriedEntry]
+
+
+class MemoryJournal:
+    """The :class:`~sync.store.base.JournalLedger` part of ``MemoryStore``."""
+
+    def _journal_data(self, *, write: bool) -> tuple[Mapping[int, Link], JournalRows]:
+        """The shared links and ledger rows, after the store's open (and, ``write``,
+        epoch) check."""
+        raise NotImplementedError
+
+    async def record_carried(
+        self, link_id: int, side: Side, entry_id: str, digest: str, now: datetime
+    ) -> bool:
+        now = as_utc(now)
+        links, rows = self._journal_data(write=True)
+        if link_id not in links:
+            raise StoreError(f"no link {link_id}")
+        key = (link_id, Side(side), entry_id)
+        if key in rows:
+            return False
+        rows[key] = CarriedEntry(link_id, key[1], entry_id, digest, now)
+        return True
+
+    async def carried_entries(
+        self, bp_incident_ids: Collection[str]
+    ) -> dict[str, list[CarriedEntry]]:
+        links, rows = self._journal_data(write=False)
+        wanted = set(bp_incident_ids)
+        out: dict[str, list[CarriedEntry]] = {}
+        ordered = sorted(rows.values(), key=lambda r: (r.link_id, r.at, r.side.value, r.entry_id))
+        for row in ordered:
+            link = links.get(row.link_id)
+            if link is not None and link.bp_incident_id in wanted:
+                out.setdefault(link.bp_incident_id, []).append(row)
+        return out
