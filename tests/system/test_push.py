@@ -559,14 +559,18 @@ async def test_the_daemon_syncs_pushed_changes_within_a_second(
         lossy = {"faults": {"drop": 1.0, "duplicate": 0, "reorder": 0}}
         await world.control("servicenow", "POST", "business_rule", lossy)
         await asyncio.sleep(1.5)  # late deliveries of earlier changes have landed
-        polled = push.changes("servicenow", "poll")
+        seen = push.changes("servicenow", "poll") + push.changes("servicenow", "push")
         await emu.sn_patch(sys_id, {"category": "software"})
 
         async def caught() -> bool:
             return (await emu.tags(bp_id)).get("service_area") == "software"
 
         assert await _wait(caught, 4.0 + 3.0, "caught by the poll") < 4.0 + 2.0
-        assert push.changes("servicenow", "poll") == polled + 1
+        # counted once: by the poll, unless a late delivery of an earlier change (a
+        # loaded machine) woke a read of the incident first (a webhook is only a hint);
+        # test_a_dropped_delivery_is_caught_by_the_poll shows the poll alone on a clock
+        now_seen = push.changes("servicenow", "poll") + push.changes("servicenow", "push")
+        assert now_seen == seen + 1
         assert len(await emu.sn_for(bp_id)) == 1
 
 
