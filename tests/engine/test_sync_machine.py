@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 )
 
 from sync.clock import FakeClock
-from sync.constants import MIRROR_MARKER, SN_RESOLVED_STATES
+from sync.constants import MIRROR_MARKER, SN_RESOLVED_STATES, Side
 from sync.coordinator import Coordinator, CycleReport
 from sync.errors import TransientError
 from sync.executor import Executor
@@ -404,6 +404,12 @@ class SyncMachine(RuleBasedStateMachine):
         clean = inc not in self.unsynced and self.open_items() == 0
         if not self.bp.incidents[inc].active:
             clean = False  # a resolved pair may be reopened or frozen meanwhile
+        synced = self.run(self.store.field_states(link.id)).get((Side.SERVICENOW, rule_.field))
+        if norm(synced.value if synced else None) != norm(record.get(rule_.field)):
+            # a value ServiceNow filled in (a table default) that bpsync never wrote: the
+            # engine takes it for a ServiceNow change whenever it reads the record, so
+            # which side wins depends on when that read happens: no expectation
+            clean = False
         bp_moved = norm(self.bp.incidents[inc].tags.get(tag)) != norm(bp_new)
         sn_moved = norm(record.get(rule_.field)) != norm(sn_new)
         self.bp.change_tag(inc, tag, bp_new)
