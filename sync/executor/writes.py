@@ -483,8 +483,11 @@ async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> None:
             return
         value = link_tag_value(w.base_url, link.sn_number or "", link.sn_sys_id)
         action = dataclasses.replace(action, value=value)
+    # a retry, and B14's report and way back (rare: once per outage), read the tag first:
+    # the incident may say so already (another write's report, an earlier link's)
+    read_first = call.recheck or value == LINK_TAG_ERROR_VALUE or action.only_after_error
     current_tags = (
-        await w.bp.get_tags(action.environment_id, action.bp_incident_id) if call.recheck else {}
+        await w.bp.get_tags(action.environment_id, action.bp_incident_id) if read_first else {}
     )
     if current_tags.get(action.tag_id) != value:
         await _defined(
