@@ -68,7 +68,7 @@ class PlanInput:
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Choice labels of the fields ``label = true`` rows map (field -> {label: value})."""
     references: Mapping[str, str] = field(default_factory=dict)
-    """ServiceNow reference fields (field -> referenced table, from the dictionary): their
+    """Mapped ServiceNow reference fields (field -> referenced table, from the dictionary): their
     values in ``sn`` are display values (names), and a name written to one is looked up."""
     journal: JournalInput | None = None
     """The pair's conversation read in this cycle (None: not read), :mod:`sync.journal`."""

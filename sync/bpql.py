@@ -8,6 +8,7 @@ for ``name`` (an incident's status, severity, a tag; none when it has none).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 
@@ -154,6 +155,7 @@ class _Parser:
         return values
 
 
+@functools.lru_cache(maxsize=64)
 def compile_bpql(query: str | None) -> Predicate:
     """A BPQL subset: ``=``, ``!=``, ``IN``/``NOT IN``, ``AND``/``OR``/``NOT``, parentheses,
     quoted or bare values, ``*`` wildcards; ``*`` or empty alone matches everything.

@@ -163,7 +163,7 @@ class Coordinator:
         self.labels: Mapping[str, Mapping[str, str]] = {}
         """choice labels of the fields ``label = true`` rows map (``Engine.prepare``)"""
         self.references: Mapping[str, str] = {}
-        """ServiceNow reference fields -> their tables (``Engine.prepare``, dictionary)"""
+        """mapped ServiceNow reference fields -> their tables (``Engine.prepare``)"""
         self._lookups = lookups or Lookups(servicenow, clock)
         self._poll = Poller(
             servicenow, bigpanda, settings, clock, forced=lambda: self.force, metrics=metrics
@@ -332,9 +332,8 @@ class Coordinator:
         that cannot be read leaves the field out: the planner takes it as unchanged."""
         if sn is None or not self.references:
             return sn
-        mapped = {rule.field for rule in compile_rules(self._settings)}
         fields = dict(sn.fields)
-        for name in mapped & self.references.keys():
+        for name in self.references:
             sys_id = fields.get(name)
             if not sys_id:
                 continue

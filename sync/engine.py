@@ -19,7 +19,7 @@ from sync.coordinator import Coordinator, CoordinatorMetrics
 from sync.errors import FatalError, PermanentError
 from sync.executor import Executor, ExecutorMetrics
 from sync.lookups import Lookups
-from sync.mapping import validate_mapping
+from sync.mapping import compile_rules, validate_mapping
 from sync.metrics import Metrics
 from sync.settings import Settings
 from sync.sizes import FieldSizes
@@ -73,10 +73,12 @@ class Engine:
         sizes = {name: info.max_length for name, info in dictionary.items() if info.max_length}
         self.coordinator.sizes = FieldSizes.from_dictionary(sizes)
         self.coordinator.labels = await self._choice_labels()
+        # the mapped reference fields: the only ones bpsync reads or writes by name
+        mapped = {rule.field for rule in compile_rules(self.settings)}
         self.coordinator.references = {
             name: info.reference
             for name, info in dictionary.items()
-            if info.internal_type == "reference" and info.reference
+            if name in mapped and info.internal_type == "reference" and info.reference
         }
 
     async def _choice_labels(self) -> dict[str, dict[str, str]]:

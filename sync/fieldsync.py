@@ -46,7 +46,14 @@ from sync.primary import parse_criteria, pick_primary_alert
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
     from sync.settings import Settings
 
-__all__ = ["LinkedPair", "on_refused", "on_success", "sync_fields", "text_updatable"]
+__all__ = [
+    "LinkedPair",
+    "last_synced",
+    "on_refused",
+    "on_success",
+    "sync_fields",
+    "text_updatable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,8 @@ class _FieldPlan:
     """Written key -> the key its value was mapped from."""
 
 
-def _last(synced: Mapping[tuple[Side, str], FieldState], side: Side, name: str) -> str | None:
+def last_synced(synced: Mapping[tuple[Side, str], FieldState], side: Side, name: str) -> str | None:
+    """The value last synced on ``side`` for ``name`` (None: empty or never)."""
     state = synced.get((side, name))
     return norm(state.value) if state is not None else None
 
@@ -144,15 +152,15 @@ def sync_fields(pair: LinkedPair) -> list[Action]:
             bp_now[rule.tag] = (
                 bp_value(bp, rule.tag, primary)
                 if bp is not None and (alerts_known or not reads_primary_alert(rule.tag))
-                else _last(synced, Side.BIGPANDA, rule.tag)
+                else last_synced(synced, Side.BIGPANDA, rule.tag)
             )
         if rule.field not in sn_now:
             if inp.sn is not None and rule.field in inp.sn.fields:
                 sn_now[rule.field] = norm(inp.sn.fields[rule.field])
             else:  # unchanged side, or a field the poll did not fetch
-                sn_now[rule.field] = _last(synced, Side.SERVICENOW, rule.field)
-    bp_changed = {t for t, v in bp_now.items() if v != _last(synced, Side.BIGPANDA, t)}
-    sn_changed = {f for f, v in sn_now.items() if v != _last(synced, Side.SERVICENOW, f)}
+                sn_now[rule.field] = last_synced(synced, Side.SERVICENOW, rule.field)
+    bp_changed = {t for t, v in bp_now.items() if v != last_synced(synced, Side.BIGPANDA, t)}
+    sn_changed = {f for f, v in sn_now.items() if v != last_synced(synced, Side.SERVICENOW, f)}
 
     fp = _FieldPlan()
 
@@ -378,7 +386,7 @@ def _sync_texts(pair: LinkedPair, fp: _FieldPlan) -> None:
         new = norm(values[name])
         if name in mapped or name in fp.sn_writes or new is None:
             continue
-        last = _last(inp.synced, Side.SERVICENOW, name)
+        last = last_synced(inp.synced, Side.SERVICENOW, name)
         if new == last:
             continue  # bpsync's text did not change (an edit in ServiceNow stays)
         current = last

@@ -16,12 +16,9 @@ Only for a live pair (BigPanda active, ServiceNow not resolved): a resolve wins.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from sync.actions import Action, RecordSynced, SnoozeBigPanda, UpdateServiceNowFields
 from sync.constants import Side, SNState
-from sync.fieldsync import LinkedPair, on_refused, on_success
-from sync.model import FieldState
+from sync.fieldsync import LinkedPair, last_synced, on_refused, on_success
 
 __all__ = ["ON_HOLD", "SNOOZED", "plan_hold"]
 
@@ -30,18 +27,13 @@ SNOOZED = "$snoozed"
 ON_HOLD = "$on_hold"
 
 
-def _last(synced: Mapping[tuple[Side, str], FieldState], side: Side, name: str) -> str | None:
-    state = synced.get((side, name))
-    return state.value if state is not None and state.value else None
-
-
 def plan_hold(pair: LinkedPair) -> list[Action]:
     """The pair's hold actions (none unless ``hold_to_snooze``)."""
     inp, opts, link = pair.inp, pair.settings.incidents, pair.link
     if not opts.hold_to_snooze:
         return []
-    bp_last = _last(inp.synced, Side.BIGPANDA, SNOOZED)
-    sn_last = _last(inp.synced, Side.SERVICENOW, ON_HOLD)
+    bp_last = last_synced(inp.synced, Side.BIGPANDA, SNOOZED)
+    sn_last = last_synced(inp.synced, Side.SERVICENOW, ON_HOLD)
     bp_now = bp_last if inp.bp is None else ("true" if inp.bp.snoozed else None)
     sn_now = sn_last
     if inp.sn is not None:
