@@ -8,7 +8,9 @@ executor's and the coordinator's metrics as it is (``action_done``, ``notificati
 ``observe_throttle``, the daemon through ``set_leader``; ``GET /metrics`` serves
 :meth:`Metrics.render`.
 
-Series (all prefixed ``bpsync_``):
+Every series carries ``pair``, the sync pair it belongs to (``default`` without
+``[[pairs]]``): one :class:`Metrics` per pair, made by :meth:`Metrics.for_pair`, all
+feeding one registry. Series (all prefixed ``bpsync_``):
 
 - ``cycles_total{outcome}`` and ``cycle_duration_seconds{outcome}``
 - ``actions_total{kind,outcome}`` and ``action_duration_seconds{kind}``
@@ -27,6 +29,7 @@ Series (all prefixed ``bpsync_``):
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping
 
@@ -50,17 +53,19 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 class Metrics:
     """Every metric of one daemon; thread-safe (prometheus_client locks per child)."""
 
-    def __init__(self, namespace: str = "bpsync") -> None:
+    def __init__(self, namespace: str = "bpsync", *, pair: str = "default") -> None:
+        self.pair = pair
+        """the sync pair this view feeds (every series carries it as label ``pair``)"""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ns = namespace
         self.cycles = Counter(
-            "cycles", "Sync cycles run, by outcome.", ["outcome"], namespace=ns, registry=r
+            "cycles", "Sync cycles run, by outcome.", ["pair", "outcome"], namespace=ns, registry=r
         )
         self.cycle_duration = Histogram(
             "cycle_duration_seconds",
             "Duration of one sync cycle, by outcome.",
-            ["outcome"],
+            ["pair", "outcome"],
             namespace=ns,
             registry=r,
             buckets=_CYCLE_BUCKETS,
@@ -68,21 +73,21 @@ class Metrics:
         self.last_cycle = Gauge(
             "last_cycle_timestamp_seconds",
             "Unix time the last cycle of each outcome ended.",
-            ["outcome"],
+            ["pair", "outcome"],
             namespace=ns,
             registry=r,
         )
         self.actions = Counter(
             "actions",
             "Actions executed (writes to either side), by kind and outcome.",
-            ["kind", "outcome"],
+            ["pair", "kind", "outcome"],
             namespace=ns,
             registry=r,
         )
         self.action_duration = Histogram(
             "action_duration_seconds",
             "Duration of one action, by kind.",
-            ["kind"],
+            ["pair", "kind"],
             namespace=ns,
             registry=r,
             buckets=_ACTION_BUCKETS,
@@ -90,14 +95,14 @@ class Metrics:
         self.http_requests = Counter(
             "http_requests",
             "HTTP requests made to the APIs, by side, method, endpoint template and status.",
-            ["side", "method", "endpoint", "status"],
+            ["pair", "side", "method", "endpoint", "status"],
             namespace=ns,
             registry=r,
         )
         self.http_duration = Histogram(
             "http_request_duration_seconds",
             "Duration of HTTP requests to the APIs, by side, method and endpoint template.",
-            ["side", "method", "endpoint"],
+            ["pair", "side", "method", "endpoint"],
             namespace=ns,
             registry=r,
             buckets=_HTTP_BUCKETS,
@@ -105,41 +110,45 @@ class Metrics:
         self.notifications = Counter(
             "notifications",
             "Operator notifications sent (a write that exhausted its retries), by kind.",
-            ["kind"],
+            ["pair", "kind"],
             namespace=ns,
             registry=r,
         )
         self.outbox_depth = Gauge(
-            "outbox_depth", "Writes waiting in the outbox.", namespace=ns, registry=r
+            "outbox_depth", "Writes waiting in the outbox.", ["pair"], namespace=ns, registry=r
         )
         self.dead_letters = Gauge(
-            "dead_letters", "Writes in the dead-letter queue.", namespace=ns, registry=r
+            "dead_letters", "Writes in the dead-letter queue.", ["pair"], namespace=ns, registry=r
         )
         self.live_links = Gauge(
-            "live_links", "Live BigPanda <-> ServiceNow links.", namespace=ns, registry=r
+            "live_links", "Live BigPanda <-> ServiceNow links.", ["pair"], namespace=ns, registry=r
         )
         self.cursor_lag = Gauge(
             "cursor_lag_seconds",
             "How far each side's poll cursor is behind now.",
-            ["side"],
+            ["pair", "side"],
             namespace=ns,
             registry=r,
         )
         self.leader = Gauge(
-            "leader", "1 when this replica leads (writes), 0 on standby.", namespace=ns, registry=r
+            "leader",
+            "1 when this replica leads this pair (writes), 0 on standby.",
+            ["pair"],
+            namespace=ns,
+            registry=r,
         )
         self.throttled = Counter(
             "throttled",
             "Answers that asked bpsync to slow down (HTTP 429), by side and endpoint family; "
             "each was sent again after a pause, none was lost.",
-            ["side", "family"],
+            ["pair", "side", "family"],
             namespace=ns,
             registry=r,
         )
         self.skipped_records = Counter(
             "skipped_records",
             "Polled records skipped as malformed (each record once per process), by reason.",
-            ["side", "reason"],
+            ["pair", "side", "reason"],
             namespace=ns,
             registry=r,
         )
@@ -147,7 +156,7 @@ class Metrics:
             "lookup_misses",
             "Reference look-ups that found no single record (a name or e-mail without a "
             "match, or a sys_id that cannot be read), by table; the field was left as is.",
-            ["table"],
+            ["pair", "table"],
             namespace=ns,
             registry=r,
         )
@@ -155,27 +164,37 @@ class Metrics:
             "changes",
             "Changes of paired incidents synced, by side and how bpsync learnt of them: "
             "push (a webhook) or poll (the poll found what no webhook announced).",
-            ["side", "via"],
+            ["pair", "side", "via"],
             namespace=ns,
             registry=r,
         )
-        for side in ("bigpanda", "servicenow"):  # 0 from the start: a rate can be taken
-            for via in ("push", "poll"):
-                self.changes_total.labels(side, via)
+        self._zero_changes()
         self.push_requests = Counter(
             "push_requests",
             "Webhook deliveries received, by side and the HTTP status answered.",
-            ["side", "status"],
+            ["pair", "side", "status"],
             namespace=ns,
             registry=r,
         )
         self.backlog_left = Gauge(
             "backlog",
             "Changes polled but not yet synced (a storm worked through across cycles).",
-            ["side"],
+            ["pair", "side"],
             namespace=ns,
             registry=r,
         )
+
+    def for_pair(self, pair: str) -> Metrics:
+        """A view of the same registry whose series carry ``pair`` (one per sync pair)."""
+        view = copy.copy(self)
+        view.pair = pair
+        view._zero_changes()
+        return view
+
+    def _zero_changes(self) -> None:
+        for side in ("bigpanda", "servicenow"):  # 0 from the start: a rate can be taken
+            for via in ("push", "poll"):
+                self.changes_total.labels(self.pair, side, via)
 
     # ------------------------------------------------------------------ feeders
 
@@ -184,20 +203,22 @@ class Metrics:
     ) -> None:
         """One HTTP request of a client (``status`` None: a transport error)."""
         code = "error" if status is None else str(status)
-        self.http_requests.labels(side, method.upper(), endpoint, code).inc()
-        self.http_duration.labels(side, method.upper(), endpoint).observe(max(0.0, duration_s))
+        self.http_requests.labels(self.pair, side, method.upper(), endpoint, code).inc()
+        self.http_duration.labels(self.pair, side, method.upper(), endpoint).observe(
+            max(0.0, duration_s)
+        )
 
     def action_done(self, kind: str, outcome: str, duration_s: float) -> None:
-        self.actions.labels(kind, outcome).inc()
-        self.action_duration.labels(kind).observe(max(0.0, duration_s))
+        self.actions.labels(self.pair, kind, outcome).inc()
+        self.action_duration.labels(self.pair, kind).observe(max(0.0, duration_s))
 
     def cycle_done(self, outcome: str, duration_s: float) -> None:
-        self.cycles.labels(outcome).inc()
-        self.cycle_duration.labels(outcome).observe(max(0.0, duration_s))
-        self.last_cycle.labels(outcome).set(time.time())
+        self.cycles.labels(self.pair, outcome).inc()
+        self.cycle_duration.labels(self.pair, outcome).observe(max(0.0, duration_s))
+        self.last_cycle.labels(self.pair, outcome).set(time.time())
 
     def notification(self, kind: str) -> None:
-        self.notifications.labels(kind).inc()
+        self.notifications.labels(self.pair, kind).inc()
 
     def state(
         self,
@@ -207,33 +228,33 @@ class Metrics:
         live_links: int,
         cursor_lag_s: Mapping[str, float],
     ) -> None:
-        self.outbox_depth.set(outbox_depth)
-        self.dead_letters.set(dead_letters)
-        self.live_links.set(live_links)
+        self.outbox_depth.labels(self.pair).set(outbox_depth)
+        self.dead_letters.labels(self.pair).set(dead_letters)
+        self.live_links.labels(self.pair).set(live_links)
         for side, lag in cursor_lag_s.items():
-            self.cursor_lag.labels(str(side)).set(lag)
+            self.cursor_lag.labels(self.pair, str(side)).set(lag)
 
     def observe_throttle(self, side: str, family: str) -> None:
-        self.throttled.labels(side, family).inc()
+        self.throttled.labels(self.pair, side, family).inc()
 
     def skipped(self, side: str, reason: str) -> None:
-        self.skipped_records.labels(side, reason).inc()
+        self.skipped_records.labels(self.pair, side, reason).inc()
 
     def lookup_miss(self, table: str) -> None:
-        self.lookup_misses.labels(table).inc()
+        self.lookup_misses.labels(self.pair, table).inc()
 
     def changes(self, side: str, via: str, count: int) -> None:
         if count:
-            self.changes_total.labels(side, via).inc(count)
+            self.changes_total.labels(self.pair, side, via).inc(count)
 
     def push_request(self, side: str, status: int) -> None:
-        self.push_requests.labels(side, str(status)).inc()
+        self.push_requests.labels(self.pair, side, str(status)).inc()
 
     def backlog(self, side: str, count: int) -> None:
-        self.backlog_left.labels(side).set(count)
+        self.backlog_left.labels(self.pair, side).set(count)
 
     def set_leader(self, leader: bool) -> None:
-        self.leader.set(1 if leader else 0)
+        self.leader.labels(self.pair).set(1 if leader else 0)
 
     # ------------------------------------------------------------------ output
 

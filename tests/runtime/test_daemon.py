@@ -89,7 +89,7 @@ async def test_serves_health_then_stops_on_request(daemon: Daemon, tmp_path: Pat
     ):
         text = await resp.text()
     assert "# TYPE bpsync_cycles_total counter" in text  # an injected engine is not bridged
-    assert "bpsync_leader 1.0" in text
+    assert 'bpsync_leader{pair="default"} 1.0' in text
     daemon.request_stop()
     await asyncio.wait_for(serving, 10)
     await daemon.close()

@@ -11,7 +11,9 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            labels = dict(sample.labels)
+            assert labels.pop("pair") == metrics.pair  # every series names its pair
+            out[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return out
 
 
@@ -77,3 +79,22 @@ def test_content_type_is_prometheus_text() -> None:
     text = Metrics().render().decode()
     assert "# TYPE bpsync_cycles_total counter" in text
     assert "# HELP bpsync_outbox_depth" in text
+
+
+def test_pairs_share_one_registry_each_series_names_its_pair() -> None:
+    base = Metrics()
+    prod, staging = base.for_pair("prod"), base.for_pair("staging")
+    prod.cycle_done("ok", 0.1)
+    staging.cycle_done("error", 0.1)
+    staging.set_leader(True)
+    prod.set_leader(False)
+    r = base.registry
+    assert r.get_sample_value("bpsync_cycles_total", {"pair": "prod", "outcome": "ok"}) == 1
+    assert r.get_sample_value("bpsync_cycles_total", {"pair": "staging", "outcome": "ok"}) is None
+    assert r.get_sample_value("bpsync_cycles_total", {"pair": "staging", "outcome": "error"}) == 1
+    assert r.get_sample_value("bpsync_leader", {"pair": "staging"}) == 1
+    assert r.get_sample_value("bpsync_leader", {"pair": "prod"}) == 0
+    # every pair's changes counters exist from the start (a rate can be taken at once)
+    zero = {"pair": "staging", "side": "bigpanda", "via": "push"}
+    assert r.get_sample_value("bpsync_changes_total", zero) == 0
+    assert base.render() == prod.render() == staging.render()

@@ -147,8 +147,8 @@ async def test_metrics_endpoint(served: Served) -> None:
     status, ctype, body = await served.get("/metrics")
     assert status == 200
     assert ctype == "text/plain; version=0.0.4; charset=utf-8"
-    assert 'bpsync_cycles_total{outcome="ok"} 1.0' in body
-    assert "bpsync_leader 1.0" in body
+    assert 'bpsync_cycles_total{outcome="ok",pair="default"} 1.0' in body
+    assert 'bpsync_leader{pair="default"} 1.0' in body
 
 
 async def test_unknown_path_is_404(served: Served) -> None:

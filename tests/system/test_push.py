@@ -101,13 +101,13 @@ class Push:
 
     def changes(self, side: str, via: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "bpsync_changes_total", {"side": side, "via": via}
+            "bpsync_changes_total", {"pair": "default", "side": side, "via": via}
         )
         return value or 0.0
 
     def answered(self, side: str, status: int) -> float:
         value = self.metrics.registry.get_sample_value(
-            "bpsync_push_requests_total", {"side": side, "status": str(status)}
+            "bpsync_push_requests_total", {"pair": "default", "side": side, "status": str(status)}
         )
         return value or 0.0
 
