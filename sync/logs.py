@@ -4,15 +4,20 @@ Every record passes a redaction filter that replaces each known secret value wit
 ``****`` in the message, the arguments and the ``extra`` fields, so a secret cannot
 reach a log line even when an exception message contains it.
 
-Structured fields go in ``extra={...}``; the JSON formatter emits them as keys.
+Structured fields go in ``extra={...}``; the JSON formatter emits them as keys. Every
+record made while a sync pair's work runs carries ``pair`` (:data:`PAIR`, a context
+variable each pair's tasks set: :func:`pair_context`), so one process running several
+pairs says whose line it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -24,6 +29,30 @@ _STD_ATTRS = frozenset(
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+
+
+#: the sync pair whose work the current task does (None: the process's own work)
+PAIR: contextvars.ContextVar[str | None] = contextvars.ContextVar("bpsync_pair", default=None)
+
+
+@contextlib.contextmanager
+def pair_context(name: str) -> Iterator[None]:
+    """Run a block (and the tasks it creates, which copy the context) as pair ``name``."""
+    token = PAIR.set(name)
+    try:
+        yield
+    finally:
+        PAIR.reset(token)
+
+
+class PairFilter(logging.Filter):
+    """Adds ``pair`` to a record made inside :func:`pair_context` (unless it has one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        pair = PAIR.get()
+        if pair is not None and not hasattr(record, "pair"):
+            record.pair = pair
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,6 +131,7 @@ def setup_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler._bpsync = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(PairFilter())
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())

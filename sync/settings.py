@@ -440,6 +440,9 @@ class Settings(BaseSettings):
     share: ShareSettings = Field(default_factory=ShareSettings)
     pacing: PacingSettings = Field(default_factory=PacingSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+    pairs: list[dict[str, Any]] = Field(default_factory=list)
+    """``[[pairs]]``: several BigPanda org <-> ServiceNow instance pairs in one process,
+    each overriding the sections above field by field (:mod:`sync.pairconfig`)."""
 
     state_dir: Path = Path("./var")
     database_url: SecretStr | None = None
@@ -549,37 +552,16 @@ def load_settings(
     Settings._toml_path = path
     try:
         init = overrides_from_dotted(overrides or {})
-        return Settings(_env_file=env_file, **init)
+        settings = Settings(_env_file=env_file, **init)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
     except (OSError, ValueError) as exc:  # TOML syntax errors are ValueErrors
         raise ConfigError(f"cannot read config {path}: {exc}", setting="config") from None
     finally:
         Settings._toml_path = None
-
-
-def redacted_dump(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data with every secret masked (for ``config show``)."""
-    data: dict[str, Any] = settings.model_dump(mode="json")  # SecretStr dumps as '**********'
-    data["database_url"] = redact_url(settings.effective_database_url)
-    return data
+    return settings
 
 
 def redact_url(url: str) -> str:
     """Mask the password in ``scheme://user:password@host/...``."""
     return re.sub(r"(//[^:/@]+:)[^@/]+@", r"\1****@", url)
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every secret's plain value (for the log redaction filter)."""
-    found: list[str] = []
-    for section in (settings.servicenow, settings.bigpanda, settings.push):
-        for name in type(section)._secret_fields:
-            secret = getattr(section, name)
-            if isinstance(secret, SecretStr) and secret.get_secret_value():
-                found.append(secret.get_secret_value())
-    if settings.database_url:
-        match = re.search(r"//[^:/@]+:([^@/]+)@", settings.database_url.get_secret_value())
-        if match:
-            found.append(match.group(1))
-    return found

@@ -25,10 +25,11 @@ from rich.table import Table
 from rich.text import Text
 
 from sync.backfill import OUTCOMES, Backfill, BackfillSummary
-from sync.cli.common import fail, get_ctx, require, run_async
+from sync.cli.common import fail, get_ctx, require, run_async, with_pair_option
 from sync.clock import SystemClock
 from sync.logs import setup_logging
-from sync.settings import Settings, secret_values
+from sync.redaction import secret_values
+from sync.settings import Settings
 from sync.store.base import LinkStore
 from sync.window import resolve_window
 
@@ -251,7 +252,7 @@ def backfill(  # noqa: PLR0917 - click passes every option
         resolve_window(since, until, SystemClock().now())
     except ValueError as exc:
         raise fail(str(exc)) from None
-    settings = get_ctx(ctx).settings()
+    settings = get_ctx(ctx).pair_settings()
     level = settings.log_level if "log_level" in get_ctx(ctx).overrides else "WARNING"
     setup_logging(level, "text", secret_values(settings))
     summary = run_async(
@@ -281,3 +282,6 @@ def backfill(  # noqa: PLR0917 - click passes every option
             f"{failed} incident(s) failed: see the log above and `bpsync dlq list`", err=True
         )
         raise SystemExit(1)
+
+
+with_pair_option(backfill)

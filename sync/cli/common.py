@@ -23,6 +23,8 @@ class CliContext:
 
     config_path: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    pair: str | None = None
+    """``--pair NAME``: the sync pair a command works on (``[[pairs]]``)"""
     _settings: Settings | None = None
 
     def settings(self, **extra: Any) -> Settings:
@@ -34,7 +36,18 @@ class CliContext:
         if self._settings is None or extra:
             merged = {**self.overrides, **{k: v for k, v in extra.items() if v is not None}}
             self._settings = load_settings(self.config_path, merged)
+            if self._settings.pairs:  # a wrong pair table: one line now, not mid-command
+                from sync.pairconfig import expand_pairs
+
+                expand_pairs(self._settings)
         return self._settings
+
+    def pair_settings(self, **extra: Any) -> Settings:
+        """The settings of the pair ``--pair`` names (a configuration of one pair needs
+        no ``--pair``; one of several does)."""
+        from sync.pairconfig import select_pair
+
+        return select_pair(self.settings(**extra), self.pair).settings
 
 
 def get_ctx(ctx: click.Context) -> CliContext:
@@ -46,6 +59,34 @@ def get_ctx(ctx: click.Context) -> CliContext:
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)
+
+
+def _set_pair(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:
+        get_ctx(ctx).pair = value
+
+
+def pair_param() -> click.Option:
+    """``--pair NAME`` (env ``BPSYNC_PAIR``), for the commands that work on one pair."""
+    return click.Option(
+        ["--pair"],
+        metavar="NAME",
+        envvar="BPSYNC_PAIR",
+        expose_value=False,
+        is_eager=True,
+        callback=_set_pair,
+        help="The sync pair ([[pairs]] name) to work on; needed when there are several.",
+    )
+
+
+def with_pair_option(command: click.Command) -> click.Command:
+    """Add ``--pair`` to ``command`` and, for a group, to each of its commands."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            with_pair_option(sub)
+    else:
+        command.params.append(pair_param())
+    return command
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

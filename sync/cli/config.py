@@ -11,7 +11,10 @@ BigPanda are reachable and accept the credentials (one authorised call each,
 narrows, e.g. one writing a read-only field; it does not fail the check); the BigPanda tags
 bpsync writes: which are defined, which it would define at start, and a row that
 writes a tag of another type (named, with its type); the database is reachable and at
-the newest migration.
+the newest migration. With ``[[pairs]]`` every pair is checked (each line starts
+``[NAME]``; ``--pair NAME`` checks one), and two pairs that would give one incident two
+tickets (the same ServiceNow instance, the same BigPanda org, overlapping environments)
+FAIL the check.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import click
 
-from sync.cli.common import get_ctx, run_async
+from sync.cli.common import get_ctx, pair_param, run_async
 from sync.clock import SystemClock
 from sync.errors import BpsyncError, ConfigError
 from sync.mapping import validate_mapping
-from sync.settings import Settings, redact_url, redacted_dump
+from sync.redaction import redacted_dump
+from sync.settings import Settings, redact_url
 from sync.tagdefs import TagPlan, plan_definitions
 
 
@@ -124,6 +128,28 @@ async def run_checks(settings: Settings) -> list[CheckResult]:
     return results
 
 
+async def _checks_of_pairs(ctx: click.Context, settings: Settings) -> list[CheckResult]:
+    """:func:`run_checks` for ``--pair`` or every pair (each line names its pair), and
+    two pairs that would give one incident two tickets."""
+    from sync.pairconfig import expand_pairs, overlaps
+
+    cli = get_ctx(ctx)
+    if not settings.pairs:
+        return await run_checks(cli.pair_settings())
+    pairs = expand_pairs(settings)
+    results = [CheckResult("pairs", problem) for problem in overlaps(pairs)]
+    if not results:
+        results.append(CheckResult(f"pairs: {len(pairs)}, no two write one incident twice"))
+    for pair in pairs:
+        if cli.pair is not None and pair.name != cli.pair:
+            continue
+        for result in await run_checks(pair.settings):
+            results.append(replace(result, what=f"[{pair.name}] {result.what}"))
+    if cli.pair is not None and cli.pair not in {p.name for p in pairs}:
+        cli.pair_settings()  # the one-line error naming the pairs there are
+    return results
+
+
 def _setting_problems(exc: ConfigError) -> list[str]:
     """A settings error names each bad setting, joined with '; ': one line each."""
     text = str(exc)
@@ -144,7 +170,7 @@ def check(ctx: click.Context) -> None:
         for problem in _setting_problems(exc):
             click.echo(f"FAIL settings: {problem}", err=True)
         sys.exit(1)
-    results = run_async(run_checks(settings))
+    results = run_async(_checks_of_pairs(ctx, settings))
     for result in results:
         if result.warning:
             click.echo(f"warn {result.what}: {result.problem}", err=True)
@@ -155,5 +181,7 @@ def check(ctx: click.Context) -> None:
     if not all(r.ok for r in results):
         sys.exit(1)
 
+
+check.params.append(pair_param())
 
 __all__ = ["CheckResult", "config", "run_checks"]

@@ -12,7 +12,7 @@ from datetime import timedelta
 import click
 from rich.table import Table
 
-from sync.cli.common import get_ctx, run_async
+from sync.cli.common import get_ctx, run_async, with_pair_option
 from sync.cli.db import cli_store, console
 from sync.clock import SystemClock
 from sync.errors import BpsyncError
@@ -36,7 +36,7 @@ def list_(ctx: click.Context, limit: int, all_: bool) -> None:
     """List the dead writes that need a person, oldest first: age, attempts, last error
     and incident. A dead write that a later write made pointless is closed by bpsync
     (superseded); one with attempts left is retried by bpsync (shown with --all)."""
-    attempts = get_ctx(ctx).settings().retry.attempts
+    attempts = get_ctx(ctx).pair_settings().retry.attempts
 
     def needs_a_person(item: OutboxItem) -> bool:
         refused = (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
@@ -125,3 +125,6 @@ def drop(ctx: click.Context, item_id: int, yes: bool) -> None:
     if not run_async(run()):
         raise BpsyncError(f"no dead write with id {item_id} (see `bpsync dlq list`)")
     click.echo(f"dropped dead write {item_id}")
+
+
+with_pair_option(dlq)

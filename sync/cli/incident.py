@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from sync.cli.common import echo_json, get_ctx, load_json_argument, run_async
+from sync.cli.common import echo_json, get_ctx, load_json_argument, run_async, with_pair_option
 from sync.clients.base import SNRecord
 from sync.clients.servicenow import ServiceNowClient, make_session
 from sync.clients.snquery import FIELD_RE
@@ -54,7 +54,7 @@ def _settings(url: str | None, username: str | None, password: str | None) -> Se
         "servicenow.username": username,
         "servicenow.password": password,
     }
-    return ctx.settings(**overrides).servicenow
+    return ctx.pair_settings(**overrides).servicenow
 
 
 def _sys_id(value: str) -> str:
@@ -203,3 +203,6 @@ def delete(
     except NotFoundError:
         raise _not_found(settings, sys_id) from None
     echo_json({"deleted": True, "sys_id": sys_id, "number": number, "table": settings.table})
+
+
+with_pair_option(incident)

@@ -8,7 +8,7 @@ import re
 import click
 from rich.table import Table
 
-from sync.cli.common import run_async
+from sync.cli.common import run_async, with_pair_option
 from sync.cli.db import cli_store, console, when
 from sync.clock import SystemClock
 from sync.constants import Side
@@ -162,3 +162,6 @@ def release(ctx: click.Context, link_id: int) -> None:
         click.echo(f"released on link {link_id}: {', '.join(fields)}")
     else:
         click.echo(f"nothing frozen on link {link_id}")
+
+
+with_pair_option(links)

@@ -6,7 +6,7 @@ import click
 
 from sync.cli.common import get_ctx, run_async
 from sync.logs import setup_logging
-from sync.settings import secret_values
+from sync.redaction import secret_values
 
 
 @click.command("run")

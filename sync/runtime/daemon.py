@@ -28,6 +28,14 @@ Start-up, in order; each failure is ONE line naming the problem and exit code 1:
    standby replica, or left by a kill). A pass and a cycle never run at once (one
    lock), so per-incident work stays serial; only the leader works events.
 
+Sync pairs (``[[pairs]]``, :mod:`sync.pairconfig`): steps 2-4 and 6-7 run per pair, in
+a :class:`~sync.runtime.pairrun.PairRunner` each (own database or schema, clients,
+leadership, scheduler job, push loop); the HTTP server, the signals and systemd are the
+process's. ``/readyz`` is ready while any pair is (a pair that is down is named in the
+reasons; with one pair this is that pair's readiness, as before). With push on, pair
+``NAME``'s receivers are ``/webhooks/NAME/bigpanda`` and ``/webhooks/NAME/servicenow``
+(the ``default`` pair's also the plain ``/webhooks/bigpanda`` and ``/webhooks/servicenow``).
+
 Stop (SIGTERM or SIGINT): no new cycle starts; the cycle in flight finishes its writes
 (bounded by ``DRAIN_TIMEOUT_S``, then cancelled: every write is in the outbox, so a
 cancelled write is sent again after the restart); the server, sessions, store and lock
@@ -47,13 +55,15 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sync.clients.pacing import SideHealth
 from sync.clock import Clock, SystemClock
 from sync.coordinator import CycleReport
-from sync.engine import Engine, build_engine
-from sync.errors import ApiError, StoreError
+from sync.engine import Engine
+from sync.errors import ConfigError
+from sync.pairconfig import expand_pairs, overlaps
+from sync.runtime.health import Readiness
+from sync.runtime.pairrun import PairRunner, cycle_interval, prepare_database
+from sync.runtime.share import LeadershipShare, deployment_group
 from sync.settings import Settings
-from sync.store.base import FencedError
 
 log = logging.getLogger(__name__)
 
@@ -69,31 +79,34 @@ class DaemonOptions:
     once: bool = False
 
 
-def _is_postgres(url: str) -> bool:
-    return url.startswith("postgresql")
+class ProcessHealth:
+    """``/readyz`` over every pair: ready while any pair is; the reasons name the pairs
+    that are not (one pair: exactly that pair's readiness)."""
 
+    def __init__(self, runners: list[PairRunner]) -> None:
+        self.runners = runners
 
-def _sqlite_path(url: str) -> str:
-    return url.split(":///", 1)[1] if ":///" in url else url
-
-
-async def prepare_database(settings: Settings) -> str:
-    """Upgrade the embedded default SQLite; check any configured database's schema."""
-    from sync.store import check_schema, upgrade_database
-
-    url = settings.effective_database_url
-    embedded = settings.database_url is None or not settings.database_url.get_secret_value()
-    if embedded:
-        before, after = await upgrade_database(url)
-        if before != after:
-            log.info("embedded database upgraded", extra={"before": before, "after": after})
-    else:
-        await check_schema(url)
-    return url
+    def readiness(self, db_error: str | None = None) -> Readiness:
+        if len(self.runners) == 1:
+            return self.runners[0].health.readiness(db_error)
+        each = {r.name: r.health.readiness(db_error) for r in self.runners}
+        reasons = [f"{name}: {why}" for name, rd in each.items() for why in rd.reasons]
+        throttled = {
+            f"{name}/{side}": fams
+            for name, rd in each.items()
+            for side, fams in rd.throttled.items()
+        }
+        return Readiness(
+            ready=any(rd.ready for rd in each.values()),
+            leader=any(rd.leader for rd in each.values()),
+            reasons=reasons,
+            throttled=throttled,
+        )
 
 
 class Daemon:
-    """Leadership, scheduling, health and a graceful stop around one Engine."""
+    """The process around one :class:`PairRunner` per sync pair: signals, the HTTP
+    server, the scheduler, systemd and a graceful stop."""
 
     def __init__(
         self,
@@ -103,175 +116,125 @@ class Daemon:
         clock: Clock | None = None,
         engine: Engine | None = None,
     ) -> None:
+        from sync.metrics import Metrics
+
         self.settings = settings
         self.options = options
         self.clock = clock or SystemClock()
-        self.engine = engine
-        self.health: Any = None
-        self.metrics: Any = None
-        self.leader = False
-        self._elector: Any = None
-        self._lock: Any = None
+        self.metrics_registry = Metrics()
+        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        pairs = expand_pairs(settings)
+        problems = overlaps(pairs)
+        if problems:  # two tickets for one incident: refused, as by ``config check``
+            raise ConfigError(problems[0], setting="pairs")
+        if engine is not None and len(pairs) != 1:
+            raise ConfigError("an engine can be handed to a daemon of one pair only")
+        self.runners = [
+            PairRunner(
+                pair.name,
+                pair.settings,
+                clock=self.clock,
+                metrics=self.metrics_registry.for_pair(pair.name),
+                holder=self._holder,
+                force=options.force,
+                engine=engine,
+            )
+            for pair in pairs
+        ]
+        migrations = asyncio.Lock()
+        for runner in self.runners:
+            runner.migrations = migrations
+        if len(self.runners) > 1:  # N replicas spread the pairs (sync.runtime.share)
+            share = LeadershipShare(self.runners, self._holder)
+            group = deployment_group(r.name for r in self.runners)
+            for runner in self.runners:
+                runner.share, runner.group = share, group
+        self.health = ProcessHealth(self.runners)
         self._server: Any = None
         self._notifier: Any = None
         self._scheduler: Any = None
         self._stop = asyncio.Event()
-        self._current: asyncio.Task[Any] | None = None
-        self._work = asyncio.Lock()
-        """held by a cycle and by a push pass: never both at once"""
-        self._wake = asyncio.Event()
-        self._push_task: asyncio.Task[None] | None = None
-        self.push: Any = None
-        """the push pass (:class:`sync.push.passes.PushPass`), with push on"""
-        self._holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._push_tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------- the first pair (one-pair callers)
+
+    @property
+    def first(self) -> PairRunner:
+        return self.runners[0]
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.first.engine
+
+    @property
+    def leader(self) -> bool:
+        return self.first.leader
+
+    @property
+    def metrics(self) -> Any:
+        return self.first.metrics
+
+    @property
+    def push(self) -> Any:
+        return self.first.push
 
     @property
     def cycle_interval(self) -> float:
-        """Seconds between cycles: ``push.reconcile_interval`` with push on (default
-        ``poll_interval``), else ``poll_interval``; /readyz judges cycles by it."""
-        push = self.settings.push
-        if push.enabled and push.reconcile_interval:
-            return push.reconcile_interval
-        return self.settings.poll_interval
+        return cycle_interval(self.first.settings)
+
+    async def tick(self) -> CycleReport | None:
+        """One cycle of the first pair (``bpsync run --once``, tests)."""
+        return await self.first.tick()
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Everything up to (not including) the first cycle; raises on a start-up error."""
-        from sync.metrics import Metrics
-        from sync.runtime.health import HealthState
-
-        url = await prepare_database(self.settings)
-        await self._take_single_writer(url)
-        self.metrics = Metrics()
-        self.health = HealthState(
-            self.clock,
-            self.cycle_interval,
-            cycle_budget=self.settings.cycle_budget,
-            throttled=self._throttled,
-        )
-        if self.engine is None:
-            self.engine = await build_engine(
-                self.settings, clock=self.clock, metrics=self.metrics, force=self.options.force
-            )
-        # a refused credential (FatalError) or an unreachable API stops start-up: one line
-        await self.engine.check_credentials()
-        await self.engine.prepare()
-        self.leader = self._elector is None
-        self.health.leader = self.leader
-        self._set_leader_gauge()
+        """Everything up to (not including) the first cycle; raises on a start-up error
+        (several pairs: only when no pair can start; the others are tried again)."""
+        serve = not self.options.once
+        if len(self.runners) == 1:
+            await self.first.start(serve=serve)
+        else:
+            # at once: fifty pairs' credential checks and tag definitions in parallel
+            started = await asyncio.gather(*(r.ensure_started() for r in self.runners))
+            if not any(started):
+                raise ConfigError(
+                    "no pair could start: "
+                    + "; ".join(f"{r.name}: {r.health.not_started}" for r in self.runners)
+                )
         if self.options.once:
             return
         from sync.runtime.server import start_http_server
 
-        store = self.engine.store
-        receiver = None
-        if self.settings.push.enabled:
-            from sync.push.passes import PushPass
-            from sync.runtime.receiver import PushReceiver
-
-            self.push = PushPass(self.engine.coordinator)
-            receiver = PushReceiver(
-                self.settings, store, self.clock, self.wake, metrics=self.metrics
-            )
         self._server = await start_http_server(
             self.settings.http_host,
             self.settings.http_port,
             health=self.health,
-            metrics=self.metrics,
-            db_ping=store.ping,
-            push=receiver,
+            metrics=self.metrics_registry,
+            db_ping=self._ping,
+            push=self._receivers(),
         )
 
-    async def _take_single_writer(self, url: str) -> None:
-        if _is_postgres(url):
-            from sync.runtime.leader import PostgresLeaderElector
+    def _receivers(self) -> Any:
+        from sync.runtime.receiver import PairReceivers
 
-            self._elector = PostgresLeaderElector(url, holder=self._holder, clock=self.clock)
-        else:
-            from sync.runtime.leader import SqliteSingleInstanceLock
+        routes = PairReceivers()
+        for runner in self.runners:
+            if runner.settings.push.enabled:
+                routes.add(runner.name, runner.receiver, default=len(self.runners) == 1)
+        return routes if routes else None
 
-            self._lock = SqliteSingleInstanceLock(_sqlite_path(url))
-            self._lock.acquire()
-
-    async def tick(self) -> CycleReport | None:
-        """One scheduled run: leadership first, then a cycle (never raises)."""
-        self._current = asyncio.current_task()
-        try:
-            if not await self._lead():
-                return None
-            assert self.engine is not None
-            async with self._work:
-                self.health.cycle_started = self.clock.monotonic()
-                try:
-                    report = await self.engine.coordinator.run_cycle()
-                finally:
-                    self.health.cycle_started = None
-            if isinstance(report.error, FencedError):
-                await self._step_down(f"fenced: {report.error}")
-            if report.ok:
-                self.health.cycle_succeeded()
-            else:
-                self.health.cycle_failed(report.error)
-            return report
-        except asyncio.CancelledError:
-            if not self._stop.is_set():
-                raise
-            # the stop's drain timed out: the outbox sends the rest after the restart
-            log.warning("cycle cancelled by the stop; its pending writes resume on restart")
-            return None
-        finally:
-            self._current = None
-
-    def _throttled(self) -> dict[str, list[str]]:
-        """Side -> families throttled lately (the clients' own health, when they have it)."""
-        out: dict[str, list[str]] = {}
-        if self.engine is None:
-            return out
-        for client in (self.engine.servicenow, self.engine.bigpanda):
-            health = getattr(client, "health", None)
-            if isinstance(health, SideHealth):
-                out[health.side] = health.throttled_families()
-        return out
-
-    async def _lead(self) -> bool:
-        """True when this process may write now (Postgres: leader election)."""
-        if self._elector is None:
-            return True
-        assert self.engine is not None
-        try:
-            if self.leader:
-                if await self._elector.still_leader():
-                    return True
-                await self._step_down("lost the leader lock")
-                return False
-            if not await self._elector.try_acquire():
-                return False
-            epoch = await self.engine.store.take_epoch(self._holder, self.clock.now())
-        except (StoreError, ApiError, OSError) as exc:
-            log.warning("leader election failed: %s", exc)
-            await self._step_down(str(exc))
-            return False
-        self.leader = True
-        self.health.leader = True
-        self._set_leader_gauge()
-        log.info("this replica leads", extra={"epoch": epoch, "holder": self._holder})
-        return True
-
-    async def _step_down(self, why: str) -> None:
-        if self._elector is None or not self.leader:
-            return
-        self.leader = False
-        self.health.leader = False
-        self._set_leader_gauge()
-        log.warning("stepping down to standby: %s", why)
-        with contextlib.suppress(Exception):
-            await self._elector.release()
-
-    def _set_leader_gauge(self) -> None:
-        setter = getattr(self.metrics, "set_leader", None)
-        if callable(setter):
-            setter(self.leader)
+    async def _ping(self) -> None:
+        """Every started pair's database answers (the first failure, named)."""
+        for runner in self.runners:
+            if runner.engine is None:
+                continue
+            try:
+                await runner.engine.store.ping()
+            except Exception as exc:
+                if len(self.runners) == 1:
+                    raise
+                raise type(exc)(f"pair {runner.name}: {exc}") from exc
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a stop (from start-up on: B17 holds then too)."""
@@ -303,18 +266,18 @@ class Daemon:
         self.install_signal_handlers()
         self._notifier = SystemdNotifier.from_env()
         self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
-        interval = self.cycle_interval
-        if self.push is not None:
-            self._push_task = asyncio.create_task(self._push_loop())
-        self._scheduler.add_job(
-            self.tick,
-            "interval",
-            seconds=interval,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=self.clock.now(),
-            id="sync-cycle",
-        )
+        for runner in self.runners:
+            if runner.settings.push.enabled:
+                self._push_tasks.append(asyncio.create_task(runner.push_loop(PUSH_LOOK_S)))
+            self._scheduler.add_job(
+                runner.tick,
+                "interval",
+                seconds=runner.cycle_interval,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=self.clock.now(),
+                id=f"sync-cycle-{runner.name}",
+            )
         watchdog_s = self._notifier.watchdog_interval_s()
         if watchdog_s:
             self._scheduler.add_job(
@@ -325,21 +288,21 @@ class Daemon:
         log.info(
             "bpsync running",
             extra={
-                "poll_interval_s": interval,
-                "push": self.push is not None,
+                "pairs": [r.name for r in self.runners],
+                "poll_interval_s": self.cycle_interval,
+                "push": any(r.push is not None for r in self.runners),
                 "http_port": getattr(self._server, "port", None),
                 "leader": self.leader,
             },
         )
         await self._stop.wait()
         log.info("stopping: finishing the cycle in flight")
-        if self.engine is not None:  # the pairs in flight finish, no new one starts
-            self.engine.coordinator.request_stop()
+        for runner in self.runners:
+            runner.request_stop()
         self._notifier.stopping()
         # pause first, drain, then shut down: APScheduler's AsyncIOExecutor.shutdown()
         # cancels the running job's task whatever ``wait`` says
         self._scheduler.pause()
-        self._wake.set()  # the push loop sees the stop
         await self._drain()
         self._scheduler.shutdown(wait=False)
 
@@ -347,7 +310,9 @@ class Daemon:
         self._stop.set()
 
     async def _drain(self) -> None:
-        busy = [t for t in (self._current, self._push_task) if t is not None and not t.done()]
+        busy = [r.current for r in self.runners if r.current is not None]
+        busy += self._push_tasks
+        busy = [t for t in busy if not t.done()]
         if not busy:
             return
         _, late = await asyncio.wait(busy, timeout=DRAIN_TIMEOUT_S)
@@ -357,56 +322,12 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    # ------------------------------------------------------------------ push mode
-
-    def wake(self, side: object = None) -> None:
-        """A delivery was recorded (the receivers call this): work it now."""
-        self._wake.set()
-
-    async def _push_loop(self) -> None:
-        """Push passes until the stop (see the module docstring, step 7)."""
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=PUSH_LOOK_S)
-            self._wake.clear()
-            if self._stop.is_set() or not self.leader:
-                continue
-            try:
-                if await self._push_pass():
-                    self._wake.set()  # more may wait: look again at once
-            except (StoreError, ApiError) as exc:
-                log.warning("push pass failed: %s", exc)
-            except Exception:  # the loop must outlive a bug
-                log.exception("push pass failed unexpectedly")
-
-    async def _push_pass(self) -> bool:
-        """One pass (or a tick for a burst); True when it worked events (look again)."""
-        events = await self.push.take()
-        if not events:
-            return False
-        if self.push.wants_cycle(events):
-            report = await self.tick()
-            if report is not None and report.ok:
-                await self.push.ack(events)
-            return report is not None and report.ok
-        async with self._work:
-            if self._stop.is_set():
-                return False
-            result = await self.push.work(events)
-        return not result.kept
-
     async def close(self) -> None:
         if self._server is not None:
             await self._server.close()
             self._server = None
-        if self._elector is not None:  # a standby holds a connection too
-            with contextlib.suppress(Exception):
-                await self._elector.release()
-        if self.engine is not None:
-            await self.engine.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        for runner in self.runners:
+            await runner.close()
 
 
 async def run_daemon(
@@ -420,12 +341,19 @@ async def run_daemon(
             log.info("stopped during start-up")
             return 0
         if options.once:
-            report = await daemon.tick()
-            return 0 if report is not None and report.ok else 1
+            reports = [await runner.tick() for runner in daemon.runners]
+            return 0 if all(r is not None and r.ok for r in reports) else 1
         await daemon.serve()
         return 0
     finally:
         await daemon.close()
 
 
-__all__ = ["DRAIN_TIMEOUT_S", "Daemon", "DaemonOptions", "prepare_database", "run_daemon"]
+__all__ = [
+    "DRAIN_TIMEOUT_S",
+    "Daemon",
+    "DaemonOptions",
+    "ProcessHealth",
+    "prepare_database",
+    "run_daemon",
+]

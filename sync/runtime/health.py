@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sync.clock import Clock
 
@@ -41,6 +42,13 @@ class Readiness:
         }
 
 
+class ReadinessSource(Protocol):
+    """What ``/readyz`` asks: a pair's :class:`HealthState`, or the daemon's view over
+    every pair (:class:`sync.runtime.daemon.ProcessHealth`)."""
+
+    def readiness(self, db_error: str | None = None) -> Readiness: ...
+
+
 class HealthState:
     """Updated by the daemon after every cycle; read by the HTTP server."""
 
@@ -62,6 +70,8 @@ class HealthState:
         self.last_success: float | None = None
         """``clock.monotonic()`` when the last good cycle ended (None: none yet)."""
         self.last_error: str | None = None
+        self.not_started: str | None = None
+        """why this pair could not start (several pairs: the others run; None: started)"""
 
     @property
     def max_age_s(self) -> float:
@@ -84,6 +94,8 @@ class HealthState:
         reasons: list[str] = []
         if db_error is not None:
             reasons.append(f"database unreachable: {db_error}")
+        if self.not_started is not None:
+            reasons.append(self.not_started)
         if self.leader:
             if self.last_success is None:
                 reasons.append("no sync cycle has succeeded yet")
@@ -113,4 +125,4 @@ class HealthState:
         return running_s <= self.cycle_budget + self.max_age_s
 
 
-__all__ = ["READY_INTERVALS", "HealthState", "Readiness"]
+__all__ = ["READY_INTERVALS", "HealthState", "Readiness", "ReadinessSource"]

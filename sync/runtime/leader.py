@@ -79,9 +79,14 @@ def _asyncpg_target(url: str) -> tuple[str, str | None]:
 class PostgresLeaderElector:
     """Leader election by advisory lock on a dedicated connection (module docstring)."""
 
-    def __init__(self, url: str, *, holder: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self, url: str, *, holder: str, clock: Clock | None = None, group: str = ""
+    ) -> None:
         self.url = url
         self.holder = holder
+        self.group = group
+        """the deployment's pairs (a fingerprint): replicas of one deployment share it,
+        so :meth:`replicas` counts them apart from other deployments in the database"""
         self.clock = clock or SystemClock()
         self._dsn, self.schema = _asyncpg_target(url)
         self.key = advisory_key(self.schema)
@@ -105,11 +110,33 @@ class PostgresLeaderElector:
             self._conn = await asyncpg.connect(
                 self._dsn,
                 timeout=ELECTION_TIMEOUT_S,
-                server_settings={"application_name": f"bpsync leader {self.holder}"[:63]},
+                server_settings={"application_name": self._application_name},
             )
         except _CONNECTION_ERRORS as exc:
             raise self._error("connect", exc) from None
         return self._conn
+
+    @property
+    def _application_name(self) -> str:
+        group = f"{self.group} " if self.group else ""
+        return f"bpsync leader {group}{self.holder}"[:63]
+
+    async def replicas(self) -> int:
+        """Replicas of this deployment alive now: the distinct holders among the election
+        sessions of this ``group`` (``pg_stat_activity``), this one included."""
+        conn = await self._connection()
+        prefix = f"bpsync leader {self.group} " if self.group else "bpsync leader "
+        try:
+            count = await conn.fetchval(
+                "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND starts_with(application_name, $1)",
+                prefix,
+                timeout=ELECTION_TIMEOUT_S,
+            )
+        except _CONNECTION_ERRORS as exc:
+            await self._drop_connection()
+            raise self._error("count replicas", exc) from None
+        return max(1, int(count or 0))
 
     async def try_acquire(self) -> bool:
         """Take the lock if it is free; True when this replica now leads."""

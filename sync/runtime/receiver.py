@@ -3,6 +3,10 @@
 ``POST /webhooks/bigpanda`` and ``POST /webhooks/servicenow``, each on only when its
 token (``push.bigpanda_token``, ``push.servicenow_token``) is set. In order:
 
+With several sync pairs, pair ``NAME``'s are ``/webhooks/NAME/bigpanda`` and
+``/webhooks/NAME/servicenow`` (:class:`PairReceivers`); the pair ``default`` (and the
+one pair of a configuration without ``[[pairs]]``) also answers on the plain paths.
+
 1. More than ``push.max_concurrent`` requests of the receiver at once: 503 with
    ``Retry-After: 1`` (BigPanda sends a delivery again after a 5xx; the poll catches
    what is not).
@@ -37,14 +41,17 @@ from pydantic import SecretStr
 from sync.clock import Clock
 from sync.constants import Side
 from sync.errors import StoreError
+from sync.logs import pair_context
+from sync.pairconfig import DEFAULT_PAIR
 from sync.push.payloads import Hint, PayloadError, bigpanda_hint, decode, servicenow_hint
 from sync.settings import Settings
 from sync.store.base import PushEvents
 
 log = logging.getLogger(__name__)
 
-BIGPANDA_PATH = "/webhooks/bigpanda"
-SERVICENOW_PATH = "/webhooks/servicenow"
+WEBHOOKS = "/webhooks"
+BIGPANDA_PATH = f"{WEBHOOKS}/bigpanda"
+SERVICENOW_PATH = f"{WEBHOOKS}/servicenow"
 _CHUNK = 64 * 1024
 
 Wake = Callable[[Side], None]
@@ -73,8 +80,10 @@ class PushReceiver:
         wake: Wake,
         *,
         metrics: Any = None,
+        pair: str = DEFAULT_PAIR,
     ) -> None:
         push = settings.push
+        self.pair = pair
         self._store = store
         self._clock = clock
         self._wake = wake
@@ -97,17 +106,20 @@ class PushReceiver:
         """The sides whose receiver is on (a token is set)."""
         return frozenset(self._tokens)
 
-    def install(self, app: web.Application) -> None:
+    def install(self, app: web.Application, prefix: str = WEBHOOKS) -> None:
+        """Add the receivers' routes: ``{prefix}/bigpanda`` and ``{prefix}/servicenow``."""
         if Side.BIGPANDA in self._tokens:
-            app.router.add_post(BIGPANDA_PATH, self.bigpanda)
+            app.router.add_post(f"{prefix}/bigpanda", self.bigpanda)
         if Side.SERVICENOW in self._tokens:
-            app.router.add_post(SERVICENOW_PATH, self.servicenow)
+            app.router.add_post(f"{prefix}/servicenow", self.servicenow)
 
     async def bigpanda(self, request: web.Request) -> web.StreamResponse:
-        return await self._receive(request, Side.BIGPANDA)
+        with pair_context(self.pair):
+            return await self._receive(request, Side.BIGPANDA)
 
     async def servicenow(self, request: web.Request) -> web.StreamResponse:
-        return await self._receive(request, Side.SERVICENOW)
+        with pair_context(self.pair):
+            return await self._receive(request, Side.SERVICENOW)
 
     # ------------------------------------------------------------------ the steps
 
@@ -204,4 +216,25 @@ class PushReceiver:
         return response
 
 
-__all__ = ["BIGPANDA_PATH", "SERVICENOW_PATH", "PushReceiver"]
+class PairReceivers:
+    """The receivers of every pair with push on, installed side by side (module doc)."""
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[PushReceiver, bool]] = []
+
+    def add(self, name: str, receiver: PushReceiver, *, default: bool) -> None:
+        """``default``: also on the plain paths (the only pair, or the one named so)."""
+        receiver.pair = name
+        self._pairs.append((receiver, default or name == DEFAULT_PAIR))
+
+    def __bool__(self) -> bool:
+        return bool(self._pairs)
+
+    def install(self, app: web.Application) -> None:
+        for receiver, plain in self._pairs:
+            receiver.install(app, f"{WEBHOOKS}/{receiver.pair}")
+            if plain:
+                receiver.install(app)
+
+
+__all__ = ["BIGPANDA_PATH", "SERVICENOW_PATH", "PairReceivers", "PushReceiver"]

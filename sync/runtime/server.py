@@ -21,8 +21,8 @@ from aiohttp import web
 
 from sync.errors import ConfigError
 from sync.metrics import CONTENT_TYPE, Metrics
-from sync.runtime.health import HealthState
-from sync.runtime.receiver import PushReceiver
+from sync.runtime.health import ReadinessSource
+from sync.runtime.receiver import PairReceivers, PushReceiver
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ DB_PING_TIMEOUT_S = 2.0
 
 DbPing = Callable[[], Awaitable[None]]
 
-_HEALTH_KEY: web.AppKey[HealthState] = web.AppKey("health", HealthState)
+_HEALTH_KEY: web.AppKey[ReadinessSource] = web.AppKey("health")
 _METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 _PING_KEY: web.AppKey[DbPing] = web.AppKey("db_ping")
 
@@ -68,7 +68,11 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 def make_app(
-    *, health: HealthState, metrics: Metrics, db_ping: DbPing, push: PushReceiver | None = None
+    *,
+    health: ReadinessSource,
+    metrics: Metrics,
+    db_ping: DbPing,
+    push: PushReceiver | PairReceivers | None = None,
 ) -> web.Application:
     app = web.Application()
     app[_HEALTH_KEY] = health
@@ -105,10 +109,10 @@ async def start_http_server(
     host: str,
     port: int,
     *,
-    health: HealthState,
+    health: ReadinessSource,
     metrics: Metrics,
     db_ping: DbPing,
-    push: PushReceiver | None = None,
+    push: PushReceiver | PairReceivers | None = None,
 ) -> HttpServer:
     """Bind and serve; a port that cannot be bound is a one-line ConfigError (http_port).
     ``push``: the webhook receivers (push mode), when on."""

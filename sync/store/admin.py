@@ -14,7 +14,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from sync.errors import StoreError
-from sync.store.engines import WRITE_OPTION, make_engine, mapped_errors
+from sync.store.engines import WRITE_OPTION, make_engine, mapped_errors, normalise_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -66,9 +66,30 @@ async def current_revision(url: str) -> str | None:
         await engine.dispose()
 
 
+async def _ensure_schema(url: str) -> None:
+    """``CREATE SCHEMA IF NOT EXISTS`` the first schema of a Postgres URL's search_path."""
+    parsed = normalise_url(url)
+    search_path = parsed.query.get("search_path")
+    if parsed.get_backend_name() != "postgresql" or not search_path:
+        return
+    schema = str(search_path).split(",")[0].strip().strip('"')
+    if not schema or schema == "public":
+        return
+    bare = parsed.difference_update_query(["search_path"]).render_as_string(hide_password=False)
+    engine = make_engine(bare)
+    quoted = '"' + schema.replace('"', '""') + '"'
+    try:
+        async with mapped_errors(url), engine.begin() as conn:
+            await conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+    finally:
+        await engine.dispose()
+
+
 async def upgrade_database(url: str) -> tuple[str | None, str]:
     """``alembic upgrade head`` on ``url``; returns (revision before, revision after).
-    A database already at the head is left alone, without loading Alembic."""
+    A database already at the head is left alone, without loading Alembic. A Postgres
+    URL with ``search_path`` gets that schema first when it is missing (a new pair's)."""
+    await _ensure_schema(url)
     current = await current_revision(url)
     if current == head_revision():
         return current, current

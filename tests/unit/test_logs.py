@@ -29,3 +29,37 @@ def test_a_logged_exception_keeps_its_traceback_without_the_secret(fmt: str) -> 
     text = json.loads(out.splitlines()[0])["exc"] if fmt == "json" else out
     assert "Traceback (most recent call last)" in text
     assert "RuntimeError: boom with" in text
+
+
+async def test_every_line_of_a_pairs_work_names_the_pair() -> None:
+    import asyncio
+
+    from sync.logs import pair_context
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    log = logging.getLogger("sync.test")
+
+    async def work(name: str) -> None:
+        with pair_context(name):
+            # a task created inside the block keeps the pair (it copies the context)
+            await asyncio.create_task(asyncio.sleep(0))
+            await asyncio.create_task(_say(log, f"from {name}"))
+
+    try:
+        setup_logging("INFO", "json", stream=stream)
+        await asyncio.gather(work("prod"), work("staging"))
+        log.info("the process itself")
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {(line["msg"], line.get("pair")) for line in lines} == {
+        ("from prod", "prod"),
+        ("from staging", "staging"),
+        ("the process itself", None),
+    }
+
+
+async def _say(log: logging.Logger, msg: str) -> None:
+    log.info(msg)

@@ -14,7 +14,8 @@ from sync.emulators.delivery import DeliveryFaults
 from sync.errors import ConfigError
 from sync.progress import Change, seen_after_push
 from sync.push.payloads import PayloadError, bigpanda_hint, decode, servicenow_hint
-from sync.settings import load_settings, redacted_dump, secret_values
+from sync.redaction import redacted_dump, secret_values
+from sync.settings import load_settings
 from sync.store.base import Cursor
 
 BP = "65397b2eede0a80012631b0c"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sync.errors import ConfigError
-from sync.settings import load_settings, redacted_dump, secret_values
+from sync.redaction import redacted_dump, secret_values
+from sync.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,7 +132,7 @@ def test_every_setting_is_in_the_example_config() -> None:
 
     text = (REPO / "config" / "bpsync.example.toml").read_text()
     named = set(re.findall(r"^#?\s*([a-z_]+)\s*=", text, flags=re.MULTILINE))
-    named |= set(re.findall(r"^\[\[([a-z_]+)\]\]", text, flags=re.MULTILINE))
+    named |= set(re.findall(r"^#?\s*\[\[([a-z_]+)\]\]", text, flags=re.MULTILINE))
     sections = set(re.findall(r"^\[+([a-z_]+)\]+", text, flags=re.MULTILINE))
     missing = []
     for name, info in Settings.model_fields.items():
