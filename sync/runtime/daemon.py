@@ -35,6 +35,9 @@ process's. ``/readyz`` is ready while any pair is (a pair that is down is named 
 reasons; with one pair this is that pair's readiness, as before). With push on, pair
 ``NAME``'s receivers are ``/webhooks/NAME/bigpanda`` and ``/webhooks/NAME/servicenow``
 (the ``default`` pair's also the plain ``/webhooks/bigpanda`` and ``/webhooks/servicenow``).
+On Postgres with several pairs, replicas spread the pairs between them
+(:mod:`sync.runtime.share`): each pair's tick asks whether this replica is above or
+below its share before it leads.
 
 Stop (SIGTERM or SIGINT): no new cycle starts; the cycle in flight finishes its writes
 (bounded by ``DRAIN_TIMEOUT_S``, then cancelled: every write is in the outbox, so a
