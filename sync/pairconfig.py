@@ -15,7 +15,9 @@ instance, expanded into one complete :class:`~sync.settings.Settings` per pair.
   SQLite ``<state_dir>/pairs/NAME/bpsync.db`` (embedded default) or ``<file>-NAME.db``
   beside a configured file; Postgres the schema ``bpsync_NAME`` (``search_path``; with
   a ``search_path`` already in the URL, ``<that>_NAME``), which also gives the pair its
-  own advisory lock (:func:`sync.runtime.leader.advisory_key`).
+  own advisory lock (:func:`sync.runtime.leader.advisory_key`). With several pairs,
+  each pair's Postgres pool is small (:data:`SMALL_POOL`, unless the URL sizes it):
+  every replica keeps every pair's store open.
 
 No I/O here; :func:`overlaps` is what ``bpsync config check`` refuses.
 """
@@ -52,6 +54,8 @@ PROCESS_KEYS = frozenset(
         "pairs",
     }
 )
+#: the pool of each pair's Postgres store when there are several pairs
+SMALL_POOL = {"pool_size": "1", "max_overflow": "4"}
 #: a pair's sections merged over the top-level ones field by field
 _SECTIONS = (
     "servicenow",
@@ -126,6 +130,18 @@ def pair_database_url(settings: Settings, name: str) -> str | None:
     return parsed.update_query_dict({"search_path": schema}).render_as_string(hide_password=False)
 
 
+def _small_pool(url: str | None) -> str | None:
+    """A Postgres URL of one of several pairs with a small pool (unless one is set):
+    every replica opens every pair's store, so 50 pairs of 5-connection pools would
+    need 250 connections per replica; one kept open and four more at a busy moment."""
+    if url is None:
+        return None
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" or any(k in parsed.query for k in SMALL_POOL):
+        return url
+    return parsed.update_query_dict(SMALL_POOL).render_as_string(hide_password=False)
+
+
 def pair_state_dir(settings: Settings, name: str) -> Path:
     """Where pair ``name`` keeps its embedded database (the default pair: ``state_dir``)."""
     if name == DEFAULT_PAIR:
@@ -162,7 +178,7 @@ def expand_pairs(settings: Settings) -> list[PairConfig]:
                 setting=f"pairs.{name}.{process[0]}",
             )
         merged = _merge(base, raw)
-        merged["database_url"] = pair_database_url(settings, name)
+        merged["database_url"] = _small_pool(pair_database_url(settings, name))
         merged["state_dir"] = pair_state_dir(settings, name)
         try:
             pair_settings = Settings.model_validate(merged)

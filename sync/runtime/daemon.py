@@ -64,9 +64,10 @@ from sync.engine import Engine
 from sync.errors import ConfigError
 from sync.pairconfig import expand_pairs, overlaps
 from sync.runtime.health import Readiness
+from sync.runtime.leader import shared_session
 from sync.runtime.pairrun import PairRunner, cycle_interval, prepare_database
 from sync.runtime.share import LeadershipShare, deployment_group
-from sync.settings import Settings
+from sync.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,20 @@ class Daemon:
             runner.migrations = migrations
         if len(self.runners) > 1:  # N replicas spread the pairs (sync.runtime.share)
             share = LeadershipShare(self.runners, self._holder)
-            group = deployment_group(r.name for r in self.runners)
+            # named by the pairs' databases (schemas): replicas of one deployment agree,
+            # another deployment in the same database (other schemas) is not counted
+            group = deployment_group(
+                redact_url(r.settings.effective_database_url) for r in self.runners
+            )
+            first_url = self.runners[0].settings.effective_database_url
+            session = (
+                shared_session(first_url, self._holder, group)
+                if first_url.startswith("postgresql")
+                else None
+            )
             for runner in self.runners:
                 runner.share, runner.group = share, group
+                runner.election_session = session
         self.health = ProcessHealth(self.runners)
         self._server: Any = None
         self._notifier: Any = None

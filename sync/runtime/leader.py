@@ -65,22 +65,84 @@ def advisory_key(schema: str | None) -> int:
 
 def _asyncpg_target(url: str) -> tuple[str, str | None]:
     """(asyncpg DSN, search_path schema) from a SQLAlchemy Postgres URL."""
-    from sync.store.engines import normalise_url
+    from sync.store.engines import POOL_OPTIONS, normalise_url
 
     parsed: URL = normalise_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise StoreError(f"leader election needs a Postgres URL, not {redact_url(url)!r}")
     schema = parsed.query.get("search_path")
     schema_name = str(schema) if schema else None
-    dsn_url = parsed.set(drivername="postgresql").difference_update_query(["search_path"])
+    dsn_url = parsed.set(drivername="postgresql").difference_update_query(
+        ["search_path", *POOL_OPTIONS]
+    )
     return dsn_url.render_as_string(hide_password=False), schema_name
 
 
+class ElectionSession:
+    """The dedicated connection the advisory locks live on. Each elector has its own,
+    unless a replica of several pairs gives all its pairs' electors one (the locks of
+    many keys on one session: one connection per replica, not one per pair). Queries
+    on it run one at a time (an asyncpg connection runs one operation at a time)."""
+
+    def __init__(self, dsn: str, application_name: str) -> None:
+        self._dsn = dsn
+        self.application_name = application_name[:63]
+        self._conn: Any = None  # asyncpg.Connection (untyped package)
+        self.busy = asyncio.Lock()
+        self.users = 0
+        """electors that use this session (the last to release closes it)"""
+
+    @property
+    def alive(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def connection(self) -> Any:
+        if self.alive:
+            return self._conn
+        self._conn = await asyncpg.connect(
+            self._dsn,
+            timeout=ELECTION_TIMEOUT_S,
+            server_settings={"application_name": self.application_name},
+        )
+        return self._conn
+
+    async def drop(self) -> None:
+        """Close the session (every lock on it goes with it)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.close(), timeout=ELECTION_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a dead connection: make sure it is gone
+            conn.terminate()
+
+    def backend_pid(self) -> int | None:
+        return int(self._conn.get_server_pid()) if self.alive else None
+
+
+def application_name(holder: str, group: str = "") -> str:
+    """The name of a replica's election sessions: ``bpsync leader [GROUP ]HOLDER``."""
+    return f"bpsync leader {group + ' ' if group else ''}{holder}"[:63]
+
+
+def shared_session(url: str, holder: str, group: str) -> ElectionSession:
+    """One election session for all the pairs of a replica (their schemas differ, the
+    server and database do not)."""
+    dsn, _ = _asyncpg_target(url)
+    return ElectionSession(dsn, application_name(holder, group))
+
+
 class PostgresLeaderElector:
-    """Leader election by advisory lock on a dedicated connection (module docstring)."""
+    """Leader election by advisory lock on a dedicated session (module docstring)."""
 
     def __init__(
-        self, url: str, *, holder: str, clock: Clock | None = None, group: str = ""
+        self,
+        url: str,
+        *,
+        holder: str,
+        clock: Clock | None = None,
+        group: str = "",
+        session: ElectionSession | None = None,
     ) -> None:
         self.url = url
         self.holder = holder
@@ -88,9 +150,10 @@ class PostgresLeaderElector:
         """the deployment's pairs (a fingerprint): replicas of one deployment share it,
         so :meth:`replicas` counts them apart from other deployments in the database"""
         self.clock = clock or SystemClock()
-        self._dsn, self.schema = _asyncpg_target(url)
+        dsn, self.schema = _asyncpg_target(url)
         self.key = advisory_key(self.schema)
-        self._conn: Any = None  # asyncpg.Connection (untyped package)
+        self._session = session or ElectionSession(dsn, application_name(holder, group))
+        self._session.users += 1
         self._held = False
 
     @property
@@ -101,55 +164,48 @@ class PostgresLeaderElector:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return StoreError(f"leader election ({doing}) on {redact_url(self.url)}: {detail}")
 
-    async def _connection(self) -> Any:
-        if self._conn is not None and not self._conn.is_closed():
-            return self._conn
-        self._conn = None
-        self._held = False
-        try:
-            self._conn = await asyncpg.connect(
-                self._dsn,
-                timeout=ELECTION_TIMEOUT_S,
-                server_settings={"application_name": self._application_name},
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise self._error("connect", exc) from None
-        return self._conn
-
-    @property
-    def _application_name(self) -> str:
-        group = f"{self.group} " if self.group else ""
-        return f"bpsync leader {group}{self.holder}"[:63]
+    async def _fetchval(self, doing: str, query: str, *args: Any) -> Any:
+        """One query on the session; a failure drops it (its locks are gone) and raises."""
+        async with self._session.busy:
+            try:
+                conn = await self._session.connection()
+                return await conn.fetchval(query, *args, timeout=ELECTION_TIMEOUT_S)
+            except _CONNECTION_ERRORS as exc:
+                self._held = False
+                await self._session.drop()
+                raise self._error(doing, exc) from None
 
     async def replicas(self) -> int:
         """Replicas of this deployment alive now: the distinct holders among the election
         sessions of this ``group`` (``pg_stat_activity``), this one included."""
-        conn = await self._connection()
         prefix = f"bpsync leader {self.group} " if self.group else "bpsync leader "
-        try:
-            count = await conn.fetchval(
-                "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND starts_with(application_name, $1)",
-                prefix,
-                timeout=ELECTION_TIMEOUT_S,
-            )
-        except _CONNECTION_ERRORS as exc:
-            await self._drop_connection()
-            raise self._error("count replicas", exc) from None
+        count = await self._fetchval(
+            "count replicas",
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND starts_with(application_name, $1)",
+            prefix,
+        )
         return max(1, int(count or 0))
+
+    async def lock_free(self) -> bool:
+        """Whether no session holds this lock now (``pg_locks``): a replica counting its
+        share asks before it reserves a place for the attempt."""
+        held = await self._fetchval(
+            "look at the lock",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            self.key >> 32,
+            self.key & 0xFFFFFFFF,
+        )
+        return not held
 
     async def try_acquire(self) -> bool:
         """Take the lock if it is free; True when this replica now leads."""
         if self._held and await self.still_leader():
             return True
-        conn = await self._connection()
-        try:
-            got = await conn.fetchval(
-                "SELECT pg_try_advisory_lock($1::bigint)", self.key, timeout=ELECTION_TIMEOUT_S
-            )
-        except _CONNECTION_ERRORS as exc:
-            await self._drop_connection()
-            raise self._error("pg_try_advisory_lock", exc) from None
+        got = await self._fetchval(
+            "pg_try_advisory_lock", "SELECT pg_try_advisory_lock($1::bigint)", self.key
+        )
         self._held = bool(got)
         if self._held:
             log.info("leader lock taken", extra={"key": self.key, "holder": self.holder})
@@ -157,54 +213,47 @@ class PostgresLeaderElector:
 
     async def still_leader(self) -> bool:
         """The session is alive and ``pg_locks`` shows it holding the lock."""
-        if not self._held or self._conn is None or self._conn.is_closed():
+        if not self._held or not self._session.alive:
             self._held = False
             return False
         try:
-            count = await self._conn.fetchval(
+            count = await self._fetchval(
+                "check",
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
                 " AND pid = pg_backend_pid() AND classid = $1::bigint::oid"
                 " AND objid = $2::bigint::oid AND objsubid = 1",
                 self.key >> 32,
                 self.key & 0xFFFFFFFF,
-                timeout=ELECTION_TIMEOUT_S,
             )
-        except _CONNECTION_ERRORS as exc:
-            log.warning("leader connection lost: %s", self._error("check", exc))
-            await self._drop_connection()
+        except StoreError as exc:
+            log.warning("leader connection lost: %s", exc)
             return False
         if not count:
             self._held = False
         return self._held
 
     async def release(self) -> None:
-        """Give the lock back and close the dedicated connection (safe to call twice)."""
-        conn, held = self._conn, self._held
-        self._held = False
-        if conn is None:
-            return
-        if held and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await conn.fetchval(
-                    "SELECT pg_advisory_unlock($1::bigint)", self.key, timeout=ELECTION_TIMEOUT_S
+        """Give the lock back (safe to call twice); the session closes with its last user
+        (a replica's shared session stays open for its other pairs)."""
+        held, self._held = self._held, False
+        if held and self._session.alive:
+            with contextlib.suppress(StoreError):
+                await self._fetchval(
+                    "pg_advisory_unlock", "SELECT pg_advisory_unlock($1::bigint)", self.key
                 )
-        await self._drop_connection()
+        if self._session.users <= 1:
+            await self._session.drop()
 
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        self._held = False
-        if conn is None:
-            return
-        try:
-            await asyncio.wait_for(conn.close(), timeout=ELECTION_TIMEOUT_S)
-        except Exception:  # noqa: BLE001 - a dead connection: make sure it is gone
-            conn.terminate()
+    async def close(self) -> None:
+        """Release, and stop using the session (closed when nobody else does)."""
+        await self.release()
+        self._session.users = max(0, self._session.users - 1)
+        if self._session.users == 0:
+            await self._session.drop()
 
     async def backend_pid(self) -> int | None:
         """The server pid of the dedicated session (tests, diagnostics)."""
-        if self._conn is None or self._conn.is_closed():
-            return None
-        return int(self._conn.get_server_pid())
+        return self._session.backend_pid()
 
 
 class SqliteSingleInstanceLock:
@@ -267,7 +316,10 @@ def _read_pid(fd: int) -> int | None:
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
+    "ElectionSession",
     "PostgresLeaderElector",
     "SqliteSingleInstanceLock",
     "advisory_key",
+    "application_name",
+    "shared_session",
 ]

@@ -116,6 +116,9 @@ class PairRunner:
         """several pairs on Postgres: this replica's share of them (:mod:`sync.runtime.share`)"""
         self.group = ""
         """the deployment's fingerprint naming its election sessions (several pairs)"""
+        self.election_session: Any = None
+        """several pairs on Postgres: the replica's one election session
+        (:class:`sync.runtime.leader.ElectionSession`), shared by the pairs' locks"""
 
     @property
     def cycle_interval(self) -> float:
@@ -182,7 +185,11 @@ class PairRunner:
             from sync.runtime.leader import PostgresLeaderElector
 
             self._elector = PostgresLeaderElector(
-                url, holder=self.holder, clock=self.clock, group=self.group
+                url,
+                holder=self.holder,
+                clock=self.clock,
+                group=self.group,
+                session=self.election_session,
             )
         else:
             from sync.runtime.leader import SqliteSingleInstanceLock
@@ -260,17 +267,11 @@ class PairRunner:
                     return False
                 epoch = await self.engine.store.take_epoch(self.holder, self.clock.now())
             else:
-                replicas = await self._elector.replicas()
-                if not self.share.reserve(replicas):  # at its share (or taking the last)
-                    log.debug(
-                        "at this replica's share",
-                        extra={
-                            "replicas": replicas,
-                            "led": len(self.share.led()),
-                            "taking": self.share.taking,
-                        },
-                    )
+                # a pair another replica leads is not worth a place in this one's share
+                if not await self._elector.lock_free():
                     return False
+                if not self.share.reserve(await self._elector.replicas()):
+                    return False  # at its share, or taking its last place already
                 try:
                     if not await self._elector.try_acquire():
                         return False
@@ -350,7 +351,7 @@ class PairRunner:
     async def close(self) -> None:
         if self._elector is not None:  # a standby holds a connection too
             with contextlib.suppress(Exception):
-                await self._elector.release()
+                await self._elector.close()
         await self._drop_engine()
         if self._lock is not None:
             self._lock.release()

@@ -35,10 +35,10 @@ class Runner(Protocol):
     leader: bool
 
 
-def deployment_group(pair_names: Iterable[str]) -> str:
-    """The fingerprint naming this deployment's election sessions: replicas configured
-    with the same pairs share it."""
-    return f"{zlib.crc32(','.join(sorted(pair_names)).encode()):08x}"
+def deployment_group(pair_stores: Iterable[str]) -> str:
+    """The fingerprint naming this deployment's election sessions, from its pairs' stores
+    (their database URLs, schemas included): replicas configured alike share it."""
+    return f"{zlib.crc32(','.join(sorted(pair_stores)).encode()):08x}"
 
 
 def rank(holder: str, pair: str) -> int:

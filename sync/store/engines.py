@@ -8,7 +8,9 @@
   recipe), so reads are real snapshots; a connection with :data:`WRITE_OPTION` set
   starts with ``BEGIN IMMEDIATE``, so two writers queue on the busy timeout instead of
   failing on a lock upgrade.
-- Postgres: a ``search_path`` query parameter in the URL selects a schema.
+- Postgres: a ``search_path`` query parameter in the URL selects a schema;
+  ``pool_size`` and ``max_overflow`` size the connection pool (SQLAlchemy's defaults, 5
+  and 10, without them).
 - :func:`mapped_errors`: driver and connection errors become :class:`StoreError` naming
   the database with its password masked.
 """
@@ -31,6 +33,9 @@ from sync.settings import redact_url
 
 #: how long a SQLite writer waits for another one before "database is locked"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Postgres URL options that size the connection pool (bpsync's, not the driver's):
+#: several sync pairs get small pools (:mod:`sync.pairconfig`)
+POOL_OPTIONS = ("pool_size", "max_overflow")
 #: execution option marking a connection whose transaction writes (SQLite: BEGIN IMMEDIATE)
 WRITE_OPTION = "bpsync_write"
 
@@ -74,7 +79,16 @@ def make_engine(url: str) -> AsyncEngine:
     if search_path:
         connect_args["server_settings"] = {"search_path": str(search_path)}
         parsed = parsed.difference_update_query(["search_path"])
-    return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    pool: dict[str, int] = {}
+    for name in POOL_OPTIONS:
+        value = parsed.query.get(name)
+        if value is not None:
+            try:
+                pool[name] = int(str(value))
+            except ValueError:
+                raise StoreError(f"database URL option {name} must be a number") from None
+    parsed = parsed.difference_update_query(POOL_OPTIONS)
+    return create_async_engine(parsed, connect_args=connect_args, pool_pre_ping=True, **pool)
 
 
 def make_sqlite_thread_engine(url: str) -> Engine | None:

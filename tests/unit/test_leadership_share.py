@@ -100,7 +100,7 @@ def test_hand_over_keeps_the_best_ranked_pairs() -> None:
     assert to_hand_over("host:1", led_now, 6) == []
 
 
-def test_the_deployment_group_depends_on_the_pairs_only() -> None:
+def test_the_deployment_group_depends_on_the_pairs_stores_only() -> None:
     assert deployment_group(["b", "a"]) == deployment_group(["a", "b"])
     assert deployment_group(["a"]) != deployment_group(["a", "b"])
     assert len(deployment_group(["a"])) == 8

@@ -85,10 +85,13 @@ def test_each_pair_keeps_its_own_state(tmp_path: Path) -> None:
     assert urls == ["sqlite+aiosqlite:////data/sync.db", "sqlite+aiosqlite:////data/sync-eu-1.db"]
     pg = load(tmp_path, pairs, database_url="postgresql+asyncpg://u:pw@db/bpsync")
     urls = [p.settings.effective_database_url for p in expand_pairs(pg)]
+    # several pairs: each pair's pool is small (every replica opens every pair's store)
     assert urls == [
-        "postgresql+asyncpg://u:pw@db/bpsync",
-        "postgresql+asyncpg://u:pw@db/bpsync?search_path=bpsync_eu_1",
+        "postgresql+asyncpg://u:pw@db/bpsync?max_overflow=4&pool_size=1",
+        "postgresql+asyncpg://u:pw@db/bpsync?max_overflow=4&pool_size=1&search_path=bpsync_eu_1",
     ]
+    sized = load(tmp_path, pairs, database_url="postgresql+asyncpg://u@db/x?pool_size=3")
+    assert expand_pairs(sized)[0].settings.effective_database_url.endswith("x?pool_size=3")
     scoped = load(tmp_path, pairs, database_url="postgresql+asyncpg://u@db/x?search_path=acme")
     assert expand_pairs(scoped)[1].settings.effective_database_url.endswith("search_path=acme_eu_1")
 
