@@ -53,6 +53,10 @@ The semantics both stores follow, where the protocols leave a choice:
   second record returns False); an unknown link raises StoreError; fenced like every
   write. ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
+- ``count_links_by_state``: every state, 0 for a state without links.
+  ``recent_outbox``: newest first (id descending), every state, optionally only the
+  items of the given links. ``links_for_sn_number``: every link with that ServiceNow
+  number, newest first. ``leader_record``: None until an epoch was ever taken.
 - ``take_epoch``: the first epoch is 1; once fenced (``fence`` or ``take_epoch``), every
   write first checks the stored epoch and raises :func:`fenced_error`'s FencedError when
   it moved on.
@@ -441,6 +445,38 @@ class JournalLedger(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    """The stored leader row: who took the newest epoch, and when."""
+
+    epoch: int
+    holder: str | None
+    at: datetime
+
+
+class StatusReads(Protocol):
+    """Read-only views for the status page (``sync.runtime.status``)."""
+
+    async def count_links_by_state(self) -> dict[LinkState, int]:
+        """Links per state, every state (0 when none), in one read."""
+        ...
+
+    async def recent_outbox(
+        self, *, limit: int, link_ids: Collection[int] | None = None
+    ) -> list[OutboxItem]:
+        """The newest ``limit`` outbox items (id descending), whatever their state;
+        with ``link_ids``, only those links' items."""
+        ...
+
+    async def links_for_sn_number(self, sn_number: str) -> list[Link]:
+        """Every link confirmed with this ServiceNow number (``INC...``), newest first."""
+        ...
+
+    async def leader_record(self) -> LeaderRecord | None:
+        """The leader row (epoch, holder, when taken); None before any epoch."""
+        ...
+
+
 class Leadership(Protocol):
     """High availability: fencing by epoch."""
 
@@ -455,7 +491,15 @@ class Leadership(Protocol):
 
 
 class LinkStore(
-    LinkRepository, Outbox, Audit, Cursors, Leadership, PushEvents, JournalLedger, Protocol
+    LinkRepository,
+    Outbox,
+    Audit,
+    Cursors,
+    Leadership,
+    PushEvents,
+    JournalLedger,
+    StatusReads,
+    Protocol,
 ):
     """Everything the engine needs to remember across restarts: the parts above, the
     lifecycle, and the executor's hot paths, several steps in one transaction."""
