@@ -52,6 +52,7 @@ from sync.clock import Clock, SystemClock
 from sync.coordinator import CycleReport
 from sync.engine import Engine, build_engine
 from sync.errors import ApiError, StoreError
+from sync.runtime.status import StatusSource
 from sync.settings import Settings
 from sync.store.base import FencedError
 
@@ -181,7 +182,25 @@ class Daemon:
             metrics=self.metrics,
             db_ping=store.ping,
             push=receiver,
+            status=self._status_source(),
+            status_token=self.settings.status_token,
         )
+
+    def _status_source(self) -> StatusSource:
+        """The status page's pairs: this daemon's one pair, ``default``."""
+        from sync.runtime.status import PairStatusReader, pairs_source
+
+        assert self.engine is not None
+        reader = PairStatusReader(
+            "default",
+            self.engine.store,
+            self.health,
+            self.clock,
+            attempts=self.settings.retry.attempts,
+            this_replica=self._holder,
+            leads=lambda: self.leader,
+        )
+        return pairs_source([reader])
 
     async def _take_single_writer(self, url: str) -> None:
         if _is_postgres(url):

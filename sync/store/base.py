@@ -65,6 +65,7 @@ The semantics both stores follow, where the protocols leave a choice:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -252,6 +253,24 @@ BACKFILL_CHECKPOINT_PREFIX = "backfill:"
 #: such a dead item is never sent again automatically, so it is not open
 #: (``sync.executor.delivery.PERMANENT_PREFIX`` writes it)
 PERMANENT_ERROR_PREFIX = "permanent: "
+
+#: "<side>: <METHOD> <url>: " at the start of a write's stored error
+_REQUEST_IN_ERROR = re.compile(
+    r"^(?P<head>(?:permanent: )?\w+: )(?:GET|POST|PUT|PATCH|DELETE) \S+: "
+)
+
+
+def needs_a_person(item: OutboxItem, attempts: int) -> bool:
+    """A dead item bpsync no longer retries by itself: refused for good, or out of its
+    ``attempts`` (``bpsync dlq list`` and the status page show these)."""
+    refused = (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
+    return refused or item.attempts >= attempts
+
+
+def readable_error(error: str) -> str:
+    """A write's stored error as a person needs it: the vendor's answer, without the
+    request URL (the incident is shown beside it)."""
+    return _REQUEST_IN_ERROR.sub(lambda m: m.group("head"), error, count=1)
 
 
 # --------------------------------------------------------------------------- protocols
