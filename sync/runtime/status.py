@@ -58,7 +58,8 @@ class LeaderStatus:
     leads: bool
     """This replica writes (the SQLite daemon always; with Postgres, the elected one)."""
     holder: str | None = None
-    """The replica that took the newest epoch (Postgres), None before any."""
+    """The replica that took the newest epoch (Postgres); without epochs (SQLite) this
+    replica when it leads; None when unknown."""
     epoch: int | None = None
     since: datetime | None = None
 
@@ -292,11 +293,15 @@ class PairStatusReader:
 
     async def read(self, query: str | None = None) -> PairStatus:
         store, now = self._store, self._clock.now()
-        record = await store.leader_record()
+        record, leads = await store.leader_record(), self._leads()
+        if record is not None:
+            holder: str | None = record.holder
+        else:  # no epochs (SQLite: one writer, by its lock): the leader is whoever leads
+            holder = self._this_replica if leads else None
         leader = LeaderStatus(
             this_replica=self._this_replica,
-            leads=self._leads(),
-            holder=None if record is None else record.holder,
+            leads=leads,
+            holder=holder,
             epoch=None if record is None else record.epoch,
             since=None if record is None else record.at,
         )

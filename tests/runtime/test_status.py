@@ -181,6 +181,7 @@ async def test_json_is_the_same_data(page: Page) -> None:
     assert dead["reason"] == "permanent: servicenow: HTTP 403 ACL denies write"
     assert dead["needs_a_person"] is True
     assert pair["leader"]["leads"] is True
+    assert pair["leader"]["holder"] == "host:1"  # no epochs: the replica that leads
     assert pair["last_good_cycle"] == "2026-01-01T00:00:30+00:00"
     assert pair["throttled"] == {"bigpanda": ["incidents"]}
     assert [c["side"] for c in pair["cursors"]] == ["bigpanda", "servicenow"]
@@ -321,5 +322,27 @@ async def test_standby_and_never_a_cycle() -> None:
         await server.close()
     text = " ".join(parse(html).text)
     assert "h:1: standby (another replica leads)" in text
+    assert "leader replica n/a" in text
     assert "last good cycle never" in text
     assert "n/a" in text  # no cursor yet
+
+
+async def test_the_leader_replica_is_the_epoch_holder() -> None:
+    """With epochs (Postgres HA), the leader shown is the replica that took the newest."""
+    clock = FakeClock()
+    store = MemoryStore()
+    await store.take_epoch("host-a:1", clock.now())
+    clock.advance(60)
+    await store.replica().take_epoch("host-b:2", clock.now())
+    reader = PairStatusReader(
+        "default",
+        store,
+        HealthState(clock, 15),
+        clock,
+        attempts=5,
+        this_replica="host-a:1",
+        leads=lambda: False,
+    )
+    leader = (await reader.read()).leader
+    assert (leader.holder, leader.epoch, leader.leads) == ("host-b:2", 2, False)
+    assert leader.since == clock.now()
