@@ -42,6 +42,8 @@ def secret_values(settings: Settings) -> list[str]:
             secret = getattr(section, name)
             if isinstance(secret, SecretStr) and secret.get_secret_value():
                 found.append(secret.get_secret_value())
+    if settings.status_token and settings.status_token.get_secret_value():
+        found.append(settings.status_token.get_secret_value())
     if settings.database_url:
         match = re.search(r"//[^:/@]+:([^@/]+)@", settings.database_url.get_secret_value())
         if match:

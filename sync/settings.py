@@ -44,6 +44,9 @@ from sync.bpql import compile_bpql
 from sync.clients.pacing import PacingPolicy
 from sync.errors import ConfigError
 
+#: the shortest ``status_token`` accepted (a guessable token protects nothing)
+STATUS_TOKEN_MIN_CHARS = 16
+
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -462,11 +465,31 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    status_token: SecretStr | None = None
+    """When set, the status page (``GET /``, ``/status.json``) asks for it: ``Authorization:
+    Bearer <token>``, or HTTP Basic with the token as password (``status_token_file`` too)."""
+    # the ``_file`` forms of the top-level secrets, declared so that the environment
+    # (``BPSYNC_STATUS_TOKEN_FILE``) reaches them; read (and emptied) before validation
+    database_url_file: Path | None = Field(default=None, exclude=True, repr=False)
+    status_token_file: Path | None = Field(default=None, exclude=True, repr=False)
 
     @model_validator(mode="before")
     @classmethod
     def _read_database_url_file(cls, data: Any) -> Any:
-        return read_secret_files(data, ("database_url",))
+        return read_secret_files(data, ("database_url", "status_token"))
+
+    @field_validator("status_token")
+    @classmethod
+    def _status_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if len(token) < STATUS_TOKEN_MIN_CHARS or any(c.isspace() for c in token):
+            raise ValueError(
+                f"must be at least {STATUS_TOKEN_MIN_CHARS} characters without spaces "
+                "(e.g. `openssl rand -hex 32`); leave it unset for a page without a token"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

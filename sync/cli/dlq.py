@@ -6,7 +6,6 @@ in its next cycle. ``drop`` deletes an item for good (asks unless ``--yes``).
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import click
@@ -16,7 +15,7 @@ from sync.cli.common import get_ctx, run_async, with_pair_option
 from sync.cli.db import cli_store, console
 from sync.clock import SystemClock
 from sync.errors import BpsyncError
-from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxItem, OutboxState
+from sync.store.base import OutboxItem, OutboxState, needs_a_person, readable_error
 
 _DEAD = [OutboxState.DEAD]
 
@@ -38,17 +37,13 @@ def list_(ctx: click.Context, limit: int, all_: bool) -> None:
     (superseded); one with attempts left is retried by bpsync (shown with --all)."""
     attempts = get_ctx(ctx).pair_settings().retry.attempts
 
-    def needs_a_person(item: OutboxItem) -> bool:
-        refused = (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
-        return refused or item.attempts >= attempts
-
     async def run() -> list[OutboxItem]:
         async with cli_store(ctx) as store:
             return await store.list_outbox(_DEAD, limit=1_000_000)
 
     dead = run_async(run())
-    shown = [item for item in dead if all_ or needs_a_person(item)][:limit]
-    retrying = sum(1 for item in dead if not needs_a_person(item))
+    shown = [item for item in dead if all_ or needs_a_person(item, attempts)][:limit]
+    retrying = sum(1 for item in dead if not needs_a_person(item, attempts))
     title = f"dead letters ({len(shown)} of {len(dead) if all_ else len(dead) - retrying})"
     if retrying and not all_:
         title += f"; {retrying} more retried by bpsync (--all)"
@@ -66,19 +61,10 @@ def list_(ctx: click.Context, limit: int, all_: bool) -> None:
             incident,
             item.kind,
             f"{item.attempts} of {attempts}",
-            "a person" if needs_a_person(item) else "bpsync retries",
-            _reason(item.last_error or ""),
+            "a person" if needs_a_person(item, attempts) else "bpsync retries",
+            readable_error(item.last_error or ""),
         )
     console().print(table)
-
-
-#: "<side>: <METHOD> <url>: " in a write's error: the incident column says which
-_REQUEST = re.compile(r"^(?P<head>(?:permanent: )?\w+: )(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
-
-
-def _reason(error: str) -> str:
-    """The error as a person needs it: the vendor's answer, without the request URL."""
-    return _REQUEST.sub(lambda m: m.group("head"), error, count=1)
 
 
 def _age(delta: timedelta) -> str:

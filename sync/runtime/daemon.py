@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -67,6 +68,7 @@ from sync.runtime.health import Readiness
 from sync.runtime.leader import shared_session
 from sync.runtime.pairrun import PairRunner, cycle_interval, prepare_database
 from sync.runtime.share import LeadershipShare, deployment_group
+from sync.runtime.status import StatusSource
 from sync.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,34 @@ class Daemon:
             metrics=self.metrics_registry,
             db_ping=self._ping,
             push=self._receivers(),
+            status=self._status_source(),
+            status_token=self.settings.status_token,
         )
+
+    def _status_source(self) -> StatusSource:
+        """The status page's pairs, in their order; a pair that could not start shows
+        why (nothing of its store can be read)."""
+        from sync.runtime.status import PairStatus, PairStatusReader, unavailable
+
+        async def source(query: str | None) -> list[PairStatus]:
+            out = []
+            for runner in self.runners:
+                if not runner.started or runner.engine is None:  # (a start may be retrying)
+                    out.append(unavailable(runner.name, runner.health, self.clock, self._holder))
+                    continue
+                reader = PairStatusReader(
+                    runner.name,
+                    runner.engine.store,
+                    runner.health,
+                    self.clock,
+                    attempts=runner.settings.retry.attempts,
+                    this_replica=self._holder,
+                    leads=functools.partial(_leads, runner),
+                )
+                out.append(await reader.read(query))
+            return out
+
+        return source
 
     def _receivers(self) -> Any:
         from sync.runtime.receiver import PairReceivers
@@ -343,6 +372,10 @@ class Daemon:
             self._server = None
         for runner in self.runners:
             await runner.close()
+
+
+def _leads(runner: PairRunner) -> bool:
+    return runner.leader
 
 
 async def run_daemon(

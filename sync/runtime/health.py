@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from sync.clock import Clock
@@ -72,6 +73,8 @@ class HealthState:
         self.last_error: str | None = None
         self.not_started: str | None = None
         """why this pair could not start (several pairs: the others run; None: started)"""
+        self.last_success_at: datetime | None = None
+        """``clock.now()`` when the last good cycle ended (the status page shows it)."""
 
     @property
     def max_age_s(self) -> float:
@@ -79,6 +82,7 @@ class HealthState:
 
     def cycle_succeeded(self) -> None:
         self.last_success = self.clock.monotonic()
+        self.last_success_at = self.clock.now()
         self.last_error = None
 
     def cycle_failed(self, error: BaseException | str | None) -> None:
@@ -108,13 +112,14 @@ class HealthState:
                     )
             if reasons and self.last_error and db_error is None:
                 reasons.append(f"last cycle error: {self.last_error}")
-        throttled = {k: list(v) for k, v in (self._throttled() if self._throttled else {}).items()}
         return Readiness(
-            ready=not reasons,
-            leader=self.leader,
-            reasons=reasons,
-            throttled={side: fams for side, fams in throttled.items() if fams},
+            ready=not reasons, leader=self.leader, reasons=reasons, throttled=self.throttled()
         )
+
+    def throttled(self) -> dict[str, list[str]]:
+        """Side -> the endpoint families it throttles lately (sides without any left out)."""
+        found = self._throttled() if self._throttled else {}
+        return {side: list(fams) for side, fams in found.items() if fams}
 
     def _working(self) -> bool:
         """A cycle is in flight and within its budget (plus the usual allowance): a storm

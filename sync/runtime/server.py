@@ -7,6 +7,12 @@
 - ``GET /metrics``: the Prometheus text exposition of the daemon's own registry.
 - ``POST /webhooks/bigpanda``, ``POST /webhooks/servicenow``: the push receivers, with
   ``[push] enabled`` (:mod:`sync.runtime.receiver`).
+- ``GET /`` and ``GET /status.json``: the status page (HTML without script, and the same
+  data as JSON; ``?q=`` a BigPanda incident id or INC number shows that link's trail),
+  read-only (:mod:`sync.runtime.status`). With ``status_token`` set, both need
+  ``Authorization: Bearer <token>`` or HTTP Basic with the token as password (any
+  user: a browser without script asks for it), compared in constant time; otherwise a
+  401 with ``WWW-Authenticate: Basic realm="bpsync"``. Never a token in the URL.
 
 No access log: probes every few seconds would drown the daemon's own lines.
 """
@@ -14,15 +20,21 @@ No access log: probes every few seconds would drown the daemon's own lines.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from sync.errors import ConfigError
 from sync.metrics import CONTENT_TYPE, Metrics
 from sync.runtime.health import ReadinessSource
 from sync.runtime.receiver import PairReceivers, PushReceiver
+from sync.runtime.status import StatusSource, clean_query
+from sync.runtime.status_page import render_page
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,20 @@ DbPing = Callable[[], Awaitable[None]]
 _HEALTH_KEY: web.AppKey[ReadinessSource] = web.AppKey("health")
 _METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 _PING_KEY: web.AppKey[DbPing] = web.AppKey("db_ping")
+_STATUS_KEY: web.AppKey[StatusSource] = web.AppKey("status")
+_TOKEN_KEY: web.AppKey[bytes] = web.AppKey("status_token", bytes)
+
+#: what every status answer says about itself: never cached, never framed, no scripts
+_STATUS_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
 
 
 async def _healthz(_request: web.Request) -> web.Response:
@@ -67,13 +93,78 @@ async def _metrics(request: web.Request) -> web.Response:
     return response
 
 
+def presented_token(authorization: str) -> bytes | None:
+    """The token an ``Authorization`` header presents: ``Bearer <token>``, or ``Basic``
+    with the token as password (any user name); None for anything else."""
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value.encode()
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        _, colon, password = decoded.partition(b":")
+        return password if colon else None
+    return None
+
+
+def _authorised(request: web.Request) -> bool:
+    expected = request.app.get(_TOKEN_KEY)
+    if not expected:
+        return True
+    presented = presented_token(request.headers.get("Authorization", ""))
+    return presented is not None and hmac.compare_digest(presented, expected)
+
+
+def _status_response(response: web.Response) -> web.Response:
+    response.headers.update(_STATUS_HEADERS)
+    return response
+
+
+async def _status(request: web.Request, *, as_json: bool) -> web.Response:
+    if not _authorised(request):
+        response = web.Response(status=401, text="401: the status page needs its token\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="bpsync", charset="UTF-8"'
+        return _status_response(response)
+    try:
+        query = clean_query(request.query.get("q"))
+    except ValueError as exc:
+        if as_json:
+            return _status_response(web.json_response({"error": str(exc)}, status=400))
+        return _status_response(
+            web.Response(
+                status=400, text=render_page([], None, error=str(exc)), content_type="text/html"
+            )
+        )
+    pairs = await request.app[_STATUS_KEY](query)
+    if as_json:
+        body = {"query": query, "pairs": [pair.as_json() for pair in pairs]}
+        return _status_response(web.json_response(body))
+    text = render_page(pairs, query)
+    return _status_response(web.Response(text=text, content_type="text/html"))
+
+
+async def _status_html(request: web.Request) -> web.Response:
+    return await _status(request, as_json=False)
+
+
+async def _status_json(request: web.Request) -> web.Response:
+    return await _status(request, as_json=True)
+
+
 def make_app(
     *,
     health: ReadinessSource,
     metrics: Metrics,
     db_ping: DbPing,
     push: PushReceiver | PairReceivers | None = None,
+    status: StatusSource | None = None,
+    status_token: SecretStr | None = None,
 ) -> web.Application:
+    """``status``: the pairs' status (``GET /``, ``/status.json``); ``status_token``: the
+    token they ask for, when set."""
     app = web.Application()
     app[_HEALTH_KEY] = health
     app[_METRICS_KEY] = metrics
@@ -81,6 +172,11 @@ def make_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    if status is not None:
+        app[_STATUS_KEY] = status
+        app[_TOKEN_KEY] = status_token.get_secret_value().encode() if status_token else b""
+        app.router.add_get("/", _status_html)
+        app.router.add_get("/status.json", _status_json)
     if push is not None:
         push.install(app)
     return app
@@ -113,10 +209,20 @@ async def start_http_server(
     metrics: Metrics,
     db_ping: DbPing,
     push: PushReceiver | PairReceivers | None = None,
+    status: StatusSource | None = None,
+    status_token: SecretStr | None = None,
 ) -> HttpServer:
     """Bind and serve; a port that cannot be bound is a one-line ConfigError (http_port).
-    ``push``: the webhook receivers (push mode), when on."""
-    app = make_app(health=health, metrics=metrics, db_ping=db_ping, push=push)
+    ``push``: the webhook receivers (push mode), when on; ``status``, ``status_token``:
+    the status page (:func:`make_app`)."""
+    app = make_app(
+        health=health,
+        metrics=metrics,
+        db_ping=db_ping,
+        push=push,
+        status=status,
+        status_token=status_token,
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -136,4 +242,4 @@ async def start_http_server(
     return HttpServer(runner, host, actual)
 
 
-__all__ = ["DB_PING_TIMEOUT_S", "HttpServer", "make_app", "start_http_server"]
+__all__ = ["DB_PING_TIMEOUT_S", "HttpServer", "make_app", "presented_token", "start_http_server"]

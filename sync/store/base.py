@@ -53,6 +53,10 @@ The semantics both stores follow, where the protocols leave a choice:
   second record returns False); an unknown link raises StoreError; fenced like every
   write. ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
+- ``count_links_by_state``: every state, 0 for a state without links.
+  ``recent_outbox``: newest first (id descending), every state, optionally only the
+  items of the given links. ``links_for_sn_number``: every link with that ServiceNow
+  number, newest first. ``leader_record``: None until an epoch was ever taken.
 - ``take_epoch``: the first epoch is 1; once fenced (``fence`` or ``take_epoch``), every
   write first checks the stored epoch and raises :func:`fenced_error`'s FencedError when
   it moved on.
@@ -61,6 +65,7 @@ The semantics both stores follow, where the protocols leave a choice:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -248,6 +253,24 @@ BACKFILL_CHECKPOINT_PREFIX = "backfill:"
 #: such a dead item is never sent again automatically, so it is not open
 #: (``sync.executor.delivery.PERMANENT_PREFIX`` writes it)
 PERMANENT_ERROR_PREFIX = "permanent: "
+
+#: "<side>: <METHOD> <url>: " at the start of a write's stored error
+_REQUEST_IN_ERROR = re.compile(
+    r"^(?P<head>(?:permanent: )?\w+: )(?:GET|POST|PUT|PATCH|DELETE) \S+: "
+)
+
+
+def needs_a_person(item: OutboxItem, attempts: int) -> bool:
+    """A dead item bpsync no longer retries by itself: refused for good, or out of its
+    ``attempts`` (``bpsync dlq list`` and the status page show these)."""
+    refused = (item.last_error or "").startswith(PERMANENT_ERROR_PREFIX)
+    return refused or item.attempts >= attempts
+
+
+def readable_error(error: str) -> str:
+    """A write's stored error as a person needs it: the vendor's answer, without the
+    request URL (the incident is shown beside it)."""
+    return _REQUEST_IN_ERROR.sub(lambda m: m.group("head"), error, count=1)
 
 
 # --------------------------------------------------------------------------- protocols
@@ -441,6 +464,38 @@ class JournalLedger(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    """The stored leader row: who took the newest epoch, and when."""
+
+    epoch: int
+    holder: str | None
+    at: datetime
+
+
+class StatusReads(Protocol):
+    """Read-only views for the status page (``sync.runtime.status``)."""
+
+    async def count_links_by_state(self) -> dict[LinkState, int]:
+        """Links per state, every state (0 when none), in one read."""
+        ...
+
+    async def recent_outbox(
+        self, *, limit: int, link_ids: Collection[int] | None = None
+    ) -> list[OutboxItem]:
+        """The newest ``limit`` outbox items (id descending), whatever their state;
+        with ``link_ids``, only those links' items."""
+        ...
+
+    async def links_for_sn_number(self, sn_number: str) -> list[Link]:
+        """Every link confirmed with this ServiceNow number (``INC...``), newest first."""
+        ...
+
+    async def leader_record(self) -> LeaderRecord | None:
+        """The leader row (epoch, holder, when taken); None before any epoch."""
+        ...
+
+
 class Leadership(Protocol):
     """High availability: fencing by epoch."""
 
@@ -455,7 +510,15 @@ class Leadership(Protocol):
 
 
 class LinkStore(
-    LinkRepository, Outbox, Audit, Cursors, Leadership, PushEvents, JournalLedger, Protocol
+    LinkRepository,
+    Outbox,
+    Audit,
+    Cursors,
+    Leadership,
+    PushEvents,
+    JournalLedger,
+    StatusReads,
+    Protocol,
 ):
     """Everything the engine needs to remember across restarts: the parts above, the
     lifecycle, and the executor's hot paths, several steps in one transaction."""

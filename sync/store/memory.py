@@ -38,6 +38,7 @@ from sync.store.base import (
 )
 from sync.store.memory_journal import JournalRows, MemoryJournal
 from sync.store.memory_push import MemoryPushEvents, PushRows
+from sync.store.memory_status import MemoryStatus, StatusData
 
 
 def _is_open(item: OutboxItem, attempts: int) -> bool:
@@ -64,6 +65,7 @@ class _Data:
     checkpoints: dict[str, str] = field(default_factory=dict)
     epoch: int = 0
     holder: str | None = None
+    leader_at: datetime | None = None
     next_link_id: int = 1
     next_outbox_id: int = 1
     next_audit_id: int = 1
@@ -71,7 +73,7 @@ class _Data:
     journal: JournalRows = field(default_factory=dict)
 
 
-class MemoryStore(MemoryPushEvents, MemoryJournal):
+class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
     """A :class:`~sync.store.base.LinkStore` kept in process memory."""
 
     def __init__(self, *, _data: _Data | None = None) -> None:
@@ -112,6 +114,10 @@ class MemoryStore(MemoryPushEvents, MemoryJournal):
     def _journal_data(self, *, write: bool) -> tuple[Mapping[int, Link], JournalRows]:
         data = self._write() if write else self._read()
         return data.links, data.journal
+
+    def _status_data(self) -> StatusData:
+        data = self._read()
+        return StatusData(data.links, data.outbox, data.epoch, data.holder, data.leader_at)
 
     # --- links
 
@@ -586,6 +592,7 @@ class MemoryStore(MemoryPushEvents, MemoryJournal):
         data = self._read()
         data.epoch += 1
         data.holder = holder
+        data.leader_at = as_utc(now)
         self._fenced_epoch = data.epoch
         return data.epoch
 

@@ -53,6 +53,7 @@ from sync.store.rows import audit_values, pending_link_values, to_audit, to_fiel
 from sync.store.sql_journal import SqlJournal
 from sync.store.sql_outbox import SqlOutbox
 from sync.store.sql_push import SqlPushEvents
+from sync.store.sql_status import SqlStatus
 from sync.store.statements import (
     CONFIRM_LINK,
     INSERT_AUDIT,
@@ -73,7 +74,7 @@ from sync.store.threads import run_calls_in_thread
 # the store has one; wrapped once by the decorator rather than one by one, so a new
 # method cannot be forgotten. ``close`` manages the thread itself.
 @run_calls_in_thread
-class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
+class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
     """A :class:`~sync.store.base.LinkStore` on SQLite or Postgres. Build with ``open_store``."""
 
     # --- links

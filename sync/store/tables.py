@@ -128,6 +128,7 @@ class LinkRow(Base):
         # Plain indexes for history (superseded links too) and lookups whatever the state.
         Index("ix_links_bp_incident_id", "bp_incident_id"),
         Index("ix_links_sn_sys_id", "sn_sys_id"),
+        Index("ix_links_sn_number", "sn_number"),  # the status page's search (0005)
         Index("ix_links_state", "state"),
     )
 

@@ -153,6 +153,15 @@ async def test_one_pairs_refused_credentials_do_not_stop_the_other(tmp_path: Pat
             _, body = await readyz(daemon)
             assert any(r.startswith("b: ") and "cannot start" in r for r in body["reasons"])
             assert not daemon.runners[1].started
+            # the status page shows both pairs: the one that cannot start says why
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{daemon._server.port}/status.json") as resp,
+            ):
+                pairs = {p["name"]: p for p in (await resp.json())["pairs"]}
+            assert set(pairs) == {"default", "b"}
+            assert "cannot start" in pairs["b"]["last_cycle_error"]
+            assert pairs["default"]["links_by_state"]["linked"] == 1
             assert await Emu(b).sn_query("active=true") == []
 
 

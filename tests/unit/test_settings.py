@@ -145,3 +145,35 @@ def test_every_setting_is_in_the_example_config() -> None:
         elif name not in named:
             missing.append(name)
     assert not missing, f"not in config/bpsync.example.toml: {missing}"
+
+
+def test_status_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A top-level secret: from a file (the environment names the file), masked in
+    ``config show``, redacted from logs, and refused when too short to protect."""
+    token = tmp_path / "status_token"
+    token.write_text("status-T0ken-from-a-file-42\n")
+    monkeypatch.setenv("BPSYNC_STATUS_TOKEN_FILE", str(token))
+    s = load_settings(env_file=None)
+    assert s.status_token is not None
+    assert s.status_token.get_secret_value() == "status-T0ken-from-a-file-42"
+    assert "status-T0ken-from-a-file-42" in secret_values(s)
+    dumped = str(redacted_dump(s))
+    assert "status-T0ken-from-a-file-42" not in dumped
+    assert "status_token_file" not in dumped
+    monkeypatch.delenv("BPSYNC_STATUS_TOKEN_FILE")
+    assert load_settings(env_file=None).status_token is None
+    for weak in ("short", "sixteen chars  with spaces"):
+        monkeypatch.setenv("BPSYNC_STATUS_TOKEN", weak)
+        with pytest.raises(ConfigError, match=r"invalid setting status_token: must be at least 16"):
+            load_settings(env_file=None)
+
+
+def test_database_url_file_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``BPSYNC_DATABASE_URL_FILE`` (the systemd unit's way) reaches the setting."""
+    url = tmp_path / "database_url"
+    url.write_text("postgresql+asyncpg://bpsync:dbpass@db/bpsync\n")
+    monkeypatch.setenv("BPSYNC_DATABASE_URL_FILE", str(url))
+    s = load_settings(env_file=None)
+    assert s.effective_database_url == "postgresql+asyncpg://bpsync:dbpass@db/bpsync"

@@ -1,0 +1,55 @@
+"""``SqlStatus``: the read-only views of :class:`sync.store.sql.SqlStore` for the status
+page (:class:`~sync.store.base.StatusReads`). Each is one short read on an index:
+links by state (``ix_links_state``), the newest outbox items (the primary key, or
+``ix_outbox_link_id``), links by ServiceNow number (``ix_links_sn_number``, 0005)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from sqlalchemy import func, select
+
+import sync.store.tables as t
+from sync.model import Link, LinkState
+from sync.store.base import LeaderRecord, OutboxItem
+from sync.store.rows import to_item, to_link
+from sync.store.sql_core import SqlCore
+from sync.store.statements import LEADER_ID
+
+
+class SqlStatus(SqlCore):
+    """The :class:`~sync.store.base.StatusReads` part of ``SqlStore``."""
+
+    async def count_links_by_state(self) -> dict[LinkState, int]:
+        query = select(t.links.c.state, func.count()).group_by(t.links.c.state)
+        async with self._read() as conn:
+            rows = list(await conn.execute(query))
+        counts = dict.fromkeys(LinkState, 0)
+        for state, count in rows:
+            counts[LinkState(state)] = int(count)
+        return counts
+
+    async def recent_outbox(
+        self, *, limit: int, link_ids: Collection[int] | None = None
+    ) -> list[OutboxItem]:
+        query = select(t.outbox).order_by(t.outbox.c.id.desc()).limit(max(0, limit))
+        if link_ids is not None:
+            query = query.where(t.outbox.c.link_id.in_(sorted(set(link_ids))))
+        async with self._read() as conn:
+            return [to_item(row) for row in await conn.execute(query)]
+
+    async def links_for_sn_number(self, sn_number: str) -> list[Link]:
+        query = (
+            select(t.links).where(t.links.c.sn_number == sn_number).order_by(t.links.c.id.desc())
+        )
+        async with self._read() as conn:
+            return [to_link(row) for row in await conn.execute(query)]
+
+    async def leader_record(self) -> LeaderRecord | None:
+        query = select(t.leader).where(t.leader.c.id == LEADER_ID)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return LeaderRecord(epoch=int(m["epoch"]), holder=m["holder"], at=m["updated_at"])
