@@ -277,7 +277,7 @@ class Coordinator:
             pairs, fresh = await self._pair(bp_polled, sn_polled, polled.replan, environments)
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
-            pairs, fresh = await self.merges.read(pairs, fresh)
+            pairs, fresh = await self.merges.read(pairs, fresh, environments)
             await self._expand_alerts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)

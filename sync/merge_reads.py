@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sync.errors import NotFoundError, PermanentError
@@ -41,7 +42,7 @@ class MergeReads:
         self._warned: set[str] = set()
 
     async def read(
-        self, pairs: Sequence[Pair], fresh: Sequence[Pair]
+        self, pairs: Sequence[Pair], fresh: Sequence[Pair], environments: Sequence[str]
     ) -> tuple[list[Pair], list[Pair]]:
         """(pairs, new incidents) to plan: merged pairs carry their fact, destinations
         that take a source's ticket are left out."""
@@ -58,10 +59,22 @@ class MergeReads:
         if not found:
             return list(pairs), list(fresh)
         links = await self._c.store.live_links_for_bp([dest for _, dest in found])
-        seen = {pair_bp_id(pair): pair.environment_id for pair in (*pairs, *fresh)}
+        seen = {pair_bp_id(pair): pair for pair in (*pairs, *fresh)}
         waiting: set[str] = set()
         for pair, dest in found:
-            pair.merge = MergeFact(dest, links.get(dest), seen.get(dest))
+            fact = MergeFact(dest, links.get(dest))
+            if destination_waits(fact, self._c.settings, pair.sn):
+                # it takes the ticket: read it (seen in this cycle, else one read) so the
+                # plan reconciles the two as a new link would be
+                other = seen.get(dest)
+                if other is not None and other.bp is not None:
+                    fact = replace(fact, destination=other.bp)
+                    fact = replace(fact, destination_environment=other.environment_id)
+                elif (fetched := await self._c.fetch_bp(dest, environments)) is not None:
+                    fact = replace(fact, destination=fetched[0], destination_environment=fetched[1])
+            elif (other := seen.get(dest)) is not None:
+                fact = replace(fact, destination_environment=other.environment_id)
+            pair.merge = fact
             link_id = pair.link.id if pair.link is not None else None
             extra = {"bp_incident_id": pair_bp_id(pair), "link_id": link_id}
             log.info("merged into %s", dest, extra=extra)

@@ -16,11 +16,13 @@ Decision table (S = the merged incident and its link, D = the destination;
 ======================  ==============================  ================================
 S's link, D's ticket    adopt (default)                 resolve_source
 ======================  ==============================  ================================
-S linked, D none        the link tag on D, then the     S's ticket resolved as a
-                        link moves to D (MoveLink): S's duplicate (``merge_close_code``);
-                        ticket is D's from now on, open D gets a ticket by the share
-                        (D waits for the move: no       rules, as any new incident
-                        create of its own this cycle)
+S linked, D none        the link tag on D, D and the    S's ticket resolved as a
+                        ticket synced as a new link     duplicate (``merge_close_code``);
+                        would be, then the link moves   D gets a ticket by the share
+                        to D (MoveLink): S's ticket is  rules, as any new incident
+                        D's from now on, open (D waits
+                        for the move: no create of its
+                        own this cycle)
 S linked, D has one     D keeps its own; S's link is    D keeps its own; S's ticket
                         superseded, its ticket left     resolved as a duplicate
                         open
@@ -39,6 +41,7 @@ move that finds D linked meanwhile supersedes S's link instead (the "D has one" 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sync.actions import (
@@ -51,10 +54,11 @@ from sync.actions import (
     SetLinkTag,
     SupersedeLink,
 )
-from sync.constants import MIRROR_MARKER, SN_JOURNAL_MAX
+from sync.constants import MIRROR_MARKER, SN_JOURNAL_MAX, Side
 from sync.describe import clip, incident_links
-from sync.fieldsync import LinkedPair, on_refused, on_success
+from sync.fieldsync import LinkedPair, on_refused, on_success, sync_fields
 from sync.journal import digest
+from sync.mapping import compile_rules
 from sync.model import BPIncident, Link, LinkState, MergeFact, SNIncident
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
@@ -145,12 +149,13 @@ def plan_merge(pair: LinkedPair, fact: MergeFact) -> list[Action]:
                 link_id=pair.link.id, bp_incident_id=pair.link.bp_incident_id, reason=reason
             ),
         ]
-    # adopt, D has none: the ticket follows D (the link tag first, the move last: a kill
-    # in between plans all of it again from the link that has not moved)
+    # adopt, D has none: the ticket follows D (the link tag and the reconcile first, the
+    # move last: a kill in between plans all of it again from the link that has not moved)
     note += f" This incident follows {dest} from now on."
     return [
         _note(pair, fact, note),
         SetLinkTag(dest, env, opts.link_tag, None, link_id=pair.link.id),
+        *_reconcile(pair, fact, env),
         MoveLink(
             link_id=pair.link.id,
             bp_incident_id=pair.link.bp_incident_id,
@@ -158,6 +163,30 @@ def plan_merge(pair: LinkedPair, fact: MergeFact) -> list[Action]:
             environment_id=env or None,
         ),
     ]
+
+
+def _reconcile(pair: LinkedPair, fact: MergeFact, env: str) -> list[Action]:
+    """The destination and the ticket it takes over, synced as a new link would be: the
+    mapped fields' last-synced values of the source are forgotten, so each side's value
+    counts as changed (one side empty: the other's value is written; both set and
+    different: ``conflict_policy``). Needs both read in this cycle; else nothing here,
+    and the destination's next change syncs against the source's last-synced values."""
+    sn, destination = pair.inp.sn, fact.destination
+    if sn is None or destination is None:
+        return []
+    rules = compile_rules(pair.settings, pair.inp.sizes, pair.inp.labels)
+    mapped = {(Side.BIGPANDA, r.tag) for r in rules} | {(Side.SERVICENOW, r.field) for r in rules}
+    link = replace(pair.link, bp_incident_id=fact.destination_id, bp_environment_id=env or None)
+    inp = replace(
+        pair.inp,
+        bp=destination,
+        link=link,
+        synced={key: state for key, state in pair.inp.synced.items() if key not in mapped},
+        environment_id=env or None,
+        journal=None,
+        merge=None,
+    )
+    return sync_fields(LinkedPair(inp, pair.settings, pair.now, link, pair.sys_id))
 
 
 def _note(pair: LinkedPair, fact: MergeFact, text: str) -> CarryEntryToServiceNow:

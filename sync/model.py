@@ -227,3 +227,6 @@ class MergeFact:
     """The destination's live link when the merge was read (None: it has no ticket)."""
     destination_environment: str | None = None
     """The destination's BigPanda environment when this cycle saw it (else the source's)."""
+    destination: BPIncident | None = None
+    """The destination as this cycle saw it (None: not read): a ticket it takes over is
+    reconciled with it in the same plan."""

@@ -74,6 +74,9 @@ async def shared_pair(world: World, emu: Emu, tag: str) -> tuple[str, str, dict[
 async def test_adopt_the_destination_takes_the_sources_ticket(world: World, emu: Emu) -> None:
     await start(world, "adopt")
     source, destination, ticket = await shared_pair(world, emu, "m01")
+    await emu.sn_patch(ticket["sys_id"], {"subcategory": "disk"})
+    await settle(world)
+    assert (await emu.tags(source))["sn_subcategory"] == "disk"
     await merge(world, emu, destination, source)
     await settle(world)
 
@@ -89,7 +92,13 @@ async def test_adopt_the_destination_takes_the_sources_ticket(world: World, emu:
     rows = await emu.sn_query("correlation_idISNOTEMPTY")
     assert len(rows) == 1  # one ticket for the one problem
     want = link_value(world.sn_url, ticket["number"], ticket["sys_id"])
-    assert (await emu.tags(destination))[world.settings.incidents.link_tag] == want
+    tags = await emu.tags(destination)
+    assert tags[world.settings.incidents.link_tag] == want
+    # reconciled as a new link: the ticket's values reached the destination's empty
+    # tags, and nothing on the ticket was emptied
+    assert (tags["service_area"], tags["sn_subcategory"]) == ("database", "disk")
+    after = await emu.sn_get(ticket["sys_id"])
+    assert (after["category"], after["subcategory"]) == ("database", "disk")
 
     # the destination syncs through its adopted ticket from now on
     await emu.set_tags(destination, impact_level="high")

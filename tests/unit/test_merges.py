@@ -3,6 +3,7 @@ Hypothesis property over every combination of setting, destination and snapshots
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,8 @@ from sync.actions import (
     ResolveServiceNow,
     SetLinkTag,
     SupersedeLink,
+    UpdateBigPandaTags,
+    UpdateServiceNowFields,
 )
 from sync.merges import destination_waits, merge_destination, reads_merge
 from sync.model import Link, LinkState, MergeFact
@@ -69,6 +72,23 @@ def test_adopt_a_destination_without_a_ticket_takes_the_link() -> None:
     assert move.environment_id == ENV
     assert destination_waits(MergeFact(DEST), settings, None)
     assert not destination_waits(MergeFact(DEST), settings, make_sn(state=6))
+
+
+def test_adopt_reconciles_the_destination_and_the_ticket_as_a_new_link() -> None:
+    settings = make_settings(on_merge="adopt")
+    destination = dataclasses.replace(make_bp(tags={}), id=DEST)  # no team tag yet
+    fact = MergeFact(DEST, destination=destination, destination_environment=ENV)
+    inp = linked(make_bp(active=False), make_sn(fields={"u_team": "net"}))
+    inp = dataclasses.replace(inp, merge=fact)
+    actions = plan(inp, settings, NOW)
+    assert type(actions[-1]) is MoveLink
+    tags = [a for a in actions if isinstance(a, UpdateBigPandaTags)]
+    assert len(tags) == 1
+    assert (tags[0].bp_incident_id, tags[0].link_id) == (DEST, 7)
+    assert tags[0].tags["team"] == "net"  # the ticket's value reaches the empty tag
+    # the source's last-synced team ("db") is forgotten: nothing empties the ticket
+    assert not any(isinstance(a, UpdateServiceNowFields) for a in actions)
+    assert actions.index(tags[0]) < len(actions) - 1
 
 
 def test_adopt_a_destination_with_a_ticket_keeps_it_and_the_source_stays_open() -> None:
