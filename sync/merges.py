@@ -127,23 +127,25 @@ def plan_merge(pair: LinkedPair, fact: MergeFact) -> list[Action]:
         note += f" ({incident_links(pair.settings.bigpanda.ui_url, env, dest).incident})"
     note += "."
     if pair.inp.sn is not None and pair.inp.sn.resolved:
-        # the source's ticket was resolved already: both sides are, nothing moves
+        # the source's ticket was resolved already: both sides are, nothing moves (its
+        # last field changes reach it first, as in the lifecycle)
         note += " This ServiceNow incident was resolved already."
         resolved = MarkLinkResolved(
             link_id=pair.link.id, resolved_at=pair.now, reopen_deadline=pair.deadline
         )
-        return [_note(pair, fact, note), resolved]
+        return [*sync_fields(pair), _note(pair, fact, note), resolved]
     if opts.on_merge == "resolve_source":
         # the source's ticket is a duplicate of the destination's (or of what D gets)
         of = f" of {dest_number}" if dest_number else ""
         note += f" This incident is resolved as a duplicate{of}."
-        return [_note(pair, fact, note), _resolve_duplicate(pair, fact)]
+        return [*sync_fields(pair), _note(pair, fact, note), _resolve_duplicate(pair, fact)]
     if fact.destination_link is not None:
         # adopt, D has its own ticket: it keeps it; this one stays open, no longer synced
         note += f" {dest} keeps its own ServiceNow incident {dest_number or ''}".rstrip()
         note += "; this one is left open and no longer synced."
         reason = f"merged into {dest}, which has its own ServiceNow incident"
         return [
+            *sync_fields(pair),
             _note(pair, fact, note),
             SupersedeLink(
                 link_id=pair.link.id, bp_incident_id=pair.link.bp_incident_id, reason=reason
