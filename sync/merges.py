@@ -11,7 +11,8 @@ destination's live link. Idle cycles read nothing; a resolve of a linked inciden
 one activities read.
 
 Decision table (S = the merged incident and its link, D = the destination;
-``[incidents] on_merge``). Whatever the row, S's ticket first gets a work note naming D:
+``[incidents] on_merge``). Whatever the row, S's ticket gets a work note naming D; where
+the ticket stays S's, S's last field changes reach it first (as in the lifecycle):
 
 ======================  ==============================  ================================
 S's link, D's ticket    adopt (default)                 resolve_source
