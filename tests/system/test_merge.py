@@ -205,3 +205,37 @@ async def test_a_split_matching_the_rules_gets_its_ticket(world: World, emu: Emu
     assert len(found) == 2
     for item in found:
         assert len(await emu.sn_for(item["id"])) == 1
+
+
+async def test_a_merge_costs_one_activities_read_and_an_idle_cycle_none(
+    world: World, emu: Emu
+) -> None:
+    await start(world, "adopt")
+    source, destination, _ = await shared_pair(world, emu, "m04")
+    other = await emu.new_incident("m04-other", check="mem")
+    await emu.set_tags(other, service_area="database")
+    await settle(world)
+
+    def activity_reads(log: list[dict[str, object]]) -> dict[str, int]:
+        reads: dict[str, int] = {}
+        for entry in log:
+            path = str(entry["path"])
+            if path.endswith("/activities"):
+                incident = path.rsplit("/", 2)[-2]
+                reads[incident] = reads.get(incident, 0) + 1
+        return reads
+
+    before = len(await emu.request_log("bigpanda"))
+    await world.cycle(3)  # idle: no activities read at all
+    assert activity_reads((await emu.request_log("bigpanda"))[before:]) == {}
+
+    await merge(world, emu, destination, source)
+    await settle(world)
+    reads = activity_reads((await emu.request_log("bigpanda"))[before:])
+    # the merged incident: its merge read and the journal's comment read (a changed
+    # linked pair); the destination: the journal's read once it is linked; the
+    # untouched incident: nothing
+    assert reads.get(source, 0) == 2
+    assert reads.get(destination, 0) <= 1
+    assert other not in reads
+    print(f"\nactivities reads for one merge: {reads}")
