@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from sync.constants import Side
-from sync.model import BPIncident, FieldState, JournalInput, Link, SNIncident
+from sync.model import BPIncident, FieldState, JournalInput, Link, MergeFact, SNIncident
 from sync.sizes import DEFAULT_SIZES, FieldSizes
 
 
@@ -72,6 +72,8 @@ class PlanInput:
     values in ``sn`` are display values (names), and a name written to one is looked up."""
     journal: JournalInput | None = None
     """The pair's conversation read in this cycle (None: not read), :mod:`sync.journal`."""
+    merge: MergeFact | None = None
+    """BigPanda merged this incident into another (read in this cycle), :mod:`sync.merges`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +293,32 @@ class MarkLinkLinked:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveLink:
+    """Store only (a merge, ``on_merge = "adopt"``): the live link of ``bp_incident_id``
+    now belongs to ``to_bp_incident_id`` (its ServiceNow incident follows the merge's
+    destination). Atomic; a destination that has a live link meanwhile keeps it, and
+    this link is superseded instead (the source's ticket left open, as when both had
+    one). Audited."""
+
+    link_id: int
+    bp_incident_id: str
+    to_bp_incident_id: str
+    environment_id: str | None
+    kind: ClassVar[str] = "link.move"
+
+
+@dataclass(frozen=True, slots=True)
+class SupersedeLink:
+    """Store only: the link stops syncing (history only), its ServiceNow incident left
+    as it is (a merge's source whose ticket stays open). Audited with ``reason``."""
+
+    link_id: int
+    bp_incident_id: str
+    reason: str
+    kind: ClassVar[str] = "link.supersede"
+
+
+@dataclass(frozen=True, slots=True)
 class RecordSynced:
     """Store only: remember values as last-synced (both sides already agree)."""
 
@@ -342,6 +370,8 @@ Action = (
     | CarryEntryToBigPanda
     | MarkLinkResolved
     | MarkLinkLinked
+    | MoveLink
+    | SupersedeLink
     | RecordSynced
     | RecordConflict
     | FreezeField
@@ -350,7 +380,15 @@ Action = (
 #: actions that only touch the store (no HTTP write)
 STORE_ONLY_KINDS = frozenset(
     cls.kind
-    for cls in (MarkLinkResolved, MarkLinkLinked, RecordSynced, RecordConflict, FreezeField)
+    for cls in (
+        MarkLinkResolved,
+        MarkLinkLinked,
+        MoveLink,
+        SupersedeLink,
+        RecordSynced,
+        RecordConflict,
+        FreezeField,
+    )
 )
 
 
@@ -368,6 +406,7 @@ __all__ = [
     "Link",
     "MarkLinkLinked",
     "MarkLinkResolved",
+    "MoveLink",
     "PlanInput",
     "RecordConflict",
     "RecordSynced",
@@ -378,6 +417,7 @@ __all__ = [
     "SNIncident",
     "SetLinkTag",
     "SnoozeBigPanda",
+    "SupersedeLink",
     "UpdateBigPandaTags",
     "UpdateServiceNowFields",
 ]

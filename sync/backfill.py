@@ -56,12 +56,14 @@ from sync.actions import (
     CreateServiceNowIncident,
     MarkLinkLinked,
     MarkLinkResolved,
+    MoveLink,
     RecordConflict,
     RecordSynced,
     ReopenServiceNow,
     ResolveBigPanda,
     ResolveServiceNow,
     SetLinkTag,
+    SupersedeLink,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
@@ -240,6 +242,8 @@ def describe_action(action: Action, environment_id: str | None = None) -> str:
         return f"mark link {action.link_id} linked again (store only)"
     if isinstance(action, RecordSynced):
         return f"record link {action.link_id}'s values as synced (store only)"
+    if isinstance(action, MoveLink | SupersedeLink):
+        return f"{action.kind} {action.link_id} (a merge; store only)"
     assert isinstance(action, RecordConflict)
     return (
         f"conflict on {where} {action.sn_field}/{action.bp_tag}: "

@@ -62,6 +62,7 @@ from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.mapping import compile_rules, reads_primary_alert, updated_texts
+from sync.merge_reads import MergeReads
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
 from sync.pairs import Pair, oldest_change, pair_bp_id
@@ -170,6 +171,7 @@ class Coordinator:
         )
         self.holds = HeldPairs(self)
         self.journals = JournalReads(self)
+        self.merges = MergeReads(self)
         """the conversations of the changed pairs, read before they are planned"""
         """the held pairs: which to hold, which to release, their checkpoint"""
 
@@ -275,6 +277,7 @@ class Coordinator:
             pairs, fresh = await self._pair(bp_polled, sn_polled, polled.replan, environments)
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
+            pairs, fresh = await self.merges.read(pairs, fresh, environments)
             await self._expand_alerts(pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
@@ -323,6 +326,7 @@ class Coordinator:
             references=self.references,
             labels=self.labels,
             journal=pair.journal,
+            merge=pair.merge,
         )
         return self._plan(inp, self._settings, now)
 

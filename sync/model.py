@@ -215,3 +215,18 @@ class JournalInput:
     bigpanda: tuple[JournalEntry, ...] | None = None
     servicenow: tuple[JournalEntry, ...] | None = None
     carried: tuple[CarriedEntry, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MergeFact:
+    """BigPanda merged the pair's incident (the source) into ``destination_id``, as its
+    ``incident_merged_source`` activity says (:mod:`sync.merges`)."""
+
+    destination_id: str
+    destination_link: Link | None = None
+    """The destination's live link when the merge was read (None: it has no ticket)."""
+    destination_environment: str | None = None
+    """The destination's BigPanda environment when this cycle saw it (else the source's)."""
+    destination: BPIncident | None = None
+    """The destination as this cycle saw it (None: not read): a ticket it takes over is
+    reconciled with it in the same plan."""

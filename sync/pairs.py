@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from sync.clock import epoch_s, from_epoch_s
 from sync.constants import SNState
-from sync.model import BPIncident, JournalInput, Link, SNIncident
+from sync.model import BPIncident, JournalInput, Link, MergeFact, SNIncident
 from sync.progress import Change
 from sync.store.base import HELD_LINKS_CHECKPOINT
 
@@ -38,6 +38,8 @@ class Pair:
     changes: list[Change] = field(default_factory=list)
     journal: JournalInput | None = None
     """Its conversation, read before it is planned (``sync.journal_reads``)."""
+    merge: MergeFact | None = None
+    """BigPanda merged it into another incident (``sync.merge_reads``)."""
 
 
 def resolved_prelude(pair: Pair, flags: Collection[str]) -> Pair | None:

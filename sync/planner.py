@@ -22,6 +22,7 @@ no link, BP active, shared environment    CreateServiceNowIncident (mapped field
 no link, BP inactive / not shared / None  nothing
 pending                                   nothing: the executor's recovery finishes it
 superseded                                nothing: history only
+linked, merged into another incident      the merge table (:mod:`sync.merges`, on_merge)
 linked                                    field sync (below), then:
   BP resolved, SN resolved                MarkLinkResolved (deadline now + reopen_window)
   BP resolved, SN open                    ResolveServiceNow when resolve_servicenow
@@ -117,6 +118,7 @@ from sync.mapping import (
     static_fields,
     static_lookups,
 )
+from sync.merges import plan_merge
 from sync.model import BPIncident, Link, LinkState, SNIncident
 from sync.onhold import plan_hold
 from sync.primary import parse_criteria, pick_primary_alert
@@ -141,7 +143,13 @@ def plan(inp: PlanInput, settings: Settings, now: datetime) -> list[Action]:
         # history only (a newer link carries the pair), or no ServiceNow side to act on
         return []
     pair = LinkedPair(inp, settings, now, link, link.sn_sys_id)
-    actions = _plan_linked(pair) if link.state is LinkState.LINKED else _plan_resolved(pair)
+    if inp.merge is not None and link.state is LinkState.LINKED:
+        # merged into another BigPanda incident: the merge table (sync.merges) instead
+        actions = plan_merge(pair, inp.merge)
+    elif link.state is LinkState.LINKED:
+        actions = _plan_linked(pair)
+    else:
+        actions = _plan_resolved(pair)
     # the conversation first (sync.journal): an entry written before a resolve reads before it
     return [*plan_journal(pair, actions), *actions]
 

@@ -257,6 +257,7 @@ class IncidentSettings(_Section):
     overrides), e.g. ``{contact_type = "monitoring", u_source = "BigPanda"}``; a mapped
     value for the same field wins."""
     opened_at_from_start: bool = True
+    """``opened_at`` of a created incident = the BigPanda incident's start (UTC)."""
     hold_to_snooze: bool = False
     """ServiceNow On Hold <-> BigPanda snooze: On Hold snoozes the BigPanda incident,
     leaving it unsnoozes it; a snooze and an unsnooze set and clear On Hold."""
@@ -264,7 +265,12 @@ class IncidentSettings(_Section):
     """How long an On Hold snoozes the BigPanda incident (snoozes near 90 days fail)."""
     hold_reason: str = Field(default="1", min_length=1)
     """``hold_reason`` written with On Hold from a BigPanda snooze (1: Awaiting Caller)."""
-    """``opened_at`` of a created incident = the BigPanda incident's start (UTC)."""
+    on_merge: Literal["adopt", "resolve_source"] = "adopt"
+    """A linked incident merged into another (``sync.merges``): ``adopt``: a destination
+    without a ticket takes the source's, a source left with its own ticket keeps it open;
+    ``resolve_source``: the source's ticket is resolved as a duplicate."""
+    merge_close_code: str = Field(default="Duplicate", min_length=1)
+    """Resolution code of a source's ticket resolved by ``on_merge = "resolve_source"``."""
 
     @field_validator("static_fields")
     @classmethod

@@ -725,6 +725,27 @@ class FakeBigPanda(_Faults):
             for a in incident.alerts
         ]
 
+    def merge(self, destination_id: str, source_id: str) -> None:
+        """A person merges the source into the destination, applied (BigPanda's 202 and
+        delay are the emulator's): the alerts move, the source resolves, both write
+        their activity (as ``sync.emulators.bigpanda`` does)."""
+        destination, source = self.incidents[destination_id], self.incidents[source_id]
+        now = self._now_s()
+        destination.alerts += source.alerts
+        source.alerts = []
+        source.active, source.status = False, "ok"
+        source.end = source.updated_at = source.changed_at = now
+        self._activity(
+            source, "incident_merged_source", {"destination_incident": destination_id}, self.person
+        )
+        self._activity(
+            destination,
+            "incident_merged_destination",
+            {"source_incidents": [source_id]},
+            self.person,
+        )
+        destination.updated_at = destination.changed_at = now
+
     def _environment(self, environment_id: str) -> None:
         if environment_id not in {e.id for e in self.environments}:
             raise NotFoundError(

@@ -37,8 +37,10 @@ from sync.actions import (
     FreezeField,
     MarkLinkLinked,
     MarkLinkResolved,
+    MoveLink,
     RecordConflict,
     RecordSynced,
+    SupersedeLink,
 )
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock
@@ -211,7 +213,14 @@ class Executor:
             await self._apply_store_only(action)
             return "ok"
         assert not isinstance(
-            action, MarkLinkLinked | MarkLinkResolved | RecordSynced | RecordConflict | FreezeField
+            action,
+            MarkLinkLinked
+            | MarkLinkResolved
+            | MoveLink
+            | SupersedeLink
+            | RecordSynced
+            | RecordConflict
+            | FreezeField,
         )
         if isinstance(action, CreateServiceNowIncident):
             return await self._start_create(action, result)
@@ -229,6 +238,8 @@ class Executor:
             )
         elif isinstance(action, MarkLinkLinked):
             await self._store.set_link_state(action.link_id, LinkState.LINKED, now)
+        elif isinstance(action, MoveLink | SupersedeLink):
+            await self._merge_link(action)
         elif isinstance(action, RecordSynced):
             await self._writes.record(action.link_id, action.record_bp, action.record_sn)
         elif isinstance(action, FreezeField):
@@ -256,6 +267,48 @@ class Executor:
                 ),
                 now,
             )
+
+    async def _merge_link(self, action: MoveLink | SupersedeLink) -> None:
+        """A merge's link step (``sync.merges``), audited: the move, or as its contract
+        says when the destination has a live link meanwhile, the supersede."""
+        now = self._clock.now()
+        link_id, bp_id = action.link_id, action.bp_incident_id
+        detail: dict[str, str] = {"reason": getattr(action, "reason", "")}
+        if isinstance(action, MoveLink):
+            detail = {"from": bp_id, "to": action.to_bp_incident_id}
+            try:
+                await self._store.move_link(
+                    link_id, action.to_bp_incident_id, now, bp_environment_id=action.environment_id
+                )
+            except DuplicateLinkError:
+                detail["reason"] = f"{action.to_bp_incident_id} has a live link: not moved"
+            else:
+                await self._store.record_audit(
+                    NewAuditEntry(
+                        "action", "link moved", link_id=link_id, bp_incident_id=bp_id, detail=detail
+                    ),
+                    now,
+                )
+                log.info(
+                    "link moved to the merge's destination %s",
+                    action.to_bp_incident_id,
+                    extra={"bp_incident_id": bp_id, "link_id": link_id},
+                )
+                return
+        link = await self._store.get_link(link_id)
+        if link is not None and link.state != LinkState.SUPERSEDED:
+            await self._store.set_link_state(link_id, LinkState.SUPERSEDED, now)
+        await self._store.record_audit(
+            NewAuditEntry(
+                "action", "link superseded", link_id=link_id, bp_incident_id=bp_id, detail=detail
+            ),
+            now,
+        )
+        log.info(
+            "link superseded: %s",
+            detail["reason"],
+            extra={"bp_incident_id": bp_id, "link_id": link_id},
+        )
 
     async def _start_create(self, action: CreateServiceNowIncident, result: PairResult) -> str:
         now = self._clock.now()

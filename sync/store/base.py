@@ -28,6 +28,10 @@ The semantics both stores follow, where the protocols leave a choice:
   ``pending``/``linked`` (a reopen): both are set to the given values (default:
   cleared); to ``superseded``: given values replace, others kept. Going back to a live
   state while another link is live raises DuplicateLinkError.
+- ``move_link``: the live link now names another BigPanda incident (and environment,
+  when given; else the old one is kept), its state, times, sys_id and field states kept;
+  a link that names it already is returned unchanged; a link that is not live raises
+  StoreError; a live link of the other incident raises DuplicateLinkError.
 - ``record_field_states``: upsert per (link, side, name); a None value is stored as None.
 - ``enqueue``: new items are ``pending``, due ``now``, 0 attempts; an existing item with
   the key that is not ``done`` (pending, in flight or dead) is returned unchanged.
@@ -323,6 +327,17 @@ class LinkRepository(Protocol):
         reopen_deadline: datetime | None = None,
     ) -> Link:
         """SUPERSEDED frees the BigPanda incident for a new live link."""
+        ...
+
+    async def move_link(
+        self,
+        link_id: int,
+        to_bp_incident_id: str,
+        now: datetime,
+        *,
+        bp_environment_id: str | None = None,
+    ) -> Link:
+        """A merge's destination takes this live link (``sync.merges``)."""
         ...
 
     async def list_links(

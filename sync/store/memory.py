@@ -261,6 +261,28 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
         data.links[link_id] = link
         return link
 
+    async def move_link(
+        self,
+        link_id: int,
+        to_bp_incident_id: str,
+        now: datetime,
+        *,
+        bp_environment_id: str | None = None,
+    ) -> Link:
+        data = self._write()
+        link = self._link(data, link_id)
+        if link.bp_incident_id == to_bp_incident_id:
+            return link
+        if link.state not in LIVE_LINK_STATES:
+            raise StoreError(f"link {link_id} is {link.state}: only a live link moves")
+        self._live_conflict(data, link_id, to_bp_incident_id, None)
+        env = bp_environment_id or link.bp_environment_id
+        link = dataclasses.replace(
+            link, bp_incident_id=to_bp_incident_id, bp_environment_id=env, updated_at=as_utc(now)
+        )
+        data.links[link_id] = link
+        return link
+
     async def list_links(
         self, states: Collection[LinkState] | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[Link]:

@@ -235,6 +235,41 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
                 "already has a live link"
             ) from None
 
+    async def move_link(
+        self,
+        link_id: int,
+        to_bp_incident_id: str,
+        now: datetime,
+        *,
+        bp_environment_id: str | None = None,
+    ) -> Link:
+        now = as_utc(now)
+        try:
+            async with self._write() as conn:
+                link = await self._get_link(conn, link_id, lock=True)
+                if link.bp_incident_id == to_bp_incident_id:
+                    return link  # moved already (a plan made again)
+                if link.state not in LIVE_LINK_STATES:
+                    raise StoreError(f"link {link_id} is {link.state}: only a live link moves")
+                environment = bp_environment_id or link.bp_environment_id
+                result = await conn.execute(
+                    update(t.links)
+                    .where(t.links.c.id == link_id)
+                    .values(
+                        bp_incident_id=to_bp_incident_id,
+                        bp_environment_id=environment,
+                        updated_at=now,
+                    )
+                    .returning(t.links)
+                )
+                return to_link(result.one())
+        except IntegrityError as exc:
+            if not unique_violation(exc):
+                raise StoreError(f"cannot move link {link_id}: {describe(exc)}") from exc
+            raise DuplicateLinkError(
+                f"BigPanda incident {to_bp_incident_id} already has a live link"
+            ) from None
+
     @staticmethod
     def _link_filter(states: Collection[LinkState] | None) -> list[ColumnElement[bool]]:
         if states is None:

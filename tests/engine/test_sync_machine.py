@@ -190,6 +190,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.expected: dict[tuple[str, str], Expected] = {}
         #: journal entries people wrote: (side written on, BigPanda id, link id, text)
         self.entries: list[tuple[str, str, int, str]] = []
+        #: merged incidents -> their destination (``sync.merges``)
+        self.merged: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -264,6 +266,7 @@ class SyncMachine(RuleBasedStateMachine):
         resolve_servicenow=st.booleans(),
         resolve_bigpanda=st.booleans(),
         reopen_resolved=st.booleans(),
+        on_merge=st.sampled_from(["adopt", "resolve_source"]),
     )
     def setup(
         self,
@@ -271,6 +274,7 @@ class SyncMachine(RuleBasedStateMachine):
         resolve_servicenow: bool,
         resolve_bigpanda: bool,
         reopen_resolved: bool,
+        on_merge: str,
     ) -> None:
         self.settings = make_settings(
             **{
@@ -281,6 +285,7 @@ class SyncMachine(RuleBasedStateMachine):
                 "incidents.resolve_bigpanda": resolve_bigpanda,
                 "incidents.reopen_resolved": reopen_resolved,
                 "incidents.reopen_window": REOPEN_WINDOW_S,
+                "incidents.on_merge": on_merge,
                 "retry.interval": RETRY_INTERVAL_S,
                 "retry.attempts": 6,
                 "retry.dlq_after": 5,
@@ -343,10 +348,30 @@ class SyncMachine(RuleBasedStateMachine):
             self.bp.resolve(inc)
             self.edited(inc, None)
 
+    @rule(source=incidents, destination=incidents)
+    def merge_on_bigpanda(self, source: str, destination: str) -> None:
+        src, dst = self.bp.incidents[source], self.bp.incidents[destination]
+        if source == destination or not (src.active and dst.active):
+            return
+        if src.environment_id != dst.environment_id or source in self.merged:
+            return
+        self.bp.merge(destination, source)
+        self.merged[source] = destination
+        self.edited(source, None)
+        self.edited(destination, None)
+
+    @rule(target=incidents, source=incidents)
+    def merge_into_a_new_incident(self, source: str) -> str:
+        """A new incident (no ticket yet) takes another's alerts before bpsync sees it."""
+        env = self.bp.incidents[source].environment_id
+        destination = self._add_incident(env, {})
+        self.merge_on_bigpanda(source, destination)
+        return destination
+
     @rule(inc=incidents, past_window=st.booleans())
     def reopen_on_bigpanda(self, inc: str, past_window: bool) -> None:
-        if self.bp.incidents[inc].active:
-            return
+        if self.bp.incidents[inc].active or inc in self.merged:
+            return  # a merged incident has no alerts left to fire again
         if past_window:
             self.clock.advance(REOPEN_WINDOW_S + 1)
         self.bp.reopen(inc)
@@ -458,6 +483,9 @@ class SyncMachine(RuleBasedStateMachine):
             texts = [str(a.params.get("comment")) for a in activities]
         else:
             sys_ids = {s for s, r in self.sn.incidents.items() if r["correlation_id"] == bp_id}
+            link = self.live_link(bp_id)  # a ticket taken over in a merge: the source's id
+            if link is not None and link.sn_sys_id is not None:
+                sys_ids.add(link.sn_sys_id)
             texts = [t for sys_id, _, t in self.sn.journal if sys_id in sys_ids]
         return sum(1 for t in texts if t.startswith(MIRROR_MARKER) and t.endswith(f"\n{text}"))
 
@@ -531,6 +559,14 @@ class SyncMachine(RuleBasedStateMachine):
             assert self.journal_copies(side, bp_id, text) == 0, f"{text} echoed to {side}"
 
     @invariant()
+    def each_merge_noted_once(self) -> None:
+        notes: dict[tuple[str, str], int] = {}
+        for sys_id, _, text in self.sn.journal:
+            if text.startswith(f"{MIRROR_MARKER} BigPanda merged incident"):
+                notes[(sys_id, text)] = notes.get((sys_id, text), 0) + 1
+        assert all(n == 1 for n in notes.values()), notes
+
+    @invariant()
     def one_live_link_and_no_duplicate_creates(self) -> None:
         links = self.run(self.store.list_links(None, limit=100_000))
         live: dict[str, int] = {}
@@ -541,6 +577,17 @@ class SyncMachine(RuleBasedStateMachine):
             if link.sn_sys_id is not None:
                 owned.setdefault(link.bp_incident_id, set()).add(link.sn_sys_id)
         assert all(n == 1 for n in live.values()), live
+        # a ticket a merge's destination took over keeps its source's correlation_id (it
+        # may have followed a chain of merges: source -> destination -> ...)
+        for link in links:
+            if link.sn_sys_id is not None:
+                for source in self.merged:
+                    chain, node = {source}, source
+                    while node in self.merged:
+                        node = self.merged[node]
+                        chain.add(node)
+                    if link.bp_incident_id in chain:
+                        owned.setdefault(source, set()).add(link.sn_sys_id)
         by_corr: dict[str, list[str]] = {}
         for sys_id, record in self.sn.incidents.items():
             by_corr.setdefault(record["correlation_id"], []).append(sys_id)
@@ -586,6 +633,17 @@ class SyncMachine(RuleBasedStateMachine):
 
     def check_converged(self) -> None:
         opts = self.cfg.incidents
+        for source, destination in self.merged.items():
+            link = self.live_link(destination)
+            record = self.sn.incidents.get(link.sn_sys_id or "") if link is not None else None
+            if record is not None and record["correlation_id"] == source:
+                event(f"merge ({opts.on_merge}): the destination took over the source's ticket")
+                assert opts.on_merge == "adopt"
+            elif record is not None:
+                event(f"merge ({opts.on_merge}): the destination has a ticket of its own")
+            source_link = self.live_link(source)
+            if opts.on_merge == "adopt":
+                assert source_link is None or source_link.state is LinkState.RESOLVED
         for bp_id, incident in self.bp.incidents.items():
             link = self.live_link(bp_id)
             if incident.environment_id != SHARED_ENV:

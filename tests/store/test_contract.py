@@ -218,6 +218,50 @@ async def test_superseded_link_cannot_come_back_while_another_is_live(store: Lin
     assert (await store.get_link(old.id)).state == LinkState.SUPERSEDED  # type: ignore[union-attr]
 
 
+async def test_move_link_hands_the_link_to_another_incident(store: LinkStore) -> None:
+    link = await linked(store)
+    await store.record_field_states(link.id, Side.BIGPANDA, {"team": "db"}, at(2))
+    moved = await store.move_link(link.id, BP2, at(3), bp_environment_id="env-2")
+    assert (moved.id, moved.bp_incident_id, moved.bp_environment_id) == (link.id, BP2, "env-2")
+    assert (moved.state, moved.sn_sys_id, moved.sn_number) == (link.state, SYS1, "INC001")
+    assert moved.updated_at == at(3)
+    assert await store.live_link_for_bp(BP1) is None
+    assert await store.live_link_for_bp(BP2) == moved
+    assert await store.live_link_for_sn(SYS1) == moved
+    assert await store.links_for_bp(BP1) == []
+    states = await store.field_states(link.id)
+    assert states[(Side.BIGPANDA, "team")].value == "db"  # kept with the link
+    # the source is free again; moving once more is a no-op
+    assert (await store.move_link(link.id, BP2, at(4))) == moved
+    fresh = await store.create_pending_link(BP1, at(5))
+    assert fresh.bp_incident_id == BP1
+
+
+async def test_move_link_keeps_the_environment_when_none_is_given(store: LinkStore) -> None:
+    pending = await store.create_pending_link(BP1, T0, bp_environment_id="env-1")
+    link = await store.confirm_link(pending.id, SYS1, "INC001", at(1))
+    moved = await store.move_link(link.id, BP2, at(2))
+    assert moved.bp_environment_id == "env-1"
+
+
+async def test_move_link_to_an_incident_with_a_live_link_is_refused(store: LinkStore) -> None:
+    link = await linked(store)
+    other = await linked(store, BP2, SYS2, "INC002")
+    with pytest.raises(DuplicateLinkError):
+        await store.move_link(link.id, BP2, at(3))
+    assert await store.live_link_for_bp(BP1) == await store.get_link(link.id)
+    assert await store.live_link_for_bp(BP2) == other
+
+
+async def test_only_a_live_link_moves(store: LinkStore) -> None:
+    link = await linked(store)
+    await store.set_link_state(link.id, LinkState.SUPERSEDED, at(2))
+    with pytest.raises(StoreError):
+        await store.move_link(link.id, BP2, at(3))
+    with pytest.raises(StoreError):
+        await store.move_link(9999, BP2, at(3))
+
+
 async def test_set_state_of_unknown_link_fails(store: LinkStore) -> None:
     with pytest.raises(StoreError, match="no link"):
         await store.set_link_state(77, LinkState.RESOLVED, T0)

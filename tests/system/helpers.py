@@ -128,6 +128,24 @@ class Emu:
             expect=202,
         )
 
+    async def merge(self, destination: str, *sources: str) -> None:
+        """Ask for a merge (202: BigPanda applies it after a delay)."""
+        await self._bp(
+            "POST",
+            f"{V2}/environments/{ENV}/incidents/{destination}/merge",
+            json={"source_incidents": list(sources), "comment": "same outage"},
+            expect=202,
+        )
+
+    async def split(self, incident_id: str, *alert_ids: str) -> None:
+        """Ask for a split of these alerts into a new incident (202, applied later)."""
+        await self._bp(
+            "POST",
+            f"{V2}/environments/{ENV}/incidents/{incident_id}/split",
+            json={"alerts": list(alert_ids), "comment": "two problems"},
+            expect=202,
+        )
+
     async def activities(
         self, incident_id: str, types: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:

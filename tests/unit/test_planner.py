@@ -649,6 +649,7 @@ PURE_MODULES = (
     "sync.onhold",
     "sync.flipflop",
     "sync.journal",
+    "sync.merges",
 )
 IO_MODULES = ("aiohttp", "sqlalchemy", "asyncio", "asyncpg", "aiosqlite", "socket", "apscheduler")
 
