@@ -51,6 +51,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync.actions import Action, PlanInput
+from sync.assignee_reads import AssigneeReads
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock
 from sync.constants import BP_ID_PATTERN, Side
@@ -65,6 +66,7 @@ from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
 from sync.pairs import Pair, oldest_change, pair_bp_id
+from sync.people import BigPandaUsers
 from sync.polling import BPPoll, Polled, Poller, count_changes
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
@@ -169,6 +171,9 @@ class Coordinator:
             servicenow, bigpanda, settings, clock, forced=lambda: self.force, metrics=metrics
         )
         self.holds = HeldPairs(self)
+        self.users = BigPandaUsers(bigpanda, clock)
+        """BigPanda users (SCIM), cached: assignees and the authors of comments"""
+        self.assignees = AssigneeReads(self.users, self._lookups)
         self.journals = JournalReads(self)
         """the conversations of the changed pairs, read before they are planned"""
         """the held pairs: which to hold, which to release, their checkpoint"""
@@ -312,17 +317,23 @@ class Coordinator:
     async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
+        synced = await self._store.field_states(pair.link.id) if pair.link else {}
+        assignee = None  # people are looked up only for a linked pair whose assignee moved
+        live = pair.link is not None and pair.link.state is LinkState.LINKED
+        if self._settings.incidents.sync_assignee and live:
+            assignee = await self.assignees.read(pair.bp, pair.sn, synced)
         inp = PlanInput(
             bp=pair.bp,
             sn=await self._named(pair.sn),
             link=pair.link,
-            synced=await self._store.field_states(pair.link.id) if pair.link else {},
+            synced=synced,
             environment_id=pair.environment_id,
             correlation_checked=checked,
             sizes=self.sizes,
             references=self.references,
             labels=self.labels,
             journal=pair.journal,
+            assignee=assignee,
         )
         return self._plan(inp, self._settings, now)
 

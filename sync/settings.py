@@ -262,6 +262,10 @@ class IncidentSettings(_Section):
     hold_reason: str = Field(default="1", min_length=1)
     """``hold_reason`` written with On Hold from a BigPanda snooze (1: Awaiting Caller)."""
     """``opened_at`` of a created incident = the BigPanda incident's start (UTC)."""
+    sync_assignee: bool = False
+    """BigPanda assignee <-> ServiceNow ``assigned_to``, matched by e-mail (``sys_user``
+    and BigPanda's SCIM Users API, cached); a person not found (or, in ServiceNow, two
+    users sharing the e-mail) leaves the other side as it is, with one WARNING."""
 
     @field_validator("static_fields")
     @classmethod
@@ -464,6 +468,19 @@ class Settings(BaseSettings):
     @classmethod
     def _read_database_url_file(cls, data: Any) -> Any:
         return read_secret_files(data, ("database_url",))
+
+    @model_validator(mode="after")
+    def _assignee_owned(self) -> Settings:
+        """``sync_assignee`` owns ``assigned_to``: a mapping row writing it would fight it."""
+        if self.incidents.sync_assignee:
+            for row in self.tag_mapping:
+                if row.servicenow_field == "assigned_to":
+                    raise ValueError(
+                        f"tag_mapping row {row.bigpanda_tag} <-> assigned_to: with "
+                        "incidents.sync_assignee the assignee is synced by bpsync itself; "
+                        "remove the row or set sync_assignee = false"
+                    )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

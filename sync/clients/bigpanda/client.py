@@ -21,6 +21,11 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
     (get_tags, set_tag, set_tags, delete_tag, delete_tags)
   - ``tag_definitions``: GET/POST ``/resources/v2.0/incidents/tags/definitions``
   - ``alerts``: POST ``/data/v2/alerts`` with the Org Token (post_alerts)
+  - ``assignment``: PUT/DELETE ``.../incidents/{id}/assignment`` (assign_incident,
+    unassign_incident: a DELETE of an unassigned incident answers 400: False)
+  - ``users``, ``user``: the SCIM Users API (docs 4.7, SCIM 1.1), GET
+    ``/resources/v2.0/scim/Users?filter=userName eq "<e-mail>"`` (find_user) and
+    ``.../scim/Users/{id}`` (get_user), each paced at its own 2 req/s ceiling
 
 - Pacing (:mod:`sync.clients.pacing`): each family is paced at ``pacing.headroom`` x
   ``bigpanda.rate_limit_per_s`` (default 0.9 x 5 req/s), requests of a family evenly
@@ -64,6 +69,7 @@ from sync.clients.base import (
     BPEnvironment,
     BPSearchPage,
     BPTagDefinition,
+    BPUser,
     RequestObserver,
 )
 from sync.clients.bigpanda.classification import classify
@@ -73,6 +79,8 @@ from sync.clients.bigpanda.parsing import (
     parse_activity,
     parse_environment,
     parse_incident,
+    parse_scim_list,
+    parse_scim_user,
     parse_tag_definition,
     poison_reason,
 )
@@ -82,12 +90,16 @@ from sync.clients.bigpanda.paths import (
     ACTIVITIES_PER_PAGE,
     ALERTS_PATH,
     API_KEY_SETTING,
+    ASSIGNMENT_PATH,
     COMMENTS_PATH,
     ENVIRONMENTS_PATH,
+    FAMILY_CEILINGS_PER_S,
     INCIDENT_PATH,
     INCIDENTS_PATH,
     ORG_TOKEN_SETTING,
     RESOLVE_PATH,
+    SCIM_USER_PATH,
+    SCIM_USERS_PATH,
     SEARCH_EXPANDED_PAGE_SIZE_MAX,
     SEARCH_FOLDERS,
     SEARCH_PAGE_SIZE_MAX,
@@ -165,7 +177,9 @@ class BigPandaClient:
         self._base = settings.url.rstrip("/")
         self._shown_base = redact_url(self._base)
         self._policy = pacing or PacingPolicy()
-        self._pacer = RatePacer(clock, settings.rate_limit_per_s, self._policy)
+        self._pacer = RatePacer(
+            clock, settings.rate_limit_per_s, self._policy, ceilings=FAMILY_CEILINGS_PER_S
+        )
         self.health = SideHealth(SIDE, clock, self._policy, throttle_observer)
         self._rate_limited: dict[Family, int] = {}
         """Consecutive 429 answers per family."""
@@ -475,6 +489,40 @@ class BigPandaClient:
         """``DELETE .../snooze`` (204)."""
         path = self._incident_path(SNOOZE_PATH, environment_id, incident_id)
         await self._request(Family.SNOOZE, "DELETE", SNOOZE_PATH, path)
+
+    async def assign_incident(self, environment_id: str, incident_id: str, user_id: str) -> None:
+        """``PUT .../assignment {"assignee": user_id}`` (204)."""
+        path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
+        body = {"assignee": _segment(user_id, "user id")}
+        await self._request(Family.ASSIGNMENT, "PUT", ASSIGNMENT_PATH, path, json_body=body)
+
+    async def unassign_incident(self, environment_id: str, incident_id: str) -> bool:
+        """``DELETE .../assignment``: True on 204, False on BigPanda's documented 400
+        (the incident is not assigned: nothing to do)."""
+        path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
+        try:
+            await self._request(Family.ASSIGNMENT, "DELETE", ASSIGNMENT_PATH, path)
+        except PermanentError as exc:
+            if exc.status != 400:
+                raise
+            return False
+        return True
+
+    async def find_user(self, email: str) -> list[BPUser]:
+        """SCIM ``GET /scim/Users?filter=userName eq "<email>"`` (docs 4.7)."""
+        if not email or '"' in email or "\\" in email:
+            raise PermanentError(SIDE, f"invalid e-mail for a SCIM filter: {email!r}")
+        params = {"filter": f'userName eq "{email}"'}
+        parsed = await self._request(
+            Family.USERS, "GET", SCIM_USERS_PATH, SCIM_USERS_PATH, params=params
+        )
+        return parse_scim_list(parsed.body)
+
+    async def get_user(self, user_id: str) -> BPUser:
+        """SCIM ``GET /scim/Users/{id}``; NotFoundError for an unknown id."""
+        path = SCIM_USER_PATH.format(user_id=_segment(user_id, "user id"))
+        parsed = await self._request(Family.USER, "GET", SCIM_USER_PATH, path)
+        return parse_scim_user(parsed.body)
 
     async def list_activities(
         self, incident_id: str, *, types: Sequence[str] | None = None

@@ -35,6 +35,10 @@ User API Key (``Authorization: Bearer <api key>``), rate limited per token per e
   "comments"?}`` -> 202 (1 request/s, at most 500 ids)
 - ``GET    /resources/v2.0/incidents/{incident_id}/activities`` (``page``, ``per_page``
   default 20, ``types``) -> 200 ``{"items": [...]}``, newest first
+- ``GET    /resources/v2.0/scim/Users`` (``filter=userName eq "<e-mail>"``, ``startIndex``,
+  ``count``) -> 200 SCIM 1.1 list ``{"totalResults", "itemsPerPage", "startIndex",
+  "Resources"}``; ``GET /resources/v2.0/scim/Users/{id}`` -> 200 user, 404 unknown; 2
+  requests/s per route; seeded users in :mod:`sync.emulators.bigpanda.users`
 - ``GET    /resources/v2.0/incidents/tags/definitions`` (``active``, ``type``) -> 200 array
 - ``POST   /resources/v2.0/incidents/tags/definitions`` -> 201 definition
 - ``GET    /resources/v2.0/incidents/tags/definitions/{tag_id}`` -> 200 definition

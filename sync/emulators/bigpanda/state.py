@@ -25,6 +25,7 @@ from sync.emulators.bigpanda.model import (
     TagDefinition,
     TagValue,
 )
+from sync.emulators.bigpanda.users import SEED_USERS, User
 
 
 class State:
@@ -66,13 +67,9 @@ class State:
         self.max_alerts_per_incident = max_alerts_per_incident
         self.lowercase_status = lowercase_status
         self._env_specs = environments
-        self.users: dict[str, dict[str, str]] = {
-            DEFAULT_USER_ID: {
-                "user_id": DEFAULT_USER_ID,
-                "name": "bpsync",
-                "email": "bpsync@emulator.invalid",
-            }
-        }
+        self.people: dict[str, User] = {user.id: user for user in SEED_USERS}
+        """The organisation's users (the SCIM Users API, :mod:`.users`)."""
+        self.users: dict[str, dict[str, str]] = {user.id: user.assignee() for user in SEED_USERS}
         self.reset()
 
     # ---- lifecycle
