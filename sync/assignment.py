@@ -94,7 +94,7 @@ def plan_assignee(pair: LinkedPair) -> list[Action]:
     if not now.moved or found is None:
         return []  # nothing moved, or not looked up (planned again with its next change)
     if now.bp_moved and now.sn_moved:
-        if norm(found.sn_for_bp) == now.sn_now or norm(found.bp_for_sn) == now.bp_now:
+        if _same(found.sn_for_bp, now.sn_now) or _same(found.bp_for_sn, now.bp_now):
             return [_remember(pair, now)]  # both moved to the same person
         policy: str = opts.conflict_policy
         if policy == "bigpanda":
@@ -118,6 +118,11 @@ def plan_assignee(pair: LinkedPair) -> list[Action]:
     if now.bp_moved:
         return _to_servicenow(pair, now, found)
     return _to_bigpanda(pair, now, found)
+
+
+def _same(counterpart: str | None, current: str | None) -> bool:
+    """The counterpart names ``current`` (never when it is unknown: None)."""
+    return counterpart is not None and norm(counterpart) == current
 
 
 def _remember(pair: LinkedPair, now: Assignees) -> RecordSynced:

@@ -83,7 +83,7 @@ class Lookups:
         if sys_id is None and ref not in self._warned:
             self._warned.add(ref)
             log.warning(
-                "%s.%s=%r: %s; the field is left empty",
+                "%s.%s=%r: %s; the field is not written (left as it is)",
                 ref.table,
                 ref.column,
                 ref.value,
