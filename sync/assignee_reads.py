@@ -24,8 +24,9 @@ from sync.actions import RefLookup
 from sync.assignment import assignees
 from sync.constants import Side
 from sync.lookups import Lookups
-from sync.model import AssigneeInput, BPIncident, FieldState, SNIncident
+from sync.model import AssigneeInput, BPIncident, FieldState, Link, LinkState, SNIncident
 from sync.people import BigPandaUsers
+from sync.settings import Settings
 
 # the cycle's lines stay on "sync.coordinator", wherever the code lives
 log = logging.getLogger("sync.coordinator")
@@ -38,18 +39,23 @@ EMAIL_COLUMN = "email"
 class AssigneeReads:
     """The coordinator's assignee look-ups (see the module docstring)."""
 
-    def __init__(self, users: BigPandaUsers, lookups: Lookups) -> None:
+    def __init__(self, settings: Settings, users: BigPandaUsers, lookups: Lookups) -> None:
+        self._enabled = settings.incidents.sync_assignee
         self._users = users
         self._lookups = lookups
         self._warned: set[str] = set()
 
     async def read(
         self,
+        link: Link | None,
         bp: BPIncident | None,
         sn: SNIncident | None,
         synced: Mapping[tuple[Side, str], FieldState],
     ) -> AssigneeInput | None:
-        """The counterparts of the pair's moved assignees (None: nothing moved)."""
+        """The counterparts of a linked pair's moved assignees (None: ``sync_assignee``
+        is off, the pair is not linked, or nothing moved)."""
+        if not self._enabled or link is None or link.state is not LinkState.LINKED:
+            return None
         now = assignees(bp, sn, synced)
         if not now.moved:
             return None

@@ -173,7 +173,7 @@ class Coordinator:
         self.holds = HeldPairs(self)
         self.users = BigPandaUsers(bigpanda, clock)
         """BigPanda users (SCIM), cached: assignees and the authors of comments"""
-        self.assignees = AssigneeReads(self.users, self._lookups)
+        self.assignees = AssigneeReads(settings, self.users, self._lookups)
         self.journals = JournalReads(self)
         """the conversations of the changed pairs, read before they are planned"""
         """the held pairs: which to hold, which to release, their checkpoint"""
@@ -318,10 +318,7 @@ class Coordinator:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
         synced = await self._store.field_states(pair.link.id) if pair.link else {}
-        assignee = None  # people are looked up only for a linked pair whose assignee moved
-        live = pair.link is not None and pair.link.state is LinkState.LINKED
-        if self._settings.incidents.sync_assignee and live:
-            assignee = await self.assignees.read(pair.bp, pair.sn, synced)
+        assignee = await self.assignees.read(pair.link, pair.bp, pair.sn, synced)
         inp = PlanInput(
             bp=pair.bp,
             sn=await self._named(pair.sn),

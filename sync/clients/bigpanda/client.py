@@ -69,7 +69,6 @@ from sync.clients.base import (
     BPEnvironment,
     BPSearchPage,
     BPTagDefinition,
-    BPUser,
     RequestObserver,
 )
 from sync.clients.bigpanda.classification import classify
@@ -79,8 +78,6 @@ from sync.clients.bigpanda.parsing import (
     parse_activity,
     parse_environment,
     parse_incident,
-    parse_scim_list,
-    parse_scim_user,
     parse_tag_definition,
     poison_reason,
 )
@@ -90,7 +87,6 @@ from sync.clients.bigpanda.paths import (
     ACTIVITIES_PER_PAGE,
     ALERTS_PATH,
     API_KEY_SETTING,
-    ASSIGNMENT_PATH,
     COMMENTS_PATH,
     ENVIRONMENTS_PATH,
     FAMILY_CEILINGS_PER_S,
@@ -98,8 +94,6 @@ from sync.clients.bigpanda.paths import (
     INCIDENTS_PATH,
     ORG_TOKEN_SETTING,
     RESOLVE_PATH,
-    SCIM_USER_PATH,
-    SCIM_USERS_PATH,
     SEARCH_EXPANDED_PAGE_SIZE_MAX,
     SEARCH_FOLDERS,
     SEARCH_PAGE_SIZE_MAX,
@@ -113,6 +107,7 @@ from sync.clients.bigpanda.paths import (
     Family,
     _segment,
 )
+from sync.clients.bigpanda.people import PeopleCalls
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     PacingPolicy,
@@ -150,7 +145,7 @@ def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
 # --------------------------------------------------------------------------- client
 
 
-class BigPandaClient:
+class BigPandaClient(PeopleCalls):
     """The BigPanda API client; see the module docstring for the contract."""
 
     def __init__(
@@ -489,40 +484,6 @@ class BigPandaClient:
         """``DELETE .../snooze`` (204)."""
         path = self._incident_path(SNOOZE_PATH, environment_id, incident_id)
         await self._request(Family.SNOOZE, "DELETE", SNOOZE_PATH, path)
-
-    async def assign_incident(self, environment_id: str, incident_id: str, user_id: str) -> None:
-        """``PUT .../assignment {"assignee": user_id}`` (204)."""
-        path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
-        body = {"assignee": _segment(user_id, "user id")}
-        await self._request(Family.ASSIGNMENT, "PUT", ASSIGNMENT_PATH, path, json_body=body)
-
-    async def unassign_incident(self, environment_id: str, incident_id: str) -> bool:
-        """``DELETE .../assignment``: True on 204, False on BigPanda's documented 400
-        (the incident is not assigned: nothing to do)."""
-        path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
-        try:
-            await self._request(Family.ASSIGNMENT, "DELETE", ASSIGNMENT_PATH, path)
-        except PermanentError as exc:
-            if exc.status != 400:
-                raise
-            return False
-        return True
-
-    async def find_user(self, email: str) -> list[BPUser]:
-        """SCIM ``GET /scim/Users?filter=userName eq "<email>"`` (docs 4.7)."""
-        if not email or '"' in email or "\\" in email:
-            raise PermanentError(SIDE, f"invalid e-mail for a SCIM filter: {email!r}")
-        params = {"filter": f'userName eq "{email}"'}
-        parsed = await self._request(
-            Family.USERS, "GET", SCIM_USERS_PATH, SCIM_USERS_PATH, params=params
-        )
-        return parse_scim_list(parsed.body)
-
-    async def get_user(self, user_id: str) -> BPUser:
-        """SCIM ``GET /scim/Users/{id}``; NotFoundError for an unknown id."""
-        path = SCIM_USER_PATH.format(user_id=_segment(user_id, "user id"))
-        parsed = await self._request(Family.USER, "GET", SCIM_USER_PATH, path)
-        return parse_scim_user(parsed.body)
 
     async def list_activities(
         self, incident_id: str, *, types: Sequence[str] | None = None
