@@ -112,6 +112,16 @@ async def test_the_assignee_follows_both_ways(world: World, emu: Emu) -> None:
     await quiet(world)
 
 
+async def test_an_incident_assigned_before_its_ticket_exists(world: World, emu: Emu) -> None:
+    await world.build(tag_mapping=SYSTEM_MAPPING, **ASSIGNEE)
+    bp_id = await emu.new_incident("assign-00", check="cpu")
+    await assign(emu, bp_id, ABEL)
+    await settle(world)  # created, then its assignee follows
+    sys_id = (await emu.sn_one_for(bp_id))["sys_id"]
+    assert await sn_assignee(emu, sys_id) == await emu.sn_id("sys_user", "user_name", "abel.tuter")
+    await quiet(world)
+
+
 async def test_people_who_cannot_be_matched_leave_the_other_side_alone(
     world: World, emu: Emu, caplog: pytest.LogCaptureFixture
 ) -> None:
