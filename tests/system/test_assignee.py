@@ -8,6 +8,8 @@ Beth Anglin's e-mail is shared by two ServiceNow users; ServiceNow's login users
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from sync.clock import FakeClock
 from sync.emulators.bigpanda import STATE_KEY as BP_STATE_KEY
 from sync.emulators.bigpanda.users import SEED_USERS
 
-from .conftest import World
+from .conftest import World, open_world
 from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
 
 V2 = "/resources/v2.0"
@@ -28,6 +30,17 @@ DANA = BP_USERS["dana.reyes@example.com"]
 SCIM_LIST = f"{V2}/scim/Users"
 SYS_USER = "/api/now/table/sys_user"
 ASSIGNEE = {"incidents.sync_assignee": True}
+
+
+@pytest.fixture(params=[True, False], ids=["assignee-with-email", "assignee-without-email"])
+async def world(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[World]:
+    """The loopback world under each reading of the undocumented ``assignee`` object:
+    with the user's e-mail (a real answer's), or without (then bpsync asks SCIM by id)."""
+    options = {"rate_limit_per_s": None, "assignee_email": request.param}
+    async with open_world(tmp_path, clock, bp_options=options) as w:
+        yield w
 
 
 @pytest.fixture
@@ -91,6 +104,9 @@ async def test_the_assignee_follows_both_ways(world: World, emu: Emu) -> None:
     await assign(emu, bp_id, ABEL)
     await settle(world)
     assert await sn_assignee(emu, sys_id) == abel
+    # his e-mail: from the incident when it carries it, else from SCIM by his id
+    by_id = [e for e in await emu.request_log("bigpanda") if "/scim/Users/" in e["path"]]
+    assert len(by_id) == (0 if world.bp_app[BP_STATE_KEY].assignee_email else 1)
     await quiet(world)
 
     # ServiceNow clears assigned_to -> the BigPanda incident is unassigned

@@ -60,6 +60,7 @@ _KNOWN_OPTIONS = frozenset(
         "rate_limit_scope",
         "batch_resolve_rate_limit_per_s",
         "scim_rate_limit_per_s",
+        "assignee_email",
         "async_delay_s",
         "repeat_window_s",
         "webhook",
@@ -115,6 +116,8 @@ def create_app(
     - ``batch_resolve_rate_limit_per_s`` (1.0);
     - ``scim_rate_limit_per_s`` (2.0): each SCIM Users route's limit (docs 4.7,
       :mod:`sync.emulators.bigpanda.users`);
+    - ``assignee_email`` (True): an assigned incident's ``assignee`` carries the user's
+      e-mail, as a real answer did (docs 5.1); False: only ``user_id`` and ``name``;
     - ``aia_delay_s`` (None = off): AI incident analysis; this long after an incident
       forms (on the injected clock, at the next request) its summary is set in the
       ``aia_tag`` (``"ai_summary"``) incident tag, the tag defined (Text) on first use;
@@ -150,6 +153,7 @@ def create_app(
         aia_delay_s=(None if options.get("aia_delay_s") is None else float(options["aia_delay_s"])),
         aia_tag=str(options.get("aia_tag", DEFAULT_AIA_TAG)),
     )
+    state.assignee_email = bool(options.get("assignee_email", True))
     config: dict[str, Any] = {
         "rate_limit_per_s": rate_limit_per_s,
         "rate_limit_burst": options.get("rate_limit_burst"),

@@ -33,6 +33,10 @@ class State:
     (helpers below); every helper keeps ``updated_at``/``changed_at`` and activities
     exactly as the HTTP routes do."""
 
+    assignee_email: bool = True
+    """The incident's ``assignee`` carries the user's e-mail (docs 5.1 [C-code]); False:
+    only ``user_id`` and ``name`` (the field is undocumented: a client must do without)."""
+
     def __init__(
         self,
         *,
@@ -202,7 +206,8 @@ class State:
             "correlation_matchers_log": [list(inc.correlation_log)],
         }
         if inc.assignee is not None:
-            body["assignee"] = dict(inc.assignee)
+            hidden = () if self.assignee_email else ("email",)
+            body["assignee"] = {k: v for k, v in inc.assignee.items() if k not in hidden}
             body["assigner"] = dict(inc.assigner or {})
         for key in inc.raw_remove:
             body.pop(key, None)
