@@ -12,9 +12,11 @@ Contract (docs/bigpanda-api.md 4.7):
 - Answers, misses included, are kept for ``ttl_s`` (the injected clock's monotonic
   time); a user found one way is cached both ways. An idle cycle asks nothing: only
   pairs whose assignee moved, and comments to carry, look people up.
-- A refusal of the query itself (a key without the User Management permission: 403, a
-  malformed answer) counts as not found, with one warning; transient and fatal errors
-  propagate like any other read's.
+- A refusal of the query itself (a malformed answer) counts as not found, with one
+  warning. A key without the User Management permission (a 403: the client's
+  PermanentError) is logged once and no user is looked up for ``ttl_s``: assignees are
+  not matched and comment authors keep their ids meanwhile, the sync goes on.
+  Transient and fatal errors propagate like any other read's.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ class BigPandaUsers:
         self._by_email: dict[str, _Cached] = {}
         self._by_id: dict[str, _Cached] = {}
         self._warned: set[str] = set()
+        self._refused_until_mono_s = float("-inf")
+        """SCIM refused (403): no look-up before this (monotonic s)"""
+
+    def _refused(self, exc: PermanentError) -> bool:
+        """A 403: remember it for the TTL, warn once; other refusals are per user."""
+        if exc.status != 403:
+            return False
+        self._refused_until_mono_s = self._clock.monotonic() + self._ttl_s
+        self._warn("$scim", "%s; BigPanda users are not looked up for %d s", exc, self._ttl_s)
+        return True
+
+    def _blocked(self) -> bool:
+        return self._clock.monotonic() < self._refused_until_mono_s
 
     def _fresh(self, cache: dict[str, _Cached], key: str) -> _Cached | None:
         cached = cache.get(key)
@@ -77,11 +92,14 @@ class BigPandaUsers:
         cached = self._fresh(self._by_email, key)
         if cached is not None:
             return cached.user
+        if self._blocked():
+            return None
         try:
             users = await self._bp.find_user(email.strip())
         except PermanentError as exc:
-            self._warn(key, "BigPanda user %r not looked up: %s; left as it is", email, exc)
-            self._keep(key, None, None)
+            if not self._refused(exc):
+                self._warn(key, "BigPanda user %r not looked up: %s; left as it is", email, exc)
+                self._keep(key, None, None)
             return None
         active = [u for u in users if u.active]
         user = active[0] if len(active) == 1 else None
@@ -100,12 +118,16 @@ class BigPandaUsers:
         cached = self._fresh(self._by_id, user_id)
         if cached is not None:
             return cached.user
+        if self._blocked():
+            return None
         user: BPUser | None = None
         try:
             user = await self._bp.get_user(user_id)
         except NotFoundError:
             log.debug("BigPanda user %s not found", user_id)
         except PermanentError as exc:
+            if self._refused(exc):
+                return None
             self._warn(user_id, "BigPanda user %s not read: %s", user_id, exc)
         self._keep(None, user_id, user)
         return user

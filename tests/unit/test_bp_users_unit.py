@@ -16,7 +16,7 @@ from sync.clients.bigpanda import BigPandaClient, Family, make_session
 from sync.clients.bigpanda.paths import FAMILY_CEILINGS_PER_S
 from sync.clients.pacing import PacingPolicy, RatePacer
 from sync.clock import FakeClock
-from sync.errors import NotFoundError, PermanentError
+from sync.errors import FatalError, NotFoundError, PermanentError
 from sync.people import BigPandaUsers
 from tests.fakes import FakeBigPanda
 from tests.mocked_http import Recorder, json_answer
@@ -205,8 +205,42 @@ async def test_a_miss_warns_once_and_is_cached(caplog: pytest.LogCaptureFixture)
     assert len(messages) == 2 and "no active BigPanda user" in messages[0]
 
 
-async def test_an_author_not_found_keeps_the_id_and_a_refusal_counts_as_not_found() -> None:
+async def test_an_author_not_found_keeps_the_id() -> None:
     bp, users, _ = directory()
     assert await users.display("gone") == "gone"
-    bp.fail_next("find_user", PermanentError("bigpanda", "forbidden", status=403))
-    assert await users.by_email("jane@example.com") is None
+    assert bp.count("get_user") == 1
+
+
+async def test_a_refused_scim_is_logged_once_and_not_asked_again_until_the_ttl(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bp, users, clock = directory()
+    refused = PermanentError("bigpanda", "SCIM Users API refused (HTTP 403)", status=403)
+    bp.fail_next("find_user", refused)
+    with caplog.at_level(logging.WARNING, logger="sync.people"):
+        assert await users.by_email("jane@example.com") is None
+        assert await users.display("u1") == "u1"  # the author keeps the id meanwhile
+        assert await users.by_email("other@example.com") is None
+    assert (bp.count("find_user"), bp.count("get_user")) == (1, 0)
+    assert len(caplog.records) == 1 and "not looked up for 60 s" in caplog.records[0].message
+    clock.advance(61)
+    user = await users.by_email("jane@example.com")  # the permission was granted since
+    assert user is not None and user.id == "u1"
+
+
+async def test_a_scim_403_is_permanent_not_fatal(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """Elsewhere a 403 stops the daemon (the key lacks a role permission); on SCIM it
+    only means the users cannot be looked up."""
+    mocked.get(SCIM, status=403, payload=bp_error(403, "Forbidden"), repeat=True)
+    mocked.get(SCIM_ONE, status=403, payload=bp_error(403, "Forbidden"), repeat=True)
+    client = BigPandaClient(session, settings(), FakeClock())
+    with pytest.raises(PermanentError, match="User Management") as info:
+        await client.find_user("jane@example.com")
+    assert not isinstance(info.value, FatalError) and info.value.status == 403
+    with pytest.raises(PermanentError, match="User Management"):
+        await client.get_user("u1")
+    mocked.put(ASSIGNMENT, status=403, payload=bp_error(403, "Forbidden"))
+    with pytest.raises(FatalError):
+        await client.assign_incident(ENV, INC, "u1")

@@ -7,7 +7,10 @@ classification; contract in that module's docstring).
 - ``users``, ``user``: the SCIM Users API (docs 4.7, SCIM 1.1 although the URL says
   v2.0): ``GET /resources/v2.0/scim/Users?filter=userName eq "<e-mail>"`` and
   ``GET .../scim/Users/{id}`` (404: :class:`~sync.errors.NotFoundError`), each route
-  paced at its own 2 requests per second (``paths.FAMILY_CEILINGS_PER_S``).
+  paced at its own 2 requests per second (``paths.FAMILY_CEILINGS_PER_S``). A 403
+  there means the API key's user lacks the User Management (or Users_Read) permission
+  for this API only: a :class:`~sync.errors.PermanentError` (the caller does without
+  the look-up), not the :class:`~sync.errors.FatalError` a 403 is elsewhere.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sync.clients.bigpanda.paths import (
     _segment,
 )
 from sync.clients.http import Parsed
-from sync.errors import PermanentError
+from sync.errors import FatalError, PermanentError
 
 
 class _Transport(Protocol):
@@ -77,16 +80,36 @@ class PeopleCalls:
         if not email or '"' in email or "\\" in email:
             raise PermanentError(SIDE, f"invalid e-mail for a SCIM filter: {email!r}")
         params = {"filter": f'userName eq "{email}"'}
-        parsed = await self._request(
-            Family.USERS, "GET", SCIM_USERS_PATH, SCIM_USERS_PATH, params=params
-        )
+        try:
+            parsed = await self._request(
+                Family.USERS, "GET", SCIM_USERS_PATH, SCIM_USERS_PATH, params=params
+            )
+        except FatalError as exc:
+            raise _scim_refused(exc) from None
         return parse_scim_list(parsed.body)
 
     async def get_user(self: _Transport, user_id: str) -> BPUser:
         """SCIM ``GET /scim/Users/{id}``; NotFoundError for an unknown id."""
         path = SCIM_USER_PATH.format(user_id=_segment(user_id, "user id"))
-        parsed = await self._request(Family.USER, "GET", SCIM_USER_PATH, path)
+        try:
+            parsed = await self._request(Family.USER, "GET", SCIM_USER_PATH, path)
+        except FatalError as exc:
+            raise _scim_refused(exc) from None
         return parse_scim_user(parsed.body)
+
+
+def _scim_refused(exc: FatalError) -> FatalError | PermanentError:
+    """A 403 of the SCIM Users API: a missing permission for users only (see above)."""
+    if exc.status != 403:
+        return exc
+    return PermanentError(
+        SIDE,
+        "SCIM Users API refused (HTTP 403): the user of bigpanda.api_key needs the User "
+        "Management (or Users_Read) permission",
+        status=403,
+        method=exc.method,
+        url=exc.url,
+    )
 
 
 __all__ = ["PeopleCalls"]
