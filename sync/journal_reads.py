@@ -38,7 +38,7 @@ from sync.fieldsync import LinkedPair
 from sync.journal import (
     BP_COMMENT_KIND,
     HISTORY,
-    is_own,
+    Ledger,
     plan_journal,
     reads_all,
     reads_wanted,
@@ -154,14 +154,15 @@ class JournalReads:
     async def _named(
         self, entries: tuple[JournalEntry, ...], carried: Sequence[CarriedEntry]
     ) -> tuple[JournalEntry, ...]:
-        """An activity names its author by user id only: each comment not carried yet
-        gets its author's name (or e-mail) instead, through the cached SCIM look-up;
-        a user who cannot be found keeps the id."""
-        done = {c.entry_id for c in carried if c.side is Side.BIGPANDA}
+        """An activity names its author by user id only: each comment still to carry
+        (the ledger's :meth:`~sync.journal.Ledger.wanted`: not carried, not history, not
+        bpsync's own) gets its author's name (or e-mail) instead, through the cached
+        SCIM look-up; a user who cannot be found keeps the id."""
+        ledger = Ledger.of(carried)
         out: list[JournalEntry] = []
         for entry in entries:
             named = entry
-            if entry.author and entry.id not in done and not is_own(entry.text):
+            if entry.author and ledger.wanted(Side.BIGPANDA, entry):
                 author = await self._c.users.display(entry.author)
                 named = dataclasses.replace(entry, author=author)
             out.append(named)
