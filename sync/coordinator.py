@@ -16,7 +16,8 @@
    anything else is ignored. An active BigPanda incident with neither a link nor a
    ServiceNow change is a newcomer: read later, in batches (:mod:`sync.newcomers`).
 4. Hold the pairs whose link still has open writes, release those whose writes are done
-   (:mod:`sync.held`). Plan each pair (the pure planner) and check the guards
+   (:mod:`sync.held`). Plan each pair (the pure planner; a pair whose assignee moved
+   has its people looked up first, :mod:`sync.assignee_reads`) and check the guards
    (:mod:`sync.guards`).
 5. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
    their batches arrive (:mod:`sync.execution`), and record progress as it goes: held
