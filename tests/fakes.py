@@ -67,6 +67,7 @@ from sync.clients.bigpanda.paths import (
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
+from sync.emulators.bigpanda.users import SEED_USERS
 from sync.errors import MissingTagError, NotFoundError, PermanentError
 from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo
 
@@ -619,8 +620,10 @@ class FakeBigPanda(_Faults):
         """``created_by`` of what the helpers do by hand"""
         self._next = 0
         self._activities = 0
-        self.users: dict[str, BPUser] = {}
-        """The organisation's users (SCIM), by id"""
+        self.users: dict[str, BPUser] = {
+            u.id: BPUser(u.id, u.email, u.name, (u.email,), u.active) for u in SEED_USERS
+        }
+        """The organisation's users (SCIM), by id: the emulator's seeded organisation"""
 
     # --- helpers for tests
     def _now_s(self) -> int:
