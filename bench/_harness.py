@@ -642,6 +642,17 @@ class Api:
             if resp.status >= 300:
                 raise RuntimeError(f"set tag: {resp.status} {await resp.text()}")
 
+    async def bp_assign(self, incident_id: str, user_id: str) -> None:
+        """A person assigns the incident in BigPanda (``PUT .../assignment``)."""
+        url = (
+            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
+            f"/incidents/{incident_id}/assignment"
+        )
+        async with self.http.put(url, json={"assignee": user_id}, headers=self.bp_key) as resp:
+            self._count("bigpanda", "PUT")
+            if resp.status >= 300:
+                raise RuntimeError(f"assign: {resp.status} {await resp.text()}")
+
     async def bp_alerts(self, alerts: Sequence[Mapping[str, Any]], app_key: str = "bench") -> None:
         body = {"app_key": app_key, "alerts": list(alerts)}
         async with self.http.post(
@@ -668,6 +679,19 @@ class Api:
             self._count("servicenow", "GET")
             resp.raise_for_status()
             return list((await resp.json())["result"])
+
+    async def sn_user(self, user_name: str) -> str:
+        """The sys_id of the ``sys_user`` with this ``user_name``."""
+        params = {"sysparm_query": f"user_name={user_name}", "sysparm_fields": "sys_id"}
+        async with self.http.get(
+            f"{self.emus.sn_url}/api/now/table/sys_user",
+            params=params,
+            auth=self.sn_auth,
+            headers={"Accept": "application/json"},
+        ) as resp:
+            self._count("servicenow", "GET")
+            resp.raise_for_status()
+            return str((await resp.json())["result"][0]["sys_id"])
 
     async def sn_count(self, query: str = "") -> int:
         params = {"sysparm_query": query, "sysparm_fields": "sys_id", "sysparm_limit": "1"}

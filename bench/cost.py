@@ -23,11 +23,16 @@ subtracted.
    daemon settles; the requests beyond the idle cycles' (reads) are divided by K, per
    side and kind.
 
+3. With ``--assignee`` (``incidents.sync_assignee`` on), two more kinds: K incidents
+   assigned in BigPanda to one person (Abel Tuter, in both emulators), and K others
+   assigned to him in ServiceNow (``assigned_to``).
+
 Targets: an idle cycle makes 1 list request on ServiceNow and 1 per 100 active incidents
 on BigPanda, 0 writes; a change costs at most 1 write per changed field on the other
 side, 0 writes back (no echo), and no read beyond the poll and the changed pair's
 journal read (``[journal]``, at the defaults BigPanda's comments of the changed
-incident: ``journal_reads``, reported apart).
+incident: ``journal_reads``, reported apart). An assignee change costs the same, plus
+the look-ups of its person once (cached: at most 2 reads for all K changes).
 """
 
 from __future__ import annotations
@@ -48,8 +53,12 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _harness as h
+from sync.emulators.bigpanda.users import SEED_USERS
 
 SIDES = ("servicenow", "bigpanda")
+#: the person assignee changes name: Abel Tuter, known to both emulators
+ABEL_BP = next(u.id for u in SEED_USERS if u.email == "abel.tuter@example.com")
+ABEL_SN = "abel.tuter"  # his sys_user.user_name
 #: the changed pair's journal read (sync.journal): BigPanda's comments of the incident
 JOURNAL_READ = "GET /resources/v2.0/incidents/{incident_id}/activities"
 
@@ -71,7 +80,7 @@ class Idle:
 
 @dataclass
 class PerChange:
-    kind: str  # bp_to_sn | sn_to_bp
+    kind: str  # bp_to_sn | sn_to_bp | assign_bp_to_sn | assign_sn_to_bp
     changes: int
     propagated: int
     cycles: int
@@ -140,10 +149,17 @@ async def change_cost(
     before, c0 = await api.snapshot(), await daemon.cycles(api.http)
     own0 = {s: api.own[s].by_method.copy() for s in SIDES}
     wanted: dict[str, str] = {}
+    abel = await api.sn_user(ABEL_SN) if kind.startswith("assign") else ""
     for bp, sys_id in targets:
         value = "high" if current[bp] != "high" else "medium"
         current[bp] = value
-        if kind == "bp_to_sn":
+        if kind == "assign_bp_to_sn":
+            await api.bp_assign(bp, ABEL_BP)
+            wanted[sys_id] = abel
+        elif kind == "assign_sn_to_bp":
+            await api.sn_patch(sys_id, {"assigned_to": abel})
+            wanted[bp] = ABEL_BP
+        elif kind == "bp_to_sn":
             await api.bp_set_tag(bp, "impact_level", value)
             wanted[sys_id] = h.IMPACT_MAP[value]
         else:
@@ -168,21 +184,28 @@ async def change_cost(
     journal_reads = delta["bigpanda"].requests.get(JOURNAL_READ, 0) / k
     reads["bigpanda"] -= journal_reads
     # verify (after the snapshot: these reads are not counted)
-    if kind == "bp_to_sn":
+    if kind == "assign_bp_to_sn":
+        rows = await api.sn_query("sys_idIN" + ",".join(wanted), "sys_id,assigned_to")
+        propagated = sum(1 for r in rows if wanted.get(r["sys_id"]) == r.get("assigned_to"))
+    elif kind == "assign_sn_to_bp":
+        dump = {str(i["id"]): (i.get("assignee") or {}).get("user_id") for i in await api.bp_dump()}
+        propagated = sum(1 for bp, v in wanted.items() if dump.get(bp) == v)
+    elif kind == "bp_to_sn":
         rows = await api.sn_query("sys_idIN" + ",".join(wanted), "sys_id,impact")
         propagated = sum(1 for r in rows if wanted.get(r["sys_id"]) == r.get("impact"))
     else:
         dump = {str(i["id"]): h.tag_values(i).get("impact_level") for i in await api.bp_dump()}
         propagated = sum(1 for bp, v in wanted.items() if dump.get(bp) == v)
     target_side, source_side = (
-        ("servicenow", "bigpanda") if kind == "bp_to_sn" else ("bigpanda", "servicenow")
+        ("servicenow", "bigpanda") if kind.endswith("bp_to_sn") else ("bigpanda", "servicenow")
     )
+    # an assignee's person is looked up once (cached): at most 2 reads for all K changes
+    lookups = 2 / k if kind.startswith("assign") else 0.0
     met = (
         propagated == k
         and writes[target_side] <= 1.0 + 1e-9
         and writes[source_side] <= 1e-9
-        and reads[target_side] <= 0.05
-        and reads[source_side] <= 0.05
+        and reads[target_side] + reads[source_side] <= lookups + 0.1
     )
     return PerChange(
         kind=kind,
@@ -225,6 +248,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         "BPSYNC_BIGPANDA__RATE_LIMIT_PER_S": 1000,
                         "BPSYNC_RETRIEVAL_COUNT": args.retrieval_count,
                         "BPSYNC_CURSOR_OVERLAP": overlap,
+                        "BPSYNC_INCIDENTS__SYNC_ASSIGNEE": str(args.assignee).lower(),
                     },
                 )
                 bp_ids: list[str] = []
@@ -257,11 +281,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         sys_ids = {r["correlation_id"]: r["sys_id"] for r in rows}
                         current = dict.fromkeys(bp_ids, "low")
                         pairs = [(bp, sys_ids[bp]) for bp in bp_ids if bp in sys_ids]
-                        half = max(1, min(k, len(pairs) // 2))
-                        for kind, chosen in (
-                            ("bp_to_sn", pairs[:half]),
-                            ("sn_to_bp", pairs[half : 2 * half]),
-                        ):
+                        kinds = ["bp_to_sn", "sn_to_bp"]
+                        if args.assignee:
+                            kinds += ["assign_bp_to_sn", "assign_sn_to_bp"]
+                        half = max(1, min(k, len(pairs) // len(kinds)))
+                        for i, kind in enumerate(kinds):
+                            chosen = pairs[i * half : (i + 1) * half]
                             changes.append(
                                 await change_cost(
                                     api, daemon, idle, kind=kind, targets=chosen, current=current
@@ -334,7 +359,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
         ),
         [
             (
-                c["kind"].replace("_to_", " -> "),
+                c["kind"].replace("_to_", " -> ").replace("assign_", "assignee "),
                 c["changes"],
                 c["propagated"],
                 c["sn_reads"],
@@ -371,6 +396,11 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=10, help="idle cycles counted")
     parser.add_argument("--changes", type=int, default=10, help="changes per kind")
     parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument(
+        "--assignee",
+        action="store_true",
+        help="incidents.sync_assignee on, and the assignee change kinds",
+    )
     parser.add_argument(
         "--cursor-overlap",
         type=float,

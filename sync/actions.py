@@ -32,7 +32,15 @@ from datetime import datetime
 from typing import ClassVar
 
 from sync.constants import Side
-from sync.model import BPIncident, FieldState, JournalInput, Link, MergeFact, SNIncident
+from sync.model import (
+    AssigneeInput,
+    BPIncident,
+    FieldState,
+    JournalInput,
+    Link,
+    MergeFact,
+    SNIncident,
+)
 from sync.sizes import DEFAULT_SIZES, FieldSizes
 
 
@@ -74,6 +82,9 @@ class PlanInput:
     """The pair's conversation read in this cycle (None: not read), :mod:`sync.journal`."""
     merge: MergeFact | None = None
     """BigPanda merged this incident into another (read in this cycle), :mod:`sync.merges`."""
+    assignee: AssigneeInput | None = None
+    """The people of a pair whose assignee moved, looked up before it is planned (None:
+    nothing moved, or ``sync_assignee`` is off), :mod:`sync.assignment`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +191,22 @@ class SnoozeBigPanda:
     record_bp: Mapping[str, str | None] = field(default_factory=dict)
     record_sn: Mapping[str, str | None] = field(default_factory=dict)
     kind: ClassVar[str] = "bp.snooze"
+    side: ClassVar[Side] = Side.BIGPANDA
+
+
+@dataclass(frozen=True, slots=True)
+class AssignBigPanda:
+    """ServiceNow's ``assigned_to`` -> assign the BigPanda incident to ``user_id`` (the
+    BigPanda user with that e-mail, :mod:`sync.assignment`); None: unassign it."""
+
+    link_id: int
+    bp_incident_id: str
+    environment_id: str
+    user_id: str | None
+    sys_id: str | None = None
+    record_bp: Mapping[str, str | None] = field(default_factory=dict)
+    record_sn: Mapping[str, str | None] = field(default_factory=dict)
+    kind: ClassVar[str] = "bp.assign"
     side: ClassVar[Side] = Side.BIGPANDA
 
 
@@ -364,6 +391,7 @@ Action = (
     | ResolveBigPanda
     | ReopenServiceNow
     | SnoozeBigPanda
+    | AssignBigPanda
     | CommentBigPanda
     | SetLinkTag
     | CarryEntryToServiceNow
@@ -395,6 +423,7 @@ STORE_ONLY_KINDS = frozenset(
 __all__ = [
     "STORE_ONLY_KINDS",
     "Action",
+    "AssignBigPanda",
     "BPIncident",
     "CarryEntryToBigPanda",
     "CarryEntryToServiceNow",

@@ -16,7 +16,8 @@
    anything else is ignored. An active BigPanda incident with neither a link nor a
    ServiceNow change is a newcomer: read later, in batches (:mod:`sync.newcomers`).
 4. Hold the pairs whose link still has open writes, release those whose writes are done
-   (:mod:`sync.held`). Plan each pair (the pure planner) and check the guards
+   (:mod:`sync.held`). Plan each pair (the pure planner; a pair whose assignee moved
+   has its people looked up first, :mod:`sync.assignee_reads`) and check the guards
    (:mod:`sync.guards`).
 5. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
    their batches arrive (:mod:`sync.execution`), and record progress as it goes: held
@@ -51,6 +52,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync.actions import Action, PlanInput
+from sync.assignee_reads import AssigneeReads
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock
 from sync.constants import BP_ID_PATTERN, Side
@@ -66,6 +68,7 @@ from sync.merge_reads import MergeReads
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
 from sync.newcomers import expanded_oldest_first
 from sync.pairs import Pair, oldest_change, pair_bp_id
+from sync.people import BigPandaUsers
 from sync.polling import BPPoll, Polled, Poller, count_changes
 from sync.progress import Change, Progress, next_cursor
 from sync.settings import Settings
@@ -170,6 +173,9 @@ class Coordinator:
             servicenow, bigpanda, settings, clock, forced=lambda: self.force, metrics=metrics
         )
         self.holds = HeldPairs(self)
+        self.users = BigPandaUsers(bigpanda, clock)
+        """BigPanda users (SCIM), cached: assignees and the authors of comments"""
+        self.assignees = AssigneeReads(settings, self.users, self._lookups)
         self.journals = JournalReads(self)
         self.merges = MergeReads(self)
         """the conversations of the changed pairs, read before they are planned"""
@@ -315,11 +321,13 @@ class Coordinator:
     async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
+        synced = await self._store.field_states(pair.link.id) if pair.link else {}
+        assignee = await self.assignees.read(pair.link, pair.bp, pair.sn, synced)
         inp = PlanInput(
             bp=pair.bp,
             sn=await self._named(pair.sn),
             link=pair.link,
-            synced=await self._store.field_states(pair.link.id) if pair.link else {},
+            synced=synced,
             environment_id=pair.environment_id,
             correlation_checked=checked,
             sizes=self.sizes,
@@ -327,6 +335,7 @@ class Coordinator:
             labels=self.labels,
             journal=pair.journal,
             merge=pair.merge,
+            assignee=assignee,
         )
         return self._plan(inp, self._settings, now)
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types onl
 __all__ = [
     "LinkedPair",
     "last_synced",
+    "newest_wins",
     "on_refused",
     "on_success",
     "sync_fields",
@@ -119,7 +120,8 @@ def last_synced(synced: Mapping[tuple[Side, str], FieldState], side: Side, name:
     return norm(state.value) if state is not None else None
 
 
-def _newest_wins(bp: BPIncident | None, sn: SNIncident | None) -> Side:
+def newest_wins(bp: BPIncident | None, sn: SNIncident | None) -> Side:
+    """``conflict_policy = "newest"``: the side changed last (ServiceNow on a tie)."""
     if bp is None or bp.updated_at is None:
         return Side.SERVICENOW
     if sn is None:
@@ -229,7 +231,7 @@ def sync_fields(pair: LinkedPair) -> list[Action]:
             elif policy == "servicenow":
                 winner = Side.SERVICENOW
             else:
-                winner = _newest_wins(inp.bp, inp.sn)
+                winner = newest_wins(inp.bp, inp.sn)
         else:
             policy = "bp_to_sn" if to_sn else "sn_to_bp"  # a one-way rule: its source wins
             winner = Side.BIGPANDA if to_sn else Side.SERVICENOW

@@ -6,7 +6,9 @@ names, its BigPanda comments (``list_activities(types=["incident_commented"])``)
 its ServiceNow journal entries (``sys_journal_field``) through the client protocols,
 and the ledger of its incident in one store read for the whole batch; the result is
 the pair's :class:`~sync.model.JournalInput`, planned with the pair. An idle cycle has
-no pair, so it reads nothing.
+no pair, so it reads nothing. A BigPanda comment not carried yet is named by its
+author's name (the activity carries only a user id; :class:`sync.people.BigPandaUsers`,
+cached), the id kept when the user cannot be found.
 
 A side that cannot be read for one pair (the incident gone, a read refused: an ACL on
 ``sys_journal_field``) is left unread for that pair, with one WARNING per distinct
@@ -21,6 +23,7 @@ read per incident). Kept in memory for an hour: after a restart that change is r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -32,7 +35,14 @@ from sync.constants import Side
 from sync.errors import NotFoundError, PermanentError
 from sync.executor import PairResult
 from sync.fieldsync import LinkedPair
-from sync.journal import BP_COMMENT_KIND, HISTORY, plan_journal, reads_all, reads_wanted
+from sync.journal import (
+    BP_COMMENT_KIND,
+    HISTORY,
+    Ledger,
+    plan_journal,
+    reads_all,
+    reads_wanted,
+)
 from sync.model import CarriedEntry, JournalEntry, JournalInput
 from sync.pairs import Pair, pair_bp_id
 from sync.progress import Progress
@@ -116,10 +126,10 @@ class JournalReads:
         limit = asyncio.Semaphore(c.settings.pair_concurrency)
 
         async def one(pair: Pair, read_bp: bool, read_sn: bool) -> None:
-            async with limit:
-                bp = await self._bigpanda(pair) if read_bp else None
-                sn = await self._servicenow(pair) if read_sn else None
             carried: tuple[CarriedEntry, ...] = tuple(ledger.get(pair_bp_id(pair), ()))
+            async with limit:
+                bp = await self._bigpanda(pair, carried) if read_bp else None
+                sn = await self._servicenow(pair) if read_sn else None
             pair.journal = JournalInput(bp, sn, carried)
 
         tasks = [asyncio.ensure_future(one(*item)) for item in wanted]
@@ -130,14 +140,33 @@ class JournalReads:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _bigpanda(self, pair: Pair) -> tuple[JournalEntry, ...] | None:
+    async def _bigpanda(
+        self, pair: Pair, carried: Sequence[CarriedEntry]
+    ) -> tuple[JournalEntry, ...] | None:
         bp_id = pair_bp_id(pair)
         try:
             activities = await self._c.bigpanda.list_activities(bp_id, types=[COMMENTED])
         except (NotFoundError, PermanentError) as exc:
             self._warn(f"BigPanda comments of {bp_id} not read", exc)
             return None
-        return comment_entries(activities)
+        return await self._named(comment_entries(activities), carried)
+
+    async def _named(
+        self, entries: tuple[JournalEntry, ...], carried: Sequence[CarriedEntry]
+    ) -> tuple[JournalEntry, ...]:
+        """An activity names its author by user id only: each comment still to carry
+        (the ledger's :meth:`~sync.journal.Ledger.wanted`: not carried, not history, not
+        bpsync's own) gets its author's name (or e-mail) instead, through the cached
+        SCIM look-up; a user who cannot be found keeps the id."""
+        ledger = Ledger.of(carried)
+        out: list[JournalEntry] = []
+        for entry in entries:
+            named = entry
+            if entry.author and ledger.wanted(Side.BIGPANDA, entry):
+                author = await self._c.users.display(entry.author)
+                named = dataclasses.replace(entry, author=author)
+            out.append(named)
+        return tuple(out)
 
     async def _servicenow(self, pair: Pair) -> tuple[JournalEntry, ...] | None:
         link = pair.link

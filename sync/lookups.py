@@ -55,7 +55,7 @@ class Lookups:
         self._on_miss = on_miss
         """called with the table of every look-up that found no single record (a metric)"""
         self._cache: dict[RefLookup, _Cached] = {}
-        self._names: dict[tuple[str, str], _Cached] = {}
+        self._names: dict[tuple[str, str, str], _Cached] = {}
         self._warned: set[RefLookup] = set()
         """How many queries were sent (tests check the cache with it)."""
 
@@ -83,7 +83,7 @@ class Lookups:
         if sys_id is None and ref not in self._warned:
             self._warned.add(ref)
             log.warning(
-                "%s.%s=%r: %s; the field is left empty",
+                "%s.%s=%r: %s; the field is not written (left as it is)",
                 ref.table,
                 ref.column,
                 ref.value,
@@ -97,12 +97,16 @@ class Lookups:
         """The display value (:func:`sync.mapping.display_column`) of ``table`` record
         ``sys_id``, or None when it cannot be read (one warning; cached like
         :meth:`resolve`): a reference field shows people a name, never a sys_id."""
-        key = (table, sys_id)
+        return await self.value_of(table, sys_id, display_column(table))
+
+    async def value_of(self, table: str, sys_id: str, column: str) -> str | None:
+        """``column`` of ``table`` record ``sys_id`` (a user's e-mail), or None when it
+        cannot be read or is empty (one warning; cached like :meth:`resolve`)."""
+        key = (table, sys_id, column)
         now_mono = self._clock.monotonic()
         cached = self._names.get(key)
         if cached is not None and cached.expires_at_mono_s > now_mono:
             return cached.sys_id
-        column = display_column(table)
         try:
             rows = await self._sn.query(table, {"sys_id": sys_id}, fields=[column], limit=1)
         except PermanentError as exc:

@@ -58,6 +58,10 @@ class BPIncident:
     """The alerts' ids (known with or without ``expand=alerts``)."""
     snoozed: bool = False
     """Snoozed (``snooze.snoozed``; it sits in the ``snoozed`` folder, not ``active``)."""
+    assignee_id: str | None = None
+    """The assignee's BigPanda user id (``assignee.user_id``; None: unassigned)."""
+    assignee_email: str | None = None
+    """The assignee's e-mail as the incident carries it (``assignee.email``), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +234,22 @@ class MergeFact:
     destination: BPIncident | None = None
     """The destination as this cycle saw it (None: not read): a ticket it takes over is
     reconciled with it in the same plan."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssigneeInput:
+    """The identities of a pair whose assignee moved, resolved before it is planned
+    (:mod:`sync.assignee_reads`, cached look-ups; :mod:`sync.assignment` decides).
+
+    Each counterpart is the other side's id for the moved side's person: ``""`` when
+    that side is unassigned (the other side is cleared), None when the person cannot be
+    matched (not found, or ambiguous): the other side is left as it is."""
+
+    sn_for_bp: str | None = None
+    """The ``sys_user`` sys_id of BigPanda's assignee (set when BigPanda's moved)."""
+    bp_for_sn: str | None = None
+    """The BigPanda user id of ServiceNow's ``assigned_to`` (set when ServiceNow's moved)."""
+    bp_email: str = ""
+    """BigPanda's assignee's e-mail ("" unassigned or unknown), for the audit."""
+    sn_email: str = ""
+    """ServiceNow's assignee's e-mail ("" unassigned or unknown), for the audit."""

@@ -97,6 +97,7 @@ from sync.actions import (
     ResolveBigPanda,
     ResolveServiceNow,
 )
+from sync.assignment import plan_assignee
 from sync.bpql import compile_bpql
 from sync.constants import (
     BP_COMMENT_MAX,
@@ -292,6 +293,7 @@ def _plan_linked(pair: LinkedPair) -> list[Action]:
     sn_resolved = inp.sn.resolved if inp.sn is not None else False
     if bp_active and not sn_resolved:
         actions += plan_hold(pair)  # On Hold <-> snooze (hold_to_snooze)
+        actions += plan_assignee(pair)  # assignee <-> assigned_to (sync_assignee)
     if not bp_active and sn_resolved:
         # both resolved: the link is resolved; reopen allowed until the deadline (B9)
         actions.append(

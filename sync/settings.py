@@ -271,6 +271,10 @@ class IncidentSettings(_Section):
     ``resolve_source``: the source's ticket is resolved as a duplicate."""
     merge_close_code: str = Field(default="Duplicate", min_length=1)
     """Resolution code of a source's ticket resolved by ``on_merge = "resolve_source"``."""
+    sync_assignee: bool = False
+    """BigPanda assignee <-> ServiceNow ``assigned_to``, matched by e-mail (``sys_user``
+    and BigPanda's SCIM Users API, cached); a person not found (or, in ServiceNow, two
+    users sharing the e-mail) leaves the other side as it is, with one WARNING."""
 
     @field_validator("static_fields")
     @classmethod
@@ -496,6 +500,19 @@ class Settings(BaseSettings):
                 "(e.g. `openssl rand -hex 32`); leave it unset for a page without a token"
             )
         return value
+
+    @model_validator(mode="after")
+    def _assignee_owned(self) -> Settings:
+        """``sync_assignee`` owns ``assigned_to``: a mapping row writing it would fight it."""
+        if self.incidents.sync_assignee:
+            for row in self.tag_mapping:
+                if row.servicenow_field == "assigned_to":
+                    raise ValueError(
+                        f"tag_mapping row {row.bigpanda_tag} <-> assigned_to: with "
+                        "incidents.sync_assignee the assignee is synced by bpsync itself; "
+                        "remove the row or set sync_assignee = false"
+                    )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

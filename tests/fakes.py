@@ -55,6 +55,7 @@ from sync.clients.base import (
     BPEnvironment,
     BPSearchPage,
     BPTagDefinition,
+    BPUser,
     SNRecord,
 )
 from sync.clients.bigpanda.paths import (
@@ -66,6 +67,7 @@ from sync.clients.bigpanda.paths import (
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
+from sync.emulators.bigpanda.users import SEED_USERS
 from sync.errors import MissingTagError, NotFoundError, PermanentError
 from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo
 
@@ -566,6 +568,7 @@ class FakeBPIncident:
     activities: list[BPActivity] = dataclasses.field(default_factory=list)
     """oldest first (the API answers newest first)"""
     snoozed_until: int | None = None
+    assignee: BPUser | None = None
 
     def folders(self) -> tuple[str, ...]:
         """Never shared or assigned here: active and unhandled (or snoozed), or resolved."""
@@ -591,6 +594,8 @@ class FakeBPIncident:
             alerts=tuple(self.alerts) if expand_alerts else (),
             alert_ids=tuple(a.id for a in self.alerts),
             snoozed=self.snoozed_until is not None,
+            assignee_id=self.assignee.id if self.assignee is not None else None,
+            assignee_email=self.assignee.email if self.assignee is not None else None,
         )
 
 
@@ -615,6 +620,10 @@ class FakeBigPanda(_Faults):
         """``created_by`` of what the helpers do by hand"""
         self._next = 0
         self._activities = 0
+        self.users: dict[str, BPUser] = {
+            u.id: BPUser(u.id, u.email, u.name, (u.email,), u.active) for u in SEED_USERS
+        }
+        """The organisation's users (SCIM), by id: the emulator's seeded organisation"""
 
     # --- helpers for tests
     def _now_s(self) -> int:
@@ -880,6 +889,35 @@ class FakeBigPanda(_Faults):
         incident.updated_at = incident.changed_at = self._now_s()
         self._activity(incident, "incident_snoozed", {"end_time": end_time}, self.api_user)
         self.writes.append(("snooze", incident_id, {"end_time": str(end_time)}))
+
+    async def assign_incident(self, environment_id: str, incident_id: str, user_id: str) -> None:
+        await self._enter("assign_incident", self.clock, environment_id, incident_id)
+        incident = self._get(environment_id, incident_id)
+        incident.assignee = self.users.get(user_id) or BPUser(user_id, user_id)
+        incident.updated_at = self._now_s()
+        self._activity(incident, "incident_assigned", {"assignee": {"id": user_id}}, self.api_user)
+        self.writes.append(("assign", incident_id, {"assignee": user_id}))
+
+    async def unassign_incident(self, environment_id: str, incident_id: str) -> bool:
+        await self._enter("unassign_incident", self.clock, environment_id, incident_id)
+        incident = self._get(environment_id, incident_id)
+        if incident.assignee is None:
+            return False
+        incident.assignee = None
+        incident.updated_at = self._now_s()
+        self._activity(incident, "incident_unassigned", {}, self.api_user)
+        self.writes.append(("unassign", incident_id, {}))
+        return True
+
+    async def find_user(self, email: str) -> list[BPUser]:
+        await self._enter("find_user", self.clock)
+        return [u for u in self.users.values() if u.user_name.lower() == email.lower()]
+
+    async def get_user(self, user_id: str) -> BPUser:
+        await self._enter("get_user", self.clock)
+        if user_id not in self.users:
+            raise NotFoundError("bigpanda", f"user {user_id} not found", status=404)
+        return self.users[user_id]
 
     async def unsnooze_incident(self, environment_id: str, incident_id: str) -> None:
         await self._enter("unsnooze_incident", self.clock, environment_id, incident_id)

@@ -105,6 +105,24 @@ class BPActivity:
 
 
 @dataclass(frozen=True, slots=True)
+class BPUser:
+    """A BigPanda user as the SCIM Users API shows it (docs 4.7, SCIM 1.1)."""
+
+    id: str
+    user_name: str
+    """``userName``: the login, an e-mail address."""
+    name: str = ""
+    """``displayName`` (or ``name.formatted``); "" when none is given."""
+    emails: tuple[str, ...] = ()
+    active: bool = True
+
+    @property
+    def email(self) -> str:
+        """The e-mail to match by: the primary one, else the user name."""
+        return self.emails[0] if self.emails else self.user_name
+
+
+@dataclass(frozen=True, slots=True)
 class BPSearchPage:
     total: int
     items: list[BPIncident]
@@ -176,6 +194,23 @@ class BigPandaAPI(Protocol):
         ...
 
     async def unsnooze_incident(self, environment_id: str, incident_id: str) -> None: ...
+
+    async def assign_incident(self, environment_id: str, incident_id: str, user_id: str) -> None:
+        """``PUT .../assignment {"assignee": user_id}``."""
+        ...
+
+    async def unassign_incident(self, environment_id: str, incident_id: str) -> bool:
+        """``DELETE .../assignment``: True when unassigned now, False when it was not
+        assigned (BigPanda's documented 400)."""
+        ...
+
+    async def find_user(self, email: str) -> list[BPUser]:
+        """SCIM ``GET /scim/Users?filter=userName eq "<email>"``: the users matching."""
+        ...
+
+    async def get_user(self, user_id: str) -> BPUser:
+        """SCIM ``GET /scim/Users/{id}``; raises NotFoundError for an unknown id."""
+        ...
 
     async def list_tag_definitions(
         self, *, active: bool | None = None, tag_type: str | None = None

@@ -9,7 +9,9 @@ that failed (a write is never re-sent here after a reset or a timeout: it may ha
 been applied).
 
 - :class:`RatePacer` (BigPanda): requests per second per endpoint family. Each family is
-  paced at ``headroom`` x the documented ceiling (GCRA with a capacity of one: requests
+  paced at ``headroom`` x its documented ceiling (``bigpanda.rate_limit_per_s``, or a
+  family's own lower limit given in ``ceilings``, e.g. SCIM's 2 req/s) (GCRA with a
+  capacity of one: requests
   of a family are ``1 / rate`` apart, so no limiter shape, token bucket, sliding window
   or fixed window, ever sees more than the ceiling in any second). After a 429 the
   family's rate is multiplied by ``backoff_factor`` (never below ``min_fraction`` of
@@ -37,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -133,6 +135,9 @@ class PacingPolicy:
 @dataclass(slots=True)
 class _Family:
     rate: float
+    target: float
+    """The family's pace when nothing is refused: headroom x its ceiling."""
+    ceiling: float
     next_at: float = 0.0
     hold_until: float = 0.0
     consecutive: int = 0
@@ -143,19 +148,34 @@ class _Family:
 class RatePacer:
     """Requests per second per family, adaptive (see the module docstring)."""
 
-    def __init__(self, clock: Clock, ceiling_per_s: float, policy: PacingPolicy) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        ceiling_per_s: float,
+        policy: PacingPolicy,
+        *,
+        ceilings: Mapping[str, float] | None = None,
+    ) -> None:
         if ceiling_per_s <= 0:
             raise ConfigError("bigpanda.rate_limit_per_s must be positive")
         self._clock = clock
         self._policy = policy
         self.ceiling_per_s = float(ceiling_per_s)
         self.target_per_s = ceiling_per_s * policy.headroom
+        self._ceilings = dict(ceilings or {})
+        """families with a lower documented limit (e.g. SCIM's 2 req/s): never above it"""
         self._families: dict[str, _Family] = {}
+
+    def ceiling_of(self, family: str) -> float:
+        """The family's ceiling: ``ceiling_per_s``, or its own documented limit if lower."""
+        return min(self.ceiling_per_s, self._ceilings.get(family, self.ceiling_per_s))
 
     def _family(self, name: str) -> _Family:
         fam = self._families.get(name)
         if fam is None:
-            fam = self._families[name] = _Family(rate=self.target_per_s)
+            ceiling = self.ceiling_of(name)
+            target = ceiling * self._policy.headroom
+            fam = self._families[name] = _Family(rate=target, target=target, ceiling=ceiling)
         return fam
 
     def rate_of(self, family: str) -> float:
@@ -165,16 +185,14 @@ class RatePacer:
         return fam.rate
 
     def _recover(self, fam: _Family, now: float) -> None:
-        if fam.last_429 is None or fam.rate >= self.target_per_s:
+        if fam.last_429 is None or fam.rate >= fam.target:
             return
         period = self._policy.recover_after_s
         since = max(fam.last_429, fam.last_step)
         steps = int((now - since) // period) if period > 0 else 1
         if steps <= 0:
             return
-        fam.rate = min(
-            self.target_per_s, fam.rate + steps * self._policy.recover_step * self.target_per_s
-        )
+        fam.rate = min(fam.target, fam.rate + steps * self._policy.recover_step * fam.target)
         fam.last_step = since + steps * period
 
     async def acquire(self, family: str) -> float:
@@ -210,7 +228,7 @@ class RatePacer:
         fam.consecutive += 1
         fam.last_429 = now
         fam.last_step = now
-        floor = self.ceiling_per_s * self._policy.min_fraction
+        floor = fam.ceiling * self._policy.min_fraction
         fam.rate = max(floor, fam.rate * self._policy.backoff_factor)
         hold = self._policy.hold_for(fam.consecutive, retry_after_s)
         fam.hold_until = max(fam.hold_until, now + hold)

@@ -23,6 +23,7 @@ from typing import Any
 
 from sync.actions import (
     Action,
+    AssignBigPanda,
     CarryEntryToBigPanda,
     CarryEntryToServiceNow,
     CommentBigPanda,
@@ -50,6 +51,7 @@ WriteAction = (
     | ResolveBigPanda
     | ReopenServiceNow
     | SnoozeBigPanda
+    | AssignBigPanda
     | CommentBigPanda
     | SetLinkTag
     | CarryEntryToServiceNow
@@ -67,6 +69,7 @@ WRITE_CLASSES: dict[str, type[Any]] = {
         UpdateBigPandaTags,
         ResolveBigPanda,
         SnoozeBigPanda,
+        AssignBigPanda,
         CommentBigPanda,
         SetLinkTag,
         CarryEntryToServiceNow,

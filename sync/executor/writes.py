@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.actions import (
+    AssignBigPanda,
     CarryEntryToBigPanda,
     CarryEntryToServiceNow,
     CommentBigPanda,
@@ -471,6 +472,17 @@ async def _snooze_bigpanda(w: Writes, action: SnoozeBigPanda, call: WriteCall) -
     call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
 
 
+async def _assign_bigpanda(w: Writes, action: AssignBigPanda, call: WriteCall) -> None:
+    env, bp_id = action.environment_id, action.bp_incident_id
+    current = await w.bp.get_incident(env, bp_id, expand_alerts=False) if call.recheck else None
+    if current is None or current.assignee_id != action.user_id:
+        if action.user_id is not None:
+            await w.bp.assign_incident(env, bp_id, action.user_id)
+        else:  # not assigned any more (BigPanda's 400): nothing to undo
+            await w.bp.unassign_incident(env, bp_id)
+    call.records.extend(field_states(action.link_id, action.record_bp, action.record_sn))
+
+
 async def _set_link_tag(w: Writes, action: SetLinkTag, call: WriteCall) -> None:
     value = action.value
     if value is None:  # the link's number and URL, as the create left them
@@ -514,6 +526,7 @@ HANDLERS: dict[type[WriteAction], Handler] = {
     CommentBigPanda: _comment_bigpanda,
     SetLinkTag: _set_link_tag,
     SnoozeBigPanda: _snooze_bigpanda,
+    AssignBigPanda: _assign_bigpanda,
     CarryEntryToServiceNow: carry_to_servicenow,
     CarryEntryToBigPanda: carry_to_bigpanda,
 }

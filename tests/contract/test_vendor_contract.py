@@ -625,3 +625,30 @@ async def test_bp_search_sorts_and_windows(world: VendorWorld) -> None:
         await world.bp.search_incidents(env, page_size=11, expand_alerts=True)
     with pytest.raises(NotFoundError):
         await world.bp.search_incidents(UNKNOWN_BP_ID)
+
+
+async def test_bp_users_by_e_mail_and_by_id(world: VendorWorld) -> None:
+    [abel] = await world.bp.find_user("Abel.Tuter@example.com")  # userName: case-insensitive
+    assert (abel.name, abel.email, abel.active) == ("Abel Tuter", "abel.tuter@example.com", True)
+    assert await world.bp.find_user("nobody@example.com") == []
+    [dana] = await world.bp.find_user("dana.reyes@example.com")
+    assert dana.active is False  # deactivated: still listed
+    assert await world.bp.get_user(abel.id) == abel
+    with pytest.raises(NotFoundError):
+        await world.bp.get_user(UNKNOWN_BP_ID)
+
+
+async def test_bp_assign_then_unassign(world: VendorWorld) -> None:
+    [abel] = await world.bp.find_user("abel.tuter@example.com")
+    incident_id = await world.bp_incident("db-30")
+    env = world.environment_id
+    world.clock.advance(5)
+    await world.bp.assign_incident(env, incident_id, abel.id)
+    assigned = await world.bp.get_incident(env, incident_id)
+    assert (assigned.assignee_id, assigned.assignee_email) == (abel.id, abel.email)
+    assert assigned.updated_at == bp_now(world)
+    world.clock.advance(5)
+    assert await world.bp.unassign_incident(env, incident_id) is True
+    unassigned = await world.bp.get_incident(env, incident_id)
+    assert (unassigned.assignee_id, unassigned.updated_at) == (None, bp_now(world))
+    assert await world.bp.unassign_incident(env, incident_id) is False  # not assigned

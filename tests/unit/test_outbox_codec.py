@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sync.actions import (
+    AssignBigPanda,
     CarryEntryToBigPanda,
     CarryEntryToServiceNow,
     CommentBigPanda,
@@ -89,6 +90,7 @@ EVERY_WRITE: list[WriteAction] = [
     CommentBigPanda(BP, ENV, "ServiceNow refused the sn.update write: no", link_id=7),
     SetLinkTag(BP, ENV, "servicenow_link", "INC0010001 https://sn/x", link_id=7),
     SnoozeBigPanda(7, BP, ENV, 1_800_000_000, SYS, record_bp={"$snoozed": "true"}),
+    AssignBigPanda(7, BP, ENV, "u1", SYS, record_bp={"$assignee": "u1"}),
     CarryEntryToServiceNow(
         7,
         BP,
@@ -114,6 +116,7 @@ MINIMAL_WRITES: list[WriteAction] = [
     CommentBigPanda(BP, ENV, "text"),
     SetLinkTag(BP, ENV, "servicenow_link", "error"),
     SnoozeBigPanda(7, BP, ENV, None),
+    AssignBigPanda(7, BP, ENV, None),
     CarryEntryToServiceNow(7, BP, SYS, "a" * 32, "comments", "t", "d"),
     CarryEntryToBigPanda(7, BP, "", SYS, "b" * 32, "t", "e"),
 ]
@@ -196,6 +199,7 @@ def test_targets() -> None:
         "bp.snooze": f"bigpanda:{BP}",
         "sn.journal": f"servicenow:{SYS}",
         "bp.journal": f"bigpanda:{BP}",
+        "bp.assign": f"bigpanda:{BP}",
     }
 
 

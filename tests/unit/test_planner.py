@@ -647,6 +647,7 @@ PURE_MODULES = (
     "sync.fieldsync",
     "sync.bpql",
     "sync.onhold",
+    "sync.assignment",
     "sync.flipflop",
     "sync.journal",
     "sync.merges",

@@ -177,3 +177,18 @@ def test_database_url_file_from_the_environment(
     monkeypatch.setenv("BPSYNC_DATABASE_URL_FILE", str(url))
     s = load_settings(env_file=None)
     assert s.effective_database_url == "postgresql+asyncpg://bpsync:dbpass@db/bpsync"
+
+
+def test_sync_assignee_refuses_a_mapping_row_writing_assigned_to(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    rows = (
+        '[[tag_mapping]]\nbigpanda_tag = "owner"\nservicenow_field = "assigned_to"\n'
+        'direction = "both"\n'
+    )
+    toml.write_text("[incidents]\nsync_assignee = true\n" + rows)
+    with pytest.raises(ConfigError, match=r"owner <-> assigned_to: with incidents\.sync_assignee"):
+        load_settings(toml, env_file=None)
+    toml.write_text("[incidents]\nsync_assignee = false\n" + rows)
+    assert load_settings(toml, env_file=None).tag_mapping[0].servicenow_field == "assigned_to"
+    toml.write_text("[incidents]\nsync_assignee = true\n")
+    assert load_settings(toml, env_file=None).incidents.sync_assignee is True

@@ -8,6 +8,7 @@ the docstring of :mod:`sync.clients.bigpanda.client`. By job:
   every HTTP outcome to a success or the error to raise, and :func:`rate_limit_delay_s`;
 - :mod:`~sync.clients.bigpanda.parsing`: vendor JSON as typed models
   (:func:`parse_incident`, :func:`parse_tag_definition`, :func:`poison_reason`, ...);
+- :mod:`~sync.clients.bigpanda.people`: the assignment and SCIM Users calls, mixed in;
 - :mod:`~sync.clients.bigpanda.paths`: endpoints, :class:`Family`, page size limits.
 
 Everything importers use is re-exported here; log records stay on the

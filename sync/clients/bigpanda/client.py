@@ -21,6 +21,11 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
     (get_tags, set_tag, set_tags, delete_tag, delete_tags)
   - ``tag_definitions``: GET/POST ``/resources/v2.0/incidents/tags/definitions``
   - ``alerts``: POST ``/data/v2/alerts`` with the Org Token (post_alerts)
+  - ``assignment``: PUT/DELETE ``.../incidents/{id}/assignment`` (assign_incident,
+    unassign_incident: a DELETE of an unassigned incident answers 400: False)
+  - ``users``, ``user``: the SCIM Users API (docs 4.7, SCIM 1.1), GET
+    ``/resources/v2.0/scim/Users?filter=userName eq "<e-mail>"`` (find_user) and
+    ``.../scim/Users/{id}`` (get_user), each paced at its own 2 req/s ceiling
 
 - Pacing (:mod:`sync.clients.pacing`): each family is paced at ``pacing.headroom`` x
   ``bigpanda.rate_limit_per_s`` (default 0.9 x 5 req/s), requests of a family evenly
@@ -84,6 +89,7 @@ from sync.clients.bigpanda.paths import (
     API_KEY_SETTING,
     COMMENTS_PATH,
     ENVIRONMENTS_PATH,
+    FAMILY_CEILINGS_PER_S,
     INCIDENT_PATH,
     INCIDENTS_PATH,
     ORG_TOKEN_SETTING,
@@ -101,6 +107,7 @@ from sync.clients.bigpanda.paths import (
     Family,
     _segment,
 )
+from sync.clients.bigpanda.people import PeopleCalls
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     PacingPolicy,
@@ -138,7 +145,7 @@ def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
 # --------------------------------------------------------------------------- client
 
 
-class BigPandaClient:
+class BigPandaClient(PeopleCalls):
     """The BigPanda API client; see the module docstring for the contract."""
 
     def __init__(
@@ -165,7 +172,9 @@ class BigPandaClient:
         self._base = settings.url.rstrip("/")
         self._shown_base = redact_url(self._base)
         self._policy = pacing or PacingPolicy()
-        self._pacer = RatePacer(clock, settings.rate_limit_per_s, self._policy)
+        self._pacer = RatePacer(
+            clock, settings.rate_limit_per_s, self._policy, ceilings=FAMILY_CEILINGS_PER_S
+        )
         self.health = SideHealth(SIDE, clock, self._policy, throttle_observer)
         self._rate_limited: dict[Family, int] = {}
         """Consecutive 429 answers per family."""

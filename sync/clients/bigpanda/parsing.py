@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from sync.clients.base import BPActivity, BPEnvironment, BPTagDefinition
+from sync.clients.base import BPActivity, BPEnvironment, BPTagDefinition, BPUser
 from sync.clients.bigpanda.paths import SIDE
 from sync.constants import BPStatus
 from sync.errors import PermanentError
@@ -160,7 +160,23 @@ def _parse_incident(data: Any) -> BPIncident:
         alerts=tuple(alerts),
         alert_ids=tuple(alert_ids),
         snoozed=_snoozed(data.get("snooze"), folders),
+        **_assignee(data.get("assignee"), where),
     )
+
+
+def _assignee(value: Any, where: str) -> dict[str, str | None]:
+    """``assignee {user_id, name, email}`` (docs 5.1: present once assigned, absent or
+    null when not) as the incident's ``assignee_id`` and ``assignee_email``."""
+    if value is None or value == {}:
+        return {"assignee_id": None, "assignee_email": None}
+    if not isinstance(value, Mapping):
+        raise _ShapeError(f"{where}: assignee is a JSON {type(value).__name__}")
+    user_id = _id(value.get("user_id", value.get("id")), f"{where} assignee id")
+    email = value.get("email")
+    return {
+        "assignee_id": user_id,
+        "assignee_email": email.strip() if isinstance(email, str) and email.strip() else None,
+    }
 
 
 def _snoozed(snooze: Any, folders: Any) -> bool:
@@ -266,3 +282,48 @@ def _items(body: Any, what: str) -> list[Any]:
         else f"a JSON {type(body).__name__}"
     )
     raise PermanentError(SIDE, f"unexpected answer shape for {what}: got {shape}, expected a list")
+
+
+#: the schema a SCIM 1.1 user answers with (docs 4.7)
+SCIM_USER_SCHEMA = "urn:scim:schemas:core:1.0"
+
+
+def parse_scim_user(data: Any) -> BPUser:
+    """A SCIM 1.1 user resource (docs 4.7) as a :class:`BPUser`; PermanentError if
+    malformed (no ``id`` or no ``userName``)."""
+    if not isinstance(data, Mapping):
+        raise PermanentError(SIDE, f"unexpected SCIM user shape: a JSON {type(data).__name__}")
+    user_id, user_name = data.get("id"), data.get("userName")
+    if not isinstance(user_id, str) or not user_id or not isinstance(user_name, str):
+        raise PermanentError(SIDE, "unexpected SCIM user shape: missing id or userName")
+    name = data.get("displayName")
+    if not isinstance(name, str) or not name:
+        parts = data.get("name")
+        formatted = parts.get("formatted") if isinstance(parts, Mapping) else None
+        name = formatted if isinstance(formatted, str) else ""
+    raw_emails = data.get("emails")
+    emails: list[str] = []
+    for item in raw_emails if isinstance(raw_emails, list) else []:
+        value = item.get("value") if isinstance(item, Mapping) else None
+        if isinstance(value, str) and value:
+            if isinstance(item, Mapping) and item.get("primary") is True:
+                emails.insert(0, value)
+            else:
+                emails.append(value)
+    return BPUser(
+        id=user_id,
+        user_name=user_name,
+        name=name,
+        emails=tuple(emails),
+        active=_bool(data.get("active"), True),
+    )
+
+
+def parse_scim_list(body: Any) -> list[BPUser]:
+    """A SCIM 1.1 list answer ``{totalResults, startIndex, itemsPerPage, Resources}``."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("totalResults"), int):
+        raise PermanentError(SIDE, "unexpected SCIM list shape: no totalResults")
+    resources = body.get("Resources", [])
+    if not isinstance(resources, list):
+        raise PermanentError(SIDE, "unexpected SCIM list shape: Resources is not a list")
+    return [parse_scim_user(item) for item in resources]

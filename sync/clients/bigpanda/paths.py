@@ -17,11 +17,14 @@ INCIDENT_PATH = f"{INCIDENTS_PATH}/{{incident_id}}"
 RESOLVE_PATH = f"{INCIDENT_PATH}/resolve"
 COMMENTS_PATH = f"{INCIDENT_PATH}/comments"
 SNOOZE_PATH = f"{INCIDENT_PATH}/snooze"
+ASSIGNMENT_PATH = f"{INCIDENT_PATH}/assignment"
 TAGS_PATH = f"{INCIDENT_PATH}/tags"
 TAG_PATH = f"{TAGS_PATH}/{{tag_id}}"
 ACTIVITIES_PATH = f"{V2}/incidents/{{incident_id}}/activities"  # no environment (docs 11.4)
 TAG_DEFINITIONS_PATH = f"{V2}/incidents/tags/definitions"
 ALERTS_PATH = "/data/v2/alerts"
+SCIM_USERS_PATH = f"{V2}/scim/Users"  # SCIM 1.1 although the URL says v2.0 (docs 4.7)
+SCIM_USER_PATH = f"{SCIM_USERS_PATH}/{{user_id}}"
 
 #: search: largest page (10,000 reachable results = page 1000 at 100, docs 3.4)
 SEARCH_PAGE_SIZE_MAX = 100
@@ -48,10 +51,18 @@ class Family(StrEnum):
     RESOLVE = "resolve"
     COMMENTS = "comments"
     SNOOZE = "snooze"
+    ASSIGNMENT = "assignment"
     ACTIVITIES = "activities"
     TAGS = "tags"
     TAG_DEFINITIONS = "tag_definitions"
     ALERTS = "alerts"
+    USERS = "users"
+    USER = "user"
+
+
+#: families whose documented limit is below ``bigpanda.rate_limit_per_s`` (requests/s):
+#: the SCIM Users API allows 2 requests per route per second (docs 4.7)
+FAMILY_CEILINGS_PER_S: dict[str, float] = {Family.USERS: 2.0, Family.USER: 2.0}
 
 
 def _segment(value: str, what: str) -> str:

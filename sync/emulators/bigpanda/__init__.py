@@ -35,6 +35,10 @@ User API Key (``Authorization: Bearer <api key>``), rate limited per token per e
   "comments"?}`` -> 202 (1 request/s, at most 500 ids)
 - ``GET    /resources/v2.0/incidents/{incident_id}/activities`` (``page``, ``per_page``
   default 20, ``types``) -> 200 ``{"items": [...]}``, newest first
+- ``GET    /resources/v2.0/scim/Users`` (``filter=userName eq "<e-mail>"``, ``startIndex``,
+  ``count``) -> 200 SCIM 1.1 list ``{"totalResults", "itemsPerPage", "startIndex",
+  "Resources"}``; ``GET /resources/v2.0/scim/Users/{id}`` -> 200 user, 404 unknown; 2
+  requests/s per route; seeded users in :mod:`sync.emulators.bigpanda.users`
 - ``GET    /resources/v2.0/incidents/tags/definitions`` (``active``, ``type``) -> 200 array
 - ``POST   /resources/v2.0/incidents/tags/definitions`` -> 201 definition
 - ``GET    /resources/v2.0/incidents/tags/definitions/{tag_id}`` -> 200 definition
@@ -83,7 +87,8 @@ Test hooks (NOT BigPanda behaviour, no auth, not counted):
 - ``GET/POST /_emulator/config``: read or change ``rate_limit_per_s`` (null = off),
   ``rate_limit_shape`` (``token_bucket`` | ``sliding_window`` | ``fixed_window``),
   ``rate_limit_scope`` (``token_method_route`` | ``token_route`` | ``org_route``),
-  ``batch_resolve_rate_limit_per_s``, ``reopen_window_s``, ``correlation_window_s``.
+  ``batch_resolve_rate_limit_per_s``, ``scim_rate_limit_per_s``, ``reopen_window_s``,
+  ``correlation_window_s``.
   A bad value is 400 ``{"error": "<one line>"}``; a new shape or scope forgets the
   limiter's counters.
 
@@ -109,6 +114,10 @@ Conventions chosen where the doc leaves a gap (options: see :func:`create_app`):
   (default ``host``) they share, while they start within ``correlation_window_s`` of it;
 - tags: a definition's id is its name; GET of an unset tag is 404, DELETE of an unset
   (but defined) tag is 204.
+- users (SCIM, docs 4.7): ``userName`` is the e-mail, matched case-insensitively by
+  ``filter=userName eq``; a deactivated user is listed with ``active: false``; an
+  assigned incident's ``assignee`` is ``{user_id, name, email}`` (``assignee_email=False``
+  leaves the e-mail out), absent when unassigned; ``PUT .../assignment`` takes any id.
 
 Tests mutate BigPanda through ``app[STATE_KEY]`` (:class:`State`): ``ingest_alert``,
 ``set_tag``/``set_tags``/``delete_tag``, ``define_tag``, ``comment``, ``resolve``,
@@ -116,8 +125,8 @@ Tests mutate BigPanda through ``app[STATE_KEY]`` (:class:`State`): ``ingest_aler
 
 Modules: :mod:`.model` (fixed ids, limits, errors, the dataclasses), :mod:`.bpql`,
 :mod:`.state` (:class:`State` and its actions), :mod:`.ingest` (alert correlation),
-:mod:`.fixtures`, :mod:`.webhooks` (AutoShare), :mod:`.routes` (the handlers) and
-:mod:`.app` (:func:`create_app`).
+:mod:`.fixtures`, :mod:`.webhooks` (AutoShare), :mod:`.routes` (the handlers),
+:mod:`.users` (the organisation's users, SCIM) and :mod:`.app` (:func:`create_app`).
 """
 
 from sync.emulators.bigpanda.app import create_app

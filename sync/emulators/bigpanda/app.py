@@ -30,6 +30,12 @@ from sync.emulators.bigpanda.routes import (
     bearer_token,
 )
 from sync.emulators.bigpanda.state import State
+from sync.emulators.bigpanda.users import (
+    DEFAULT_SCIM_RATE_LIMIT_PER_S,
+    PEOPLE_KEY,
+    SCIM_USERS,
+    add_user_routes,
+)
 from sync.emulators.bigpanda.webhooks import WebhookConfig, Webhooks
 from sync.emulators.bplimits import DEFAULT_RATE_LIMIT_SCOPE, DEFAULT_RATE_LIMIT_SHAPE, RateLimiter
 from sync.emulators.control import BANNER_KEY, EmulatorControl, Handler, route_template
@@ -53,6 +59,8 @@ _KNOWN_OPTIONS = frozenset(
         "rate_limit_shape",
         "rate_limit_scope",
         "batch_resolve_rate_limit_per_s",
+        "scim_rate_limit_per_s",
+        "assignee_email",
         "async_delay_s",
         "repeat_window_s",
         "webhook",
@@ -106,6 +114,10 @@ def create_app(
       ``"token_method_route"``, ``"token_route"`` (GET and POST of a path share it),
       ``"org_route"`` (every API key shares it);
     - ``batch_resolve_rate_limit_per_s`` (1.0);
+    - ``scim_rate_limit_per_s`` (2.0): each SCIM Users route's limit (docs 4.7,
+      :mod:`sync.emulators.bigpanda.users`);
+    - ``assignee_email`` (True): an assigned incident's ``assignee`` carries the user's
+      e-mail, as a real answer did (docs 5.1); False: only ``user_id`` and ``name``;
     - ``aia_delay_s`` (None = off): AI incident analysis; this long after an incident
       forms (on the injected clock, at the next request) its summary is set in the
       ``aia_tag`` (``"ai_summary"``) incident tag, the tag defined (Text) on first use;
@@ -141,10 +153,14 @@ def create_app(
         aia_delay_s=(None if options.get("aia_delay_s") is None else float(options["aia_delay_s"])),
         aia_tag=str(options.get("aia_tag", DEFAULT_AIA_TAG)),
     )
+    state.assignee_email = bool(options.get("assignee_email", True))
     config: dict[str, Any] = {
         "rate_limit_per_s": rate_limit_per_s,
         "rate_limit_burst": options.get("rate_limit_burst"),
         "batch_resolve_rate_limit_per_s": float(options.get("batch_resolve_rate_limit_per_s", 1.0)),
+        "scim_rate_limit_per_s": float(
+            options.get("scim_rate_limit_per_s", DEFAULT_SCIM_RATE_LIMIT_PER_S)
+        ),
     }
     api_keys = {api_key: DEFAULT_USER_ID}
     key_envs: dict[str, frozenset[str] | None] = {api_key: None}
@@ -206,6 +222,8 @@ def create_app(
             rate = config["rate_limit_per_s"]
             if template.endswith("/batch-resolve/alerts") and rate is not None:
                 rate = config["batch_resolve_rate_limit_per_s"]
+            if template.startswith(SCIM_USERS) and rate is not None:
+                rate = config["scim_rate_limit_per_s"]  # 2 per route per second (docs 4.7)
             if rate is not None and template != "unmatched":
                 burst = float(config["rate_limit_burst"] or max(1.0, rate))
                 key = limiter.key(token, request.method, template)
@@ -235,5 +253,7 @@ def create_app(
         f"Environment: {DEFAULT_ENVIRONMENT_ID} (Production); "
         f"{ALL_INCIDENTS_ENVIRONMENT_ID} (All Incidents)",
     ]
+    app[PEOPLE_KEY] = state.people
     add_routes(app.router)
+    add_user_routes(app.router)
     return app

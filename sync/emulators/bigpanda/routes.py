@@ -612,6 +612,7 @@ async def get_config(request: web.Request) -> web.Response:
             "rate_limit_shape": limiter.shape,
             "rate_limit_scope": limiter.scope,
             "batch_resolve_rate_limit_per_s": cfg["batch_resolve_rate_limit_per_s"],
+            "scim_rate_limit_per_s": cfg["scim_rate_limit_per_s"],
             "reopen_window_s": st.reopen_window_s,
             "correlation_tag": st.correlation_tag,
             "correlation_window_s": st.correlation_window_s,
@@ -625,6 +626,7 @@ _CONFIG_KEYS = frozenset(
         "rate_limit_shape",
         "rate_limit_scope",
         "batch_resolve_rate_limit_per_s",
+        "scim_rate_limit_per_s",
         "reopen_window_s",
         "correlation_window_s",
     }
@@ -649,12 +651,14 @@ def _apply_config(st: State, cfg: dict[str, Any], limiter: RateLimiter, body: An
     batch_rate = float(
         body.get("batch_resolve_rate_limit_per_s", cfg["batch_resolve_rate_limit_per_s"])
     )
+    scim_rate = float(body.get("scim_rate_limit_per_s", cfg["scim_rate_limit_per_s"]))
     reopen_window_s = int(body.get("reopen_window_s", st.reopen_window_s))
     correlation_window_s = int(body.get("correlation_window_s", st.correlation_window_s))
     limiter.shape = shape  # a change of shape or scope forgets the counters
     limiter.scope = scope
     cfg["rate_limit_per_s"] = rate
     cfg["batch_resolve_rate_limit_per_s"] = batch_rate
+    cfg["scim_rate_limit_per_s"] = scim_rate
     st.reopen_window_s = reopen_window_s
     st.correlation_window_s = correlation_window_s
 

@@ -25,12 +25,17 @@ from sync.emulators.bigpanda.model import (
     TagDefinition,
     TagValue,
 )
+from sync.emulators.bigpanda.users import SEED_USERS, User
 
 
 class State:
     """Everything the emulator holds in memory. Tests may read and mutate it directly
     (helpers below); every helper keeps ``updated_at``/``changed_at`` and activities
     exactly as the HTTP routes do."""
+
+    assignee_email: bool = True
+    """The incident's ``assignee`` carries the user's e-mail (docs 5.1 [C-code]); False:
+    only ``user_id`` and ``name`` (the field is undocumented: a client must do without)."""
 
     def __init__(
         self,
@@ -66,13 +71,9 @@ class State:
         self.max_alerts_per_incident = max_alerts_per_incident
         self.lowercase_status = lowercase_status
         self._env_specs = environments
-        self.users: dict[str, dict[str, str]] = {
-            DEFAULT_USER_ID: {
-                "user_id": DEFAULT_USER_ID,
-                "name": "bpsync",
-                "email": "bpsync@emulator.invalid",
-            }
-        }
+        self.people: dict[str, User] = {user.id: user for user in SEED_USERS}
+        """The organisation's users (the SCIM Users API, :mod:`.users`)."""
+        self.users: dict[str, dict[str, str]] = {user.id: user.assignee() for user in SEED_USERS}
         self.reset()
 
     # ---- lifecycle
@@ -205,7 +206,8 @@ class State:
             "correlation_matchers_log": [list(inc.correlation_log)],
         }
         if inc.assignee is not None:
-            body["assignee"] = dict(inc.assignee)
+            hidden = () if self.assignee_email else ("email",)
+            body["assignee"] = {k: v for k, v in inc.assignee.items() if k not in hidden}
             body["assigner"] = dict(inc.assigner or {})
         for key in inc.raw_remove:
             body.pop(key, None)
