@@ -41,6 +41,7 @@ from sync.store.base import (
     Cursor,
     DuplicateLinkError,
     FieldStates,
+    LinkConfirmation,
     NewAuditEntry,
     NewOutboxItem,
     OutboxItem,
@@ -316,11 +317,27 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
                 item = await self._enqueue_in(conn, new, now, check_link=new.link_id != link.id)
                 return link, item
         except IntegrityError as exc:
-            if not unique_violation(exc) or "outbox" in str(exc.orig).lower():
+            if not unique_violation(exc) or _outbox_key(exc):
                 raise StoreError(f"cannot create link: {describe(exc)}") from exc
             raise DuplicateLinkError(
                 f"BigPanda incident {bp_incident_id} already has a live link"
             ) from None
+
+    async def _confirm_in(
+        self, conn: AsyncConnection, confirm: LinkConfirmation, now: datetime
+    ) -> Link:
+        """``confirm_link`` and its audit entry, in the caller's transaction."""
+        link = await self._confirm(conn, confirm.link_id, confirm.sn_sys_id, confirm.sn_number, now)
+        if confirm.audit_outcome is not None:
+            entry = NewAuditEntry(
+                "action",
+                confirm.audit_outcome,
+                link_id=confirm.link_id,
+                bp_incident_id=link.bp_incident_id,
+                sn_sys_id=confirm.sn_sys_id,
+            )
+            await conn.execute(INSERT_AUDIT, audit_values(entry, now))
+        return link
 
     async def confirm_link_and_record(
         self,
@@ -333,18 +350,10 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
         field_states: Sequence[FieldStates] = (),
     ) -> Link:
         now = as_utc(now)
+        confirm = LinkConfirmation(link_id, sn_sys_id, sn_number, audit_outcome)
         try:
             async with self._write() as conn:
-                link = await self._confirm(conn, link_id, sn_sys_id, sn_number, now)
-                if audit_outcome is not None:
-                    entry = NewAuditEntry(
-                        "action",
-                        audit_outcome,
-                        link_id=link_id,
-                        bp_incident_id=link.bp_incident_id,
-                        sn_sys_id=sn_sys_id,
-                    )
-                    await conn.execute(INSERT_AUDIT, audit_values(entry, now))
+                link = await self._confirm_in(conn, confirm, now)
                 for states in field_states:
                     await self._record_states(
                         conn,
@@ -369,12 +378,16 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
         *,
         follow_ups: Sequence[NewOutboxItem] = (),
         field_states: Sequence[FieldStates] = (),
+        confirm: LinkConfirmation | None = None,
     ) -> list[OutboxItem]:
         now = as_utc(now)
         for attempt in (1, 2):
             try:
                 async with self._write() as conn:
                     checked: set[int] = set()
+                    if confirm is not None:
+                        await self._confirm_in(conn, confirm, now)
+                        checked.add(confirm.link_id)
                     for states in field_states:
                         await self._record_states(
                             conn,
@@ -394,6 +407,10 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
                     await self._complete_in(conn, item_id, now)
                     return items
             except IntegrityError as exc:
+                if confirm is not None and unique_violation(exc) and not _outbox_key(exc):
+                    raise DuplicateLinkError(
+                        f"ServiceNow incident {confirm.sn_sys_id} already has a live link"
+                    ) from None
                 # a concurrent enqueue of a follow-up's key won the race: once more (the
                 # item it made is then found and returned)
                 if attempt == 2 or not unique_violation(exc):
@@ -462,6 +479,11 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
         now = as_utc(now)
         async with self._write() as conn:
             await self._put_checkpoint(conn, name, value, now)
+
+
+def _outbox_key(exc: IntegrityError) -> bool:
+    """Whether a unique violation is the outbox's (a not-done idempotency key), not a link's."""
+    return "outbox" in str(exc.orig).lower()
 
 
 async def open_sql_store(url: str, *, check_schema: bool = True) -> SqlStore:
