@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import sync.store.tables as t
 from sync.constants import Side
 from sync.errors import StoreError
-from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
+from sync.model import FieldState, Link, LinkState
 from sync.store.admin import check_schema_engine
 from sync.store.base import (
     AuditEntry,
@@ -164,18 +164,17 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
     async def _confirm(
         self, conn: AsyncConnection, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
     ) -> Link:
-        link = await self._get_link(conn, link_id, lock=True)
-        if link.state not in LIVE_LINK_STATES:
-            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
-        state = LinkState.LINKED if link.state == LinkState.PENDING else link.state
         params = {
             "b_id": link_id,
             "sn_sys_id": sn_sys_id,
             "sn_number": sn_number,
-            "state": state.value,
             "updated_at": now,
         }
-        return to_link((await conn.execute(CONFIRM_LINK, params)).one())
+        row = (await conn.execute(CONFIRM_LINK, params)).first()
+        if row is None:  # not live, or no such link: say which
+            link = await self._get_link(conn, link_id, lock=False)
+            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
+        return to_link(row)
 
     async def confirm_link(
         self, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
@@ -383,11 +382,11 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
         now = as_utc(now)
         for attempt in (1, 2):
             try:
+                # no read of the links first: their foreign keys refuse an unknown one
+                # (an IntegrityError, not a unique violation: StoreError below)
                 async with self._write() as conn:
-                    checked: set[int] = set()
                     if confirm is not None:
                         await self._confirm_in(conn, confirm, now)
-                        checked.add(confirm.link_id)
                     for states in field_states:
                         await self._record_states(
                             conn,
@@ -395,15 +394,12 @@ class SqlStore(SqlPushEvents, SqlJournal, SqlOutbox):
                             Side(states.side),
                             states.values,
                             now,
-                            check_link=states.link_id not in checked,
+                            check_link=False,
                         )
-                        checked.add(states.link_id)
-                    items = []
-                    for new in follow_ups:
-                        check = new.link_id is not None and new.link_id not in checked
-                        items.append(await self._enqueue_in(conn, new, now, check_link=check))
-                        if new.link_id is not None:
-                            checked.add(new.link_id)
+                    items = [
+                        await self._enqueue_in(conn, new, now, check_link=False)
+                        for new in follow_ups
+                    ]
                     await self._complete_in(conn, item_id, now)
                     return items
             except IntegrityError as exc:
