@@ -403,7 +403,8 @@ async def _update_servicenow(w: Writes, action: UpdateServiceNowFields, call: Wr
     # synced value stays what it was, so neither side reads as changed next cycle
     missed = action.lookups.keys() - found.keys()
     record_sn = {k: v for k, v in action.record_sn.items() if k not in missed}
-    await w.record(action.link_id, action.record_bp, record_sn)
+    # recorded with the item's completion (one transaction, not one per side before it)
+    call.records.extend(field_states(action.link_id, action.record_bp, record_sn))
 
 
 async def _resolve_servicenow(w: Writes, action: ResolveServiceNow, call: WriteCall) -> None:
