@@ -6,6 +6,8 @@ Usage::
     python bench/backfill.py --limited 1000           # fewer incidents for the 5 req/s run
     python bench/backfill.py --quick                  # 30 limited + 100 unlimited (< 30 s)
     python bench/backfill.py --json                   # one JSON object
+    python bench/backfill.py --limited 0 --unlimited 1000 --profile OUT
+                                                      # + cProfile (bench/_profile.py)
 
 Each run: fresh emulators, N active BigPanda incidents loaded as fixtures (started within
 the last day, one critical alert each), then ``python -m sync backfill --since 2d`` with a
