@@ -6,6 +6,8 @@ Usage::
     python bench/backfill.py --limited 1000           # fewer incidents for the 5 req/s run
     python bench/backfill.py --quick                  # 30 limited + 100 unlimited (< 30 s)
     python bench/backfill.py --json                   # one JSON object
+    python bench/backfill.py --limited 0 --unlimited 1000 --profile OUT
+                                                      # + cProfile (bench/_profile.py)
 
 Each run: fresh emulators, N active BigPanda incidents loaded as fixtures (started within
 the last day, one critical alert each), then ``python -m sync backfill --since 2d`` with a
@@ -86,7 +88,7 @@ def endpoint_rates(log: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-async def one_run(mode: str, n: int, seed: int) -> Run:
+async def one_run(mode: str, n: int, seed: int, profile: Path | None = None) -> Run:
     limited = mode == "limited"
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix=f"bpsync-bench-backfill-{mode}-") as tmp_name:
@@ -122,6 +124,8 @@ async def one_run(mode: str, n: int, seed: int) -> Run:
                 out_path = tmp / "backfill.out"
                 started = time.monotonic()
                 cmd = [h.PYTHON, "-m", "sync", "backfill", "--since", "2d"]
+                if profile is not None and not limited:
+                    cmd[1:1] = [str(h.ROOT / "bench" / "_profile.py"), str(profile)]
                 proc = h.spawn(cmd, tmp, env, out_path)
                 _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
                 proc.returncode = os.waitstatus_to_exitcode(status)
@@ -227,7 +231,7 @@ async def main_async(args: argparse.Namespace) -> list[Run]:
         runs.append(await one_run("limited", limited_n, args.seed))
     if unlimited_n:
         h.log(f"(b) unlimited: {unlimited_n:,} incidents")
-        runs.append(await one_run("unlimited", unlimited_n, args.seed))
+        runs.append(await one_run("unlimited", unlimited_n, args.seed, args.profile))
     return runs
 
 
@@ -244,7 +248,15 @@ def main() -> None:
         "--unlimited", type=int, default=10_000, help="incidents of the unlimited run (0: skip)"
     )
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a cProfile of the unlimited backfill process to this file",
+    )
     args = parser.parse_args()
+    if args.profile is not None:
+        args.profile = args.profile.resolve()  # the backfill runs in a temporary directory
     started = time.perf_counter()
     runs = asyncio.run(main_async(args))
     info = h.machine()

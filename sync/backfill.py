@@ -74,6 +74,7 @@ from sync.errors import BpsyncError, NotFoundError
 from sync.executor import Executor, PairResult
 from sync.journal_reads import backfill_journals, mark_history
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
+from sync.newcomers import unmatched
 from sync.pairs import Pair
 from sync.store.base import BACKFILL_CHECKPOINT_PREFIX, LinkStore
 from sync.window import resolve_window
@@ -532,13 +533,17 @@ async def sync_incidents(
     outcomes: list[IncidentOutcome] = []
     plans: list[tuple[Pair, IncidentOutcome]] = []
     live = await coordinator.store.live_links_for_bp([incident.id for incident, _ in incidents])
+    # one correlation_id query for the incidents without a link (as the daemon's
+    # newcomers): a create whose incident it did not find skips its own first search
+    unlinked = [incident.id for incident, _ in incidents if incident.id not in live]
+    absent = await unmatched(coordinator.servicenow, unlinked) if execute else set()
     for incident, env in incidents:
         pair = Pair(incident, None, live.get(incident.id), env)
         outcome = IncidentOutcome(incident.id, env, pair.link)
         outcomes.append(outcome)
         await coordinator.expand_for_create(pair)
         try:
-            outcome.actions = await coordinator.plan_pair(pair, now)
+            outcome.actions = await coordinator.plan_pair(pair, now, checked=incident.id in absent)
         except ValueError as exc:
             outcome.error = f"cannot plan: {exc}"
             continue

@@ -46,6 +46,7 @@ from sync.journal import (
 from sync.model import CarriedEntry, JournalEntry, JournalInput
 from sync.pairs import Pair, pair_bp_id
 from sync.progress import Progress
+from sync.store.base import CarriedRecord
 
 if TYPE_CHECKING:
     from sync.coordinator import Coordinator
@@ -229,6 +230,8 @@ async def mark_history(coordinator: Coordinator, bp_incident_ids: Sequence[str])
     was said before is not carried, by this run or by the daemon later."""
     store = coordinator.store
     now = coordinator.clock.now()
-    for link in (await store.live_links_for_bp(bp_incident_ids)).values():
-        for side in Side:
-            await store.record_carried(link.id, side, HISTORY, "", now)
+    links = (await store.live_links_for_bp(bp_incident_ids)).values()
+    # one transaction for the page (not one per link and side)
+    cutoffs = [CarriedRecord(link.id, side, HISTORY, "") for link in links for side in Side]
+    if cutoffs:
+        await store.record_carried_many(cutoffs, now)

@@ -63,11 +63,10 @@ from sync.clock import Clock
 from sync.errors import ApiError, PermanentError, TransientError
 from sync.executor.alerts import Alerts, item_extra
 from sync.executor.codec import SIDE_OF_KIND, WriteAction, decode_action, new_outbox_item
-from sync.executor.writes import Writes
+from sync.executor.writes import Effects, Writes
 from sync.followups import supersedes
 from sync.settings import RetrySettings
 from sync.store.base import (
-    FieldStates,
     LinkStore,
     NewAuditEntry,
     NewOutboxItem,
@@ -259,9 +258,9 @@ class Delivery:
         resend: bool = False,
     ) -> str:
         """One attempt (with its in-cycle retries), then complete / fail / dead-letter."""
-        records: list[FieldStates] = []
+        effects = Effects()
         try:
-            await self._attempt(action, env, meta, records, retried=resend or item.attempts > 0)
+            await self._attempt(action, env, meta, effects, retried=resend or item.attempts > 0)
         except _Deferred as exc:
             return await self._failed(item, action, env, exc, retry_after_s=exc.wait_s)
         except TransientError as exc:
@@ -271,14 +270,18 @@ class Delivery:
         # the plan's next steps (the link tag after a create, B14's way back) are in the
         # outbox BEFORE this item is complete: killed in between, the write is re-driven
         # (idempotent, B2) and the steps are still there, never lost (B15)
-        # (one transaction: the field states the write recorded, the steps, complete)
-        follow_ups = await self._writes.follow_ups(action, env, item.link_id)
+        # (one transaction: a create's confirmation, the field states the write
+        # recorded, the steps, complete)
+        follow_ups = await self._writes.follow_ups(
+            action, env, item.link_id, confirmed=effects.confirm
+        )
         news = [new_outbox_item(f, f.environment_id) for f in follow_ups]
         f_items = await self._store.complete_and_enqueue(
             item.id,
             self._clock.now(),
             follow_ups=[new for new, _ in news],
-            field_states=records,
+            field_states=effects.records,
+            confirm=effects.confirm,
         )
         self._close(item)
         if item.target in self._dead_targets:
@@ -292,7 +295,7 @@ class Delivery:
         action: WriteAction,
         env: str | None,
         meta: Mapping[str, Any],
-        records: list[FieldStates],
+        effects: Effects,
         *,
         retried: bool,
     ) -> None:
@@ -300,10 +303,10 @@ class Delivery:
         delay_s = self._retry.in_cycle_backoff
         for attempt_no in range(1, self._retry.in_cycle_attempts + 1):
             await self._wait_for(side)
-            records.clear()
+            effects.clear()
             try:
                 recheck = retried or attempt_no > 1
-                await self._writes.apply(action, env, meta, records, recheck=recheck)
+                await self._writes.apply(action, env, meta, effects, recheck=recheck)
                 return
             except TransientError as exc:
                 if exc.retry_after_s:

@@ -26,10 +26,12 @@ one transaction: ``create_pending_link_and_enqueue``, :mod:`sync.executor.core`)
 ``correlation_id`` (active incidents not already linked in this incident's history): one
 found is adopted (its fields that differ from the plan are PATCHed), none -> create
 with ``correlation_id`` = BigPanda id and ``correlation_display`` = ``BigPanda`` ->
-``confirm_link`` -> record field states (with the audit entry, one transaction:
-``confirm_link_and_record``) -> the plan's link tag (``on_success``, its value filled in
-from the link when sent; enqueued in the transaction that completes the create:
-``complete_and_enqueue``).
+``confirm_link`` with the audit entry and the field states, the plan's link tag
+(``on_success``, its value filled in from the confirmed incident) and the create's
+completion, in one transaction (``complete_and_enqueue(confirm=...)``): killed before
+it, the create is sent again and adopts the incident it made (B2); after it, the link
+tag is in the outbox. A first attempt after a batched check that found nothing
+(``checked_absent``) does not read the link it has just made.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sync.actions import (
@@ -79,11 +81,26 @@ from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.planner import resolve_still_wanted
 from sync.settings import Settings
-from sync.store.base import FieldStates, LinkStore
+from sync.store.base import FieldStates, LinkConfirmation, LinkStore
 from sync.tagdefs import ensure_tag_definitions
 
 # every line the executor logs is on "sync.executor" (log consumers filter on it)
 log = logging.getLogger("sync.executor")
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a sent write leaves to record with its item's completion (one transaction,
+    ``complete_and_enqueue``)."""
+
+    records: list[FieldStates] = field(default_factory=list)
+    """Field states to record."""
+    confirm: LinkConfirmation | None = None
+    """A create's: the pending link's ServiceNow incident and audit entry."""
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.confirm = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +111,15 @@ class WriteCall:
     """The BigPanda environment of the pair (None: read the one remembered at create)."""
     meta: Mapping[str, Any]
     """The outbox payload besides the action (a create's pending ``link_id``)."""
-    records: list[FieldStates]
-    """Field states to record with the item's completion."""
+    effects: Effects
+    """What to record with the item's completion."""
     recheck: bool
     """A retry: read the target first and send only what still differs."""
+
+    @property
+    def records(self) -> list[FieldStates]:
+        """Field states to record with the item's completion."""
+        return self.effects.records
 
 
 class Writes:
@@ -141,13 +163,13 @@ class Writes:
         action: WriteAction,
         env: str | None,
         meta: Mapping[str, Any],
-        records: list[FieldStates],
+        effects: Effects,
         *,
         recheck: bool = False,
     ) -> None:
-        """Send one write and record its effect (in ``records``, saved by the caller)."""
+        """Send one write and record its effect (in ``effects``, saved by the caller)."""
         handler = HANDLERS[type(action)]
-        await handler(self, action, WriteCall(env, meta, records, recheck))
+        await handler(self, action, WriteCall(env, meta, effects, recheck))
 
     async def record(
         self,
@@ -208,6 +230,7 @@ class Writes:
         *,
         refusal: ApiError | None = None,
         retrying: bool = False,
+        confirmed: LinkConfirmation | None = None,
     ) -> list[FollowUp]:
         """The plan's steps after ``action`` (``on_success``, or ``on_refused`` with the
         ``refusal``), filled in with what the write's result and the store say: the
@@ -215,7 +238,8 @@ class Writes:
         write will be sent again, and the comment says so); a step that runs only after
         an ``error`` is left out unless the link tag says ``error``, and a refusal while
         the tag says ``error`` already adds nothing (one report per incident and
-        outage, not one per attempt)."""
+        outage, not one per attempt). A link tag of the link a create has just
+        ``confirmed`` gets its value from that incident (not read again when sent)."""
         if not isinstance(
             action,
             CreateServiceNowIncident
@@ -253,6 +277,14 @@ class Writes:
             ):
                 continue
             filled = dataclasses.replace(step, environment_id=where, link_id=step_link)
+            if (
+                isinstance(filled, SetLinkTag)
+                and filled.value is None
+                and confirmed is not None
+                and confirmed.link_id == step_link
+            ):
+                value = link_tag_value(self.base_url, confirmed.sn_number, confirmed.sn_sys_id)
+                filled = dataclasses.replace(filled, value=value)
             if isinstance(filled, CommentBigPanda) and filled.with_error and refusal is not None:
                 message = refusal.message + (f" ({refusal.detail})" if refusal.detail else "")
                 text = f"{filled.text}: {message}"
@@ -284,21 +316,27 @@ class Writes:
         return candidates[0]
 
     async def apply_create(
-        self, action: CreateServiceNowIncident, link_id: int, *, recheck: bool
+        self, action: CreateServiceNowIncident, link_id: int, effects: Effects, *, recheck: bool
     ) -> None:
-        # the incident's links (history for find_existing) hold this one: one read
-        links = await self.store.links_for_bp(action.bp_incident_id)
-        link = next((old for old in links if old.id == link_id), None)
-        if link is None:
-            link = await self.store.get_link(link_id)
-        if link is None:
-            raise PermanentError("bpsync", f"the pending link {link_id} no longer exists")
-        if link.state == LinkState.SUPERSEDED:
-            log.info("create dropped: its link was superseded", extra={"link_id": link_id})
-            return
+        links: list[Link] | None = None
+        sn_sys_id: str | None = None
+        if recheck or not action.checked_absent:
+            # the incident's links (history for find_existing) hold this one: one read
+            links = await self.store.links_for_bp(action.bp_incident_id)
+            link = next((old for old in links if old.id == link_id), None)
+            if link is None:
+                link = await self.store.get_link(link_id)
+            if link is None:
+                raise PermanentError("bpsync", f"the pending link {link_id} no longer exists")
+            if link.state == LinkState.SUPERSEDED:
+                log.info("create dropped: its link was superseded", extra={"link_id": link_id})
+                return
+            sn_sys_id = link.sn_sys_id
+        # else: the first attempt, just after this process made the pending link (the
+        # confirm checks under lock that it is still live)
         adopted_now = False
         record_sn = action.record_sn
-        if link.sn_sys_id is None:
+        if sn_sys_id is None:
             found = await self.lookups.resolve_fields(action.lookups)
             values = {**action.fields, **found}
             # a mapped name without a record leaves its field empty: remembered as such,
@@ -329,22 +367,17 @@ class Writes:
                         "correlation_display": SN_CORRELATION_DISPLAY,
                     }
                 )
-            sys_id = str(record.get("sys_id", "") or (existing or {}).get("sys_id", ""))
+            sn_sys_id = str(record.get("sys_id", "") or (existing or {}).get("sys_id", ""))
             number = str(record.get("number", "") or (existing or {}).get("number", ""))
-            # confirm, audit and field states in one transaction
-            link = await self.store.confirm_link_and_record(
-                link_id,
-                sys_id,
-                number,
-                self.clock.now(),
-                audit_outcome="adopted" if adopted else "created",
-                field_states=field_states(link_id, action.record_bp, record_sn),
+            # confirmed with the audit entry, the field states and the item's completion
+            effects.confirm = LinkConfirmation(
+                link_id, sn_sys_id, number, "adopted" if adopted else "created"
             )
+            effects.records.extend(field_states(link_id, action.record_bp, record_sn))
         else:
             await self.record(link_id, action.record_bp, record_sn)
-        assert link.sn_sys_id is not None
-        self.created[action.bp_incident_id] = (link.sn_sys_id, link_id)
-        if link.sn_sys_id and adopted_now:
+        self.created[action.bp_incident_id] = (sn_sys_id, link_id)
+        if sn_sys_id and adopted_now:
             self.adopted.add(action.bp_incident_id)
         return  # the link tag is the plan's follow-up (on_success)
 
@@ -356,7 +389,7 @@ async def _create(w: Writes, action: CreateServiceNowIncident, call: WriteCall) 
     link_id = call.meta.get("link_id")
     if not isinstance(link_id, int):
         raise PermanentError("bpsync", "create without a pending link id")
-    await w.apply_create(action, link_id, recheck=call.recheck)
+    await w.apply_create(action, link_id, call.effects, recheck=call.recheck)
 
 
 async def _update_servicenow(w: Writes, action: UpdateServiceNowFields, call: WriteCall) -> None:
@@ -371,7 +404,8 @@ async def _update_servicenow(w: Writes, action: UpdateServiceNowFields, call: Wr
     # synced value stays what it was, so neither side reads as changed next cycle
     missed = action.lookups.keys() - found.keys()
     record_sn = {k: v for k, v in action.record_sn.items() if k not in missed}
-    await w.record(action.link_id, action.record_bp, record_sn)
+    # recorded with the item's completion (one transaction, not one per side before it)
+    call.records.extend(field_states(action.link_id, action.record_bp, record_sn))
 
 
 async def _resolve_servicenow(w: Writes, action: ResolveServiceNow, call: WriteCall) -> None:

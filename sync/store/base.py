@@ -55,7 +55,8 @@ The semantics both stores follow, where the protocols leave a choice:
   rows not delivered again since they were taken.
 - ``record_carried``: one row per (link, side, entry id), kept as first recorded (a
   second record returns False); an unknown link raises StoreError; fenced like every
-  write. ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
+  write. ``record_carried_many``: the same for a batch, in one transaction (all or
+  nothing). ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
 - ``count_links_by_state``: every state, 0 for a state without links.
   ``recent_outbox``: newest first (id descending), every state, optionally only the
@@ -176,6 +177,29 @@ class FieldStates:
     link_id: int
     side: Side
     values: Mapping[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfirmation:
+    """A create's outcome, recorded with its item's completion (``complete_and_enqueue``):
+    the pending link gets its ServiceNow incident (``confirm_link``) and, when
+    ``audit_outcome`` is set, an ``action`` audit entry with both ids."""
+
+    link_id: int
+    sn_sys_id: str
+    sn_number: str
+    audit_outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CarriedRecord:
+    """One row of the journal ledger to record (the arguments of ``record_carried``
+    but ``now``)."""
+
+    link_id: int
+    side: Side
+    entry_id: str
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +495,13 @@ class JournalLedger(Protocol):
         ledger holds it already."""
         ...
 
+    async def record_carried_many(
+        self, entries: Sequence[CarriedRecord], now: datetime
+    ) -> list[bool]:
+        """``record_carried`` of each entry in one transaction (all or nothing: a
+        missing link raises StoreError and records none); whether each was new, in order."""
+        ...
+
     async def carried_entries(
         self, bp_incident_ids: Collection[str]
     ) -> dict[str, list[CarriedEntry]]:
@@ -582,8 +613,13 @@ class LinkStore(
         *,
         follow_ups: Sequence[NewOutboxItem] = (),
         field_states: Sequence[FieldStates] = (),
+        confirm: LinkConfirmation | None = None,
     ) -> list[OutboxItem]:
-        """``record_field_states`` of each, ``enqueue`` of each follow-up (idempotent as
-        ``enqueue``), then ``complete(item_id)``, in one transaction: a follow-up is never
-        lost (recorded before its item is done). Returns the follow-ups' items in order."""
+        """``confirm`` (a create's: ``confirm_link`` and its audit entry, as
+        ``confirm_link_and_record``), ``record_field_states`` of each, ``enqueue`` of each
+        follow-up (idempotent as ``enqueue``), then ``complete(item_id)``, in one
+        transaction: a follow-up is never lost (recorded before its item is done), and a
+        create is confirmed with its completion or not at all. Raises DuplicateLinkError
+        (nothing written) when the confirmed sys_id has another live link. Returns the
+        follow-ups' items in order."""
         ...

@@ -27,6 +27,7 @@ from sync.store.base import (
     Cursor,
     DuplicateLinkError,
     FieldStates,
+    LinkConfirmation,
     NewAuditEntry,
     NewOutboxItem,
     OutboxItem,
@@ -377,6 +378,7 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
         *,
         follow_ups: Sequence[NewOutboxItem] = (),
         field_states: Sequence[FieldStates] = (),
+        confirm: LinkConfirmation | None = None,
     ) -> list[OutboxItem]:
         data = self._write()
         self._item(data, item_id)
@@ -385,6 +387,14 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
         for new in follow_ups:
             if new.link_id is not None:
                 self._link(data, new.link_id)
+        if confirm is not None:  # checks all first: raises before anything is written
+            await self.confirm_link_and_record(
+                confirm.link_id,
+                confirm.sn_sys_id,
+                confirm.sn_number,
+                now,
+                audit_outcome=confirm.audit_outcome,
+            )
         for states in field_states:
             await self.record_field_states(states.link_id, states.side, states.values, now)
         items = [await self._enqueue_new(new, now) for new in follow_ups]

@@ -3,13 +3,13 @@ the semantics of :class:`sync.store.sql_journal.SqlJournal` (``sync.store.base``
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import CarriedEntry, Link
-from sync.store.base import as_utc
+from sync.store.base import CarriedRecord, as_utc
 
 JournalRows = dict[tuple[int, Side, str], CarriedEntry]
 
@@ -34,6 +34,18 @@ class MemoryJournal:
             return False
         rows[key] = CarriedEntry(link_id, key[1], entry_id, digest, now)
         return True
+
+    async def record_carried_many(
+        self, entries: Sequence[CarriedRecord], now: datetime
+    ) -> list[bool]:
+        now = as_utc(now)
+        links, _ = self._journal_data(write=True)
+        missing = [e.link_id for e in entries if e.link_id not in links]
+        if missing:
+            raise StoreError(f"no link {missing[0]}")  # checked first: all or nothing
+        return [
+            await self.record_carried(e.link_id, e.side, e.entry_id, e.digest, now) for e in entries
+        ]
 
     async def carried_entries(
         self, bp_incident_ids: Collection[str]

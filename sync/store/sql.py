@@ -34,13 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import sync.store.tables as t
 from sync.constants import Side
 from sync.errors import StoreError
-from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
+from sync.model import FieldState, Link, LinkState
 from sync.store.admin import check_schema_engine
 from sync.store.base import (
     AuditEntry,
     Cursor,
     DuplicateLinkError,
     FieldStates,
+    LinkConfirmation,
     NewAuditEntry,
     NewOutboxItem,
     OutboxItem,
@@ -164,18 +165,17 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
     async def _confirm(
         self, conn: AsyncConnection, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
     ) -> Link:
-        link = await self._get_link(conn, link_id, lock=True)
-        if link.state not in LIVE_LINK_STATES:
-            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
-        state = LinkState.LINKED if link.state == LinkState.PENDING else link.state
         params = {
             "b_id": link_id,
             "sn_sys_id": sn_sys_id,
             "sn_number": sn_number,
-            "state": state.value,
             "updated_at": now,
         }
-        return to_link((await conn.execute(CONFIRM_LINK, params)).one())
+        row = (await conn.execute(CONFIRM_LINK, params)).first()
+        if row is None:  # not live, or no such link: say which
+            link = await self._get_link(conn, link_id, lock=False)
+            raise StoreError(f"link {link_id} is {link.state}: it cannot be confirmed")
+        return to_link(row)
 
     async def confirm_link(
         self, link_id: int, sn_sys_id: str, sn_number: str, now: datetime
@@ -352,11 +352,27 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
                 item = await self._enqueue_in(conn, new, now, check_link=new.link_id != link.id)
                 return link, item
         except IntegrityError as exc:
-            if not unique_violation(exc) or "outbox" in str(exc.orig).lower():
+            if not unique_violation(exc) or _outbox_key(exc):
                 raise StoreError(f"cannot create link: {describe(exc)}") from exc
             raise DuplicateLinkError(
                 f"BigPanda incident {bp_incident_id} already has a live link"
             ) from None
+
+    async def _confirm_in(
+        self, conn: AsyncConnection, confirm: LinkConfirmation, now: datetime
+    ) -> Link:
+        """``confirm_link`` and its audit entry, in the caller's transaction."""
+        link = await self._confirm(conn, confirm.link_id, confirm.sn_sys_id, confirm.sn_number, now)
+        if confirm.audit_outcome is not None:
+            entry = NewAuditEntry(
+                "action",
+                confirm.audit_outcome,
+                link_id=confirm.link_id,
+                bp_incident_id=link.bp_incident_id,
+                sn_sys_id=confirm.sn_sys_id,
+            )
+            await conn.execute(INSERT_AUDIT, audit_values(entry, now))
+        return link
 
     async def confirm_link_and_record(
         self,
@@ -369,18 +385,10 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
         field_states: Sequence[FieldStates] = (),
     ) -> Link:
         now = as_utc(now)
+        confirm = LinkConfirmation(link_id, sn_sys_id, sn_number, audit_outcome)
         try:
             async with self._write() as conn:
-                link = await self._confirm(conn, link_id, sn_sys_id, sn_number, now)
-                if audit_outcome is not None:
-                    entry = NewAuditEntry(
-                        "action",
-                        audit_outcome,
-                        link_id=link_id,
-                        bp_incident_id=link.bp_incident_id,
-                        sn_sys_id=sn_sys_id,
-                    )
-                    await conn.execute(INSERT_AUDIT, audit_values(entry, now))
+                link = await self._confirm_in(conn, confirm, now)
                 for states in field_states:
                     await self._record_states(
                         conn,
@@ -405,12 +413,16 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
         *,
         follow_ups: Sequence[NewOutboxItem] = (),
         field_states: Sequence[FieldStates] = (),
+        confirm: LinkConfirmation | None = None,
     ) -> list[OutboxItem]:
         now = as_utc(now)
         for attempt in (1, 2):
             try:
+                # no read of the links first: their foreign keys refuse an unknown one
+                # (an IntegrityError, not a unique violation: StoreError below)
                 async with self._write() as conn:
-                    checked: set[int] = set()
+                    if confirm is not None:
+                        await self._confirm_in(conn, confirm, now)
                     for states in field_states:
                         await self._record_states(
                             conn,
@@ -418,18 +430,19 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
                             Side(states.side),
                             states.values,
                             now,
-                            check_link=states.link_id not in checked,
+                            check_link=False,
                         )
-                        checked.add(states.link_id)
-                    items = []
-                    for new in follow_ups:
-                        check = new.link_id is not None and new.link_id not in checked
-                        items.append(await self._enqueue_in(conn, new, now, check_link=check))
-                        if new.link_id is not None:
-                            checked.add(new.link_id)
+                    items = [
+                        await self._enqueue_in(conn, new, now, check_link=False)
+                        for new in follow_ups
+                    ]
                     await self._complete_in(conn, item_id, now)
                     return items
             except IntegrityError as exc:
+                if confirm is not None and unique_violation(exc) and not _outbox_key(exc):
+                    raise DuplicateLinkError(
+                        f"ServiceNow incident {confirm.sn_sys_id} already has a live link"
+                    ) from None
                 # a concurrent enqueue of a follow-up's key won the race: once more (the
                 # item it made is then found and returned)
                 if attempt == 2 or not unique_violation(exc):
@@ -498,6 +511,11 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
         now = as_utc(now)
         async with self._write() as conn:
             await self._put_checkpoint(conn, name, value, now)
+
+
+def _outbox_key(exc: IntegrityError) -> bool:
+    """Whether a unique violation is the outbox's (a not-done idempotency key), not a link's."""
+    return "outbox" in str(exc.orig).lower()
 
 
 async def open_sql_store(url: str, *, check_schema: bool = True) -> SqlStore:

@@ -3,7 +3,8 @@ one short transaction per call (:meth:`SqlCore._read`, :meth:`SqlCore._write`), 
 leadership: the epoch a write checks first.
 
 - Every method is one short transaction on a pooled connection; on a SQLite file it
-  runs in the store's own thread (:mod:`sync.store.threads`), on the synchronous engine.
+  runs in the store's own thread (:mod:`sync.store.threads`), on the synchronous engine,
+  on one of the thread's two connections (reads, writes) kept open between calls.
 - Fencing: once :meth:`SqlCore.fence` (or :meth:`take_epoch`) set an epoch, every write
   transaction first reads the leader row (``FOR SHARE`` on Postgres, so it waits for a
   concurrent ``take_epoch``) and raises :class:`FencedError` when it moved on.
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,6 +49,8 @@ class SqlCore:
         # SQLite file: every store call runs whole in one thread of its own, on the
         # synchronous driver (one hand-over per call, not several per statement)
         self._thread_engine = thread_engine
+        #: the thread's two connections, kept open (write: starts with BEGIN IMMEDIATE)
+        self._thread_conns: dict[bool, Connection] = {}
         self._thread_pool = (
             None
             if thread_engine is None
@@ -65,12 +68,42 @@ class SqlCore:
 
     # --- transactions
 
+    @contextlib.contextmanager
+    def _thread_transaction(self, *, write: bool) -> Iterator[Connection]:
+        """A transaction on the SQLite thread's connection for reads or for writes. Both
+        stay open between calls (a checkout from the pool and its reset on return cost
+        more than a short transaction); one that failed is closed, the next call opens
+        a fresh one."""
+        assert self._thread_engine is not None
+        assert in_store_thread(), "a store call outside its thread"
+        conn = self._thread_conns.get(write)
+        if conn is None:
+            conn = self._thread_engine.connect()
+            if write:
+                conn.execution_options(**{WRITE_OPTION: True})
+            self._thread_conns[write] = conn
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException:
+            del self._thread_conns[write]
+            conn.close()
+            raise
+
+    def _close_thread(self) -> None:
+        """Close the thread's connections and its engine (in the thread)."""
+        assert self._thread_engine is not None
+        conns = list(self._thread_conns.values())
+        self._thread_conns.clear()
+        for conn in conns:
+            conn.close()
+        self._thread_engine.dispose()
+
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
         if self._thread_engine is not None:
-            assert in_store_thread(), "a store call outside its thread"
             async with mapped_errors(self._url):
-                with self._thread_engine.connect() as sync_conn, sync_conn.begin():
+                with self._thread_transaction(write=False) as sync_conn:
                     yield cast(AsyncConnection, InlineConnection(sync_conn))
             return
         async with mapped_errors(self._url), self._engine.connect() as conn, conn.begin():
@@ -79,15 +112,12 @@ class SqlCore:
     @contextlib.asynccontextmanager
     async def _write(self, *, fenced: bool = True) -> AsyncIterator[AsyncConnection]:
         if self._thread_engine is not None:
-            assert in_store_thread(), "a store call outside its thread"
             async with mapped_errors(self._url):
-                with self._thread_engine.connect() as sync_conn:
-                    sync_conn.execution_options(**{WRITE_OPTION: True})
-                    with sync_conn.begin():
-                        conn = cast(AsyncConnection, InlineConnection(sync_conn))
-                        if fenced and self._fenced_epoch is not None:
-                            await self._check_fence(conn, self._fenced_epoch)
-                        yield conn
+                with self._thread_transaction(write=True) as sync_conn:
+                    conn = cast(AsyncConnection, InlineConnection(sync_conn))
+                    if fenced and self._fenced_epoch is not None:
+                        await self._check_fence(conn, self._fenced_epoch)
+                    yield conn
             return
         async with mapped_errors(self._url), self._engine.connect() as conn:
             await conn.execution_options(**{WRITE_OPTION: True})
@@ -125,7 +155,7 @@ class SqlCore:
         pool, self._thread_pool = self._thread_pool, None
         if pool is not None and self._thread_engine is not None:
             # queued behind every call still running: they finish first
-            await asyncio.get_running_loop().run_in_executor(pool, self._thread_engine.dispose)
+            await asyncio.get_running_loop().run_in_executor(pool, self._close_thread)
             pool.shutdown(wait=True)
         await self._engine.dispose()
 

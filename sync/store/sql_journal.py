@@ -2,14 +2,15 @@
 
 - ``record_carried`` inserts one row per (link, side, entry id) and keeps the first:
   ``ON CONFLICT DO NOTHING`` (the primary key decides, whatever the races), ``RETURNING``
-  tells whether this call made it.
+  tells whether this call made it; ``record_carried_many`` does so for a batch in one
+  transaction (``bpsync backfill``'s history cutoffs: one per page, not two per incident).
 - ``carried_entries`` joins the links of the given BigPanda incidents (their history
   too) in one read, in chunks of :data:`LEDGER_CHUNK` incidents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, select, text
@@ -17,7 +18,7 @@ from sqlalchemy import bindparam, select, text
 import sync.store.tables as t
 from sync.constants import Side
 from sync.model import CarriedEntry
-from sync.store.base import as_utc
+from sync.store.base import CarriedRecord, as_utc
 from sync.store.sql_core import SqlCore
 
 #: incidents per statement of ``carried_entries`` (bound parameters have a limit)
@@ -58,6 +59,27 @@ class SqlJournal(SqlCore):
         async with self._write() as conn:
             await self._get_link(conn, link_id, lock=False)
             return (await conn.execute(RECORD_CARRIED, values)).first() is not None
+
+    async def record_carried_many(
+        self, entries: Sequence[CarriedRecord], now: datetime
+    ) -> list[bool]:
+        now = as_utc(now)
+        if not entries:
+            return []
+        fresh: list[bool] = []
+        async with self._write() as conn:
+            for link_id in dict.fromkeys(e.link_id for e in entries):
+                await self._get_link(conn, link_id, lock=False)
+            for e in entries:
+                values = {
+                    "link_id": e.link_id,
+                    "side": Side(e.side).value,
+                    "entry_id": e.entry_id,
+                    "digest": e.digest,
+                    "recorded_at": now,
+                }
+                fresh.append((await conn.execute(RECORD_CARRIED, values)).first() is not None)
+        return fresh
 
     async def carried_entries(
         self, bp_incident_ids: Collection[str]

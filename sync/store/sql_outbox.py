@@ -25,7 +25,12 @@ from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
 from sync.store.engines import describe, unique_violation
 from sync.store.rows import new_item_values, to_item
 from sync.store.sql_core import SqlCore
-from sync.store.statements import COMPLETE_ITEM, INSERT_ITEM, NOT_DONE_WITH_KEY, OPEN_WRITES
+from sync.store.statements import (
+    COMPLETE_ITEM,
+    INSERT_ITEM_UNLESS_OPEN,
+    NOT_DONE_WITH_KEY,
+    OPEN_WRITES,
+)
 
 #: targets per statement of ``open_writes`` (bound parameters have a limit per statement)
 OPEN_WRITES_CHUNK = 5000
@@ -42,13 +47,12 @@ class SqlOutbox(SqlCore):
     async def _enqueue_in(
         self, conn: AsyncConnection, new: NewOutboxItem, now: datetime, *, check_link: bool = True
     ) -> OutboxItem:
-        key = {"b_key": new.idempotency_key}
-        existing = (await conn.execute(NOT_DONE_WITH_KEY, key)).first()
-        if existing is not None:
-            return to_item(existing)
         if check_link and new.link_id is not None:
             await self._get_link(conn, new.link_id, lock=False)
-        return to_item((await conn.execute(INSERT_ITEM, new_item_values(new, now))).one())
+        row = (await conn.execute(INSERT_ITEM_UNLESS_OPEN, new_item_values(new, now))).first()
+        if row is None:  # the key's not-done item: that one
+            row = (await conn.execute(NOT_DONE_WITH_KEY, {"b_key": new.idempotency_key})).one()
+        return to_item(row)
 
     async def enqueue(
         self,

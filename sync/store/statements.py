@@ -7,10 +7,10 @@ The hot upserts are text, the same on SQLite and Postgres: SQLAlchemy cannot cac
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, insert, or_, select, text, update
 
 import sync.store.tables as t
-from sync.model import LIVE_LINK_STATES
+from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxState
 
 #: the leader table's only row
@@ -43,13 +43,19 @@ LINKS_FOR_BP = (
     .order_by(t.links.c.id.desc())
 )
 INSERT_LINK = insert(t.links).returning(t.links)
+#: a live link gets its ServiceNow incident (pending -> linked, another live state kept);
+#: no row: the link is not live, or there is none (one statement: its row lock is the
+#: UPDATE's own)
 CONFIRM_LINK = (
     update(t.links)
-    .where(t.links.c.id == bindparam("b_id"))
+    .where(t.links.c.id == bindparam("b_id"), t.links.c.state.in_(_LIVE))
     .values(
         sn_sys_id=bindparam("sn_sys_id"),
         sn_number=bindparam("sn_number"),
-        state=bindparam("state"),
+        state=case(
+            (t.links.c.state == LinkState.PENDING.value, LinkState.LINKED.value),
+            else_=t.links.c.state,
+        ),
         updated_at=bindparam("updated_at"),
     )
     .returning(t.links)
@@ -58,7 +64,21 @@ NOT_DONE_WITH_KEY = select(t.outbox).where(
     t.outbox.c.idempotency_key == bindparam("b_key"),
     t.outbox.c.state != OutboxState.DONE.value,
 )
-INSERT_ITEM = insert(t.outbox).returning(t.outbox)
+#: a new item unless its key has a not-done one (then no row): one statement, not a read
+#: first; the conflict target is the partial unique index ``uq_outbox_live_idempotency_key``
+INSERT_ITEM_UNLESS_OPEN = (
+    text(
+        "INSERT INTO outbox (kind, target, payload, idempotency_key, state, attempts, "
+        "next_attempt_at, last_error, link_id, bp_incident_id, sn_sys_id, created_at, "
+        "updated_at) VALUES (:kind, :target, :payload, :idempotency_key, :state, :attempts, "
+        ":next_attempt_at, :last_error, :link_id, :bp_incident_id, :sn_sys_id, :created_at, "
+        ":updated_at) ON CONFLICT (idempotency_key) WHERE state <> 'done' DO NOTHING "
+        "RETURNING id, kind, target, payload, idempotency_key, state, attempts, "
+        "next_attempt_at, last_error, link_id, bp_incident_id, sn_sys_id, created_at, updated_at"
+    )
+    .bindparams(*(bindparam(c.name, type_=c.type) for c in t.outbox.c if c.name != "id"))
+    .columns(*t.outbox.c)
+)
 COMPLETE_ITEM = (
     update(t.outbox)
     .where(t.outbox.c.id == bindparam("b_id"))

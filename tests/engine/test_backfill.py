@@ -214,21 +214,23 @@ async def test_crashed_mid_create_and_resumed_creates_each_incident_once(
     if crash_in == "create_incident":
         sn.before_call = lambda method, args: crash_on_the_15th(method)
     else:
-        # the link write after a create: confirm, audit and field states in one transaction
-        confirm = store.confirm_link_and_record
+        # the link write after a create: confirm, audit, field states, the link tag's
+        # item and the create's completion in one transaction
+        complete = store.complete_and_enqueue
 
-        async def crashing_confirm(*args: Any, **kw: Any) -> Any:
-            crash_on_the_15th("confirm_link")
-            return await confirm(*args, **kw)
+        async def crashing_complete(*args: Any, **kw: Any) -> Any:
+            if kw.get("confirm") is not None:
+                crash_on_the_15th("confirm_link")
+            return await complete(*args, **kw)
 
-        store.confirm_link_and_record = crashing_confirm  # type: ignore[method-assign]
+        store.complete_and_enqueue = crashing_complete  # type: ignore[method-assign]
     with pytest.raises(asyncio.CancelledError):
         await _backfill(store, sn, bp, clock).run()
     sn.before_call = None
     # a page's incidents run concurrently: those of the crashed page that were further
     # along may exist too (as a kill leaves them)
     if crash_in == "confirm_link":
-        store.confirm_link_and_record = confirm  # type: ignore[method-assign]
+        store.complete_and_enqueue = complete  # type: ignore[method-assign]
         assert 15 <= len(_per_incident(sn)) < len(history)
         # the 15th exists in ServiceNow, its link still pending
         assert await store.list_links([LinkState.PENDING])

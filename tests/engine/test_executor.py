@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import logging
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -83,6 +85,65 @@ async def test_create_records_link_and_sets_link_tag(
     states = await store.field_states(link.id)
     assert states[(Side.SERVICENOW, "impact")].value == "1"
     assert await store.count_outbox([OutboxState.DONE]) == 2  # the create and the tag
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts the store calls the executor makes (not its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+        self._depth = 0
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            if self._depth == 0:
+                self.calls[name] += 1
+            self._depth += 1
+            try:
+                return await attr(*args, **kwargs)
+            finally:
+                self._depth -= 1
+
+        return counted
+
+
+@pytest.mark.parametrize("checked_absent", [True, False])
+async def test_a_create_costs_three_store_writes_and_no_read(
+    sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock, checked_absent: bool
+) -> None:
+    """CPU per created incident (issue 16): the pending link with the create's item, the
+    confirmation with the link tag's item and the create's completion, the tag's
+    completion. After a batched check that found nothing, the link just made is not read
+    again; without one, the incident's links are read once (the search's history)."""
+    store = CountingStore()
+    executor = Executor(store, sn, bp, make_settings(), clock)
+    incident = bp.add_incident()
+    action = CreateServiceNowIncident(
+        incident.id,
+        "env1",
+        {"short_description": "disk full"},
+        record_sn={"impact": "1"},
+        checked_absent=checked_absent,
+    )
+    result = await executor.execute([action], environment_id="env1")
+    assert result.outcomes == [("sn.create", "ok")]
+    reads = {} if checked_absent else {"links_for_bp": 1}
+    assert store.calls == Counter(
+        {"create_pending_link_and_enqueue": 1, "complete_and_enqueue": 2, **reads}
+    )
+    link = await store.live_link_for_bp(incident.id)
+    assert link is not None and link.state == LinkState.LINKED and link.sn_sys_id
+    record = sn.incidents[link.sn_sys_id]
+    tag = link_tag_value(SN_URL, record["number"], link.sn_sys_id)
+    assert bp.incidents[incident.id].tags["servicenow_link"] == tag
+    assert (await store.field_states(link.id))[(Side.BIGPANDA, "servicenow_link")].value == tag
+    [entry] = await store.list_audit(link_id=link.id, kind="action")
+    assert entry.outcome == "created"
 
 
 async def test_create_keeps_the_environment_with_the_link(

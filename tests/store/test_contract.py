@@ -15,10 +15,12 @@ from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import (
     PERMANENT_ERROR_PREFIX,
+    CarriedRecord,
     Cursor,
     DuplicateLinkError,
     FencedError,
     FieldStates,
+    LinkConfirmation,
     LinkStore,
     NewAuditEntry,
     NewOutboxItem,
@@ -882,6 +884,74 @@ async def test_complete_and_enqueue_writes_nothing_when_refused(store: LinkStore
     assert await store.field_states(link.id) == {}
 
 
+async def test_complete_and_enqueue_confirms_a_create_with_its_completion(
+    store: LinkStore,
+) -> None:
+    link, item = await store.create_pending_link_and_enqueue(
+        BP1, T0, lambda link: _new("create", link.id)
+    )
+    [tag] = await store.complete_and_enqueue(
+        item.id,
+        at(5),
+        follow_ups=[_new("tag", link.id, "bigpanda:x")],
+        field_states=[FieldStates(link.id, Side.SERVICENOW, {"impact": "1"})],
+        confirm=LinkConfirmation(link.id, SYS1, "INC001", "created"),
+    )
+    confirmed = await store.get_link(link.id)
+    assert confirmed is not None and confirmed.state is LinkState.LINKED
+    assert (confirmed.sn_sys_id, confirmed.sn_number, confirmed.updated_at) == (
+        SYS1,
+        "INC001",
+        at(5),
+    )
+    assert await store.live_link_for_sn(SYS1) == confirmed
+    [entry] = await store.list_audit(link_id=link.id, kind="action")
+    assert (entry.outcome, entry.bp_incident_id, entry.sn_sys_id) == ("created", BP1, SYS1)
+    assert (await store.field_states(link.id))[(Side.SERVICENOW, "impact")].value == "1"
+    assert [i.id for i in await store.list_outbox([OutboxState.DONE])] == [item.id]
+    assert [i.id for i in await store.list_outbox([OutboxState.PENDING])] == [tag.id]
+    # without an audit outcome: no audit entry
+    link2, item2 = await store.create_pending_link_and_enqueue(
+        BP2, at(6), lambda link: _new("create-2", link.id)
+    )
+    await store.complete_and_enqueue(
+        item2.id, at(7), confirm=LinkConfirmation(link2.id, SYS2, "INC002")
+    )
+    assert (await store.get_link(link2.id)).state is LinkState.LINKED  # type: ignore[union-attr]
+    assert await store.list_audit(link_id=link2.id) == []
+
+
+async def test_complete_and_enqueue_with_a_refused_confirm_writes_nothing(
+    store: LinkStore,
+) -> None:
+    other = await linked(store, BP2, SYS1)
+    link, item = await store.create_pending_link_and_enqueue(
+        BP1, T0, lambda link: _new("create", link.id)
+    )
+    with pytest.raises(DuplicateLinkError):  # SYS1 is BP2's
+        await store.complete_and_enqueue(
+            item.id,
+            at(2),
+            follow_ups=[_new("tag", link.id, "bigpanda:x")],
+            field_states=[FieldStates(link.id, Side.BIGPANDA, {"a": "b"})],
+            confirm=LinkConfirmation(link.id, SYS1, "INC9", "adopted"),
+        )
+    with pytest.raises(StoreError):  # an unknown link
+        await store.complete_and_enqueue(item.id, at(3), confirm=LinkConfirmation(999, SYS2, "X"))
+    assert (await store.get_link(link.id)) == link
+    assert (await store.get_link(other.id)) == other
+    assert await store.list_audit(link_id=link.id) == []
+    assert await store.field_states(link.id) == {}
+    assert [(i.id, i.state) for i in await store.list_outbox()] == [(item.id, OutboxState.PENDING)]
+    # a superseded link cannot be confirmed
+    await store.set_link_state(link.id, LinkState.SUPERSEDED, at(4))
+    with pytest.raises(StoreError):
+        await store.complete_and_enqueue(
+            item.id, at(5), confirm=LinkConfirmation(link.id, SYS2, "X")
+        )
+    assert (await store.list_outbox())[0].state is OutboxState.PENDING
+
+
 async def test_combined_writes_are_fenced(backend: Backend) -> None:
     leader = await backend.open()
     other = await backend.open()
@@ -895,6 +965,10 @@ async def test_combined_writes_are_fenced(backend: Backend) -> None:
         await leader.confirm_link_and_record(link.id, SYS1, "INC1", at(2), audit_outcome="x")
     with pytest.raises(FencedError):
         await leader.complete_and_enqueue(item.id, at(2), follow_ups=[_new("f")])
+    with pytest.raises(FencedError):
+        await leader.complete_and_enqueue(
+            item.id, at(2), confirm=LinkConfirmation(link.id, SYS1, "INC1", "created")
+        )
     assert await other.live_link_for_bp(BP1) is None
     assert (await other.get_link(link.id)).state is LinkState.PENDING  # type: ignore[union-attr]
     assert [i.state for i in await other.list_outbox()] == [OutboxState.PENDING]
@@ -1011,6 +1085,39 @@ async def test_journal_ledger_spans_the_links_of_an_incident(store: LinkStore) -
     assert [(r.link_id, r.entry_id) for r in found[BP2]] == [(other.id, "c9")]
 
 
+async def test_journal_ledger_records_a_batch_in_one_go(store: LinkStore) -> None:
+    one = await linked(store, BP1, SYS1)
+    two = await linked(store, BP2, SYS2, "INC002")
+    await store.record_carried(one.id, Side.BIGPANDA, "history", "", at(1))
+    fresh = await store.record_carried_many(
+        [
+            CarriedRecord(one.id, Side.BIGPANDA, "history", ""),  # recorded already
+            CarriedRecord(one.id, Side.SERVICENOW, "history", ""),
+            CarriedRecord(two.id, Side.BIGPANDA, "history", ""),
+            CarriedRecord(two.id, Side.BIGPANDA, "history", "again"),  # twice in the batch
+        ],
+        at(2),
+    )
+    assert fresh == [False, True, True, False]
+    found = await store.carried_entries([BP1, BP2])
+    assert [(r.side, r.at) for r in found[BP1]] == [
+        (Side.BIGPANDA, at(1)),
+        (Side.SERVICENOW, at(2)),
+    ]
+    assert [(r.side, r.digest) for r in found[BP2]] == [(Side.BIGPANDA, "")]
+    assert await store.record_carried_many([], at(3)) == []
+    # all or nothing: an unknown link records none of the batch
+    with pytest.raises(StoreError, match="no link"):
+        await store.record_carried_many(
+            [
+                CarriedRecord(two.id, Side.SERVICENOW, "history", ""),
+                CarriedRecord(4242, Side.BIGPANDA, "history", ""),
+            ],
+            at(4),
+        )
+    assert [r.side for r in (await store.carried_entries([BP2]))[BP2]] == [Side.BIGPANDA]
+
+
 async def test_journal_ledger_needs_a_link_and_the_lead(backend: Backend) -> None:
     store = await backend.open()
     with pytest.raises(StoreError, match="no link"):
@@ -1021,4 +1128,8 @@ async def test_journal_ledger_needs_a_link_and_the_lead(backend: Backend) -> Non
     await store.take_epoch("replica-b", at(1))  # the standby's epoch is stale
     with pytest.raises(FencedError):
         await standby.record_carried(link.id, Side.BIGPANDA, "c1", "d1", at(2))
+    with pytest.raises(FencedError):
+        await standby.record_carried_many(
+            [CarriedRecord(link.id, Side.BIGPANDA, "c1", "d1")], at(2)
+        )
     assert await store.carried_entries([BP1]) == {}

@@ -1,0 +1,73 @@
+"""Run ``python -m MODULE ARGS`` under cProfile, the SQLite store thread included.
+
+Usage (what ``bench/backfill.py --profile OUT`` runs)::
+
+    python bench/_profile.py OUT -m sync backfill --since 2d
+
+cProfile sees only the thread it was enabled in; a SQLite store runs its calls in a
+thread of its own (:mod:`sync.store.threads`). Written at exit:
+
+- ``OUT``: the event loop's thread (``python -m pstats OUT``);
+- ``OUT.store``: the store calls, as run in the store's thread;
+- ``OUT.calls.json``: per store method, its calls and the thread CPU seconds they took.
+"""
+
+from __future__ import annotations
+
+import atexit
+import cProfile
+import json
+import runpy
+import sys
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sync.store import threads
+
+
+def main() -> None:
+    if len(sys.argv) < 4 or sys.argv[2] != "-m":
+        raise SystemExit(__doc__)
+    out = Path(sys.argv[1])
+    module = sys.argv[3]
+    main_prof, store_prof = cProfile.Profile(), cProfile.Profile()
+    calls: Counter[str] = Counter()
+    cpu_s: Counter[str] = Counter()
+    original = threads.run_inline
+
+    def profiled(coro: Coroutine[Any, Any, Any]) -> Any:
+        name = coro.cr_code.co_name
+        started = time.thread_time()
+        store_prof.enable()
+        try:
+            return original(coro)
+        finally:
+            store_prof.disable()
+            calls[name] += 1
+            cpu_s[name] += time.thread_time() - started
+
+    threads.run_inline = profiled  # type: ignore[assignment]
+
+    def dump() -> None:
+        main_prof.disable()
+        main_prof.dump_stats(str(out))
+        store_prof.dump_stats(f"{out}.store")
+        table = {
+            name: {"calls": calls[name], "cpu_s": round(cpu_s[name], 4)}
+            for name, _ in cpu_s.most_common()
+        }
+        Path(f"{out}.calls.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+
+    atexit.register(dump)
+    sys.argv = [module, *sys.argv[4:]]
+    main_prof.enable()
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
