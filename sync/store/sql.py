@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import sync.store.tables as t
 from sync.constants import Side
 from sync.errors import StoreError
-from sync.model import FieldState, Link, LinkState
+from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
 from sync.store.admin import check_schema_engine
 from sync.store.base import (
     AuditEntry,
