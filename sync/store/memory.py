@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,8 +22,6 @@ from sync.errors import StoreError
 from sync.model import LIVE_LINK_STATES, FieldState, Link, LinkState
 from sync.store.base import (
     PERMANENT_ERROR_PREFIX,
-    AuditEntry,
-    Cursor,
     DuplicateLinkError,
     FieldStates,
     LinkConfirmation,
@@ -33,12 +30,13 @@ from sync.store.base import (
     OutboxItem,
     OutboxState,
     as_utc,
-    fenced_error,
     link_times_for,
     opt_utc,
 )
+from sync.store.memory_core import Data
 from sync.store.memory_journal import JournalRows, MemoryJournal
 from sync.store.memory_push import MemoryPushEvents, PushRows
+from sync.store.memory_records import MemoryRecords
 from sync.store.memory_status import MemoryStatus, StatusData
 
 
@@ -54,60 +52,12 @@ def _is_open(item: OutboxItem, attempts: int) -> bool:
     )
 
 
-@dataclass
-class _Data:
-    """Everything a database would hold; shared by replicas of one MemoryStore."""
-
-    links: dict[int, Link] = field(default_factory=dict)
-    field_states: dict[tuple[int, Side, str], FieldState] = field(default_factory=dict)
-    outbox: dict[int, OutboxItem] = field(default_factory=dict)
-    audit: list[AuditEntry] = field(default_factory=list)
-    cursors: dict[Side, Cursor] = field(default_factory=dict)
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    epoch: int = 0
-    holder: str | None = None
-    leader_at: datetime | None = None
-    next_link_id: int = 1
-    next_outbox_id: int = 1
-    next_audit_id: int = 1
-    push_events: PushRows = field(default_factory=dict)
-    journal: JournalRows = field(default_factory=dict)
-
-
-class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
+class MemoryStore(MemoryRecords, MemoryStatus, MemoryPushEvents, MemoryJournal):
     """A :class:`~sync.store.base.LinkStore` kept in process memory."""
-
-    def __init__(self, *, _data: _Data | None = None) -> None:
-        self._data = _data if _data is not None else _Data()
-        self._fenced_epoch: int | None = None
-        self._closed = False
 
     def replica(self) -> MemoryStore:
         """Another store over the same data, with its own fence (a second daemon)."""
         return MemoryStore(_data=self._data)
-
-    # --- lifecycle
-
-    async def close(self) -> None:
-        self._closed = True
-
-    async def ping(self) -> None:
-        self._check_open()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError("the store is closed")
-
-    def _write(self) -> _Data:
-        """Every write starts here: the store must be open and, when fenced, still lead."""
-        self._check_open()
-        if self._fenced_epoch is not None and self._data.epoch != self._fenced_epoch:
-            raise fenced_error(self._data.epoch, self._fenced_epoch)
-        return self._data
-
-    def _read(self) -> _Data:
-        self._check_open()
-        return self._data
 
     def _push_rows(self, *, fenced: bool) -> PushRows:
         return (self._write() if fenced else self._read()).push_events
@@ -122,7 +72,7 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
 
     # --- links
 
-    def _link(self, data: _Data, link_id: int) -> Link:
+    def _link(self, data: Data, link_id: int) -> Link:
         link = data.links.get(link_id)
         if link is None:
             raise StoreError(f"no link {link_id}")
@@ -169,7 +119,7 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
         return sorted(found, key=lambda x: x.id, reverse=True)
 
     def _live_conflict(
-        self, data: _Data, link_id: int, bp_incident_id: str, sn_sys_id: str | None
+        self, data: Data, link_id: int, bp_incident_id: str, sn_sys_id: str | None
     ) -> None:
         for other in data.links.values():
             if other.id == link_id or other.state not in LIVE_LINK_STATES:
@@ -415,7 +365,7 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
 
     # --- outbox and dead letters
 
-    def _item(self, data: _Data, item_id: int) -> OutboxItem:
+    def _item(self, data: Data, item_id: int) -> OutboxItem:
         item = data.outbox.get(item_id)
         if item is None:
             raise StoreError(f"no outbox item {item_id}")
@@ -562,72 +512,3 @@ class MemoryStore(MemoryStatus, MemoryPushEvents, MemoryJournal):
             return False
         del data.outbox[item_id]
         return True
-
-    # --- audit
-
-    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None:
-        now = as_utc(now)
-        data = self._write()
-        data.audit.append(
-            AuditEntry(
-                id=data.next_audit_id,
-                at=now,
-                kind=entry.kind,
-                outcome=entry.outcome,
-                link_id=entry.link_id,
-                bp_incident_id=entry.bp_incident_id,
-                sn_sys_id=entry.sn_sys_id,
-                field=entry.field,
-                bp_value=entry.bp_value,
-                sn_value=entry.sn_value,
-                detail=copy.deepcopy(dict(entry.detail or {})),
-            )
-        )
-        data.next_audit_id += 1
-
-    async def list_audit(
-        self, *, link_id: int | None = None, kind: str | None = None, limit: int = 100
-    ) -> list[AuditEntry]:
-        found = [
-            entry
-            for entry in reversed(self._read().audit)
-            if (link_id is None or entry.link_id == link_id)
-            and (kind is None or entry.kind == kind)
-        ]
-        return found[:limit]
-
-    # --- cursors and checkpoints
-
-    async def get_cursor(self, side: Side) -> Cursor:
-        side = Side(side)
-        return self._read().cursors.get(side, Cursor(side=side, watermark=None))
-
-    async def advance_cursor(self, cursor: Cursor, now: datetime) -> None:
-        as_utc(now)
-        data = self._write()
-        side = Side(cursor.side)
-        data.cursors[side] = Cursor(
-            side=side, watermark=opt_utc(cursor.watermark), seen=frozenset(cursor.seen)
-        )
-
-    async def get_checkpoint(self, name: str) -> str | None:
-        return self._read().checkpoints.get(name)
-
-    async def set_checkpoint(self, name: str, value: str, now: datetime) -> None:
-        as_utc(now)
-        self._write().checkpoints[name] = value
-
-    # --- high availability
-
-    async def take_epoch(self, holder: str, now: datetime) -> int:
-        as_utc(now)
-        data = self._read()
-        data.epoch += 1
-        data.holder = holder
-        data.leader_at = as_utc(now)
-        self._fenced_epoch = data.epoch
-        return data.epoch
-
-    def fence(self, epoch: int | None) -> None:
-        """From now on every write checks the stored epoch equals ``epoch`` (None: off)."""
-        self._fenced_epoch = epoch
