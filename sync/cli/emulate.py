@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -53,10 +54,21 @@ def emulate() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _servicenow_app(user: tuple[str, str], **switches: Any) -> web.Application:
+def _servicenow_app(
+    user: tuple[str, str],
+    *,
+    rule_url: str | None = None,
+    rule_token: str | None = None,
+    **switches: Any,
+) -> web.Application:
     from sync.emulators.servicenow import create_app
+    from sync.emulators.servicenow.app import RULE_KEY
 
-    return create_app(users={user[0]: user[1]}, **switches)
+    app = create_app(users={user[0]: user[1]}, **switches)
+    if rule_url:  # push mode's business rule, as config/servicenow/ installs it
+        headers = {"Authorization": f"Bearer {rule_token}"} if rule_token else {}
+        app[RULE_KEY].config.update({"url": rule_url, "headers": headers})
+    return app
 
 
 def _bigpanda_app(
@@ -67,9 +79,17 @@ def _bigpanda_app(
     rate_limit_scope: str = DEFAULT_RATE_LIMIT_SCOPE,
     *,
     aia_delay: float | None = None,
+    webhook_url: str | None = None,
+    webhook_token: str | None = None,
+    webhook_envelope: str = "incident",
 ) -> web.Application:
     from sync.emulators.bigpanda import create_app
 
+    webhook: dict[str, Any] = {}
+    if webhook_url:  # AutoShare to a notifications webhook (push mode)
+        webhook = {"url": webhook_url, "envelope": webhook_envelope}
+        if webhook_token:
+            webhook["headers"] = {"Authorization": f"Bearer {webhook_token}"}
     return create_app(
         api_key=api_key,
         org_token=org_token,
@@ -77,7 +97,52 @@ def _bigpanda_app(
         rate_limit_shape=rate_limit_shape,
         rate_limit_scope=rate_limit_scope,
         aia_delay_s=aia_delay,
+        webhook=webhook,
     )
+
+
+def _push_options(command: Callable[..., None], *, sides: tuple[str, ...]) -> Callable[..., None]:
+    """Push mode's switches: BigPanda's webhook and ServiceNow's business rule."""
+    options = []
+    if "bigpanda" in sides:
+        options += [
+            click.option(
+                "--webhook-url",
+                metavar="URL",
+                help="AutoShare every incident change to this notifications webhook, e.g. "
+                "http://127.0.0.1:8080/webhooks/bigpanda (bpsync's [push] receiver).",
+            ),
+            click.option(
+                "--webhook-token",
+                metavar="TOKEN",
+                help="Sent as 'Authorization: Bearer TOKEN' (bpsync's push.bigpanda_token).",
+            ),
+            click.option(
+                "--webhook-envelope",
+                type=click.Choice(["incident", "bare", "v2"]),
+                default="incident",
+                show_default=True,
+                help="The payload: wrapped as {'incident': ...}, the bare incident, or a "
+                "Webhook v2 trigger body.",
+            ),
+        ]
+    if "servicenow" in sides:
+        options += [
+            click.option(
+                "--business-rule-url",
+                metavar="URL",
+                help="Run the business rule of config/servicenow/: POST every incident "
+                "insert and update to this URL, e.g. http://127.0.0.1:8080/webhooks/servicenow.",
+            ),
+            click.option(
+                "--business-rule-token",
+                metavar="TOKEN",
+                help="Sent as 'Authorization: Bearer TOKEN' (bpsync's push.servicenow_token).",
+            ),
+        ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 _HOST = click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -228,8 +293,16 @@ def _sn_switches(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--port", type=click.IntRange(0, 65535), default=8081, show_default=True)
 @_SN_USER
 @_sn_switches
+@functools.partial(_push_options, sides=("servicenow",))
 def servicenow(
-    host: str, port: int, user: str, user_rate_limit: tuple[str, ...], **switches: Any
+    *,
+    host: str,
+    port: int,
+    user: str,
+    user_rate_limit: tuple[str, ...],
+    business_rule_url: str | None,
+    business_rule_token: str | None,
+    **switches: Any,
 ) -> None:
     """The ServiceNow Table API emulator (incident, sys_user, sys_user_group, cmdb_ci...).
 
@@ -244,7 +317,9 @@ def servicenow(
             check_option("user_time_zone", switches["user_time_zone"])
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--user-time-zone") from None
-    app = _servicenow_app(_user(user), **switches)
+    app = _servicenow_app(
+        _user(user), rule_url=business_rule_url, rule_token=business_rule_token, **switches
+    )
     asyncio.run(_serve([("ServiceNow", app, host, port)]))
 
 
@@ -257,6 +332,7 @@ def servicenow(
 @_BP_RATE_SHAPE
 @_BP_RATE_SCOPE
 @_BP_AIA
+@functools.partial(_push_options, sides=("bigpanda",))
 def bigpanda(
     *,
     host: str,
@@ -267,6 +343,9 @@ def bigpanda(
     rate_limit_shape: str,
     rate_limit_scope: str,
     aia_delay: float | None,
+    webhook_url: str | None,
+    webhook_token: str | None,
+    webhook_envelope: str,
 ) -> None:
     """The BigPanda API emulator (incidents v2, tags, activities, alert ingest)."""
     app = _bigpanda_app(
@@ -276,6 +355,9 @@ def bigpanda(
         rate_limit_shape,
         rate_limit_scope,
         aia_delay=aia_delay,
+        webhook_url=webhook_url,
+        webhook_token=webhook_token,
+        webhook_envelope=webhook_envelope,
     )
     asyncio.run(_serve([("BigPanda", app, host, port)]))
 
@@ -291,6 +373,7 @@ def bigpanda(
 @_BP_RATE_SHAPE
 @_BP_RATE_SCOPE
 @_BP_AIA
+@functools.partial(_push_options, sides=("bigpanda", "servicenow"))
 def both(
     *,
     host: str,
@@ -303,10 +386,18 @@ def both(
     rate_limit_shape: str,
     rate_limit_scope: str,
     aia_delay: float | None,
+    webhook_url: str | None,
+    webhook_token: str | None,
+    webhook_envelope: str,
+    business_rule_url: str | None,
+    business_rule_token: str | None,
 ) -> None:
     """Both emulators in one process (ServiceNow on --sn-port, BigPanda on --bp-port)."""
+    sn_app = _servicenow_app(
+        _user(user), rule_url=business_rule_url, rule_token=business_rule_token
+    )
     apps = [
-        ("ServiceNow", _servicenow_app(_user(user)), host, sn_port),
+        ("ServiceNow", sn_app, host, sn_port),
         (
             "BigPanda",
             _bigpanda_app(
@@ -316,6 +407,9 @@ def both(
                 rate_limit_shape,
                 rate_limit_scope,
                 aia_delay=aia_delay,
+                webhook_url=webhook_url,
+                webhook_token=webhook_token,
+                webhook_envelope=webhook_envelope,
             ),
             host,
             bp_port,

@@ -102,3 +102,37 @@ async def test_the_business_rule_fault_switches(
         async with http.post(f"{url}/_emulator/business_rule", json=bad) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]
+
+
+async def test_bpsync_emulate_push_flags_wire_both_pushes(receiver: Receiver) -> None:
+    """``bpsync emulate ... --webhook-url/--webhook-token`` and ``--business-rule-url/
+    --business-rule-token``: the apps the commands serve push to the URL with the token."""
+    from sync.cli.emulate import _bigpanda_app, _servicenow_app
+    from sync.emulators.bigpanda import WEBHOOKS_KEY
+
+    sn_app = _servicenow_app(("bpsync", "bpsync"), rule_url=receiver.url, rule_token="sn-t0ken")
+    bp_app = _bigpanda_app(
+        "BPUkey",
+        "org-token",
+        None,
+        webhook_url=receiver.url,
+        webhook_token="bp-t0ken",
+        webhook_envelope="bare",
+    )
+    async with (
+        serve_app(sn_app) as sn_url,
+        serve_app(bp_app) as bp_url,
+        aiohttp.ClientSession() as http,
+    ):
+        await _call(http, "POST", sn_url + INC, {"correlation_id": "b" * 24})
+        await sn_app[RULE_KEY].idle()
+        alert = {"app_key": "app", "status": "critical", "host": "web01", "check": "cpu"}
+        async with http.post(
+            bp_url + "/data/v2/alerts", json=alert, headers={"Authorization": "Bearer org-token"}
+        ) as resp:
+            assert resp.status < 300, await resp.text()
+        await bp_app[WEBHOOKS_KEY].idle()
+    tokens = {h["Authorization"] for h, _ in receiver.calls}
+    assert tokens == {"Bearer sn-t0ken", "Bearer bp-t0ken"}
+    bare = [body for h, body in receiver.calls if h["Authorization"] == "Bearer bp-t0ken"]
+    assert bare and all("id" in body and "incident" not in body for body in bare)
