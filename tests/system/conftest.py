@@ -233,3 +233,14 @@ async def live_world(tmp_path: Path) -> AsyncIterator[World]:
     """Emulators on the real clock, for ``world.daemon()`` runs."""
     async with open_world(tmp_path, SystemClock(), bp_options={"rate_limit_per_s": None}) as w:
         yield w
+
+
+@pytest.fixture
+async def emu(world: World) -> Any:
+    """The world's emulators over HTTP, the system tags defined (a module may define
+    its own ``emu``)."""
+    from .helpers import SYSTEM_TAGS, Emu
+
+    helper = Emu(world)
+    await helper.define_tags(*SYSTEM_TAGS)
+    return helper

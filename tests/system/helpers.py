@@ -14,6 +14,7 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sync.clock import FakeClock
 from sync.emulators import bigpanda as bp_emulator
 
 from .conftest import BP_API_KEY, BP_ORG_TOKEN, DEFAULT_MAPPING, SN_PASSWORD, SN_USER, World
@@ -266,3 +267,20 @@ def critical_incidents(count: int, prefix: str) -> list[dict[str, Any]]:
         }
         for i in range(count)
     ]
+
+
+async def settle(world: World) -> None:
+    """Cycle until a quiet one (``World.settle``); every cycle must have succeeded."""
+    await world.settle()
+    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
+
+
+async def quiet(world: World, what: str) -> None:
+    """Three more cycles (a second apart on the FakeClock) write nothing: no echo of
+    ``what``."""
+    assert isinstance(world.clock, FakeClock)
+    before = await world.writes()
+    for _ in range(3):
+        world.clock.advance(1)
+        assert (await world.cycle()).ok
+    assert await world.writes() == before, what

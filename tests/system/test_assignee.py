@@ -19,7 +19,7 @@ from sync.emulators.bigpanda import STATE_KEY as BP_STATE_KEY
 from sync.emulators.bigpanda.users import SEED_USERS
 
 from .conftest import World, open_world
-from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import ENV, SYSTEM_MAPPING, Emu, quiet, settle
 
 V2 = "/resources/v2.0"
 BP_USERS = {user.email: user.id for user in SEED_USERS}
@@ -41,28 +41,6 @@ async def world(
     options = {"rate_limit_per_s": None, "assignee_email": request.param}
     async with open_world(tmp_path, clock, bp_options=options) as w:
         yield w
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
-
-
-async def quiet(world: World) -> None:
-    """Three more cycles write nothing: no echo of an assignment."""
-    assert isinstance(world.clock, FakeClock)
-    before = await world.writes()
-    for _ in range(3):
-        world.clock.advance(1)
-        assert (await world.cycle()).ok
-    assert await world.writes() == before, "an echo of an assignment"
 
 
 async def linked(world: World, emu: Emu, host: str, **overrides: Any) -> tuple[str, str]:
@@ -107,25 +85,25 @@ async def test_the_assignee_follows_both_ways(world: World, emu: Emu) -> None:
     # his e-mail: from the incident when it carries it, else from SCIM by his id
     by_id = [e for e in await emu.request_log("bigpanda") if "/scim/Users/" in e["path"]]
     assert len(by_id) == (0 if world.bp_app[BP_STATE_KEY].assignee_email else 1)
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # ServiceNow clears assigned_to -> the BigPanda incident is unassigned
     await emu.sn_patch(sys_id, {"assigned_to": ""})
     await settle(world)
     assert await bp_assignee(emu, bp_id) is None
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # ServiceNow assigns Abel -> the BigPanda user with his e-mail (SCIM)
     await emu.sn_patch(sys_id, {"assigned_to": abel})
     await settle(world)
     assert await bp_assignee(emu, bp_id) == ABEL
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # unassigned in BigPanda -> cleared in ServiceNow
     await unassign(emu, bp_id)
     await settle(world)
     assert await sn_assignee(emu, sys_id) == ""
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
 
 async def test_an_incident_assigned_before_its_ticket_exists(world: World, emu: Emu) -> None:
@@ -135,7 +113,7 @@ async def test_an_incident_assigned_before_its_ticket_exists(world: World, emu: 
     await settle(world)  # created, then its assignee follows
     sys_id = (await emu.sn_one_for(bp_id))["sys_id"]
     assert await sn_assignee(emu, sys_id) == await emu.sn_id("sys_user", "user_name", "abel.tuter")
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
 
 async def test_people_who_cannot_be_matched_leave_the_other_side_alone(
@@ -155,7 +133,7 @@ async def test_people_who_cannot_be_matched_leave_the_other_side_alone(
     assert await sn_assignee(emu, sys_id) == abel
     misses = [r for r in caplog.records if "chen.wu@example.com" in r.getMessage()]
     assert len(misses) == 1, [r.getMessage() for r in caplog.records]
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # Beth Anglin's e-mail belongs to two sys_user rows: ambiguous, left as it is
     caplog.clear()
@@ -165,7 +143,7 @@ async def test_people_who_cannot_be_matched_leave_the_other_side_alone(
     assert await sn_assignee(emu, sys_id) == abel
     [ambiguous] = [r for r in caplog.records if "beth.anglin@example.com" in r.getMessage()]
     assert "several records match" in ambiguous.getMessage()
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # ServiceNow assigns the admin, who has no BigPanda account: BigPanda keeps Beth
     admin = await emu.sn_id("sys_user", "user_name", "admin")
@@ -175,7 +153,7 @@ async def test_people_who_cannot_be_matched_leave_the_other_side_alone(
         await settle(world)
     assert await bp_assignee(emu, bp_id) == BETH
     assert any("admin@example.com" in r.getMessage() for r in caplog.records)
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
     # back to Chen: known misses are cached and not logged again
     caplog.clear()
@@ -195,7 +173,7 @@ async def test_a_deactivated_bigpanda_user_is_not_assigned(world: World, emu: Em
     await emu.sn_patch(sys_id, {"assigned_to": dana["sys_id"]})
     await settle(world)
     assert await bp_assignee(emu, bp_id) is None  # SCIM lists her, active: false
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
 
 async def test_both_changed_the_conflict_policy_decides(world: World, emu: Emu) -> None:
@@ -221,7 +199,7 @@ async def test_both_changed_the_conflict_policy_decides(world: World, emu: Emu) 
     assert [(e.field, e.bp_value, e.sn_value) for e in conflicts] == [
         ("assigned_to", None, "admin@example.com")
     ]
-    await quiet(world)
+    await quiet(world, "an echo of an assignment")
 
 
 async def test_idle_cycles_and_known_people_ask_nobody(world: World, emu: Emu) -> None:
@@ -242,7 +220,7 @@ async def test_idle_cycles_and_known_people_ask_nobody(world: World, emu: Emu) -
         return len(scim) + len(by_id) + len(await emu.request_log("servicenow", path=SYS_USER))
 
     asked = await lookups()
-    await quiet(world)  # idle: no look-up either
+    await quiet(world, "an echo of an assignment")  # idle: no look-up either
     assert await lookups() == asked
     # the same person on another incident: cached, no look-up
     await assign(emu, second, ABEL)

@@ -18,19 +18,12 @@ from sync.clock import FakeClock
 from sync.model import LinkState
 
 from .conftest import World, open_world
-from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu, link_value
+from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu, link_value, settle
 
 LINK_TAG = "servicenow_link"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
 
 
 async def start(world: World, **overrides: Any) -> None:
@@ -52,11 +45,6 @@ async def assert_quiet(world: World, cycles: int = 3) -> None:
         world.clock.advance(1)
         await cycle(world)
     assert await world.writes() == before, "a quiet cycle wrote (an echo)"
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
 
 
 async def linked_pair(

@@ -19,7 +19,7 @@ from sync.errors import ConfigError
 from sync.store.base import OutboxState
 
 from .conftest import World, open_world
-from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import ENV, SYSTEM_MAPPING, Emu, settle
 
 V2 = "/resources/v2.0"
 
@@ -32,20 +32,8 @@ TEXTS = {
 }
 
 
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
-
-
 async def start(world: World, **overrides: Any) -> None:
     await world.build(tag_mapping=SYSTEM_MAPPING, **overrides)
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
 
 
 async def bp_reads(emu: Emu) -> int:

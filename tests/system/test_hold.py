@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
-from sync.clock import FakeClock
-
 from .conftest import World
-from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import ENV, SYSTEM_MAPPING, Emu, quiet, settle
 
 V2 = "/resources/v2.0"
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
-
-
-async def quiet(world: World) -> None:
-    assert isinstance(world.clock, FakeClock)
-    before = await world.writes()
-    for _ in range(3):
-        world.clock.advance(1)
-        assert (await world.cycle()).ok
-    assert await world.writes() == before, "an echo of a hold or a snooze"
 
 
 async def snoozed(emu: Emu, bp_id: str) -> bool:
@@ -49,7 +24,7 @@ async def test_on_hold_snoozes_and_a_snooze_holds(world: World, emu: Emu) -> Non
     incident = await emu.incident(bp_id)
     assert incident["snooze"]["snoozed"] is True
     assert incident["snooze"]["end_time"] - int(world.clock.now().timestamp()) > 88 * 86400
-    await quiet(world)
+    await quiet(world, "an echo of a hold or a snooze")
     await emu.set_tags(bp_id, impact_level="high")  # a snoozed incident keeps syncing
     await settle(world)
     assert (await emu.sn_get(sn["sys_id"]))["impact"] == "1"
@@ -58,7 +33,7 @@ async def test_on_hold_snoozes_and_a_snooze_holds(world: World, emu: Emu) -> Non
     await emu.sn_patch(sn["sys_id"], {"state": "2"})
     await settle(world)
     assert not await snoozed(emu, bp_id)
-    await quiet(world)
+    await quiet(world, "an echo of a hold or a snooze")
 
     # a person snoozes in BigPanda -> On Hold with the configured reason; unsnooze -> back
     path = f"{V2}/environments/{ENV}/incidents/{bp_id}/snooze"
@@ -67,11 +42,11 @@ async def test_on_hold_snoozes_and_a_snooze_holds(world: World, emu: Emu) -> Non
     await settle(world)
     after = await emu.sn_get(sn["sys_id"])
     assert (after["state"], after["hold_reason"]) == ("3", "1")
-    await quiet(world)
+    await quiet(world, "an echo of a hold or a snooze")
     await emu._bp("DELETE", path, expect=204)
     await settle(world)
     assert (await emu.sn_get(sn["sys_id"]))["state"] == "2"
-    await quiet(world)
+    await quiet(world, "an echo of a hold or a snooze")
 
 
 async def test_without_the_setting_holds_and_snoozes_stay_apart(world: World, emu: Emu) -> None:

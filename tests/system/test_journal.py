@@ -17,7 +17,7 @@ from sync.constants import BP_COMMENT_MAX, MIRROR_MARKER, SN_JOURNAL_MAX
 from sync.sizes import MARKER
 
 from .conftest import World
-from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, V2, Emu
+from .helpers import ENV, SYSTEM_MAPPING, SYSTEM_TAGS, V2, Emu, settle
 
 BOTH_WAYS = {"journal.from_servicenow": ["work_notes", "comments"]}
 ACTIVITIES = "GET /resources/v2.0/incidents/{incident_id}/activities"
@@ -61,11 +61,6 @@ async def people(world: World) -> People:
 
 async def start(world: World, **overrides: Any) -> None:
     await world.build(tag_mapping=SYSTEM_MAPPING, **overrides)
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
 
 
 async def linked(world: World, people: People, host: str) -> tuple[str, str]:

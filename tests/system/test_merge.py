@@ -18,7 +18,7 @@ from sync.model import Link
 from sync.store import open_store
 
 from .conftest import World
-from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu, link_value
+from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu, link_value, settle
 
 #: only incidents tagged service_area = database get a ticket (or a person asks: snow)
 SHARE = {"share.filter": "service_area = database", "share.manual_tag": "snow"}
@@ -33,11 +33,6 @@ async def emu(world: World) -> Emu:
 
 async def start(world: World, on_merge: str) -> None:
     await world.build(tag_mapping=SYSTEM_MAPPING, **SHARE, **{"incidents.on_merge": on_merge})
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
 
 
 async def merge(world: World, emu: Emu, destination: str, *sources: str) -> None:

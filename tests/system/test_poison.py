@@ -22,20 +22,13 @@ from sync.metrics import Metrics
 from sync.store import open_store
 
 from .conftest import World
-from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import SYSTEM_MAPPING, Emu
 
 GOOD = ("65397b2eede0a80012631c01", "65397b2eede0a80012631c02")
 NO_ALERTS = "65397b2eede0a80012631b01"
 EXPLODED = "65397b2eede0a80012631b02"
 TAG_WITHOUT_ID = "65397b2eede0a80012631b03"
 OBJECT_TAG = "65397b2eede0a80012631b04"
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
 
 
 def _alerting(incident_id: str, host: str, **extra: Any) -> dict[str, Any]:

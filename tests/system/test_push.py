@@ -137,13 +137,6 @@ async def pushing(world: World, **overrides: Any) -> AsyncIterator[Push]:
         yield Push(base, world.http, woke, PushPass(world.engine.coordinator), metrics, store)
 
 
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
-
-
 async def cycle(world: World) -> Any:
     report = await world.cycle()
     assert report.ok, f"cycle failed: {report.error!r}"

@@ -19,7 +19,7 @@ from sync.clock import FakeClock
 from sync.emulators import servicenow as sn_emulator
 
 from .conftest import World
-from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import SYSTEM_MAPPING, Emu
 
 SN_SWITCHES: list[tuple[str, dict[str, Any]]] = [
     ("rows in no stable order without ORDERBY", {"shuffle_unordered": True}),
@@ -34,13 +34,6 @@ BP_SWITCHES: list[tuple[str, dict[str, Any]]] = [
     ("sliding-window limiter, per organisation", {"rate_limit_shape": "sliding_window"}),
     ("fixed-window limiter, per token and route", {"rate_limit_shape": "fixed_window"}),
 ]
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
 
 
 async def _workload(

@@ -44,7 +44,7 @@ from sync.emulators.control import serve_app
 from sync.store.base import OutboxItem, OutboxState
 
 from .conftest import World
-from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu, link_value
+from .helpers import SYSTEM_MAPPING, Emu, link_value
 
 LINK_TAG = "servicenow_link"
 INCIDENT_PATH = "/api/now/table/incident"
@@ -52,13 +52,6 @@ OPEN_STATES = [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def emu(world: World) -> Emu:
-    helper = Emu(world)
-    await helper.define_tags(*SYSTEM_TAGS)
-    return helper
 
 
 async def start(world: World, **overrides: Any) -> None:

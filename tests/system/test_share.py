@@ -9,7 +9,7 @@ import pytest
 from sync.clock import FakeClock
 
 from .conftest import World
-from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu
+from .helpers import SYSTEM_MAPPING, SYSTEM_TAGS, Emu, settle
 
 
 @pytest.fixture
@@ -17,11 +17,6 @@ async def emu(world: World) -> Emu:
     helper = Emu(world)
     await helper.define_tags(*SYSTEM_TAGS, "snow")
     return helper
-
-
-async def settle(world: World) -> None:
-    await world.settle()
-    assert all(r.ok for r in world.reports), [r.error for r in world.reports if not r.ok]
 
 
 async def start(world: World, **share: Any) -> None:
