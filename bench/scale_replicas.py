@@ -68,13 +68,21 @@ def spread_ok(led: list[set[str]], names: list[str], share: int) -> bool:
 
 
 async def wait_spread(
-    replicas: list[h.Daemon], http: aiohttp.ClientSession, names: list[str], timeout_s: float
+    replicas: list[h.Daemon],
+    http: aiohttp.ClientSession,
+    names: list[str],
+    timeout_s: float,
+    timeline: list[tuple[float, list[int]]] | None = None,
 ) -> tuple[float | None, list[set[str]]]:
-    """Seconds until the pairs are spread (None: not within ``timeout_s``), and who leads."""
+    """Seconds until the pairs are spread (None: not within ``timeout_s``), and who leads;
+    each change of the pairs led per replica goes to ``timeline`` (seconds, counts)."""
     share = -(-len(names) // len(replicas))
     started = time.monotonic()
     while True:
         led = await who_leads(replicas, http)
+        counts = [len(s) for s in led]
+        if timeline is not None and (not timeline or timeline[-1][1] != counts):
+            timeline.append((round(time.monotonic() - started, 2), counts))
         if spread_ok(led, names, share):
             return time.monotonic() - started, led
         if time.monotonic() - started > timeout_s:
@@ -104,6 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bpsync_bench_{uuid.uuid4().hex[:8]}"
     names = [p.pair_name(n) for n in range(pairs)]
     h.log(f"replicas: {count} x {pairs} pairs on Postgres (schemas {prefix}_*)")
+    timeline: list[tuple[float, list[int]]]
     result: dict[str, Any] = {"replicas": count, "pairs": pairs, "poll_interval_s": poll}
     with tempfile.TemporaryDirectory(prefix="bpsync-bench-replicas-") as tmp_name:
         tmp = Path(tmp_name)
@@ -127,7 +136,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     replicas.append(h.Daemon(work, env))
                 for replica in replicas:
                     await replica.start(http, first_cycle=False, timeout_s=120)
-                took, led = await wait_spread(replicas, http, names, 30 * poll)
+                result["settle_timeline"] = timeline = []
+                took, led = await wait_spread(replicas, http, names, 60 * poll, timeline)
                 result["settle_s"] = None if took is None else round(took, 2)
                 result["led_per_replica"] = [len(s) for s in led]
                 result["each_pair_led_once"] = took is not None
@@ -140,7 +150,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 victim.proc.send_signal(signal.SIGKILL)
                 victim.proc.wait()
                 victim.proc = None
-                took, led = await wait_spread(survivors, http, names, 30 * poll)
+                result["takeover_timeline"] = timeline = []
+                took, led = await wait_spread(survivors, http, names, 60 * poll, timeline)
                 result["takeover_s"] = None if took is None else round(took, 2)
                 result["led_per_survivor"] = [len(s) for s in led]
                 result["each_pair_led_once_after_kill"] = took is not None
