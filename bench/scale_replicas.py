@@ -182,10 +182,16 @@ def report(rep: dict[str, Any]) -> None:
             ("pairs led per replica (settled)", " / ".join(map(str, rep["led_per_replica"]))),
             ("every pair led exactly once", rep["each_pair_led_once"]),
             ("settled, s after the last replica serves", rep["settle_s"]),
+            ("join: pairs led per replica at s", _timeline(rep.get("settle_timeline"))),
             ("takeover after SIGKILL (s)", rep["takeover_s"]),
+            ("takeover: pairs led per survivor at s", _timeline(rep.get("takeover_timeline"))),
             ("pairs led per survivor", " / ".join(map(str, rep["led_per_survivor"]))),
             ("incidents seeded (before, at, after the kill)", rep["seeded"]),
             ("lost", rep["lost"]),
             ("duplicates", rep["duplicates"]),
         ],
     )
+
+
+def _timeline(points: list[tuple[float, list[int]]] | None) -> str:
+    return ", ".join(f"{'/'.join(map(str, led))} at {t:g}" for t, led in points or [])
