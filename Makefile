@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cost.py
 	$(BIN)/python bench/backfill.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/scale.py --pairs
 	$(BIN)/python bench/storm.py
 
 clean:

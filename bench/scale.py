@@ -5,6 +5,7 @@ Usage::
     python bench/scale.py                  # 10k and 100k links; 0, 100, 1,000 changes/min
     python bench/scale.py --quick          # 10k links, 0 and 100 changes/min (< 30 s)
     python bench/scale.py --json           # one JSON object
+    python bench/scale.py --pairs [...]    # many pairs, many replicas (bench/scale_pairs.py)
 
 For each store size L: a fresh embedded SQLite store is upgraded and filled directly
 (bulk ``INSERT`` as ``bench/store.py`` does) with L linked links and their field states
@@ -379,6 +380,11 @@ def report(
 
 
 def main() -> None:
+    if "--pairs" in sys.argv[1:]:  # many pairs, many replicas: bench/scale_pairs.py
+        from bench import scale_pairs
+
+        scale_pairs.main([a for a in sys.argv[1:] if a != "--pairs"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="10k links, 0 and 100 changes/min, 6 s phases"

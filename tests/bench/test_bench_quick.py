@@ -156,3 +156,62 @@ def test_storm_quick() -> None:
         assert run["targets"]["share_429"]
     saturated = runs["saturated"]
     assert saturated["sn_pool"] == {"semaphores": 2, "semaphore_queue": 2, "processing_s": 0.05}
+
+
+def test_scale_pairs_quick() -> None:
+    """Many pairs in one process (4 x 200 links) against the same daemon with one pair."""
+    data = run_quick("scale.py", "--pairs", "--phase", "one-process", timeout_s=240)
+    assert data["benchmark"] == "scale_pairs"
+    single, many = data["one_process"]
+    assert (single["pairs"], many["pairs"]) == (1, 4)
+    assert single["pair_names"] == ["default"]
+    assert many["pair_names"] == ["p00", "p01", "p02", "p03"]
+    for run in (single, many):
+        assert run["links_per_pair"] == 200
+        assert run["peak_rss_mb"] > 10
+        assert run["failed_cycles"] == 0
+        assert run["daemon_exit_code"] == 0
+        idle = run["idle"]
+        assert len(idle["sn_reads_per_cycle"]) == run["pairs"]
+        assert all(n >= 4 for n in idle["cycles_per_pair"])  # 5 intervals of 1 s
+        # an idle cycle of every pair: 1 list request per side, 0 writes
+        assert all(0 < r <= 1.25 for r in idle["sn_reads_per_cycle"] + idle["bp_reads_per_cycle"])
+        assert not any(idle["sn_writes_per_cycle"] + idle["bp_writes_per_cycle"])
+        assert idle["cpu_s_per_min"] > 0
+        changes = run["changes"]
+        assert changes["made"] > 0
+        assert changes["carried"] == changes["made"]  # every change seen on the other side
+        assert changes["missed"] == 0
+        assert changes["cpu_s"] > 0
+    assert many["changes"]["made"] == 25  # 100/min for 15 s over 4 pairs
+    verdict = data["verdict"]
+    assert verdict["idle_requests_same_as_single"] == {"servicenow": True, "bigpanda": True}
+    assert verdict["idle_writes_zero"] is True
+    assert verdict["missed_changes"] == 0
+    assert data["replicas"] is None
+
+
+@pytest.mark.postgres
+def test_scale_pairs_replicas_quick(postgres_url: str) -> None:
+    """3 replicas on Postgres share 6 pairs, one is killed: every pair led exactly once
+    before and after, 0 lost, 0 duplicates, the schemas dropped."""
+    data = run_quick(
+        "scale.py", "--pairs", "--phase", "replicas", "--postgres-url", postgres_url,
+        timeout_s=240,
+    )  # fmt: skip
+    assert data["one_process"] == []
+    rep = data["replicas"]
+    assert (rep["replicas"], rep["pairs"]) == (3, 6)
+    assert rep["each_pair_led_once"] is True
+    assert rep["led_per_replica"] == [2, 2, 2]
+    assert rep["victim_led"] == 2
+    assert rep["each_pair_led_once_after_kill"] is True
+    assert rep["led_per_survivor"] == [3, 3]
+    assert rep["takeover_s"] is not None  # within the bench's bounded wait
+    assert rep["seeded"] == 6 * 3 * 2
+    assert rep["lost_before_kill"] == 0
+    assert rep["lost"] == 0
+    assert rep["duplicates"] == 0
+    assert rep["failed_cycles"] == [0, 0]
+    assert rep["survivor_exit_codes"] == [0, 0]
+    assert rep["schemas_dropped"] == 6
