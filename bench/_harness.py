@@ -653,6 +653,43 @@ class Api:
             if resp.status >= 300:
                 raise RuntimeError(f"assign: {resp.status} {await resp.text()}")
 
+    async def bp_comment(self, incident_id: str, text: str) -> None:
+        """A person comments on the incident in BigPanda (``POST .../comments``)."""
+        url = (
+            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
+            f"/incidents/{incident_id}/comments"
+        )
+        async with self.http.post(url, json={"comment": text}, headers=self.bp_key) as resp:
+            self._count("bigpanda", "POST")
+            if resp.status >= 300:
+                raise RuntimeError(f"comment: {resp.status} {await resp.text()}")
+
+    async def bp_activities(self, incident_id: str) -> list[dict[str, Any]]:
+        url = f"{self.emus.bp_url}/resources/v2.0/incidents/{incident_id}/activities"
+        async with self.http.get(url, headers=self.bp_key) as resp:
+            self._count("bigpanda", "GET")
+            resp.raise_for_status()
+            body = await resp.json()
+        items = body.get("items", body) if isinstance(body, dict) else body
+        return list(items)
+
+    async def sn_journal(self, sys_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The ``sys_journal_field`` rows of these incidents."""
+        params = {
+            "sysparm_query": "name=incident^element_idIN" + ",".join(sys_ids),
+            "sysparm_fields": "element_id,element,value",
+            "sysparm_limit": "10000",
+        }
+        async with self.http.get(
+            f"{self.emus.sn_url}/api/now/table/sys_journal_field",
+            params=params,
+            auth=self.sn_auth,
+            headers={"Accept": "application/json"},
+        ) as resp:
+            self._count("servicenow", "GET")
+            resp.raise_for_status()
+            return list((await resp.json())["result"])
+
     async def bp_alerts(self, alerts: Sequence[Mapping[str, Any]], app_key: str = "bench") -> None:
         body = {"app_key": app_key, "alerts": list(alerts)}
         async with self.http.post(

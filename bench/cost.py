@@ -27,6 +27,11 @@ subtracted.
 3. With ``--assignee`` (``incidents.sync_assignee`` on), two more kinds: K incidents
    assigned in BigPanda to one person (Abel Tuter, in both emulators), and K others
    assigned to him in ServiceNow (``assigned_to``).
+4. With ``--journal``, two more: K BigPanda comments (each carried as one ServiceNow
+   work note, ``[journal] to_servicenow``) and K ServiceNow work notes (each carried as
+   one BigPanda comment, ``from_servicenow``); verified: each entry once on the other
+   side. A carried entry costs 1 write on the other side and no read beyond the changed
+   pair's journal read (ServiceNow's ``sys_journal_field`` read counts as a read there).
 
 Targets: an idle cycle makes 1 list request on ServiceNow and 1 per 100 active incidents
 on BigPanda, 0 writes; a change costs at most 1 write per changed field on the other
@@ -81,7 +86,7 @@ class Idle:
 
 @dataclass
 class PerChange:
-    kind: str  # bp_to_sn | sn_to_bp | assign_bp_to_sn | assign_sn_to_bp
+    kind: str  # bp_to_sn | sn_to_bp | assign_... | journal_bp_to_sn | journal_sn_to_bp
     changes: int
     propagated: int
     cycles: int
@@ -146,6 +151,7 @@ async def change_cost(
     kind: str,
     targets: list[tuple[str, str]],
     current: dict[str, str],
+    sn_journal: bool = False,
 ) -> PerChange:
     """K changes of ``kind`` at once on the (bp_id, sys_id) ``targets``."""
     await h.settle(api, daemon, quiet_cycles=2, timeout_s=120)
@@ -156,7 +162,13 @@ async def change_cost(
     for bp, sys_id in targets:
         value = "high" if current[bp] != "high" else "medium"
         current[bp] = value
-        if kind == "assign_bp_to_sn":
+        if kind == "journal_bp_to_sn":
+            await api.bp_comment(bp, f"bench comment {bp}")
+            wanted[sys_id] = f"bench comment {bp}"
+        elif kind == "journal_sn_to_bp":
+            await api.sn_patch(sys_id, {"work_notes": f"bench note {sys_id}"})
+            wanted[bp] = f"bench note {sys_id}"
+        elif kind == "assign_bp_to_sn":
             await api.bp_assign(bp, ABEL_BP)
             wanted[sys_id] = abel
         elif kind == "assign_sn_to_bp":
@@ -189,7 +201,19 @@ async def change_cost(
     journal_reads = delta["bigpanda"].requests.get(JOURNAL_READ, 0) / k
     reads["bigpanda"] -= journal_reads
     # verify (after the snapshot: these reads are not counted)
-    if kind == "assign_bp_to_sn":
+    if kind == "journal_bp_to_sn":  # each comment once among the ticket's work notes
+        rows = await api.sn_journal(list(wanted))
+        propagated = sum(
+            1
+            for sys_id, text in wanted.items()
+            if sum(1 for r in rows if r["element_id"] == sys_id and text in r["value"]) == 1
+        )
+    elif kind == "journal_sn_to_bp":  # each work note once among the incident's comments
+        propagated = 0
+        for bp, text in wanted.items():
+            found = [a for a in await api.bp_activities(bp) if text in json.dumps(a)]
+            propagated += len(found) == 1
+    elif kind == "assign_bp_to_sn":
         rows = await api.sn_query("sys_idIN" + ",".join(wanted), "sys_id,assigned_to")
         propagated = sum(1 for r in rows if wanted.get(r["sys_id"]) == r.get("assigned_to"))
     elif kind == "assign_sn_to_bp":
@@ -204,8 +228,14 @@ async def change_cost(
     target_side, source_side = (
         ("servicenow", "bigpanda") if kind.endswith("bp_to_sn") else ("bigpanda", "servicenow")
     )
-    # an assignee's person is looked up once (cached): at most 2 reads for all K changes
-    lookups = 2 / k if kind.startswith("assign") else 0.0
+    # an assignee's person is looked up once (cached): at most 2 reads for all K changes;
+    # with [journal] from_servicenow on, every change of a pair (the person's, or the echo
+    # of bpsync's write) has its ServiceNow journal read: 1 per change (BigPanda's, the
+    # activities read, is reported apart as journal_reads)
+    # (a carried BigPanda comment's author is looked up the same way: SCIM, cached)
+    lookups = 2 / k if kind.startswith("assign") or kind == "journal_bp_to_sn" else 0.0
+    if sn_journal:  # from_servicenow on: the changed pair's ServiceNow journal read
+        lookups += 1.0
     met = (
         propagated == k
         and writes[target_side] <= 1.0 + 1e-9
@@ -255,6 +285,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         "BPSYNC_RETRIEVAL_COUNT": args.retrieval_count,
                         "BPSYNC_CURSOR_OVERLAP": overlap,
                         "BPSYNC_INCIDENTS__SYNC_ASSIGNEE": str(args.assignee).lower(),
+                        # work notes carried both ways (to_servicenow is on by default)
+                        "BPSYNC_JOURNAL__FROM_SERVICENOW": "work_notes" if args.journal else "",
                     },
                 )
                 bp_ids: list[str] = []
@@ -290,12 +322,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         kinds = ["bp_to_sn", "sn_to_bp"]
                         if args.assignee:
                             kinds += ["assign_bp_to_sn", "assign_sn_to_bp"]
+                        if args.journal:
+                            kinds += ["journal_bp_to_sn", "journal_sn_to_bp"]
                         half = max(1, min(k, len(pairs) // len(kinds)))
                         for i, kind in enumerate(kinds):
                             chosen = pairs[i * half : (i + 1) * half]
                             changes.append(
                                 await change_cost(
-                                    api, daemon, idle, kind=kind, targets=chosen, current=current
+                                    api,
+                                    daemon,
+                                    idle,
+                                    kind=kind,
+                                    targets=chosen,
+                                    current=current,
+                                    sn_journal=args.journal,
                                 )
                             )
                             h.log(
@@ -366,7 +406,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, info: dict[str, Any
         ),
         [
             (
-                c["kind"].replace("_to_", " -> ").replace("assign_", "assignee "),
+                c["kind"].replace("_to_", " -> ").replace("assign_", "assignee ").replace("_", " "),
                 c["changes"],
                 c["propagated"],
                 c["sn_reads"],
@@ -408,6 +448,12 @@ def main() -> None:
         "--assignee",
         action="store_true",
         help="incidents.sync_assignee on, and the assignee change kinds",
+    )
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="the journal kinds too: a BigPanda comment carried to ServiceNow as a work "
+        "note, a ServiceNow work note carried to BigPanda as a comment",
     )
     parser.add_argument(
         "--cursor-overlap",

@@ -60,6 +60,23 @@ def test_latency_quick() -> None:
     assert isinstance(data["target_met"], bool)
 
 
+def test_cost_quick_journal() -> None:
+    """A carried journal entry costs 1 write on the other side, none back, and no read
+    beyond the changed pair's journal reads (and a comment author's cached look-up);
+    each entry lands exactly once (the bench verifies it)."""
+    data = run_quick("cost.py", "--journal", timeout_s=150)
+    kinds = {c["kind"]: c for c in data["per_change"]}
+    assert {"journal_bp_to_sn", "journal_sn_to_bp"} <= set(kinds)
+    for change in kinds.values():
+        assert change["changes"] > 0
+        assert change["propagated"] == change["changes"]  # each entry once, none lost
+        assert change["target_met"], change
+    assert 0 < kinds["journal_bp_to_sn"]["sn_writes"] <= 1
+    assert kinds["journal_bp_to_sn"]["bp_writes"] == 0
+    assert 0 < kinds["journal_sn_to_bp"]["bp_writes"] <= 1
+    assert kinds["journal_sn_to_bp"]["sn_writes"] == 0
+
+
 def test_cost_quick() -> None:
     data = run_quick("cost.py")
     assert data["benchmark"] == "cost"
