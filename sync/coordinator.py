@@ -63,10 +63,9 @@ from sync.guards import check_mass_resolve
 from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
-from sync.mapping import compile_rules, reads_primary_alert, updated_texts
 from sync.merge_reads import MergeReads
 from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
-from sync.newcomers import expanded_oldest_first
+from sync.newcomers import expand_changed_alerts
 from sync.pairs import Pair, oldest_change, pair_bp_id
 from sync.people import BigPandaUsers
 from sync.polling import BPPoll, Polled, Poller, count_changes
@@ -284,7 +283,7 @@ class Coordinator:
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
             pairs, fresh = await self.merges.read(pairs, fresh, environments)
-            await self._expand_alerts(pairs, bp_polled.listed)
+            await expand_changed_alerts(self._bp, self._settings, pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
             worked.update(c.key for pair in (*pairs, *fresh) for c in pair.changes)
@@ -495,34 +494,6 @@ class Coordinator:
             pair.bp = await self._bp.get_incident(pair.environment_id, bp.id, expand_alerts=True)
         except NotFoundError:
             log.warning("BigPanda incident %s vanished while being synced", bp.id)
-
-    async def _expand_alerts(
-        self, pairs: Sequence[Pair], listed: Sequence[tuple[BPIncident, str]]
-    ) -> None:
-        """Linked pairs whose BigPanda incident changed get its alerts when something
-        after the create is built from them: a generated text ``update_fields`` lists
-        (B10: the description follows the incident), a mapping row reading
-        ``primary_alert.<tag>``. Read in batches like newcomers' (:mod:`sync.newcomers`):
-        no request for a pair that did not change, about one page per ten that did."""
-        reads_alerts = any(
-            rule.to_servicenow and reads_primary_alert(rule.tag)
-            for rule in compile_rules(self._settings)
-        )
-        if not updated_texts(self._settings.incidents) and not reads_alerts:
-            return
-        wanted: dict[str, dict[str, Pair]] = {}
-        for pair in pairs:
-            bp, link, env = pair.bp, pair.link, pair.environment_id
-            if link is None or link.state != LinkState.LINKED or env is None or bp is None:
-                continue
-            if bp.active and bp.alert_ids and not bp.alerts:
-                wanted.setdefault(env, {})[bp.id] = pair
-        for env, by_id in wanted.items():
-            polled = [incident for incident, where in listed if where == env]
-            incidents = [pair.bp for pair in by_id.values() if pair.bp is not None]
-            async for batch in expanded_oldest_first(self._bp, env, incidents, polled):
-                for incident in batch:
-                    by_id[incident.id].bp = incident
 
     async def fetch_bp(
         self, incident_id: str, environments: Sequence[str]

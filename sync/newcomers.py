@@ -14,6 +14,8 @@ in an alert storm that is the difference between keeping up and falling behind.
   a start second and however many older ones are still active (they sort after).
   An incident its page did not bring (resolved meanwhile, or past the 10,000 results
   search serves) is read on its own (``GET``), as before.
+- Linked incidents that changed get their alerts the same way when a text or a mapping
+  row after the create is built from them (:func:`expand_changed_alerts`).
 - ServiceNow: one ``correlation_idIN...^active=true`` query per batch. An incident with
   no match is marked checked (its create's first attempt does not search again); a
   match leaves the full check to the executor (adoption, history after a reopen).
@@ -26,7 +28,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.errors import NotFoundError
-from sync.model import BPIncident
+from sync.mapping import compile_rules, reads_primary_alert, updated_texts
+from sync.model import BPIncident, LinkState
+from sync.pairs import Pair
+from sync.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +105,34 @@ async def unmatched(servicenow: ServiceNowAPI, bp_incident_ids: Sequence[str]) -
     records = await servicenow.find_by_correlation_ids(bp_incident_ids, active_only=True)
     matched = {str(r.get("correlation_id", "")) for r in records}
     return set(bp_incident_ids) - matched
+
+
+async def expand_changed_alerts(
+    bp: BigPandaAPI,
+    settings: Settings,
+    pairs: Sequence[Pair],
+    listed: Sequence[tuple[BPIncident, str]],
+) -> None:
+    """Linked pairs whose BigPanda incident changed get its alerts when something
+    after the create is built from them: a generated text ``update_fields`` lists
+    (B10: the description follows the incident), a mapping row reading
+    ``primary_alert.<tag>``. Read in batches like newcomers' (:func:`expanded_oldest_first`):
+    no request for a pair that did not change, about one page per ten that did."""
+    reads_alerts = any(
+        rule.to_servicenow and reads_primary_alert(rule.tag) for rule in compile_rules(settings)
+    )
+    if not updated_texts(settings.incidents) and not reads_alerts:
+        return
+    wanted: dict[str, dict[str, Pair]] = {}
+    for pair in pairs:
+        incident, link, env = pair.bp, pair.link, pair.environment_id
+        if link is None or link.state != LinkState.LINKED or env is None or incident is None:
+            continue
+        if incident.active and incident.alert_ids and not incident.alerts:
+            wanted.setdefault(env, {})[incident.id] = pair
+    for env, by_id in wanted.items():
+        polled = [incident for incident, where in listed if where == env]
+        incidents = [pair.bp for pair in by_id.values() if pair.bp is not None]
+        async for batch in expanded_oldest_first(bp, env, incidents, polled):
+            for incident in batch:
+                by_id[incident.id].bp = incident
