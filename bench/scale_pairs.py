@@ -64,7 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _harness as h
 from bench import _pairs as p
-from bench import scale, scale_replicas
+from bench import scale_replicas
+from bench._fill import create_pool, populate
 
 TEMPLATE_SN_URL = "http://template.invalid"
 CHANGE_VALUES = ("high", "medium")  # the pool starts at "low": a change is always seen
@@ -254,7 +255,7 @@ async def measure(pairs: int, args: argparse.Namespace, template: Path, tmp: Pat
             apis = await host.start(http)
             fill_stores(template, state, names, host.sets)
             for api, emus in zip(apis, host.sets, strict=True):
-                await scale.create_pool(api, emus, args.pool)
+                await create_pool(api, emus, args.pool)
             run.setup_s = round(time.monotonic() - setup_started, 1)
             top = {
                 "poll_interval": args.poll_interval,
@@ -296,9 +297,7 @@ async def one_process(args: argparse.Namespace) -> list[Run]:
     with tempfile.TemporaryDirectory(prefix="bpsync-bench-pairs-") as tmp_name:
         tmp = Path(tmp_name)
         template = tmp / "template.db"
-        await scale.populate(
-            f"sqlite+aiosqlite:///{template.as_posix()}", args.links, TEMPLATE_SN_URL
-        )
+        await populate(f"sqlite+aiosqlite:///{template.as_posix()}", args.links, TEMPLATE_SN_URL)
         runs = []
         for pairs in (1, args.count):
             h.log(f"one process, {pairs} pair(s):")
