@@ -62,7 +62,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sync.clock import Clock, SystemClock
 from sync.coordinator import CycleReport
 from sync.engine import Engine
-from sync.errors import ConfigError
+from sync.errors import ConfigError, StoreError
 from sync.pairconfig import expand_pairs, overlaps
 from sync.runtime.health import Readiness
 from sync.runtime.leader import shared_session
@@ -278,7 +278,7 @@ class Daemon:
             except Exception as exc:
                 if len(self.runners) == 1:
                     raise
-                raise type(exc)(f"pair {runner.name}: {exc}") from exc
+                raise StoreError(f"pair {runner.name}: {exc}") from exc
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT request a stop (from start-up on: B17 holds then too)."""
