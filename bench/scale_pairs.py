@@ -405,8 +405,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     scale_replicas.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.count, args.links, args.change_seconds = 4, 200, 15.0
-        args.idle_cycles, args.poll_interval, args.cursor_overlap = 5, 1.0, 3.0
+        args.count, args.links, args.change_seconds = 4, 200, 9.0
+        args.idle_cycles, args.poll_interval, args.cursor_overlap = 3, 1.0, 3.0
         args.replica_pairs = 6
     needed = -(-int(args.change_seconds * args.changes_per_min / 60) // args.count)
     args.pool = max(args.pool, needed)

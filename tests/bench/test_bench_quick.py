@@ -60,25 +60,8 @@ def test_latency_quick() -> None:
     assert isinstance(data["target_met"], bool)
 
 
-def test_cost_quick_journal() -> None:
-    """A carried journal entry costs 1 write on the other side, none back, and no read
-    beyond the changed pair's journal reads (and a comment author's cached look-up);
-    each entry lands exactly once (the bench verifies it)."""
-    data = run_quick("cost.py", "--journal", timeout_s=150)
-    kinds = {c["kind"]: c for c in data["per_change"]}
-    assert {"journal_bp_to_sn", "journal_sn_to_bp"} <= set(kinds)
-    for change in kinds.values():
-        assert change["changes"] > 0
-        assert change["propagated"] == change["changes"]  # each entry once, none lost
-        assert change["target_met"], change
-    assert 0 < kinds["journal_bp_to_sn"]["sn_writes"] <= 1
-    assert kinds["journal_bp_to_sn"]["bp_writes"] == 0
-    assert 0 < kinds["journal_sn_to_bp"]["bp_writes"] <= 1
-    assert kinds["journal_sn_to_bp"]["sn_writes"] == 0
-
-
 def test_cost_quick() -> None:
-    data = run_quick("cost.py")
+    data = run_quick("cost.py", "--journal", timeout_s=150)
     assert data["benchmark"] == "cost"
     (idle,) = data["idle"]
     assert idle["cycles"] >= 3
@@ -92,7 +75,7 @@ def test_cost_quick() -> None:
     assert idle["cpu_ms_per_cycle"] > 0
     assert idle["cycle_ms"] > 0
     kinds = {c["kind"]: c for c in data["per_change"]}
-    assert set(kinds) == {"bp_to_sn", "sn_to_bp"}
+    assert set(kinds) == {"bp_to_sn", "sn_to_bp", "journal_bp_to_sn", "journal_sn_to_bp"}
     for change in kinds.values():
         assert change["changes"] > 0
         assert change["propagated"] == change["changes"]  # 0 missed changes
@@ -103,9 +86,18 @@ def test_cost_quick() -> None:
     assert kinds["sn_to_bp"]["sn_writes"] == 0
     # journals (the defaults: BigPanda comments to work notes): no read beyond the
     # changed pair's own comment read, reported apart
+    for name in ("bp_to_sn", "sn_to_bp"):
+        assert 0 <= kinds[name]["journal_reads"] <= 2
+        assert kinds[name]["bp_reads"] <= 0.05
+    # a carried journal entry (--journal: work notes both ways) costs 1 write on the other
+    # side, none back, and no read beyond the changed pair's journal reads (and a comment
+    # author's cached look-up); each entry lands exactly once (the bench verifies it)
     for change in kinds.values():
-        assert 0 <= change["journal_reads"] <= 2
-        assert change["bp_reads"] <= 0.05
+        assert change["target_met"], change
+    assert 0 < kinds["journal_bp_to_sn"]["sn_writes"] <= 1
+    assert kinds["journal_bp_to_sn"]["bp_writes"] == 0
+    assert 0 < kinds["journal_sn_to_bp"]["bp_writes"] <= 1
+    assert kinds["journal_sn_to_bp"]["sn_writes"] == 0
 
 
 def test_backfill_quick() -> None:
@@ -190,7 +182,7 @@ def test_scale_pairs_quick() -> None:
         assert run["daemon_exit_code"] == 0
         idle = run["idle"]
         assert len(idle["sn_reads_per_cycle"]) == run["pairs"]
-        assert all(n >= 4 for n in idle["cycles_per_pair"])  # 5 intervals of 1 s
+        assert all(n >= 2 for n in idle["cycles_per_pair"])  # 3 intervals of 1 s
         # an idle cycle of every pair: 1 list request per side, 0 writes
         assert all(0 < r <= 1.25 for r in idle["sn_reads_per_cycle"] + idle["bp_reads_per_cycle"])
         assert not any(idle["sn_writes_per_cycle"] + idle["bp_writes_per_cycle"])
@@ -200,7 +192,7 @@ def test_scale_pairs_quick() -> None:
         assert changes["carried"] == changes["made"]  # every change seen on the other side
         assert changes["missed"] == 0
         assert changes["cpu_s"] > 0
-    assert many["changes"]["made"] == 25  # 100/min for 15 s over 4 pairs
+    assert many["changes"]["made"] == 15  # 100/min for 9 s over 4 pairs
     verdict = data["verdict"]
     assert verdict["idle_requests_same_as_single"] == {"servicenow": True, "bigpanda": True}
     assert verdict["idle_writes_zero"] is True

@@ -28,7 +28,7 @@ from .test_crash import Daemon, daemon_env
 
 pytestmark = pytest.mark.slow
 
-PAIRS = 8
+PAIRS = 5
 #: a kill lands this long after the merge is asked for: BigPanda applies it after 1 s,
 #: bpsync polls every 0.2 s, so from before bpsync sees it to the middle of its handling
 KILL_AFTER_S = (0.8, 2.2)
