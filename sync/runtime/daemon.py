@@ -70,6 +70,7 @@ from sync.runtime.pairrun import PairRunner, cycle_interval, prepare_database
 from sync.runtime.share import LeadershipShare, deployment_group
 from sync.runtime.status import StatusSource
 from sync.settings import Settings, redact_url
+from sync.store.engines import is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,7 @@ class Daemon:
             )
             first_url = self.runners[0].settings.effective_database_url
             session = (
-                shared_session(first_url, self._holder, group)
-                if first_url.startswith("postgresql")
-                else None
+                shared_session(first_url, self._holder, group) if is_postgres(first_url) else None
             )
             for runner in self.runners:
                 runner.share, runner.group = share, group

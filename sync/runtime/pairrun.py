@@ -31,12 +31,9 @@ from sync.runtime.health import HealthState
 from sync.runtime.share import LeadershipShare
 from sync.settings import Settings
 from sync.store.base import FencedError
+from sync.store.engines import is_postgres
 
 log = logging.getLogger(__name__)
-
-
-def _is_postgres(url: str) -> bool:
-    return url.startswith("postgresql")
 
 
 def _sqlite_path(url: str) -> str:
@@ -181,7 +178,7 @@ class PairRunner:
             self.engine = None
 
     async def _take_single_writer(self, url: str) -> None:
-        if _is_postgres(url):
+        if is_postgres(url):
             from sync.runtime.leader import PostgresLeaderElector
 
             self._elector = PostgresLeaderElector(

@@ -57,6 +57,14 @@ def normalise_url(url: str) -> URL:
     )
 
 
+def is_postgres(url: str) -> bool:
+    """Whether ``url`` names a Postgres database, in any spelling :func:`normalise_url` takes."""
+    try:
+        return normalise_url(url).get_backend_name() == "postgresql"
+    except StoreError:
+        return False
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An async engine for ``url`` with bpsync's connection setup (see the module doc)."""
     parsed = normalise_url(url)

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from sync.errors import StoreError
 from sync.store import open_store, upgrade_database
-from sync.store.engines import make_engine, normalise_url
+from sync.store.engines import is_postgres, make_engine, normalise_url
 from sync.store.sql import SqlStore
 
 
@@ -60,6 +60,22 @@ def test_urls_get_the_async_drivers_and_bad_ones_are_refused() -> None:
         normalise_url("mysql://u:pw@h/db")
     with pytest.raises(StoreError, match="invalid database URL"):
         normalise_url("not a url")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+asyncpg://u@h/db", True),
+        ("postgresql://u@h/db", True),
+        ("postgres://u@h/db", True),  # the short spelling normalise_url accepts
+        ("sqlite+aiosqlite:///x.db", False),
+        ("sqlite:///:memory:", False),
+        ("mysql://u@h/db", False),
+        ("not a url", False),
+    ],
+)
+def test_is_postgres_knows_every_spelling(url: str, expected: bool) -> None:
+    assert is_postgres(url) is expected
 
 
 async def test_unwritable_sqlite_directory_is_a_store_error(tmp_path: Path) -> None:
