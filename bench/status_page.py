@@ -132,7 +132,7 @@ async def run(links: int, requests: int) -> None:
             health=health,
             metrics=Metrics(),
             db_ping=ping,
-            status=pairs_source([reader]),
+            status=pairs_source(lambda: [reader]),
             status_token=SecretStr(TOKEN),
         )
         rng = random.Random(7)

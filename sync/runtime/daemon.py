@@ -54,6 +54,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,13 @@ from sync.runtime.health import Readiness
 from sync.runtime.leader import shared_session
 from sync.runtime.pairrun import PairRunner, cycle_interval, prepare_database
 from sync.runtime.share import LeadershipShare, deployment_group
-from sync.runtime.status import StatusSource
+from sync.runtime.status import (
+    PairStatus,
+    PairStatusReader,
+    StatusSource,
+    pairs_source,
+    unavailable,
+)
 from sync.settings import Settings, redact_url
 from sync.store.engines import is_postgres
 
@@ -234,29 +241,24 @@ class Daemon:
         )
 
     def _status_source(self) -> StatusSource:
+        return pairs_source(self._status_pairs)
+
+    def _status_pairs(self) -> Iterator[PairStatusReader | PairStatus]:
         """The status page's pairs, in their order; a pair that could not start shows
         why (nothing of its store can be read)."""
-        from sync.runtime.status import PairStatus, PairStatusReader, unavailable
-
-        async def source(query: str | None) -> list[PairStatus]:
-            out = []
-            for runner in self.runners:
-                if not runner.started or runner.engine is None:  # (a start may be retrying)
-                    out.append(unavailable(runner.name, runner.health, self.clock, self._holder))
-                    continue
-                reader = PairStatusReader(
-                    runner.name,
-                    runner.engine.store,
-                    runner.health,
-                    self.clock,
-                    attempts=runner.settings.retry.attempts,
-                    this_replica=self._holder,
-                    leads=functools.partial(_leads, runner),
-                )
-                out.append(await reader.read(query))
-            return out
-
-        return source
+        for runner in self.runners:
+            if not runner.started or runner.engine is None:  # (a start may be retrying)
+                yield unavailable(runner.name, runner.health, self.clock, self._holder)
+                continue
+            yield PairStatusReader(
+                runner.name,
+                runner.engine.store,
+                runner.health,
+                self.clock,
+                attempts=runner.settings.retry.attempts,
+                this_replica=self._holder,
+                leads=functools.partial(_leads, runner),
+            )
 
     def _receivers(self) -> Any:
         from sync.runtime.receiver import PairReceivers

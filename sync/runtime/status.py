@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -404,11 +404,15 @@ def unavailable(name: str, health: HealthState, clock: Clock, this_replica: str)
     )
 
 
-def pairs_source(readers: Sequence[PairStatusReader]) -> StatusSource:
-    """The server's :data:`StatusSource` over the pairs' readers, in their order."""
+def pairs_source(pairs: Callable[[], Iterable[PairStatusReader | PairStatus]]) -> StatusSource:
+    """The server's :data:`StatusSource`: ``pairs()`` gives, per request and in order, each
+    pair's reader, or the status of a pair that has no store to read (:func:`unavailable`)."""
 
     async def source(query: str | None) -> list[PairStatus]:
-        return [await reader.read(query) for reader in readers]
+        return [
+            await pair.read(query) if isinstance(pair, PairStatusReader) else pair
+            for pair in pairs()
+        ]
 
     return source
 

@@ -141,7 +141,7 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Page]:
         health=health,
         metrics=Metrics(),
         db_ping=ping,
-        status=pairs_source([reader]),
+        status=pairs_source(lambda: [reader]),
         status_token=SecretStr(request.param) if request.param else None,
     )
     headers = {"Authorization": f"Bearer {TOKEN}"} if request.param else {}
@@ -275,7 +275,7 @@ async def _served_with_token() -> tuple[HttpServer, Any]:
         health=health,
         metrics=Metrics(),
         db_ping=ping,
-        status=pairs_source([reader]),
+        status=pairs_source(lambda: [reader]),
         status_token=SecretStr(TOKEN),
     )
     return server, store
