@@ -571,14 +571,57 @@ class Api:
     def _count(self, side: str, method: str) -> None:
         self.own[side].by_method[method] += 1
 
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        count: str | None = None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[Any, Mapping[str, str]]:
+        """One request: its JSON body (None when it has none) and headers; a status of
+        300 or more raises, naming ``what``. ``count``: the side whose real API this is
+        (counted in :attr:`own`, sent with that side's credentials); None for control."""
+        auth = self.sn_auth if count == "servicenow" else None
+        sent = dict(
+            headers
+            if headers is not None
+            else (self.bp_key if count == "bigpanda" else {"Accept": "application/json"})
+        )
+        async with self.http.request(
+            method, url, json=json, params=params, auth=auth, headers=sent
+        ) as resp:
+            if count is not None:
+                self._count(count, method)
+            if resp.status >= 300:
+                raise RuntimeError(f"{what}: {resp.status} {await resp.text()}")
+            body = await resp.json() if resp.content_type == "application/json" else None
+            return body, resp.headers
+
+    async def _bp(self, method: str, path: str, what: str, **kw: Any) -> Any:
+        """A counted request to BigPanda's API (``path`` under the emulator's URL)."""
+        body, _ = await self._request(method, self.emus.bp_url + path, what, count="bigpanda", **kw)
+        return body
+
+    async def _sn(self, method: str, path: str, what: str, **kw: Any) -> Any:
+        """A counted request to ServiceNow's API (``path`` under the emulator's URL)."""
+        body, _ = await self._request(
+            method, self.emus.sn_url + path, what, count="servicenow", **kw
+        )
+        return body
+
+    def _bp_incident(self, incident_id: str) -> str:
+        return f"/resources/v2.0/environments/{self.emus.env_id}/incidents/{incident_id}"
+
     # control ------------------------------------------------------------------
     async def stats(self, side: str, *, with_log: bool = False) -> dict[str, Any]:
         base = self.emus.sn_url if side == "servicenow" else self.emus.bp_url
         url = f"{base}/_emulator/stats" + ("?log=1" if with_log else "")
-        async with self.http.get(url) as resp:
-            resp.raise_for_status()
-            body: dict[str, Any] = await resp.json()
-            return body
+        body, _ = await self._request("GET", url, f"{side} stats")
+        return dict(body)
 
     async def snapshot(self) -> dict[str, Stats]:
         return {
@@ -591,85 +634,52 @@ class Api:
 
     async def bp_fixtures(self, items: Sequence[Mapping[str, Any]], chunk: int = 1000) -> list[str]:
         ids: list[str] = []
+        url = f"{self.emus.bp_url}/_emulator/incidents"
         for i in range(0, len(items), chunk):
-            async with self.http.post(
-                f"{self.emus.bp_url}/_emulator/incidents", json=list(items[i : i + chunk])
-            ) as resp:
-                if resp.status >= 300:
-                    raise RuntimeError(f"fixtures: {resp.status} {await resp.text()}")
-                ids.extend((await resp.json())["incidents"])
+            body, _ = await self._request("POST", url, "fixtures", json=list(items[i : i + chunk]))
+            ids.extend(body["incidents"])
         return ids
 
     async def bp_dump(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.emus.bp_url}/_emulator/incidents") as resp:
-            resp.raise_for_status()
-            body = await resp.json()
+        body, _ = await self._request("GET", f"{self.emus.bp_url}/_emulator/incidents", "dump")
         items = body.get("incidents", body) if isinstance(body, dict) else body
         return list(items)
 
     async def bp_config(self, **values: Any) -> None:
-        async with self.http.post(f"{self.emus.bp_url}/_emulator/config", json=values) as resp:
-            resp.raise_for_status()
+        url = f"{self.emus.bp_url}/_emulator/config"
+        await self._request("POST", url, "bigpanda config", json=values)
 
     async def sn_config(self, **values: Any) -> dict[str, Any]:
         """``POST /_emulator/config`` of ServiceNow (e.g. ``semaphores``); the new config."""
-        async with self.http.post(f"{self.emus.sn_url}/_emulator/config", json=values) as resp:
-            if resp.status >= 300:
-                raise RuntimeError(f"servicenow config: {resp.status} {await resp.text()}")
-            body: dict[str, Any] = await resp.json()
-            return body
+        url = f"{self.emus.sn_url}/_emulator/config"
+        body, _ = await self._request("POST", url, "servicenow config", json=values)
+        return dict(body)
 
     # BigPanda -----------------------------------------------------------------
     async def seeded_environment(self) -> str:
-        async with self.http.get(
-            f"{self.emus.bp_url}/resources/v2.0/environments", headers=self.bp_key
-        ) as resp:
-            resp.raise_for_status()
-            envs = await resp.json()
-        self._count("bigpanda", "GET")
+        envs = await self._bp("GET", "/resources/v2.0/environments", "environments")
         for env in envs:
             if env.get("name") != "All Incidents":
                 return str(env["id"])
         return str(envs[0]["id"])
 
     async def bp_set_tag(self, incident_id: str, tag: str, value: str) -> None:
-        url = (
-            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
-            f"/incidents/{incident_id}/tags/{tag}"
-        )
-        async with self.http.post(url, json={"tag_value": value}, headers=self.bp_key) as resp:
-            self._count("bigpanda", "POST")
-            if resp.status >= 300:
-                raise RuntimeError(f"set tag: {resp.status} {await resp.text()}")
+        path = f"{self._bp_incident(incident_id)}/tags/{tag}"
+        await self._bp("POST", path, "set tag", json={"tag_value": value})
 
     async def bp_assign(self, incident_id: str, user_id: str) -> None:
         """A person assigns the incident in BigPanda (``PUT .../assignment``)."""
-        url = (
-            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
-            f"/incidents/{incident_id}/assignment"
-        )
-        async with self.http.put(url, json={"assignee": user_id}, headers=self.bp_key) as resp:
-            self._count("bigpanda", "PUT")
-            if resp.status >= 300:
-                raise RuntimeError(f"assign: {resp.status} {await resp.text()}")
+        path = f"{self._bp_incident(incident_id)}/assignment"
+        await self._bp("PUT", path, "assign", json={"assignee": user_id})
 
     async def bp_comment(self, incident_id: str, text: str) -> None:
         """A person comments on the incident in BigPanda (``POST .../comments``)."""
-        url = (
-            f"{self.emus.bp_url}/resources/v2.0/environments/{self.emus.env_id}"
-            f"/incidents/{incident_id}/comments"
-        )
-        async with self.http.post(url, json={"comment": text}, headers=self.bp_key) as resp:
-            self._count("bigpanda", "POST")
-            if resp.status >= 300:
-                raise RuntimeError(f"comment: {resp.status} {await resp.text()}")
+        path = f"{self._bp_incident(incident_id)}/comments"
+        await self._bp("POST", path, "comment", json={"comment": text})
 
     async def bp_activities(self, incident_id: str) -> list[dict[str, Any]]:
-        url = f"{self.emus.bp_url}/resources/v2.0/incidents/{incident_id}/activities"
-        async with self.http.get(url, headers=self.bp_key) as resp:
-            self._count("bigpanda", "GET")
-            resp.raise_for_status()
-            body = await resp.json()
+        path = f"/resources/v2.0/incidents/{incident_id}/activities"
+        body = await self._bp("GET", path, "activities")
         items = body.get("items", body) if isinstance(body, dict) else body
         return list(items)
 
@@ -680,24 +690,12 @@ class Api:
             "sysparm_fields": "element_id,element,value",
             "sysparm_limit": "10000",
         }
-        async with self.http.get(
-            f"{self.emus.sn_url}/api/now/table/sys_journal_field",
-            params=params,
-            auth=self.sn_auth,
-            headers={"Accept": "application/json"},
-        ) as resp:
-            self._count("servicenow", "GET")
-            resp.raise_for_status()
-            return list((await resp.json())["result"])
+        body = await self._sn("GET", "/api/now/table/sys_journal_field", "journal", params=params)
+        return list(body["result"])
 
     async def bp_alerts(self, alerts: Sequence[Mapping[str, Any]], app_key: str = "bench") -> None:
         body = {"app_key": app_key, "alerts": list(alerts)}
-        async with self.http.post(
-            f"{self.emus.bp_url}/data/v2/alerts", json=body, headers=self.bp_org
-        ) as resp:
-            self._count("bigpanda", "POST")
-            if resp.status >= 300:
-                raise RuntimeError(f"alerts: {resp.status} {await resp.text()}")
+        await self._bp("POST", "/data/v2/alerts", "alerts", json=body, headers=self.bp_org)
 
     # ServiceNow -----------------------------------------------------------------
     async def sn_query(self, query: str, fields: str, limit: int = 10000) -> list[dict[str, str]]:
@@ -707,62 +705,38 @@ class Api:
             "sysparm_limit": str(limit),
             "sysparm_exclude_reference_link": "true",
         }
-        async with self.http.get(
-            f"{self.emus.sn_url}/api/now/table/incident",
-            params=params,
-            auth=self.sn_auth,
-            headers={"Accept": "application/json"},
-        ) as resp:
-            self._count("servicenow", "GET")
-            resp.raise_for_status()
-            return list((await resp.json())["result"])
+        body = await self._sn("GET", "/api/now/table/incident", "query", params=params)
+        return list(body["result"])
 
     async def sn_user(self, user_name: str) -> str:
         """The sys_id of the ``sys_user`` with this ``user_name``."""
         params = {"sysparm_query": f"user_name={user_name}", "sysparm_fields": "sys_id"}
-        async with self.http.get(
-            f"{self.emus.sn_url}/api/now/table/sys_user",
-            params=params,
-            auth=self.sn_auth,
-            headers={"Accept": "application/json"},
-        ) as resp:
-            self._count("servicenow", "GET")
-            resp.raise_for_status()
-            return str((await resp.json())["result"][0]["sys_id"])
+        body = await self._sn("GET", "/api/now/table/sys_user", "user", params=params)
+        return str(body["result"][0]["sys_id"])
 
     async def sn_count(self, query: str = "") -> int:
         params = {"sysparm_query": query, "sysparm_fields": "sys_id", "sysparm_limit": "1"}
-        async with self.http.get(
+        _, headers = await self._request(
+            "GET",
             f"{self.emus.sn_url}/api/now/table/incident",
+            "count",
+            count="servicenow",
             params=params,
-            auth=self.sn_auth,
-            headers={"Accept": "application/json"},
-        ) as resp:
-            self._count("servicenow", "GET")
-            resp.raise_for_status()
-            return int(resp.headers.get("X-Total-Count", "0"))
+        )
+        return int(headers.get("X-Total-Count", "0"))
 
     async def sn_patch(self, sys_id: str, body: Mapping[str, str]) -> None:
-        url = f"{self.emus.sn_url}/api/now/table/incident/{sys_id}"
-        async with self.http.patch(
-            url, json=dict(body), auth=self.sn_auth, headers={"Accept": "application/json"}
-        ) as resp:
-            self._count("servicenow", "PATCH")
-            if resp.status >= 300:
-                raise RuntimeError(f"patch: {resp.status} {await resp.text()}")
+        await self._sn("PATCH", f"/api/now/table/incident/{sys_id}", "patch", json=dict(body))
 
     async def sn_create(self, body: Mapping[str, str]) -> dict[str, str]:
-        url = f"{self.emus.sn_url}/api/now/table/incident"
-        async with self.http.post(
-            url,
+        created = await self._sn(
+            "POST",
+            "/api/now/table/incident",
+            "create",
             json=dict(body),
-            auth=self.sn_auth,
             headers={"Accept": "application/json", "X-no-response-body": "false"},
-        ) as resp:
-            self._count("servicenow", "POST")
-            if resp.status >= 300:
-                raise RuntimeError(f"create: {resp.status} {await resp.text()}")
-            return dict((await resp.json())["result"])
+        )
+        return dict(created["result"])
 
 
 def tag_values(incident: Mapping[str, Any]) -> dict[str, str]:
