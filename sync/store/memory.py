@@ -34,10 +34,10 @@ from sync.store.base import (
     opt_utc,
 )
 from sync.store.memory_core import Data
-from sync.store.memory_journal import JournalRows, MemoryJournal
-from sync.store.memory_push import MemoryPushEvents, PushRows
+from sync.store.memory_journal import MemoryJournal
+from sync.store.memory_push import MemoryPushEvents
 from sync.store.memory_records import MemoryRecords
-from sync.store.memory_status import MemoryStatus, StatusData
+from sync.store.memory_status import MemoryStatus
 
 
 def _is_open(item: OutboxItem, attempts: int) -> bool:
@@ -58,17 +58,6 @@ class MemoryStore(MemoryRecords, MemoryStatus, MemoryPushEvents, MemoryJournal):
     def replica(self) -> MemoryStore:
         """Another store over the same data, with its own fence (a second daemon)."""
         return MemoryStore(_data=self._data)
-
-    def _push_rows(self, *, fenced: bool) -> PushRows:
-        return (self._write() if fenced else self._read()).push_events
-
-    def _journal_data(self, *, write: bool) -> tuple[Mapping[int, Link], JournalRows]:
-        data = self._write() if write else self._read()
-        return data.links, data.journal
-
-    def _status_data(self) -> StatusData:
-        data = self._read()
-        return StatusData(data.links, data.outbox, data.epoch, data.holder, data.leader_at)
 
     # --- links
 

@@ -8,10 +8,13 @@ from datetime import datetime
 
 from sync.constants import Side
 from sync.errors import StoreError
-from sync.model import FieldState, Link
-from sync.store.base import AuditEntry, Cursor, OutboxItem, fenced_error
-from sync.store.memory_journal import JournalRows
-from sync.store.memory_push import PushRows
+from sync.model import CarriedEntry, FieldState, Link
+from sync.store.base import AuditEntry, Cursor, OutboxItem, PushEvent, fenced_error
+
+#: the push events a database would hold, by side and incident id
+PushRows = dict[tuple[Side, str], PushEvent]
+#: the journal ledger a database would hold, by link, side and entry id
+JournalRows = dict[tuple[int, Side, str], CarriedEntry]
 
 
 @dataclass
@@ -66,4 +69,4 @@ class MemoryCore:
         return self._data
 
 
-__all__ = ["Data", "MemoryCore"]
+__all__ = ["Data", "JournalRows", "MemoryCore", "PushRows"]

@@ -10,17 +10,17 @@ from sync.constants import Side
 from sync.errors import StoreError
 from sync.model import CarriedEntry, Link
 from sync.store.base import CarriedRecord, as_utc
+from sync.store.memory_core import JournalRows, MemoryCore
 
-JournalRows = dict[tuple[int, Side, str], CarriedEntry]
 
-
-class MemoryJournal:
+class MemoryJournal(MemoryCore):
     """The :class:`~sync.store.base.JournalLedger` part of ``MemoryStore``."""
 
     def _journal_data(self, *, write: bool) -> tuple[Mapping[int, Link], JournalRows]:
         """The shared links and ledger rows, after the store's open (and, ``write``,
         epoch) check."""
-        raise NotImplementedError
+        data = self._write() if write else self._read()
+        return data.links, data.journal
 
     async def record_carried(
         self, link_id: int, side: Side, entry_id: str, digest: str, now: datetime

@@ -9,16 +9,15 @@ from datetime import datetime
 
 from sync.constants import Side
 from sync.store.base import PushEvent, as_utc
+from sync.store.memory_core import MemoryCore, PushRows
 
-PushRows = dict[tuple[Side, str], PushEvent]
 
-
-class MemoryPushEvents:
+class MemoryPushEvents(MemoryCore):
     """The :class:`~sync.store.base.PushEvents` part of ``MemoryStore``."""
 
     def _push_rows(self, *, fenced: bool) -> PushRows:
         """The shared rows, after the store's open (and, ``fenced``, epoch) check."""
-        raise NotImplementedError
+        return (self._write() if fenced else self._read()).push_events
 
     async def record_push_event(
         self,

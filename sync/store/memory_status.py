@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sync.model import Link, LinkState
 from sync.store.base import LeaderRecord, OutboxItem
+from sync.store.memory_core import MemoryCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +24,12 @@ class StatusData:
     leader_at: datetime | None
 
 
-class MemoryStatus:
+class MemoryStatus(MemoryCore):
     """The :class:`~sync.store.base.StatusReads` part of ``MemoryStore``."""
 
     def _status_data(self) -> StatusData:
-        raise NotImplementedError
+        data = self._read()
+        return StatusData(data.links, data.outbox, data.epoch, data.holder, data.leader_at)
 
     async def count_links_by_state(self) -> dict[LinkState, int]:
         counts = dict.fromkeys(LinkState, 0)
