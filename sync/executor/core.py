@@ -116,6 +116,7 @@ class Executor:
             settings.retry,
             self._writes,
             self._alerts,
+            pacing=settings.pacing.policy(),
             log_action=self._log_action,
             lease_s=lease_s,
         )

@@ -115,6 +115,7 @@ from sync.clients.pacing import (
     SideHealth,
     SkipObserver,
     ThrottleObserver,
+    held_error,
     resendable,
 )
 from sync.clock import Clock
@@ -195,6 +196,10 @@ class BigPandaClient(PeopleCalls):
     def pacer(self) -> RatePacer:
         return self._pacer
 
+    def held_for(self, family: str) -> float:
+        """Seconds before ``family``'s next request may go (:meth:`RatePacer.held_for`)."""
+        return self._pacer.held_for(family)
+
     # ------------------------------------------------------------------ transport
     async def _request(
         self,
@@ -231,6 +236,16 @@ class BigPandaClient(PeopleCalls):
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
         while True:
+            held = held_error(
+                SIDE,
+                family.value,
+                self._pacer.held_for(family),
+                self._policy,
+                method=method,
+                url=self._shown_base + path,
+            )
+            if held is not None:
+                raise held
             sent_at = await self._pacer.acquire(family)
             outcome = await send(
                 self._session,
