@@ -7,7 +7,7 @@ import inspect
 import itertools
 import logging
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,10 +24,12 @@ from sync.actions import (
 )
 from sync.clock import FakeClock
 from sync.constants import Side
-from sync.errors import FatalError, PermanentError, TransientError
+from sync.coordinator import recover
+from sync.errors import FatalError, PermanentError, StoreError, TransientError
 from sync.executor import Executor, decode_action, encode_action, link_tag_value
 from sync.model import LinkState
-from sync.store.base import OutboxItem, OutboxState
+from sync.settings import Settings
+from sync.store.base import NewAuditEntry, OutboxItem, OutboxState
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import SN_URL, make_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
@@ -606,13 +608,18 @@ async def test_create_timeout_retried_adopts_instead_of_duplicating(
 
 
 async def test_pending_link_recovery_adopts_instead_of_creating(
-    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+    executor: Executor,
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    clock: FakeClock,
+    settings: Settings,
 ) -> None:
     incident = bp.add_incident()
     # crashed after the create reached ServiceNow, before anything else was recorded
     link = await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
     record = sn.add_incident(correlation_id=incident.id)
-    replan = await executor.recover_pending_links()
+    replan = await recover(executor, settings)
     assert replan == []
     confirmed = await store.get_link(link.id)
     assert confirmed is not None and confirmed.sn_sys_id == record["sys_id"]
@@ -621,12 +628,45 @@ async def test_pending_link_recovery_adopts_instead_of_creating(
     assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
 
 
+class CrashAfterConfirm(MemoryStore):
+    """Killed right after the recovered link's confirmation (its audit entry is next)."""
+
+    crash = True
+
+    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None:
+        if self.crash and entry.outcome == "adopted":
+            self.crash = False
+            raise StoreError("killed")
+        await super().record_audit(entry, now)
+
+
+async def test_a_recovered_links_tag_is_in_the_outbox_before_the_link_is_confirmed(
+    sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock, settings: Settings
+) -> None:
+    """The adoption's plan (the link tag) is recorded before the link is confirmed: a
+    kill after the confirmation leaves the tag to send, not a linked pair without it."""
+    store = CrashAfterConfirm()
+    incident = bp.add_incident()
+    await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
+    record = sn.add_incident(correlation_id=incident.id)
+    with pytest.raises(StoreError):
+        await recover(Executor(store, sn, bp, settings, clock), settings)
+    assert "servicenow_link" not in bp.incidents[incident.id].tags
+    # the next life: the link is no longer pending; the tag goes out with the retries
+    assert await recover(Executor(store, sn, bp, settings, clock), settings) == []
+    assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
+    [tag] = [i for i in await store.list_outbox() if i.kind == "bp.link_tag"]
+    assert tag.state == OutboxState.DONE
+
+
 async def test_pending_link_without_incident_is_handed_back_for_planning(
     executor: Executor, store: MemoryStore, bp: FakeBigPanda, clock: FakeClock
 ) -> None:
     incident = bp.add_incident()
     link = await store.create_pending_link(incident.id, clock.now())
-    [superseded] = await executor.recover_pending_links()
+    recovery = await executor.recover_pending_links()
+    assert recovery.adoptions == []
+    [superseded] = recovery.replan
     assert superseded.id == link.id and superseded.state == LinkState.SUPERSEDED
     assert await store.live_link_for_bp(incident.id) is None
 
