@@ -329,7 +329,7 @@ class Delivery:
         one past the outage window (``PacingPolicy.refuses``: a long Retry-After) defers
         the item, unsent. Only the write's own family counts: a BigPanda family's hold
         does not defer a write to another."""
-        family, held_s = self._writes.held_for(action)
+        family, held_s = self._writes.hold_of(action)
         if self._pacing.refuses(held_s):
             raise _Deferred(family, held_s)
 

@@ -159,7 +159,7 @@ class Writes:
                 return link.bp_environment_id
         return None
 
-    def held_for(self, action: WriteAction) -> tuple[str, float]:
+    def hold_of(self, action: WriteAction) -> tuple[str, float]:
         """The family the write goes through and its hold in seconds, as the client's
         pacer says (ServiceNow: the instance's one hold)."""
         if action.side is Side.SERVICENOW:
@@ -575,7 +575,7 @@ HANDLERS: dict[type[WriteAction], Handler] = {
 }
 
 #: a BigPanda write's type -> the endpoint family its handler writes through (the
-#: client's pacing bucket, whose hold the write waits for: :meth:`Writes.held_for`)
+#: client's pacing bucket, whose hold the write waits for: :meth:`Writes.hold_of`)
 BP_FAMILIES: dict[type[WriteAction], Family] = {
     UpdateBigPandaTags: Family.TAGS,
     ResolveBigPanda: Family.RESOLVE,
