@@ -356,7 +356,7 @@ class Backfill:
     async def _recover(self) -> None:
         """What a crash left, as a cycle does (:func:`recover`); the incidents of the
         pending links superseded are fetched and planned again."""
-        replan = await recover(self._executor)
+        replan = await recover(self._executor, self._coordinator.settings)
         batch: list[tuple[BPIncident, str]] = []
         for link in replan:
             env = await self._executor.environment_of(link.bp_incident_id)

@@ -59,6 +59,7 @@ from sync.constants import BP_ID_PATTERN, Side
 from sync.errors import ApiError, BpsyncError, GuardTripped, NotFoundError
 from sync.execution import CycleRun
 from sync.executor import Executor
+from sync.followups import after_adoption
 from sync.guards import check_mass_resolve
 from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
@@ -117,15 +118,20 @@ class CycleReport:
         return self.error is None
 
 
-async def recover(executor: Executor) -> list[Link]:
+async def recover(executor: Executor, settings: Settings) -> list[Link]:
     """What a crash left, before anything new (a cycle's first step, and backfill's):
-    pending links that no outbox item owns are adopted by ``correlation_id``, or
+    pending links that no outbox item owns are adopted by ``correlation_id`` with the
+    steps the plan's rule gives them (``followups.after_adoption``: the link tag), or
     superseded and returned, their incidents to be planned again (never a second
     create); then the outbox items due are sent again (retries, dead items with
     attempts left, expired leases)."""
-    replan = await executor.recover_pending_links()
+    recovery = await executor.recover_pending_links()
+    for adoption in recovery.adoptions:
+        link = adoption.link
+        steps = after_adoption(link.bp_incident_id, adoption.environment_id, link.id, settings)
+        await executor.adopt(adoption, steps)
     await executor.drive_due()
-    return replan
+    return recovery.replan
 
 
 class Coordinator:
@@ -252,7 +258,7 @@ class Coordinator:
 
     async def _cycle(self, report: CycleReport) -> None:
         started = self._clock.monotonic()
-        replan = await recover(self._executor)
+        replan = await recover(self._executor, self._settings)
         held = await self.holds.load()
         live_links = await self._store.count_links(LIVE_LINK_STATES)
         bp_cursor = await self._store.get_cursor(Side.BIGPANDA)

@@ -4,8 +4,8 @@ The planner attaches these to the writes it plans (:mod:`sync.planner`); the exe
 runs them after the write, filling in only what the write's result gives (the new
 incident's number and URL, ServiceNow's refusal message) and nothing it decides:
 
-- after a create (or an adoption, B2): the link tag := the ServiceNow number and URL
-  (SPEC B1);
+- after a create, or a pending link recovered by adoption (B2): the link tag := the
+  ServiceNow number and URL (SPEC B1);
 - after any ServiceNow write that succeeds while the link tag says ``error``: the tag
   back to the number and URL (B14, the way back);
 - once a ServiceNow write is refused for good: a BigPanda comment with ServiceNow's
@@ -62,11 +62,15 @@ def after_create(bp_incident_id: str, environment_id: str, settings: Settings) -
 
 
 def after_adoption(
-    bp_incident_id: str, environment_id: str, link_id: int, settings: Settings
-) -> SetLinkTag:
-    """A pending link recovered by adopting the incident its create made (B2)."""
+    bp_incident_id: str, environment_id: str | None, link_id: int, settings: Settings
+) -> tuple[FollowUp, ...]:
+    """A pending link recovered by adopting the incident its create made (B2): the link
+    tag, as after a create; none when the incident's environment is not known (a tag
+    write needs it)."""
+    if not environment_id:
+        return ()
     tag = settings.incidents.link_tag
-    return SetLinkTag(bp_incident_id, environment_id, tag, None, link_id=link_id)
+    return (SetLinkTag(bp_incident_id, environment_id, tag, None, link_id=link_id),)
 
 
 def after_servicenow_write(

@@ -32,7 +32,10 @@ define a tag they set when it is not defined yet (as the emulator's fixture load
 Fault injection:
 
 - ``fail_next(method, *errors)``: the next calls of ``method`` raise these errors, in order
-  (a write that fails is NOT applied).
+  (a write that fails is NOT applied). As the clients, a :class:`TransientError` with a
+  ``retry_after_s`` holds the method's family (ServiceNow: every method) that long
+  (``held_for``): later calls wait it out, or are refused unsent while it lasts longer
+  than the pacing's outage window.
 - ``before_call``: a callable run at the start of every call with (method, args): a test
   can inspect the store while a write is in flight (SPEC B15: recorded before sent).
 
@@ -48,7 +51,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from sync.clients.base import (
     BPActivity,
@@ -63,25 +66,41 @@ from sync.clients.bigpanda.paths import (
     SEARCH_FOLDERS,
     SEARCH_PAGE_SIZE_MAX,
     SEARCH_SORTS,
+    Family,
 )
+from sync.clients.pacing import PacingPolicy, held_error
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
 from sync.emulators.bigpanda.users import SEED_USERS
-from sync.errors import MissingTagError, NotFoundError, PermanentError
+from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
 from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo
 
 Hook = Callable[[str, tuple[Any, ...]], Awaitable[None] | None]
 
 
 class _Faults:
-    def __init__(self) -> None:
+    #: the pacing family of each method (the clients' buckets); others: the method's name
+    FAMILIES: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, side: str) -> None:
+        self._side = side
         self._queued: dict[str, list[BaseException]] = {}
         self.before_call: Hook | None = None
         self.calls: list[tuple[str, float]] = []
         """(method, monotonic time) of every call, in order."""
         self._throttled: dict[str, float] = {}
         self.throttled_calls = 0
+        self._holds: dict[str, float] = {}
+        """family -> monotonic time its hold ends (a Retry-After handed to the caller)"""
+        self.pacing = PacingPolicy()
+        """how long a hold is waited out before a call is refused unsent (the clients')"""
+
+    def _family(self, method: str) -> str:
+        return self.FAMILIES.get(method, method)
+
+    def _held_for(self, family: str, clock: Clock) -> float:
+        return max(0.0, self._holds.get(family, 0.0) - clock.monotonic())
 
     def fail_next(self, method: str, *errors: BaseException) -> None:
         self._queued.setdefault(method, []).extend(errors)
@@ -96,7 +115,13 @@ class _Faults:
             self._throttled[method] = max(self._throttled.get(method, 0.0), until_s)
 
     async def _enter(self, method: str, clock: Clock, *args: Any) -> None:
-        until = self._throttled.get(method, 0.0)
+        family = self._family(method)
+        held = held_error(
+            self._side, family, self._held_for(family, clock), self.pacing, method=method, url=""
+        )
+        if held is not None:
+            raise held  # as the clients: a hold past the outage window is not waited out
+        until = max(self._throttled.get(method, 0.0), self._holds.get(family, 0.0))
         if until > clock.monotonic():
             self.throttled_calls += 1
             await clock.sleep(until - clock.monotonic())
@@ -107,7 +132,11 @@ class _Faults:
                 await outcome
         queued = self._queued.get(method)
         if queued:
-            raise queued.pop(0)
+            error = queued.pop(0)
+            if isinstance(error, TransientError) and error.retry_after_s:
+                # as the clients: a Retry-After handed to the caller holds the family
+                self._holds[family] = clock.monotonic() + error.retry_after_s
+            raise error
 
     def count(self, method: str) -> int:
         return sum(1 for name, _ in self.calls if name == method)
@@ -246,7 +275,7 @@ class FakeServiceNow(_Faults):
     """The ServiceNow Table API in memory (incident table plus look-up tables)."""
 
     def __init__(self, clock: Clock) -> None:
-        super().__init__()
+        super().__init__("servicenow")
         self.clock = clock
         self.incidents: dict[str, dict[str, str]] = {}
         self.tables: dict[str, list[dict[str, str]]] = {}
@@ -259,6 +288,12 @@ class FakeServiceNow(_Faults):
         self.person = uuid.uuid4().hex
         """sys_id of the person behind :meth:`change` and :meth:`add_incident`"""
         self._number = 10000
+
+    def _family(self, method: str) -> str:
+        return "servicenow"  # ServiceNow limits the instance: one hold
+
+    def held_for(self) -> float:
+        return self._held_for("servicenow", self.clock)
 
     # --- helpers for tests
     def _now(self) -> str:
@@ -602,8 +637,31 @@ class FakeBPIncident:
 class FakeBigPanda(_Faults):
     """The BigPanda Incidents API v2 in memory."""
 
+    FAMILIES: ClassVar[Mapping[str, str]] = {
+        "list_environments": Family.ENVIRONMENTS,
+        "check_auth": Family.ENVIRONMENTS,
+        "search_incidents": Family.SEARCH,
+        "list_changed": Family.SEARCH,
+        "get_incident": Family.INCIDENT,
+        "resolve_incident": Family.RESOLVE,
+        "add_comment": Family.COMMENTS,
+        "snooze_incident": Family.SNOOZE,
+        "unsnooze_incident": Family.SNOOZE,
+        "assign_incident": Family.ASSIGNMENT,
+        "unassign_incident": Family.ASSIGNMENT,
+        "list_activities": Family.ACTIVITIES,
+        "get_tags": Family.TAGS,
+        "set_tag": Family.TAGS,
+        "set_tags": Family.TAGS,
+        "delete_tag": Family.TAGS,
+        "list_tag_definitions": Family.TAG_DEFINITIONS,
+        "create_tag_definition": Family.TAG_DEFINITIONS,
+        "find_user": Family.USERS,
+        "get_user": Family.USER,
+    }
+
     def __init__(self, clock: Clock, environments: Sequence[str] = ("env1",)) -> None:
-        super().__init__()
+        super().__init__("bigpanda")
         self.clock = clock
         self.environments = [BPEnvironment(e, e.upper()) for e in environments]
         self.incidents: dict[str, FakeBPIncident] = {}
@@ -624,6 +682,9 @@ class FakeBigPanda(_Faults):
             u.id: BPUser(u.id, u.email, u.name, (u.email,), u.active) for u in SEED_USERS
         }
         """The organisation's users (SCIM), by id: the emulator's seeded organisation"""
+
+    def held_for(self, family: str) -> float:
+        return self._held_for(family, self.clock)
 
     # --- helpers for tests
     def _now_s(self) -> int:

@@ -22,6 +22,11 @@ SNRecord = dict[str, Any]
 class ServiceNowAPI(Protocol):
     """ServiceNow Table API, incident table plus reference look-ups."""
 
+    def held_for(self) -> float:
+        """Seconds before the next request may be sent (a 429's hold, a Retry-After, also
+        one handed to the caller; 0: now). One hold for the instance."""
+        ...
+
     async def create_incident(self, fields: Mapping[str, str]) -> SNRecord: ...
 
     async def get_incident(self, sys_id: str) -> SNRecord:
@@ -130,6 +135,11 @@ class BPSearchPage:
 
 class BigPandaAPI(Protocol):
     """BigPanda Incidents API v2, incident tags, activities, alerts ingest."""
+
+    def held_for(self, family: str) -> float:
+        """Seconds before the next request of endpoint ``family`` may be sent (its hold
+        after a 429 or a failure; 0: now). Each family has its own hold."""
+        ...
 
     async def list_environments(self) -> list[BPEnvironment]: ...
 

@@ -25,6 +25,11 @@ been applied).
   at two and grows by one per quiet period up to ``servicenow.max_concurrency``; a 429
   halves it, and past the level that met the 429 it grows twelve times more slowly (a
   pool has a fixed size); a ``Retry-After`` holds every request until it has passed.
+- Holds are the one answer to "when may this family send next" (``held_for``): a
+  request waits out its family's hold up to ``outage_after_s``; a longer one (a
+  Retry-After handed to the caller is held too) is refused at once, not sent
+  (:func:`held_error`), and the executor asks the same hold before it sends a write, so
+  a write is deferred only by its own family's hold (ServiceNow has one, the instance).
 - :class:`SideHealth`: per side, since when every request has been failing (the outage
   clock: ``outage_after_s`` of nothing but failures is an outage and the error goes to
   the caller), and per family whether it is throttled: one INFO line when throttling
@@ -46,7 +51,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from sync.clock import Clock
-from sync.errors import ConfigError
+from sync.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,13 @@ class PacingPolicy:
         exponent = min(max(consecutive, 1) - 1, 16)
         return min(self.hold_max_s, self.hold_s * float(2**exponent))
 
+    def refuses(self, held_s: float) -> bool:
+        """Is a hold this long past what a request waits out? Longer than
+        ``outage_after_s`` (a Retry-After of an hour), the request is not sent: the client
+        refuses it at once (:func:`held_error`) and the executor defers a write whose
+        family is held so long."""
+        return held_s > self.outage_after_s
+
     def __post_init__(self) -> None:
         if not 0 < self.headroom <= 1:
             raise ConfigError("pacing.headroom must be in (0, 1]")
@@ -130,6 +142,22 @@ class PacingPolicy:
             raise ConfigError("pacing.backoff_factor must be in (0, 1)")
         if not 0 < self.min_fraction <= self.headroom:
             raise ConfigError("pacing.min_fraction must be in (0, headroom]")
+
+
+def held_error(
+    side: str, family: str, held_s: float, policy: PacingPolicy, *, method: str, url: str
+) -> TransientError | None:
+    """The error for a request whose family is held past what a request waits out
+    (:meth:`PacingPolicy.refuses`), not sent; None when it may wait for its turn."""
+    if not policy.refuses(held_s):
+        return None
+    return TransientError(
+        side,
+        f"{family} held for {held_s:.0f} s more (a Retry-After or throttling): not sent",
+        retry_after_s=held_s,
+        method=method,
+        url=url,
+    )
 
 
 @dataclass(slots=True)
@@ -244,6 +272,15 @@ class RatePacer:
         fam = self._family(family)
         fam.hold_until = max(fam.hold_until, self._clock.monotonic() + seconds)
 
+    def held_for(self, family: str) -> float:
+        """Seconds before the next request of ``family`` may go (its hold after a 429 or
+        a failure; 0: now). Families are held one by one: another family's hold is not
+        this one's."""
+        fam = self._families.get(family)
+        if fam is None:
+            return 0.0
+        return max(0.0, fam.hold_until - self._clock.monotonic())
+
 
 class ConcurrencyPacer:
     """Requests in flight, adaptive (see the module docstring)."""
@@ -326,8 +363,14 @@ class ConcurrencyPacer:
         self._consecutive = 0
 
     def hold(self, seconds: float) -> None:
-        """No request before ``seconds`` from now (a failure, not a throttle)."""
+        """No request before ``seconds`` from now (a failure, or a Retry-After handed to
+        the caller)."""
         self._not_before = max(self._not_before, self._clock.monotonic() + seconds)
+
+    def held_for(self) -> float:
+        """Seconds before the next request may go (a 429's hold, a Retry-After; 0: now).
+        ServiceNow limits the instance, not a route: one hold for the side."""
+        return max(0.0, self._not_before - self._clock.monotonic())
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from sync.executor.codec import (
     link_tag_value,
     target_of,
 )
-from sync.executor.core import Executor, ExecutorMetrics, PairResult
+from sync.executor.core import Adoption, Executor, ExecutorMetrics, PairResult, Recovery
 from sync.executor.delivery import (
     DEFAULT_DRIVE_LIMIT,
     DEFAULT_LEASE_S,
@@ -43,10 +43,12 @@ __all__ = [
     "NOTIFY_TIMEOUT_S",
     "PERMANENT_PREFIX",
     "SIDE_OF_KIND",
+    "Adoption",
     "DriveReport",
     "Executor",
     "ExecutorMetrics",
     "PairResult",
+    "Recovery",
     "WriteAction",
     "decode_action",
     "encode_action",

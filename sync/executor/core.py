@@ -18,22 +18,24 @@ A create starts here: ``previous_link_id`` -> that link becomes ``superseded`` -
 the pending link with its environment (``Link.bp_environment_id``) and the create's outbox
 item in one transaction (``create_pending_link_and_enqueue``; ``DuplicateLinkError``:
 another cycle or replica owns it, skip); the rest of the protocol is the create handler's.
-:meth:`Executor.recover_pending_links` handles pending links without an outbox item
-(a crash between the link and the enqueue, or a dropped dead letter): found by
-``correlation_id`` -> adopted; not found -> superseded and handed back for re-planning.
+:meth:`Executor.recover_pending_links` finds pending links without an outbox item
+(a crash between the link and the enqueue, or a dropped dead letter): not found by
+``correlation_id`` -> superseded and handed back for re-planning; found -> handed back,
+and :meth:`Executor.adopt` confirms it with the steps the caller planned for it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sync.actions import (
     STORE_ONLY_KINDS,
     Action,
     CreateServiceNowIncident,
+    FollowUp,
     FreezeField,
     MarkLinkLinked,
     MarkLinkResolved,
@@ -53,11 +55,16 @@ from sync.executor.codec import (
 from sync.executor.delivery import DEFAULT_DRIVE_LIMIT, DEFAULT_LEASE_S, Delivery, DriveReport
 from sync.executor.writes import Writes
 from sync.flipflop import FLIPS, FROZEN
-from sync.followups import after_adoption
 from sync.lookups import Lookups
 from sync.model import Link, LinkState
 from sync.settings import Settings
-from sync.store.base import DuplicateLinkError, LinkStore, NewAuditEntry, OutboxState
+from sync.store.base import (
+    DuplicateLinkError,
+    LinkStore,
+    NewAuditEntry,
+    OutboxItem,
+    OutboxState,
+)
 
 # every line the executor logs is on "sync.executor" (log consumers filter on it)
 log = logging.getLogger("sync.executor")
@@ -69,6 +76,27 @@ class ExecutorMetrics(Protocol):
     def action_done(self, kind: str, outcome: str, duration_s: float) -> None: ...
 
     def notification(self, kind: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """A pending link no outbox item owns whose create reached ServiceNow: the incident
+    found by its correlation_id, and the BigPanda incident's environment."""
+
+    link: Link
+    sn_sys_id: str
+    sn_number: str
+    environment_id: str | None
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What :meth:`Executor.recover_pending_links` found."""
+
+    replan: list[Link] = field(default_factory=list)
+    """Superseded (no incident found): their incidents are planned again."""
+    adoptions: list[Adoption] = field(default_factory=list)
+    """Found: to be adopted with the plan's steps (:meth:`Executor.adopt`)."""
 
 
 @dataclass(slots=True)
@@ -116,6 +144,7 @@ class Executor:
             settings.retry,
             self._writes,
             self._alerts,
+            pacing=settings.pacing.policy(),
             log_action=self._log_action,
             lease_s=lease_s,
         )
@@ -154,53 +183,73 @@ class Executor:
         claimed before it was killed (this one started later)."""
         return await self._delivery.drive_due(limit=limit)
 
-    async def recover_pending_links(self) -> list[Link]:
+    async def recover_pending_links(self) -> Recovery:
         """Pending links that no outbox item owns (a crash between the link and the
-        enqueue, or a dropped dead letter): adopt the incident found by correlation_id,
-        or supersede the link and return it so the caller re-plans its incident."""
+        enqueue, or a dropped dead letter), looked up by correlation_id: not found, the
+        link is superseded and handed back (``replan``: its incident is planned again);
+        found, handed back to be adopted with its plan (:meth:`adopt`)."""
+        recovery = Recovery()
         pending = await self._store.list_links([LinkState.PENDING], limit=10_000)
         if not pending:
-            return []
+            return recovery
         open_items = await self._store.list_outbox(
             [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
         )
         owned = {item.link_id for item in open_items if item.kind == CreateServiceNowIncident.kind}
-        replan: list[Link] = []
         for link in pending:
             if link.id in owned:
                 continue
             record = await self._writes.find_existing(link.bp_incident_id, link.id)
-            now = self._clock.now()
             if record is None:
-                replan.append(await self._store.set_link_state(link.id, LinkState.SUPERSEDED, now))
+                now = self._clock.now()
+                superseded = await self._store.set_link_state(link.id, LinkState.SUPERSEDED, now)
+                recovery.replan.append(superseded)
                 log.warning(
                     "pending link without an outbox item and no ServiceNow incident: "
                     "superseded, the incident will be planned again",
                     extra={"bp_incident_id": link.bp_incident_id, "link_id": link.id},
                 )
                 continue
-            sys_id, number = str(record.get("sys_id", "")), str(record.get("number", ""))
-            await self._store.confirm_link(link.id, sys_id, number, now)
-            await self._store.record_audit(
-                NewAuditEntry(
-                    "action",
-                    "adopted",
-                    link_id=link.id,
-                    bp_incident_id=link.bp_incident_id,
-                    sn_sys_id=sys_id,
-                    detail={"reason": "pending link recovered by correlation_id"},
-                ),
-                now,
+            recovery.adoptions.append(
+                Adoption(
+                    link,
+                    str(record.get("sys_id", "")),
+                    str(record.get("number", "")),
+                    await self.environment_of(link.bp_incident_id),
+                )
             )
-            log.info(
-                "pending link recovered: adopted the ServiceNow incident found by correlation_id",
-                extra={"bp_incident_id": link.bp_incident_id, "sn_sys_id": sys_id},
-            )
-            env = await self.environment_of(link.bp_incident_id)
-            if env is not None:
-                step = after_adoption(link.bp_incident_id, env, link.id, self._settings)
-                await self._run_write(step, env, PairResult())
-        return replan
+        return recovery
+
+    async def adopt(self, adoption: Adoption, steps: Sequence[FollowUp]) -> None:
+        """A recovered pending link takes the incident found for it, with the steps its
+        plan gives (``sync.followups.after_adoption``: the link tag). The steps are in
+        the outbox before the link is confirmed: killed in between, the link is still
+        pending and recovered again (its steps enqueued once: the same idempotency
+        keys); after, they are sent like any write."""
+        link = adoption.link
+        enqueued: list[tuple[OutboxItem, FollowUp, Mapping[str, Any]]] = []
+        for step in steps:
+            new, meta = new_outbox_item(step, step.environment_id)
+            enqueued.append((await self._delivery.enqueue(new), step, meta))
+        now = self._clock.now()
+        await self._store.confirm_link(link.id, adoption.sn_sys_id, adoption.sn_number, now)
+        await self._store.record_audit(
+            NewAuditEntry(
+                "action",
+                "adopted",
+                link_id=link.id,
+                bp_incident_id=link.bp_incident_id,
+                sn_sys_id=adoption.sn_sys_id,
+                detail={"reason": "pending link recovered by correlation_id"},
+            ),
+            now,
+        )
+        log.info(
+            "pending link recovered: adopted the ServiceNow incident found by correlation_id",
+            extra={"bp_incident_id": link.bp_incident_id, "sn_sys_id": adoption.sn_sys_id},
+        )
+        for item, step, step_meta in enqueued:
+            await self._delivery.send_enqueued(item, step, step.environment_id, step_meta)
 
     async def environment_of(self, bp_incident_id: str) -> str | None:
         """The BigPanda environment remembered for an incident (at its create)."""

@@ -19,9 +19,13 @@ Attempts, dead letters and notification
 ---------------------------------------
 An *attempt* is one drive of an item: up to ``retry.in_cycle_attempts`` sends inside
 the cycle with a short backoff (``in_cycle_backoff`` doubling up to
-``in_cycle_backoff_max``; a ``Retry-After`` is honoured: nothing is sent to that side
-before it elapses, and an item whose ``Retry-After`` exceeds the in-cycle cap is not sent
-in this cycle at all). The store counts attempts. After failed attempt ``n``:
+``in_cycle_backoff_max``; an error whose ``Retry-After`` exceeds that cap ends the
+attempt). When a write may be sent is the client's pacer's to say, one hold per
+family (BigPanda's endpoint families; ServiceNow's instance): before each send the
+item asks it (``held_for``); a hold the client waits out, the write waits for there;
+a hold past the outage window (``pacing.outage_after``: a long ``Retry-After``)
+defers the item unsent, as a failed attempt. A hold of one BigPanda family defers no
+write to another. The store counts attempts. After failed attempt ``n``:
 
 - ``n < min(dlq_after, attempts)``: back to pending, next attempt at
   ``now + max(retry.interval, Retry-After)``.
@@ -59,10 +63,11 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from sync.actions import Action
+from sync.clients.pacing import PacingPolicy
 from sync.clock import Clock
 from sync.errors import ApiError, PermanentError, TransientError
 from sync.executor.alerts import Alerts, item_extra
-from sync.executor.codec import SIDE_OF_KIND, WriteAction, decode_action, new_outbox_item
+from sync.executor.codec import WriteAction, decode_action, new_outbox_item
 from sync.executor.writes import Effects, Writes
 from sync.followups import supersedes
 from sync.settings import RetrySettings
@@ -97,11 +102,11 @@ class DriveReport:
 
 
 class _Deferred(Exception):  # noqa: N818 - control flow, not an error
-    """An item that must not be sent yet (Retry-After beyond the in-cycle cap)."""
+    """An item that must not be sent yet: its family is held past the outage window."""
 
-    def __init__(self, side: str, wait_s: float) -> None:
-        super().__init__(f"{side}: waiting {wait_s:.1f}s for Retry-After")
-        self.side = side
+    def __init__(self, family: str, wait_s: float) -> None:
+        super().__init__(f"{family}: held for {wait_s:.1f}s (Retry-After or throttling)")
+        self.family = family
         self.wait_s = wait_s
 
 
@@ -124,12 +129,14 @@ class Delivery:
         writes: Writes,
         alerts: Alerts,
         *,
+        pacing: PacingPolicy,
         log_action: ActionLogger,
         lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         self._store = store
         self._clock = clock
         self._retry = retry
+        self._pacing = pacing
         self._writes = writes
         self._alerts = alerts
         self._log_action = log_action
@@ -137,8 +144,6 @@ class Delivery:
         #: items claimed before this executor existed belong to a process that is gone:
         #: one writer at a time (the SQLite lock, the Postgres leader's epoch fencing)
         self._started_at = clock.now()
-        #: side -> monotonic time before which nothing is sent to it (Retry-After)
-        self._not_before: dict[str, float] = {}
         #: target -> {id: kind} of its open items (pending retry / in flight / dead with
         #: attempts left), for queue order (the coordinator asks the store: ``open_writes``)
         self._open: dict[str, dict[int, str]] = {}
@@ -299,19 +304,15 @@ class Delivery:
         *,
         retried: bool,
     ) -> None:
-        side = SIDE_OF_KIND[action.kind].value
         delay_s = self._retry.in_cycle_backoff
         for attempt_no in range(1, self._retry.in_cycle_attempts + 1):
-            await self._wait_for(side)
+            self._defer_if_held(action)
             effects.clear()
             try:
                 recheck = retried or attempt_no > 1
                 await self._writes.apply(action, env, meta, effects, recheck=recheck)
                 return
             except TransientError as exc:
-                if exc.retry_after_s:
-                    mono = self._clock.monotonic() + exc.retry_after_s
-                    self._not_before[exc.side] = max(self._not_before.get(exc.side, 0.0), mono)
                 if attempt_no >= self._retry.in_cycle_attempts:
                     raise
                 wait_s = max(delay_s, exc.retry_after_s or 0.0)
@@ -322,14 +323,15 @@ class Delivery:
                 delay_s = min(delay_s * 2, self._retry.in_cycle_backoff_max)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _wait_for(self, side: str) -> None:
-        """Honour a Retry-After for ``side``: wait if short, else defer the item."""
-        remaining_s = self._not_before.get(side, 0.0) - self._clock.monotonic()
-        if remaining_s <= 0:
-            return
-        if remaining_s > self._retry.in_cycle_backoff_max:
-            raise _Deferred(side, remaining_s)
-        await self._clock.sleep(remaining_s)
+    def _defer_if_held(self, action: WriteAction) -> None:
+        """Ask the client's pacer how long the write's family is held: a hold the
+        client would wait out is its own to wait (the write waits for its turn there);
+        one past the outage window (``PacingPolicy.refuses``: a long Retry-After) defers
+        the item, unsent. Only the write's own family counts: a BigPanda family's hold
+        does not defer a write to another."""
+        family, held_s = self._writes.hold_of(action)
+        if self._pacing.refuses(held_s):
+            raise _Deferred(family, held_s)
 
     async def _close_superseded(self, done: OutboxItem, action: WriteAction) -> None:
         """Dead letters of the same target that this success made pointless

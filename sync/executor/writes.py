@@ -58,6 +58,7 @@ from sync.actions import (
     UpdateServiceNowFields,
 )
 from sync.clients.base import BigPandaAPI, ServiceNowAPI, SNRecord
+from sync.clients.bigpanda.paths import Family
 from sync.clock import Clock
 from sync.constants import (
     LINK_TAG_ERROR_VALUE,
@@ -157,6 +158,14 @@ class Writes:
             if link.bp_environment_id:
                 return link.bp_environment_id
         return None
+
+    def hold_of(self, action: WriteAction) -> tuple[str, float]:
+        """The family the write goes through and its hold in seconds, as the client's
+        pacer says (ServiceNow: the instance's one hold)."""
+        if action.side is Side.SERVICENOW:
+            return "servicenow", self.sn.held_for()
+        family = BP_FAMILIES[type(action)]
+        return f"bigpanda {family.value}", self.bp.held_for(family)
 
     async def apply(
         self,
@@ -563,4 +572,16 @@ HANDLERS: dict[type[WriteAction], Handler] = {
     AssignBigPanda: _assign_bigpanda,
     CarryEntryToServiceNow: carry_to_servicenow,
     CarryEntryToBigPanda: carry_to_bigpanda,
+}
+
+#: a BigPanda write's type -> the endpoint family its handler writes through (the
+#: client's pacing bucket, whose hold the write waits for: :meth:`Writes.hold_of`)
+BP_FAMILIES: dict[type[WriteAction], Family] = {
+    UpdateBigPandaTags: Family.TAGS,
+    ResolveBigPanda: Family.RESOLVE,
+    CommentBigPanda: Family.COMMENTS,
+    SetLinkTag: Family.TAGS,
+    SnoozeBigPanda: Family.SNOOZE,
+    AssignBigPanda: Family.ASSIGNMENT,
+    CarryEntryToBigPanda: Family.COMMENTS,
 }

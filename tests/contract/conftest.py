@@ -34,7 +34,8 @@ from sync.clients.servicenow import make_session as make_sn_session
 from sync.clock import FakeClock
 from sync.emulators import bigpanda as bp_emulator
 from sync.emulators import servicenow as sn_emulator
-from sync.emulators.control import serve_app
+from sync.emulators.control import CONTROL_KEY, EmulatorControl, FaultRule, serve_app
+from sync.errors import TransientError
 from sync.settings import load_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
 
@@ -80,6 +81,10 @@ class VendorWorld(Protocol):
         """An administrator adds a ``sys_user``; returns its sys_id."""
         ...
 
+    async def sn_rate_rule(self, retry_after_s: float) -> None:
+        """A ServiceNow rate rule refuses the next update (PATCH): 429 with Retry-After."""
+        ...
+
 
 class FakeWorld:
     """``tests/fakes.py``: what the engine tests run on."""
@@ -120,6 +125,12 @@ class FakeWorld:
             "sys_id"
         ]
 
+    async def sn_rate_rule(self, retry_after_s: float) -> None:
+        limited = TransientError(
+            "servicenow", "rate limited", status=429, retry_after_s=retry_after_s
+        )
+        self.fake_sn.fail_next("update_incident", limited)
+
 
 class EmulatorWorld:
     """The real clients over both emulators (loopback HTTP); a person's hands are the
@@ -134,9 +145,11 @@ class EmulatorWorld:
         bp_state: bp_emulator.State,
         sn: ServiceNowClient,
         bp: BigPandaClient,
+        sn_control: EmulatorControl,
     ) -> None:
         self.clock = clock
         self.sn_state = sn_state
+        self.sn_control = sn_control
         self.bp_state = bp_state
         self.sn: ServiceNowAPI = sn
         self.bp: BigPandaAPI = bp
@@ -179,6 +192,12 @@ class EmulatorWorld:
         )
         return row["sys_id"]
 
+    async def sn_rate_rule(self, retry_after_s: float) -> None:
+        rule = FaultRule(
+            status=429, methods=frozenset({"PATCH"}), count=1, retry_after_s=retry_after_s
+        )
+        self.sn_control.faults.append(rule)
+
 
 @contextlib.asynccontextmanager
 async def open_emulator_world(clock: FakeClock) -> AsyncIterator[EmulatorWorld]:
@@ -211,6 +230,7 @@ async def open_emulator_world(clock: FakeClock) -> AsyncIterator[EmulatorWorld]:
                 bp_app[bp_emulator.STATE_KEY],
                 ServiceNowClient(sn_session, settings.servicenow, clock, pacing=pacing),
                 BigPandaClient(bp_session, settings.bigpanda, clock, pacing=pacing),
+                sn_app[CONTROL_KEY],
             )
         finally:
             await sn_session.close()

@@ -16,7 +16,7 @@ import pytest
 from sync.clients.base import BPTagDefinition, SNRecord
 from sync.clock import epoch_s
 from sync.constants import SN_DATETIME_FORMAT
-from sync.errors import MissingTagError, NotFoundError, PermanentError
+from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
 from sync.model import BPIncident, SNFieldInfo
 from tests.contract.conftest import VendorWorld
 
@@ -320,6 +320,29 @@ async def test_sn_delete_then_the_incident_is_gone(world: VendorWorld) -> None:
 
 async def test_sn_check_auth(world: VendorWorld) -> None:
     await world.sn.check_auth()
+
+
+async def test_sn_a_retry_after_past_the_outage_window_holds_the_instance(
+    world: VendorWorld,
+) -> None:
+    """The caller hears of a Retry-After longer than the pacing's outage window at once,
+    and the instance stays held for it (what the executor asks before a write): until
+    it has passed, a request is refused, not sent."""
+    record = await correlated(world, "bp-ra")
+    sys_id = str(record["sys_id"])
+    assert world.sn.held_for() == 0.0
+    await world.sn_rate_rule(3600)
+    with pytest.raises(TransientError) as limited:
+        await world.sn.update_incident(sys_id, {"impact": "1"})
+    assert limited.value.retry_after_s == 3600.0
+    assert world.sn.held_for() == 3600.0
+    world.clock.advance(600)
+    with pytest.raises(TransientError) as held:
+        await world.sn.get_incident(sys_id)  # the rule refused once: this one was not sent
+    assert held.value.retry_after_s == 3000.0
+    world.clock.advance(3000)
+    assert world.sn.held_for() == 0.0
+    assert field(await world.sn.update_incident(sys_id, {"impact": "1"}), "impact") == "1"
 
 
 # ====================================================================== BigPanda

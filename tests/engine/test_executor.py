@@ -7,25 +7,29 @@ import inspect
 import itertools
 import logging
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from sync.actions import (
+    CommentBigPanda,
     CreateServiceNowIncident,
     RefLookup,
+    ResolveBigPanda,
     ResolveServiceNow,
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
 from sync.clock import FakeClock
 from sync.constants import Side
-from sync.errors import FatalError, PermanentError, TransientError
+from sync.coordinator import recover
+from sync.errors import FatalError, PermanentError, StoreError, TransientError
 from sync.executor import Executor, decode_action, encode_action, link_tag_value
 from sync.model import LinkState
-from sync.store.base import OutboxItem, OutboxState
+from sync.settings import Settings
+from sync.store.base import NewAuditEntry, OutboxItem, OutboxState
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import SN_URL, make_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
@@ -227,28 +231,69 @@ async def test_retry_after_is_honoured(
     assert len(times) == 2 and times[1] - times[0] >= 2.0
 
 
-async def test_long_retry_after_defers_to_a_later_cycle(
+async def test_a_servicenow_retry_after_defers_every_servicenow_write_until_then(
     store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
 ) -> None:
+    """A Retry-After past the outage window (the client hands it to the caller and holds
+    the instance): the write and every other ServiceNow write, of any incident, wait
+    for it to pass, unsent; a BigPanda write does not."""
     executor = Executor(store, sn, bp, make_settings(**{"retry.interval": 5.0}), clock)
-    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
-    sn.fail_next("update_incident", _transient("429", retry_after_s=30.0))
-    action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    first_bp, first_sys, first_link = await _linked_pair(store, sn, bp, clock)
+    other_bp, other_sys, other_link = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", _transient("429", retry_after_s=120.0))
     start = clock.monotonic()
-    result = await executor.execute([action], environment_id="env1")
-    assert result.outcomes == [("sn.update", "retry")]
+    first = UpdateServiceNowFields(first_link, first_bp, first_sys, {"impact": "2"})
+    assert (await executor.execute([first], environment_id="env1")).outcomes == [
+        ("sn.update", "retry")
+    ]
     [item] = await _updates(store)
-    assert item.next_attempt_at >= clock.now() + timedelta(seconds=29)
-    # another write to ServiceNow in the same window is not sent before Retry-After elapses
-    other = UpdateServiceNowFields(link_id, incident_id, sys_id, {"urgency": "2"})
-    await executor.execute([other], environment_id="env1")
+    assert item.next_attempt_at >= clock.now() + timedelta(seconds=119)
+    # another incident's ServiceNow write in the same window: deferred, not sent
+    other = UpdateServiceNowFields(other_link, other_bp, other_sys, {"urgency": "2"})
+    assert (await executor.execute([other], environment_id="env1")).outcomes == [
+        ("sn.update", "retry")
+    ]
     assert sn.count("update_incident") == 1
-    clock.advance(31)
+    # a BigPanda write is not ServiceNow's to hold
+    tags = UpdateBigPandaTags(other_link, other_bp, "env1", {"priority": "P2"})
+    assert (await executor.execute([tags], environment_id="env1")).outcomes == [("bp.tags", "ok")]
+    clock.advance(121)
     report = await executor.drive_due()
     assert report.completed == 2
     times = [t for name, t in sn.calls if name == "update_incident"]
-    assert all(t - start >= 30.0 for t in times[1:])
-    assert sn.incidents[sys_id]["impact"] == "2" and sn.incidents[sys_id]["urgency"] == "2"
+    assert len(times) == 3 and all(t - start >= 120.0 for t in times[1:])
+    assert sn.incidents[first_sys]["impact"] == "2" and sn.incidents[other_sys]["urgency"] == "2"
+
+
+async def test_a_hold_on_one_bigpanda_family_defers_no_write_to_another(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """The pacer holds BigPanda per endpoint family: a 429 on the tags routes whose hold
+    outlasts the outage window defers tag writes only; a comment, a resolve of another
+    incident go out at once."""
+    executor = Executor(store, sn, bp, make_settings(**{"retry.interval": 5.0}), clock)
+    first_bp, _, first_link = await _linked_pair(store, sn, bp, clock)
+    other_bp, _, other_link = await _linked_pair(store, sn, bp, clock)
+    limited = TransientError("bigpanda", "rate limited", status=429, retry_after_s=90.0)
+    bp.fail_next("set_tags", limited)
+    tags = UpdateBigPandaTags(first_link, first_bp, "env1", {"priority": "P2"})
+    assert (await executor.execute([tags], environment_id="env1")).outcomes == [
+        ("bp.tags", "retry")
+    ]
+    assert bp.held_for("tags") == pytest.approx(90.0) and bp.held_for("comments") == 0.0
+    sent_before = len(bp.calls)
+    comment = CommentBigPanda(other_bp, "env1", "closed in ServiceNow", link_id=other_link)
+    resolve = ResolveBigPanda(other_link, other_bp, "env1", "resolved in ServiceNow")
+    result = await executor.execute([comment, resolve], environment_id="env1")
+    assert result.outcomes == [("bp.comment", "ok"), ("bp.resolve", "ok")]
+    assert clock.monotonic() < 1.0  # sent at once, not after the tags' hold
+    assert [name for name, _ in bp.calls[sent_before:]] == ["add_comment", "resolve_incident"]
+    # a tag write of the other incident waits for the tags' hold, unsent
+    more = UpdateBigPandaTags(other_link, other_bp, "env1", {"priority": "P3"})
+    assert (await executor.execute([more], environment_id="env1")).outcomes == [
+        ("bp.tags", "retry")
+    ]
+    assert bp.count("set_tags") == 1
 
 
 async def test_permanent_failure_one_attempt_b14_then_recovery(
@@ -563,13 +608,18 @@ async def test_create_timeout_retried_adopts_instead_of_duplicating(
 
 
 async def test_pending_link_recovery_adopts_instead_of_creating(
-    executor: Executor, store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+    executor: Executor,
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    clock: FakeClock,
+    settings: Settings,
 ) -> None:
     incident = bp.add_incident()
     # crashed after the create reached ServiceNow, before anything else was recorded
     link = await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
     record = sn.add_incident(correlation_id=incident.id)
-    replan = await executor.recover_pending_links()
+    replan = await recover(executor, settings)
     assert replan == []
     confirmed = await store.get_link(link.id)
     assert confirmed is not None and confirmed.sn_sys_id == record["sys_id"]
@@ -578,12 +628,45 @@ async def test_pending_link_recovery_adopts_instead_of_creating(
     assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
 
 
+class CrashAfterConfirm(MemoryStore):
+    """Killed right after the recovered link's confirmation (its audit entry is next)."""
+
+    crash = True
+
+    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None:
+        if self.crash and entry.outcome == "adopted":
+            self.crash = False
+            raise StoreError("killed")
+        await super().record_audit(entry, now)
+
+
+async def test_a_recovered_links_tag_is_in_the_outbox_before_the_link_is_confirmed(
+    sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock, settings: Settings
+) -> None:
+    """The adoption's plan (the link tag) is recorded before the link is confirmed: a
+    kill after the confirmation leaves the tag to send, not a linked pair without it."""
+    store = CrashAfterConfirm()
+    incident = bp.add_incident()
+    await store.create_pending_link(incident.id, clock.now(), bp_environment_id="env1")
+    record = sn.add_incident(correlation_id=incident.id)
+    with pytest.raises(StoreError):
+        await recover(Executor(store, sn, bp, settings, clock), settings)
+    assert "servicenow_link" not in bp.incidents[incident.id].tags
+    # the next life: the link is no longer pending; the tag goes out with the retries
+    assert await recover(Executor(store, sn, bp, settings, clock), settings) == []
+    assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
+    [tag] = [i for i in await store.list_outbox() if i.kind == "bp.link_tag"]
+    assert tag.state == OutboxState.DONE
+
+
 async def test_pending_link_without_incident_is_handed_back_for_planning(
     executor: Executor, store: MemoryStore, bp: FakeBigPanda, clock: FakeClock
 ) -> None:
     incident = bp.add_incident()
     link = await store.create_pending_link(incident.id, clock.now())
-    [superseded] = await executor.recover_pending_links()
+    recovery = await executor.recover_pending_links()
+    assert recovery.adoptions == []
+    [superseded] = recovery.replan
     assert superseded.id == link.id and superseded.state == LinkState.SUPERSEDED
     assert await store.live_link_for_bp(incident.id) is None
 

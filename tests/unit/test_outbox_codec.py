@@ -41,7 +41,7 @@ from sync.executor.codec import (
     ref_value,
     target_of,
 )
-from sync.executor.writes import HANDLERS
+from sync.executor.writes import BP_FAMILIES, HANDLERS
 from sync.store.base import FieldStates
 
 BP = "65a0b1c2d3e4f5a6b7c8d9e0"
@@ -134,6 +134,11 @@ def test_every_write_kind_is_covered() -> None:
 
 def test_every_write_type_has_one_handler() -> None:
     assert set(HANDLERS) == set(WRITE_CLASSES.values())
+
+
+def test_every_bigpanda_write_names_the_family_whose_hold_it_waits_for() -> None:
+    bigpanda = {cls for cls in WRITE_CLASSES.values() if cls.side is Side.BIGPANDA}
+    assert set(BP_FAMILIES) == bigpanda
 
 
 @pytest.mark.parametrize("action", [*EVERY_WRITE, *MINIMAL_WRITES], ids=lambda a: a.kind)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from sync.clients.http import HttpAnswer
-from sync.clients.pacing import ConcurrencyPacer, PacingPolicy, SideHealth, resendable
+from sync.clients.pacing import ConcurrencyPacer, PacingPolicy, RatePacer, SideHealth, resendable
 from sync.clock import FakeClock
 
 
@@ -119,3 +119,22 @@ async def test_servicenow_slots_bound_requests_in_flight() -> None:
 
     await asyncio.gather(*(request() for _ in range(6)))
     assert most == 2
+
+
+def test_holds_are_per_family_and_the_instance_is_one() -> None:
+    """What the executor asks before a write: a family's hold is its own."""
+    clock = FakeClock()
+    policy = PacingPolicy(outage_after_s=60.0)
+    rate = RatePacer(clock, 5.0, policy)
+    assert rate.held_for("tags") == 0.0
+    assert rate.throttled("tags") == pytest.approx(1.0)
+    rate.hold("resolve", 90.0)
+    clock.advance(0.25)
+    assert rate.held_for("tags") == pytest.approx(0.75)
+    assert rate.held_for("comments") == 0.0
+    assert not policy.refuses(rate.held_for("tags"))  # waited out by the request
+    assert policy.refuses(rate.held_for("resolve"))  # past the outage window: refused
+    pool = ConcurrencyPacer(clock, 4, policy)
+    pool.hold(120.0)
+    clock.advance(20)
+    assert pool.held_for() == pytest.approx(100.0)

@@ -566,6 +566,14 @@ async def test_a_retry_after_longer_than_the_outage_reaches_the_caller_at_once(
         await client.update_incident(SYS_ID, {"impact": "1"})
     assert info.value.retry_after_s == 3600.0
     assert clock.monotonic() == 0.0  # not waited for: the executor defers the write
+    # the instance stays held for it (what the executor asks), and until then a
+    # request is refused unsent
+    assert client.held_for() == 3600.0
+    clock.advance(600)
+    with pytest.raises(TransientError, match="held for 3000 s more") as held:
+        await client.get_incident(SYS_ID)
+    assert held.value.retry_after_s == 3000.0
+    assert len(mocked.requests) == 1
 
 
 async def test_batched_correlation_check_reads_past_a_window_acls_emptied(

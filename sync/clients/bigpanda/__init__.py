@@ -9,6 +9,8 @@ the docstring of :mod:`sync.clients.bigpanda.client`. By job:
 - :mod:`~sync.clients.bigpanda.parsing`: vendor JSON as typed models
   (:func:`parse_incident`, :func:`parse_tag_definition`, :func:`poison_reason`, ...);
 - :mod:`~sync.clients.bigpanda.people`: the assignment and SCIM Users calls, mixed in;
+- :mod:`~sync.clients.bigpanda.tags`: the incident tag and tag definition calls, mixed
+  in (:mod:`~sync.clients.bigpanda.calls`: what the mixed-in calls use of the client);
 - :mod:`~sync.clients.bigpanda.paths`: endpoints, :class:`Family`, page size limits.
 
 Everything importers use is re-exported here; log records stay on the

@@ -51,6 +51,8 @@ Contract (docs/bigpanda-api.md sections 0, 2-6 and 11; SPEC B13, B16, B19, B20):
   :class:`PermanentError` naming the problem.
 
 Classification decisions worth knowing: see :mod:`sync.clients.bigpanda.classification`.
+The incident tag and tag definition calls are in :mod:`sync.clients.bigpanda.tags`, the
+assignment and SCIM Users calls in :mod:`sync.clients.bigpanda.people`, both mixed in.
 """
 
 from __future__ import annotations
@@ -68,17 +70,14 @@ from sync.clients.base import (
     BPActivity,
     BPEnvironment,
     BPSearchPage,
-    BPTagDefinition,
     RequestObserver,
 )
 from sync.clients.bigpanda.classification import classify
 from sync.clients.bigpanda.parsing import (
     _items,
-    _text,
     parse_activity,
     parse_environment,
     parse_incident,
-    parse_tag_definition,
     poison_reason,
 )
 from sync.clients.bigpanda.paths import (
@@ -101,13 +100,11 @@ from sync.clients.bigpanda.paths import (
     SEARCH_SORTS,
     SIDE,
     SNOOZE_PATH,
-    TAG_DEFINITIONS_PATH,
-    TAG_PATH,
-    TAGS_PATH,
     Family,
     _segment,
 )
 from sync.clients.bigpanda.people import PeopleCalls
+from sync.clients.bigpanda.tags import TagCalls
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     PacingPolicy,
@@ -115,6 +112,7 @@ from sync.clients.pacing import (
     SideHealth,
     SkipObserver,
     ThrottleObserver,
+    held_error,
     resendable,
 )
 from sync.clock import Clock
@@ -145,7 +143,7 @@ def make_session(settings: BigPandaSettings) -> aiohttp.ClientSession:
 # --------------------------------------------------------------------------- client
 
 
-class BigPandaClient(PeopleCalls):
+class BigPandaClient(PeopleCalls, TagCalls):
     """The BigPanda API client; see the module docstring for the contract."""
 
     def __init__(
@@ -195,6 +193,10 @@ class BigPandaClient(PeopleCalls):
     def pacer(self) -> RatePacer:
         return self._pacer
 
+    def held_for(self, family: str) -> float:
+        """Seconds before ``family``'s next request may go (:meth:`RatePacer.held_for`)."""
+        return self._pacer.held_for(family)
+
     # ------------------------------------------------------------------ transport
     async def _request(
         self,
@@ -231,6 +233,16 @@ class BigPandaClient(PeopleCalls):
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
         while True:
+            held = held_error(
+                SIDE,
+                family.value,
+                self._pacer.held_for(family),
+                self._policy,
+                method=method,
+                url=self._shown_base + path,
+            )
+            if held is not None:
+                raise held
             sent_at = await self._pacer.acquire(family)
             outcome = await send(
                 self._session,
@@ -506,78 +518,6 @@ class BigPandaClient(PeopleCalls):
             ):
                 break
         return out
-
-    # ------------------------------------------------------------------ incident tags
-    async def get_tags(self, environment_id: str, incident_id: str) -> dict[str, str]:
-        """``GET .../tags``: tag_id -> value."""
-        path = self._incident_path(TAGS_PATH, environment_id, incident_id)
-        parsed = await self._request(Family.TAGS, "GET", TAGS_PATH, path)
-        tags: dict[str, str] = {}
-        for item in _items(parsed.body, "incident tags"):
-            if not isinstance(item, Mapping) or item.get("tag_id") is None:
-                raise PermanentError(SIDE, "unexpected incident tag shape: missing tag_id")
-            tags[str(item["tag_id"])] = _text(item.get("tag_value")) or ""
-        return tags
-
-    async def set_tag(self, environment_id: str, incident_id: str, tag_id: str, value: str) -> None:
-        """``POST .../tags/{tag_id} {"tag_value"}`` (upsert)."""
-        path = self._incident_path(TAGS_PATH, environment_id, incident_id)
-        path += "/" + _segment(tag_id, "tag id")
-        await self._request(Family.TAGS, "POST", TAG_PATH, path, json_body={"tag_value": value})
-
-    async def set_tags(
-        self, environment_id: str, incident_id: str, values: Mapping[str, str]
-    ) -> None:
-        """``POST .../tags`` with ``[{"tag_id", "tag_value"}]`` (upsert many); no call for {}."""
-        if not values:
-            return
-        path = self._incident_path(TAGS_PATH, environment_id, incident_id)
-        body = [{"tag_id": tag_id, "tag_value": value} for tag_id, value in values.items()]
-        await self._request(Family.TAGS, "POST", TAGS_PATH, path, json_body=body)
-
-    async def delete_tag(self, environment_id: str, incident_id: str, tag_id: str) -> None:
-        path = self._incident_path(TAGS_PATH, environment_id, incident_id)
-        path += "/" + _segment(tag_id, "tag id")
-        await self._request(Family.TAGS, "DELETE", TAG_PATH, path)
-
-    async def delete_tags(self, environment_id: str, incident_id: str) -> None:
-        """``DELETE .../tags``: every tag of the incident."""
-        path = self._incident_path(TAGS_PATH, environment_id, incident_id)
-        await self._request(Family.TAGS, "DELETE", TAGS_PATH, path)
-
-    # ------------------------------------------------------------------ tag definitions
-    async def list_tag_definitions(
-        self, *, active: bool | None = None, tag_type: str | None = None
-    ) -> list[BPTagDefinition]:
-        params: dict[str, str] = {}
-        if active is not None:
-            params["active"] = "true" if active else "false"
-        if tag_type is not None:
-            params["type"] = tag_type
-        parsed = await self._request(
-            Family.TAG_DEFINITIONS,
-            "GET",
-            TAG_DEFINITIONS_PATH,
-            TAG_DEFINITIONS_PATH,
-            params=params or None,
-        )
-        return [parse_tag_definition(item) for item in _items(parsed.body, "tag definitions")]
-
-    async def create_tag_definition(
-        self, name: str, *, tag_type: str = "Text", description: str = "", active: bool = True
-    ) -> BPTagDefinition:
-        """``POST /incidents/tags/definitions`` (for set-up and tests: the link tag)."""
-        body = {"name": name, "type": tag_type, "description": description, "active": active}
-        parsed = await self._request(
-            Family.TAG_DEFINITIONS,
-            "POST",
-            TAG_DEFINITIONS_PATH,
-            TAG_DEFINITIONS_PATH,
-            json_body=body,
-        )
-        if isinstance(parsed.body, Mapping) and parsed.body.get("id"):
-            return parse_tag_definition(parsed.body)
-        return BPTagDefinition(id=name, name=name, type=tag_type, active=active)
 
     # ------------------------------------------------------------------ alert ingest
     async def post_alerts(self, alerts: Sequence[Mapping[str, Any]], *, app_key: str) -> Any:

@@ -15,10 +15,8 @@ classification; contract in that module's docstring).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
-
 from sync.clients.base import BPUser
+from sync.clients.bigpanda.calls import Transport
 from sync.clients.bigpanda.parsing import parse_scim_list, parse_scim_user
 from sync.clients.bigpanda.paths import (
     ASSIGNMENT_PATH,
@@ -28,42 +26,21 @@ from sync.clients.bigpanda.paths import (
     Family,
     _segment,
 )
-from sync.clients.http import Parsed
 from sync.errors import FatalError, PermanentError
-
-
-class _Transport(Protocol):
-    """What these calls use of the client."""
-
-    async def _request(
-        self,
-        family: Family,
-        method: str,
-        template: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        org_token: bool = False,
-        conflict_ok: bool = False,
-    ) -> Parsed: ...
-
-    @staticmethod
-    def _incident_path(template: str, environment_id: str, incident_id: str) -> str: ...
 
 
 class PeopleCalls:
     """Assignment and SCIM Users (see the module docstring)."""
 
     async def assign_incident(
-        self: _Transport, environment_id: str, incident_id: str, user_id: str
+        self: Transport, environment_id: str, incident_id: str, user_id: str
     ) -> None:
         """``PUT .../assignment {"assignee": user_id}`` (204)."""
         path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
         body = {"assignee": _segment(user_id, "user id")}
         await self._request(Family.ASSIGNMENT, "PUT", ASSIGNMENT_PATH, path, json_body=body)
 
-    async def unassign_incident(self: _Transport, environment_id: str, incident_id: str) -> bool:
+    async def unassign_incident(self: Transport, environment_id: str, incident_id: str) -> bool:
         """``DELETE .../assignment``: True on 204, False on BigPanda's documented 400
         (the incident is not assigned: nothing to do)."""
         path = self._incident_path(ASSIGNMENT_PATH, environment_id, incident_id)
@@ -75,7 +52,7 @@ class PeopleCalls:
             return False
         return True
 
-    async def find_user(self: _Transport, email: str) -> list[BPUser]:
+    async def find_user(self: Transport, email: str) -> list[BPUser]:
         """SCIM ``GET /scim/Users?filter=userName eq "<email>"`` (docs 4.7)."""
         if not email or '"' in email or "\\" in email:
             raise PermanentError(SIDE, f"invalid e-mail for a SCIM filter: {email!r}")
@@ -88,7 +65,7 @@ class PeopleCalls:
             raise _scim_refused(exc) from None
         return parse_scim_list(parsed.body)
 
-    async def get_user(self: _Transport, user_id: str) -> BPUser:
+    async def get_user(self: Transport, user_id: str) -> BPUser:
         """SCIM ``GET /scim/Users/{id}``; NotFoundError for an unknown id."""
         path = SCIM_USER_PATH.format(user_id=_segment(user_id, "user id"))
         try:

@@ -21,7 +21,9 @@ Contract (docs/servicenow-api.md sections 0, 1, 2 and 6; SPEC B13, B16, B19, B20
   that failed transiently (:func:`~sync.clients.pacing.resendable`). The error reaches
   the caller only when every
   request has failed for ``pacing.outage_after`` or a ``Retry-After`` is longer than
-  that. The optional observer is called once per HTTP request with the path template.
+  that; a ``Retry-After`` handed to the caller still holds the instance (``held_for``),
+  and while a hold lasts longer than ``pacing.outage_after`` a request is refused at
+  once, not sent. The optional observer is called once per HTTP request with the path template.
 - Every outcome goes through :func:`classify`, the single place that decides between
   success, :class:`TransientError`, :class:`PermanentError`/:class:`NotFoundError` and
   :class:`FatalError`. Apart from throttling (above) and the single OAuth refresh, the
@@ -48,6 +50,7 @@ from sync.clients.pacing import (
     PacingPolicy,
     SideHealth,
     ThrottleObserver,
+    held_error,
     resendable,
 )
 from sync.clients.servicenow.classification import classify
@@ -176,6 +179,10 @@ class ServiceNowClient:
     def base_url(self) -> str:
         return self._base
 
+    def held_for(self) -> float:
+        """Seconds before the next request may go (:meth:`ConcurrencyPacer.held_for`)."""
+        return self._pacer.held_for()
+
     # ------------------------------------------------------------------ transport
     async def _send(
         self,
@@ -219,6 +226,11 @@ class ServiceNowClient:
                 headers["Content-Type"] = "application/json"
             bearer = await self._oauth.bearer() if self._oauth is not None else None
             headers["Authorization"] = self._basic or f"Bearer {bearer}"
+            held = held_error(
+                SIDE, "servicenow", self._pacer.held_for(), self._policy, method=method, url=shown
+            )
+            if held is not None:
+                raise held
             async with self._pacer.slot() as sent_at:
                 outcome = await self._send(
                     method, template, self._base + path, params=params, data=data, headers=headers
@@ -253,10 +265,10 @@ class ServiceNowClient:
         ``safe``: see :func:`~sync.clients.pacing.resendable`."""
         throttled = error.status == 429
         self.health.failed()
-        if not safe:
-            return False
         wait = error.retry_after_s
-        if self.health.in_outage() or (wait is not None and wait > self._policy.outage_after_s):
+        if not safe or self.health.in_outage() or (wait is not None and self._policy.refuses(wait)):
+            if wait is not None:
+                self._pacer.hold(wait)  # the server's word, for the caller too (held_for)
             return False
         if throttled:
             hold = self._pacer.throttled(wait, sent_at=sent_at)
