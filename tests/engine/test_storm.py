@@ -118,6 +118,31 @@ async def test_a_storm_larger_than_the_budget_is_worked_through_across_cycles(
     assert sn.count("find_by_correlation_ids") == 3
 
 
+async def test_no_search_page_is_read_twice_when_budgets_cut_a_storm_at_full_concurrency(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """The defaults' ten pairs at once and the pages read ahead for them: whichever
+    moment the budget ends a cycle, each page of new incidents is read once."""
+    ids = [bp.add_incident().id for _ in range(95)]
+    clock.advance(1)
+
+    def slow_creates(method: str, _args: tuple[Any, ...]) -> None:
+        if method == "create_incident":
+            clock.advance(0.3)
+
+    sn.before_call = slow_creates
+    coordinator = _engine(store, sn, bp, clock, make_settings(cycle_budget=4.0))
+    cycles = 0
+    while len(_per_incident(sn)) < len(ids) and cycles < 20:
+        report = await coordinator.run_cycle()
+        assert report.ok, report.error
+        cycles += 1
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)
+    assert cycles >= 3  # the budget did cut the storm
+    assert bp.count("search_incidents") == 10  # ceil(95 / 10), each page once
+    assert bp.count("get_incident") == 0
+
+
 async def test_a_stop_leaves_the_rest_of_a_page_read_for_the_next_cycle(
     store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
 ) -> None:
