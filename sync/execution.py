@@ -5,6 +5,12 @@ execute. Progress (held links, then each side's cursor past what is finished) is
 written every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle: its
 time budget, a stop, or an error. An error stops new work; the pairs in flight finish,
 so nothing is left half-done by the cycle, and the first error is raised after.
+
+The time budget stops reads, not paid work: once it is spent no further search page is
+read, but the new incidents whose page was read are still sent (:func:`runs_after`).
+Left for the next cycle they would cost their page again (in a storm, two or three
+pages at every cycle boundary); the queue holds ``pair_concurrency`` pairs, so a cycle
+runs over its budget by at most that and one page of new incidents.
 """
 
 from __future__ import annotations
@@ -34,6 +40,16 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 5.0
 
 
+def runs_after(*, paid: bool, stopping: bool, past_deadline: bool) -> bool:
+    """Whether a queued pair is executed: not after a stop or an error (the pairs in
+    flight finish, nothing new starts), nor after the time budget unless its reads are
+    paid (a new incident whose search page was read: sent now, not read again by the
+    next cycle)."""
+    if stopping:
+        return False
+    return paid or not past_deadline
+
+
 class CycleRun:
     """One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first,
     new incidents read in batched chunks while earlier pairs execute; progress written
@@ -61,12 +77,16 @@ class CycleRun:
     ) -> None:
         c = self._c
         workers = c.settings.pair_concurrency
-        queue: asyncio.Queue[tuple[Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
+        # (pair, actions, paid): paid = a new incident whose search page was read
+        queue: asyncio.Queue[tuple[Pair, list[Action], bool] | None] = asyncio.Queue(workers)
 
         failures: list[BaseException] = []
 
+        def stopping() -> bool:
+            return bool(failures) or c.stopping
+
         def out_of_time() -> bool:
-            return bool(failures) or c.stopping or c.clock.monotonic() >= deadline
+            return stopping() or c.clock.monotonic() >= deadline
 
         async def produce() -> None:
             try:
@@ -76,9 +96,10 @@ class CycleRun:
                     if not actions:
                         self.progress.finish((ch.key for ch in pair.changes), ok=True)
                         continue
-                    await queue.put((pair, actions))
-                async for pair, actions in self._fresh_plans(fresh, polled, out_of_time):
-                    await queue.put((pair, actions))
+                    await queue.put((pair, actions, False))
+                fresh_plans = self._fresh_plans(fresh, polled, out_of_time, stopping)
+                async for pair, actions in fresh_plans:
+                    await queue.put((pair, actions, True))
             except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
                 failures.append(exc)
             finally:
@@ -87,10 +108,12 @@ class CycleRun:
 
         async def work() -> None:
             while (item := await queue.get()) is not None:
-                if out_of_time():
+                pair, actions, paid = item
+                late = c.clock.monotonic() >= deadline
+                if not runs_after(paid=paid, stopping=stopping(), past_deadline=late):
                     continue  # drained, not done: left for the next cycle
                 try:
-                    await self._execute_pair(*item)
+                    await self._execute_pair(pair, actions)
                 except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
                     failures.append(exc)
 
@@ -117,10 +140,13 @@ class CycleRun:
         fresh: Sequence[Pair],
         polled: Sequence[tuple[BPIncident, str]],
         out_of_time: Callable[[], bool],
+        stopping: Callable[[], bool],
     ) -> AsyncIterator[tuple[Pair, list[Action]]]:
         """New incidents, oldest first: alerts and duplicate checks read in batches
-        (:mod:`sync.newcomers`), then planned. Incidents not yielded (out of time) are
-        left for the next cycle; one that vanished is finished (nothing to sync)."""
+        (:mod:`sync.newcomers`), then planned. No page is read once ``out_of_time``; a
+        page read is planned whole unless ``stopping`` (its reads are paid). Incidents
+        not yielded are left for the next cycle; one that vanished is finished (nothing
+        to sync)."""
         c = self._c
         by_env: dict[str, list[BPIncident]] = {}
         pairs: dict[str, Pair] = {}
@@ -145,7 +171,7 @@ class CycleRun:
             reached: set[str] = set()
             others = [incident for incident, where in polled if where == env]
             async for batch in expanded_oldest_first(c.bigpanda, env, by_env[env], others):
-                if out_of_time():
+                if stopping():
                     return
                 absent = await unmatched(c.servicenow, [i.id for i in batch])
                 now = c.clock.now()
@@ -164,6 +190,8 @@ class CycleRun:
                         self.progress.finish(keys, ok=True)
                         continue
                     yield pair, actions
+                if out_of_time():  # checked before the next page is read, not after
+                    return
             for incident in by_env[env]:  # vanished while being synced: nothing to do
                 if incident.id not in reached:
                     self.progress.finish((ch.key for ch in pairs[incident.id].changes), ok=True)

@@ -107,9 +107,10 @@ class Settings(BaseSettings):
     retrieval_count: int = Field(default=20, ge=1, le=100)
     """BigPanda page size for polls and backfill."""
     cycle_budget: Duration = 60.0
-    """A cycle starts no new work after this long; the rest waits for the next cycle
-    (what was done is recorded, cursors included: a storm is worked through across
-    cycles, oldest first)."""
+    """A cycle starts no new work after this long, except the new incidents whose search
+    page it has read already (sent, not read again: at most ``pair_concurrency`` and a
+    page more); the rest waits for the next cycle (what was done is recorded, cursors
+    included: a storm is worked through across cycles, oldest first)."""
     pair_concurrency: int = Field(default=10, ge=1, le=100)
     """Pairs (incidents) executed at once in a cycle; each pair's writes stay in order."""
     http_host: str = "127.0.0.1"

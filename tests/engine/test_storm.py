@@ -107,13 +107,63 @@ async def test_a_storm_larger_than_the_budget_is_worked_through_across_cycles(
         if len(_per_incident(sn)) == len(ids):
             break
     assert _per_incident(sn) == dict.fromkeys(ids, 1)  # each once, none lost
-    assert 4 <= done_per_cycle[0] <= 7  # the first cycle stopped at its budget
-    assert len(done_per_cycle) >= 4
+    # the budget (5 s) ran out within each cycle's first page (10 creates, 1 s each):
+    # no further page was read, but the page read was sent whole (its reads are paid)
+    assert done_per_cycle == [10, 20, 30]
     assert metrics.left[Side.BIGPANDA.value] == 0
-    # finished incidents were neither fetched nor planned again: one search page per
-    # chunk of new incidents, whatever the number of cycles
+    # finished incidents were neither fetched nor planned again, and no page was read
+    # twice: one search page per ten new incidents, whatever the number of cycles
     assert bp.count("get_incident") == 0
-    assert sn.count("find_by_correlation_ids") <= 3 + len(done_per_cycle)
+    assert bp.count("search_incidents") == 3
+    assert sn.count("find_by_correlation_ids") == 3
+
+
+async def test_no_search_page_is_read_twice_when_budgets_cut_a_storm_at_full_concurrency(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """The defaults' ten pairs at once and the pages read ahead for them: whichever
+    moment the budget ends a cycle, each page of new incidents is read once."""
+    ids = [bp.add_incident().id for _ in range(95)]
+    clock.advance(1)
+
+    def slow_creates(method: str, _args: tuple[Any, ...]) -> None:
+        if method == "create_incident":
+            clock.advance(0.3)
+
+    sn.before_call = slow_creates
+    coordinator = _engine(store, sn, bp, clock, make_settings(cycle_budget=4.0))
+    cycles = 0
+    while len(_per_incident(sn)) < len(ids) and cycles < 20:
+        report = await coordinator.run_cycle()
+        assert report.ok, report.error
+        cycles += 1
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)
+    assert cycles >= 3  # the budget did cut the storm
+    assert bp.count("search_incidents") == 10  # ceil(95 / 10), each page once
+    assert bp.count("get_incident") == 0
+
+
+async def test_a_stop_leaves_the_rest_of_a_page_read_for_the_next_cycle(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """Unlike the budget, a stop (SIGTERM) starts nothing new, paid or not."""
+    ids = [bp.add_incident().id for _ in range(10)]
+    clock.advance(1)
+    coordinator = _engine(store, sn, bp, clock, make_settings(pair_concurrency=1))
+
+    def stop_at_the_second_create(method: str, _args: tuple[Any, ...]) -> None:
+        if method == "create_incident" and sn.count("create_incident") == 2:
+            coordinator.request_stop()
+
+    sn.before_call = stop_at_the_second_create
+    report = await coordinator.run_cycle()
+    assert report.ok, report.error
+    assert 2 <= len(_per_incident(sn)) <= 3  # the one in flight finished; no more
+    sn.before_call = None
+    coordinator = _engine(store, sn, bp, clock, make_settings())  # the next process
+    report = await coordinator.run_cycle()
+    assert report.ok, report.error
+    assert _per_incident(sn) == dict.fromkeys(ids, 1)
 
 
 async def test_progress_is_recorded_before_an_outage_ends_the_cycle(
