@@ -1,5 +1,12 @@
 """One cycle's execution: pairs worked ``pair_concurrency`` at a time, oldest first.
 
+A pair whose conversation is to be read (:mod:`sync.journal_reads`) is read by the
+worker that takes it, then planned again with it (the planner is pure: the same field
+actions, the journal entries before them) and executed: one pair's field writes wait
+for its own reads only, never for the comment reads of the pairs after it. The
+mass-resolve guard has seen every pair's plan before the first write (a journal entry
+resolves nothing).
+
 New incidents are read in batched chunks (:mod:`sync.newcomers`) while earlier pairs
 execute. Progress (held links, then each side's cursor past what is finished) is
 written every :data:`CHECKPOINT_EVERY_S` and at the end, whatever ends the cycle: its
@@ -12,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sync.actions import Action, CreateServiceNowIncident
+from sync.actions import Action, CreateServiceNowIncident, PlanInput
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.held import keep_held
@@ -27,11 +36,24 @@ from sync.store.base import Cursor
 
 if TYPE_CHECKING:
     from sync.coordinator import Coordinator
+    from sync.journal_reads import PendingJournal
 
 log = logging.getLogger(__name__)
 
 #: how often a long cycle writes its progress (cursors, held links) while it works
 CHECKPOINT_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class Planned:
+    """A pair and its plan. ``journal``: the pair's conversation is still to read; its
+    worker reads it, then plans ``inp`` again with it at ``now`` (the plan executed)."""
+
+    pair: Pair
+    actions: list[Action]
+    inp: PlanInput | None = None
+    journal: PendingJournal | None = None
+    now: datetime | None = None
 
 
 class CycleRun:
@@ -53,7 +75,7 @@ class CycleRun:
 
     async def execute(
         self,
-        plans: Sequence[tuple[Pair, list[Action]]],
+        plans: Sequence[Planned],
         fresh: Sequence[Pair],
         *,
         deadline: float,
@@ -61,7 +83,7 @@ class CycleRun:
     ) -> None:
         c = self._c
         workers = c.settings.pair_concurrency
-        queue: asyncio.Queue[tuple[Pair, list[Action]] | None] = asyncio.Queue(workers * 2)
+        queue: asyncio.Queue[Planned | None] = asyncio.Queue(workers * 2)
 
         failures: list[BaseException] = []
 
@@ -70,15 +92,15 @@ class CycleRun:
 
         async def produce() -> None:
             try:
-                for pair, actions in plans:
+                for planned in plans:
                     if out_of_time():
                         return
-                    if not actions:
-                        self.progress.finish((ch.key for ch in pair.changes), ok=True)
+                    if not planned.actions and planned.journal is None:
+                        self.progress.finish((ch.key for ch in planned.pair.changes), ok=True)
                         continue
-                    await queue.put((pair, actions))
+                    await queue.put(planned)
                 async for pair, actions in self._fresh_plans(fresh, polled, out_of_time):
-                    await queue.put((pair, actions))
+                    await queue.put(Planned(pair, actions))
             except Exception as exc:  # noqa: BLE001 - kept, raised once the workers stop
                 failures.append(exc)
             finally:
@@ -90,7 +112,7 @@ class CycleRun:
                 if out_of_time():
                     continue  # drained, not done: left for the next cycle
                 try:
-                    await self._execute_pair(*item)
+                    await self._execute_pair(item)
                 except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
                     failures.append(exc)
 
@@ -168,9 +190,39 @@ class CycleRun:
                 if incident.id not in reached:
                     self.progress.finish((ch.key for ch in pairs[incident.id].changes), ok=True)
 
-    async def _execute_pair(self, pair: Pair, actions: list[Action]) -> None:
+    async def _with_journal(self, planned: Planned) -> list[Action] | None:
+        """The pair's plan with its own conversation read (None: the pair failed, its
+        changes are left open: polled and tried again)."""
         c = self._c
+        pair, todo, inp = planned.pair, planned.journal, planned.inp
+        if todo is None or inp is None or planned.now is None:
+            return planned.actions
         keys = [ch.key for ch in pair.changes]
+        try:
+            await c.journals.read_pair(pair, todo)
+        except BpsyncError:  # an outage, credentials: the cycle stops
+            raise
+        except Exception:  # one pair's bug must not stop the others
+            log.exception("reading the conversation of %s failed", c.pair_ids(pair))
+            self.progress.finish(keys, ok=False)
+            return None
+        try:
+            return c.replan(inp, pair.journal, planned.now)
+        except ValueError as exc:  # a planner refusing odd data: this pair only
+            log.error("cannot plan %s: %s", c.pair_ids(pair), exc)  # noqa: TRY400
+            self.progress.finish(keys, ok=False)
+            return None
+
+    async def _execute_pair(self, planned: Planned) -> None:
+        c = self._c
+        pair = planned.pair
+        keys = [ch.key for ch in pair.changes]
+        actions = await self._with_journal(planned)
+        if actions is None:
+            return
+        if not actions:
+            self.progress.finish(keys, ok=True)
+            return
         try:
             result = await c.executor.execute(actions, environment_id=pair.environment_id)
         except BpsyncError:  # credentials, the store: the cycle stops
