@@ -20,10 +20,9 @@
    has its people looked up first, :mod:`sync.assignee_reads`) and check the guards
    (:mod:`sync.guards`).
 5. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
-   their batches arrive (:mod:`sync.execution`); a pair whose conversation changed is
-   read by its worker and planned again with it just before it executes
-   (:mod:`sync.journal_reads`: no field write waits for other pairs' comment reads);
-   and record progress as it goes: held
+   their batches arrive (:mod:`sync.execution`; a pair's conversation is read just
+   before it executes, push passes run beside it for other incidents), and record
+   progress as it goes: held
    links, then each cursor past what is finished (:func:`sync.progress.next_cursor`),
    every few seconds and at the end, however the cycle ends (``cycle_budget``, a stop,
    an error). A pair whose outcome is not recorded (an unexpected error) holds the
@@ -46,6 +45,7 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -180,8 +180,9 @@ class Coordinator:
         self.assignees = AssigneeReads(settings, self.users, self._lookups)
         self.journals = JournalReads(self)
         self.merges = MergeReads(self)
-        """the conversations of the changed pairs, read before they are planned"""
-        """the held pairs: which to hold, which to release, their checkpoint"""
+        self.host: CycleRun | None = None
+        """the cycle in flight that push passes may run beside (``CycleRun.open_to_guests``)"""
+        self.guests = asyncio.Lock()
 
     # ------------------------------------------------------------------ for the cycle's run
 
@@ -286,12 +287,15 @@ class Coordinator:
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
             pairs, fresh = await self.merges.read(pairs, fresh, environments)
+            pairs, aside = run.set_aside(pairs)
             await expand_changed_alerts(self._bp, self._settings, pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
-            worked.update(c.key for pair in (*pairs, *fresh) for c in pair.changes)
+            worked.update(c.key for pair in (*pairs, *fresh, *aside) for c in pair.changes)
             progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
             await self.holds.run_preludes(preludes, live_links)
+            if via == "poll":
+                await run.open_to_guests(pairs, fresh)
             # each pair's conversation is read by its worker, just before it executes
             journals = await self.journals.pending(pairs, progress)
             now = self._clock.now()
@@ -312,11 +316,13 @@ class Coordinator:
         except BaseException:
             # an outage, a store error, a cancelled drain: what finished stays finished
             try:
+                await run.close_to_guests()
                 await run.checkpoint(final=False)
             except Exception as exc:  # noqa: BLE001 - the first error is the one to report
                 log.debug("progress not recorded: %s", exc)
             raise
         else:
+            await run.close_to_guests()
             await run.checkpoint(final=True)
         finally:
             report.actions += run.actions

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sync.actions import Action, CreateServiceNowIncident, PlanInput
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.held import keep_held
-from sync.model import BPIncident
+from sync.model import BPIncident, Link
 from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
 from sync.planner import share_decision
-from sync.progress import Progress
+from sync.progress import Progress, seen_after_push
 from sync.store.base import Cursor
 
 if TYPE_CHECKING:
@@ -72,6 +72,16 @@ class CycleRun:
         self.outcomes: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self._last_checkpoint = coordinator.clock.monotonic()
+        self._adopted: set[Side] = set()
+        """sides whose cursor took a guest's keys since the last checkpoint"""
+        self._owner: dict[str, Pair] = {}
+        """each id (both sides', a merge's destination) of this cycle's pairs -> its pair"""
+        self._fixed: frozenset[str] = frozenset()
+        """ids no guest may claim: new incidents, held links"""
+        self._running: set[int] = set()
+        self._finished: set[int] = set()
+        self._claimed: set[int] = set()
+        self._reading = asyncio.Semaphore(self.reads_at_once())
 
     async def execute(
         self,
@@ -111,10 +121,16 @@ class CycleRun:
             while (item := await queue.get()) is not None:
                 if out_of_time():
                     continue  # drained, not done: left for the next cycle
+                taken = id(item.pair)
+                if taken in self._claimed:
+                    continue  # a push pass beside the cycle has it (its change left open)
                 try:
                     await self._execute_pair(item)
                 except Exception as exc:  # noqa: BLE001 - kept, raised once all stop
                     failures.append(exc)
+                finally:
+                    self._running.discard(taken)
+                    self._finished.add(taken)
 
         # an error (an outage, a refused credential, the store) stops new work; the
         # pairs in flight finish, so nothing is left half-done by this cycle
@@ -199,7 +215,8 @@ class CycleRun:
             return planned.actions
         keys = [ch.key for ch in pair.changes]
         try:
-            await c.journals.read_pair(pair, todo)
+            async with self._reading:
+                await c.journals.read_pair(pair, todo)
         except BpsyncError:  # an outage, credentials: the cycle stops
             raise
         except Exception:  # one pair's bug must not stop the others
@@ -218,6 +235,9 @@ class CycleRun:
         pair = planned.pair
         keys = [ch.key for ch in pair.changes]
         actions = await self._with_journal(planned)
+        if id(pair) in self._claimed:
+            return  # given up to a push pass while it was read: its change left open
+        self._running.add(id(pair))  # from here on no push pass may take it
         if actions is None:
             return
         if not actions:
@@ -245,6 +265,86 @@ class CycleRun:
         if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
             await self.checkpoint(final=False)
 
+    def reads_at_once(self) -> int:
+        """Pairs reading their conversation at once. With push on, one: a cycle is then
+        the reconciling poll, and its comment reads (paced) must leave a push pass's
+        read a place in the pacer's queue, not ``pair_concurrency`` reads ahead of it."""
+        settings = self._c.settings
+        return 1 if settings.push.enabled else settings.pair_concurrency
+
+    # ------------------------------------------------------------------ guests
+
+    def set_aside(self, pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """(pairs to work, pairs left open for the next poll): a cycle works them all."""
+        return list(pairs), []
+
+    async def open_to_guests(self, pairs: Sequence[Pair], fresh: Sequence[Pair]) -> None:
+        """Let push passes run beside this cycle (:mod:`sync.push.passes`, as guests).
+
+        Each incident's work stays serial: a guest :meth:`claim` s an incident before it
+        reads it. One of this cycle's pairs not yet taken by a worker is given up to the
+        guest (its change left open: the guest's newer read supersedes it), one already
+        finished is the guest's; one in flight, a new incident and a held link are not
+        (the delivery waits for the cycle's end). A guest's progress joins this run's
+        (:meth:`adopt`)."""
+        c = self._c
+        links = [await c.store.get_link(link_id) for link_id in self.held]
+        fixed = {i for link in links if link is not None for i in _link_ids(link)}
+        for pair in fresh:
+            fixed.update(_pair_ids(pair))
+        self._fixed = frozenset(fixed)
+        self._owner = {i: pair for pair in pairs for i in _pair_ids(pair)}
+        c.host = self
+
+    def claim(self, ids: Collection[str]) -> bool:
+        """May a guest work the incident these ids name (see :meth:`open_to_guests`)?"""
+        if any(i in self._fixed for i in ids):
+            return False
+        owners = {id(pair) for i in ids if (pair := self._owner.get(i)) is not None}
+        if owners & self._running:
+            return False
+        self._claimed |= owners - self._finished
+        return True
+
+    async def close_to_guests(self) -> None:
+        """No new guest; the one in flight ends first (before the cycle's last checkpoint)."""
+        c = self._c
+        if c.host is self:
+            c.host = None
+            async with c.guests:
+                pass
+
+    async def adopt(self, held: Held, progress: Progress) -> None:
+        """A guest's progress: its held links, and the keys it finished join ``seen``
+        (:func:`~sync.progress.seen_after_push`), written with this run's next checkpoint."""
+        overlap = timedelta(seconds=self._c.settings.cursor_overlap)
+        async with self._lock:
+            for link_id, flags in held.items():
+                self.held.setdefault(link_id, set()).update(flags)
+            # a change of a pair given up to the guest, which finished it: finished here too
+            self.progress.finish(progress.done & self.progress.all_keys(), ok=True)
+            for side in (Side.BIGPANDA, Side.SERVICENOW):
+                forget = progress.wrote_bp if side is Side.BIGPANDA else ()
+                moved = seen_after_push(
+                    self._cursors[side],
+                    progress.polled[side],
+                    progress.done,
+                    overlap=overlap,
+                    forget=forget,
+                )
+                if moved is not None:
+                    self._cursors[side] = moved
+                    self._adopted.add(side)
+
+    @property
+    def cursors(self) -> dict[Side, Cursor]:
+        """Each side's cursor as this run has it (written at its checkpoints)."""
+        return dict(self._cursors)
+
+    def seen(self, side: Side) -> frozenset[str]:
+        """The side's ``seen`` keys as this run has them (a guest's duplicates)."""
+        return self._cursors[side].seen
+
     async def checkpoint(self, *, final: bool) -> None:
         """Held links first, then each side's cursor past what is finished."""
         c = self._c
@@ -253,7 +353,29 @@ class CycleRun:
             await c.holds.save(self.held)
             for side in (Side.BIGPANDA, Side.SERVICENOW):
                 forget = self.progress.wrote_bp if side is Side.BIGPANDA else ()
+                cursor = self._cursors[side]
                 self._cursors[side] = await c.advance(
-                    side, self._cursors[side], self.progress, final=final, forget=forget
+                    side, cursor, self.progress, final=final, forget=forget
                 )
+                if side in self._adopted and self._cursors[side] is cursor:
+                    await c.store.advance_cursor(cursor, c.clock.now())  # a guest's keys
+                self._adopted.discard(side)
                 c.report_backlog(side, self.progress.backlog(side))
+
+
+def _link_ids(link: Link) -> tuple[str, ...]:
+    return (link.bp_incident_id, link.sn_sys_id) if link.sn_sys_id else (link.bp_incident_id,)
+
+
+def _pair_ids(pair: Pair) -> set[str]:
+    """The ids of both sides a pair's plan may touch (a merge's destination too)."""
+    ids = {pair_bp_id(pair)}
+    if pair.sn is not None:
+        ids.update((pair.sn.sys_id, pair.sn.correlation_id or ""))
+    for link in (pair.link, pair.merge.destination_link if pair.merge else None):
+        if link is not None:
+            ids.update(_link_ids(link))
+    if pair.merge is not None:
+        ids.add(pair.merge.destination_id)
+    ids.discard("")
+    return ids
