@@ -27,6 +27,7 @@ from sync.actions import Action, CreateServiceNowIncident, PlanInput
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.held import keep_held
+from sync.journal import entries_of, fields_first
 from sync.model import BPIncident, Link
 from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
@@ -234,24 +235,50 @@ class CycleRun:
         c = self._c
         pair = planned.pair
         keys = [ch.key for ch in pair.changes]
-        actions = await self._with_journal(planned)
-        if id(pair) in self._claimed:
-            return  # given up to a push pass while it was read: its change left open
-        self._running.add(id(pair))  # from here on no push pass may take it
-        if actions is None:
-            return
-        if not actions:
-            self.progress.finish(keys, ok=True)
-            return
+        if planned.journal is not None and fields_first(planned.actions):
+            # field writes only: written first, its conversation read and carried after
+            self._running.add(id(pair))  # from here on no push pass may take it
+            recorded = await self._run(pair, planned.actions)
+            if recorded is None:
+                return
+            later = await self._with_journal(planned)
+            if later is None:
+                return
+            entries = entries_of(later)
+            if entries:
+                more = await self._run(pair, entries)
+                if more is None:
+                    return
+                recorded = recorded and more
+        else:
+            actions = await self._with_journal(planned)
+            if id(pair) in self._claimed:
+                return  # given up to a push pass while it was read: its change left open
+            self._running.add(id(pair))  # from here on no push pass may take it
+            if actions is None:
+                return
+            recorded = await self._run(pair, actions) if actions else True
+            if recorded is None:
+                return
+        if not recorded:
+            keep_held(self.held, pair)
+        self.progress.finish(keys, ok=recorded)
+        if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
+            await self.checkpoint(final=False)
+
+    async def _run(self, pair: Pair, actions: list[Action]) -> bool | None:
+        """Execute a pair's actions: whether their outcome is recorded (None: they
+        failed, the pair's changes too: left open, polled and tried again)."""
+        c = self._c
         try:
             result = await c.executor.execute(actions, environment_id=pair.environment_id)
         except BpsyncError:  # credentials, the store: the cycle stops
             raise
         except Exception:  # one pair's bug must not stop the others
             log.exception("executing %s failed", c.pair_ids(pair))
-            self.progress.finish(keys, ok=False)
+            self.progress.finish((ch.key for ch in pair.changes), ok=False)
             keep_held(self.held, pair)
-            return
+            return None
         self.actions += len(actions)
         if pair.link is None:  # a new incident: its first change may be bpsync's own
             c.journals.created(pair, result)
@@ -259,11 +286,7 @@ class CycleRun:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             if kind.startswith("bp.") or kind == CreateServiceNowIncident.kind:
                 self.progress.wrote_bp.add(pair_bp_id(pair))
-        if not result.recorded:
-            keep_held(self.held, pair)
-        self.progress.finish(keys, ok=result.recorded)
-        if c.clock.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S:
-            await self.checkpoint(final=False)
+        return result.recorded
 
     def reads_at_once(self) -> int:
         """Pairs reading their conversation at once. With push on, one: a cycle is then
