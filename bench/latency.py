@@ -6,6 +6,7 @@ Usage::
     python bench/latency.py --quick         # poll_interval 1 s only, few changes (< 30 s)
     python bench/latency.py --json          # one JSON object
     python bench/latency.py --push          # push mode: poll 15 s, webhooks on (then 20 % lost)
+    python bench/latency.py --push --journal 40   # and a run of 40 BigPanda comments
 
 For each poll interval: both emulators (BigPanda rate-limited at its documented
 5 requests/s per endpoint, the daemon pacing itself at the same figure) and a daemon

@@ -8,9 +8,10 @@ and the ledger of its incident in one store read for the whole batch; the result
 the pair's :class:`~sync.model.JournalInput`, planned with the pair. Which pairs read
 what is decided for the batch (:meth:`JournalReads.pending`); each pair's own reads are
 made by the execution worker that takes the pair, just before the pair is planned with
-them and executed (:mod:`sync.execution`): a burst's field writes do not wait for the
-burst's comment reads (BigPanda's ``activities`` are paced like every family, 4.5
-requests/s). An idle cycle has no pair, so it reads nothing. A BigPanda comment not
+them and executed (:mod:`sync.execution`; a plan of field writes only writes them
+before the read, :func:`sync.journal.fields_first`): a burst's field writes do not wait
+for the burst's comment reads (BigPanda's ``activities`` are paced like every family,
+4.5 requests/s). An idle cycle has no pair, so it reads nothing. A BigPanda comment not
 carried yet is named by its author's name (the activity carries only a user id;
 :class:`sync.people.BigPandaUsers`, cached), the id kept when the user cannot be found.
 

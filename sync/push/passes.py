@@ -1,7 +1,10 @@
 """The push pass: the incidents webhooks announced, read and worked as polled changes.
 
-The daemon runs a pass within ~100 ms of a delivery (:mod:`sync.runtime.daemon`), never
-at the same time as a cycle (one lock: per-incident work stays serial):
+The daemon runs a pass within ~100 ms of a delivery (:mod:`sync.runtime.daemon`). A
+cycle in flight, once polled and paired, has it as its guest (:class:`GuestRun`): the
+pass claims each incident before reading it (:meth:`CycleRun.claim`): one the cycle has
+not started writing is given up to the pass, one it is writing to (or a new incident, a
+held link) waits, unacknowledged, for the cycle's end; per-incident work stays serial:
 
 1. Take the recorded events (:class:`~sync.store.base.PushEvents`, oldest first). More
    than :data:`PASS_BATCH` at once (a storm) is cheaper to poll: the daemon runs a full

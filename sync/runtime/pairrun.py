@@ -110,7 +110,8 @@ class PairRunner:
         self.current: asyncio.Task[Any] | None = None
         """the tick in flight (the stop drains it)"""
         self._work = asyncio.Lock()
-        """held by a cycle and by a push pass: never both at once"""
+        """held by a cycle and by a push pass; a pass runs beside a cycle only as its
+        guest (``CycleRun.open_to_guests``), for the incidents the cycle leaves it"""
         self.wake_event = asyncio.Event()
         self.migrations = asyncio.Lock()
         """held while this pair's database is upgraded: the daemon gives every pair the
