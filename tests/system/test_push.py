@@ -445,6 +445,59 @@ async def test_a_pass_runs_beside_a_cycle_for_the_incidents_it_does_not_work(
         assert coordinator.host is None
 
 
+async def test_a_pair_the_cycle_is_still_reading_is_given_up_to_the_pass(
+    world: World, emu: Emu
+) -> None:
+    """A cycle reading a comment thread has written nothing of that pair yet: a delivery
+    about it is worked by the pass beside it, and the cycle, its read done, leaves the
+    pair to the pass (the comment is carried once, by the pass)."""
+    assert isinstance(world.clock, FakeClock)
+    async with pushing(world) as push:
+        bp_id = await emu.new_incident("given-up-1", check="cpu")
+        await world.settle()
+        sys_id = (await emu.sn_one_for(bp_id))["sys_id"]
+        world.clock.advance(1)
+        await emu._bp(
+            "POST",
+            f"/resources/v2.0/environments/{ENV}/incidents/{bp_id}/comments",
+            json={"comment": "only once, by whoever"},
+            expect=204,
+        )
+        assert world.engine is not None
+        coordinator = world.engine.coordinator
+        client = coordinator.bigpanda
+        real = client.list_activities
+        release = asyncio.Event()
+        reading: list[str] = []
+
+        async def slow(incident_id: str, **kw: Any) -> Any:
+            if not reading:  # the cycle's read waits; the pass's goes through
+                reading.append(incident_id)
+                await asyncio.wait_for(release.wait(), timeout=10)
+            return await real(incident_id, **kw)
+
+        client.list_activities = slow  # type: ignore[method-assign]
+        running = asyncio.create_task(world.cycle())
+        while coordinator.host is None or not reading:
+            assert not running.done()
+            await asyncio.sleep(0.01)
+        assert (await push.post("bigpanda", {"incident_id": bp_id}))[0] == 202
+        async with coordinator.guests:
+            result = await push.passes.work(await push.passes.take(), host=coordinator.host)
+        assert (result.changes[Side.BIGPANDA], result.deferred) == (1, 0)
+        notes = [n for n in await emu.journal(sys_id) if "only once, by whoever" in n]
+        assert len(notes) == 1
+        release.set()
+        report = await running
+        client.list_activities = real  # type: ignore[method-assign]
+        assert report.ok, report.error
+        assert report.actions == 0  # the cycle left it to the pass
+        world.clock.advance(1)
+        await cycle(world)
+        notes = [n for n in await emu.journal(sys_id) if "only once, by whoever" in n]
+        assert len(notes) == 1
+
+
 async def test_a_dropped_delivery_is_caught_by_the_poll(world: World, emu: Emu) -> None:
     assert isinstance(world.clock, FakeClock)
     async with pushing(world) as push:
