@@ -6,6 +6,7 @@ Usage::
     python bench/latency.py --quick         # poll_interval 1 s only, few changes (< 30 s)
     python bench/latency.py --json          # one JSON object
     python bench/latency.py --push          # push mode: poll 15 s, webhooks on (then 20 % lost)
+    python bench/latency.py --push --journal 40   # and a run of 40 BigPanda comments
 
 For each poll interval: both emulators (BigPanda rate-limited at its documented
 5 requests/s per endpoint, the daemon pacing itself at the same figure) and a daemon
@@ -32,6 +33,11 @@ have them). Two runs: every delivery arrives (target p99 < 1 s both ways), then 
 the deliveries are dropped (``--drop``; target: every change arrives, the latest within
 ``reconcile_interval`` + 2 s). Both: 0 duplicate writes (each change makes exactly one
 write on the other side; ``extra_writes`` counts any other).
+
+``--push --journal N``: one more push run of N BigPanda comments (``POST .../comments``,
+its ``incident#commented`` webhook on, as the README's set-up says) on the same 20
+incidents; done when the comment's work note shows in ServiceNow's
+``sys_journal_field``. No target (the journal entry's own latency, reported apart).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ from bench import _harness as h
 
 POLL_S = 0.05
 DIRECTIONS = ("bp_to_sn", "sn_to_bp")
+#: the direction of a BigPanda comment carried to a ServiceNow work note (``--journal``)
+COMMENT = "bp_comment_to_sn"
 
 
 @dataclass
@@ -110,6 +118,13 @@ class Watcher:
     async def _poll(self) -> None:
         to_sn = [p for p in self.pending if p.direction == "bp_to_sn"]
         to_bp = [p for p in self.pending if p.direction == "sn_to_bp"]
+        notes = [p for p in self.pending if p.direction == COMMENT]
+        if notes:
+            rows = await self.api.sn_journal(sorted({p.key for p in notes}))
+            seen = time.monotonic()
+            for p in notes:
+                if any(r["element_id"] == p.key and p.expected in r["value"] for r in rows):
+                    self._finish(p, seen)
         if to_sn:
             rows = await self.api.sn_query(
                 "sys_idIN" + ",".join(p.key for p in to_sn), "sys_id,impact"
@@ -134,21 +149,35 @@ class Watcher:
 
 
 BP_TOKEN, SN_TOKEN = "bench-bigpanda-webhook", "bench-servicenow-rule"
+TRIGGERS_WITH_COMMENTS = {
+    "incident#new",
+    "incident#updated",
+    "incident#reopen",
+    "incident#closed",
+    "incident#commented",
+    "incident-tag#upserted",
+    "incident-tag#removed",
+}
 
 
-async def hook(api: h.Api, daemon: h.Daemon, drop: float, seed: int) -> None:
-    """Both emulators push to the daemon's receivers (``drop``: the share lost)."""
+async def hook(
+    api: h.Api, daemon: h.Daemon, drop: float, seed: int, *, comments: bool = False
+) -> None:
+    """Both emulators push to the daemon's receivers (``drop``: the share lost;
+    ``comments``: BigPanda's comment updates on too)."""
     base = f"http://127.0.0.1:{daemon.http_port}/webhooks"
     faults = {"drop": drop, "seed": seed}
     for url, path, body in (
         (api.emus.bp_url, "webhook", {"url": f"{base}/bigpanda", "token": BP_TOKEN}),
         (api.emus.sn_url, "business_rule", {"url": f"{base}/servicenow", "token": SN_TOKEN}),
     ):
-        config = {
+        config: dict[str, Any] = {
             "url": body["url"],
             "headers": {"Authorization": f"Bearer {body['token']}"},
             "faults": faults,
         }
+        if comments and path == "webhook":
+            config["triggers"] = sorted(TRIGGERS_WITH_COMMENTS)
         async with api.http.post(f"{url}/_emulator/{path}", json=config) as resp:
             if resp.status >= 300:
                 raise RuntimeError(f"{path}: {resp.status} {await resp.text()}")
@@ -163,6 +192,7 @@ async def measure(
     seed: int,
     push: bool = False,
     drop: float = 0.0,
+    comments: int = 0,
 ) -> Run:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="bpsync-bench-latency-") as tmp_name:
@@ -217,25 +247,30 @@ async def measure(
                     f"and settled in {settled:.1f}s"
                 )
                 if push:
-                    await hook(api, daemon, drop, seed)
+                    await hook(api, daemon, drop, seed, comments=bool(comments))
                 cpu0 = daemon.cpu_s()
                 stats0 = await api.snapshot()
-                samples, missed = await _changes(
-                    api,
-                    rng,
-                    bp_ids=bp_ids,
-                    sys_ids=sys_ids,
-                    poll_interval=poll_interval,
-                    changes=changes,
-                    window_s=window_s,
-                )
+                if comments:
+                    samples, missed = await _comments(
+                        api, rng, bp_ids=bp_ids, sys_ids=sys_ids, count=comments, window_s=window_s
+                    )
+                else:
+                    samples, missed = await _changes(
+                        api,
+                        rng,
+                        bp_ids=bp_ids,
+                        sys_ids=sys_ids,
+                        poll_interval=poll_interval,
+                        changes=changes,
+                        window_s=window_s,
+                    )
                 if push:
                     await asyncio.sleep(1.0)  # a late echo would show as an extra write
                 cpu = daemon.cpu_s() - cpu0
                 stats1 = await api.snapshot()
                 bp_429 = (stats1["bigpanda"] - stats0["bigpanda"]).statuses.get("429", 0)
                 writes = sum((stats1[side] - stats0[side]).writes for side in stats1)
-                made = sum(len(samples[d]) + missed[d] for d in DIRECTIONS)
+                made = sum(len(samples[d]) + missed[d] for d in samples)
                 mem = daemon.mem()
             finally:
                 if daemon is not None:
@@ -244,26 +279,27 @@ async def measure(
     target = poll_interval + 2.0
     if push and not drop:
         target = 1.0
-    p99 = {d: h.rnd(h.percentile(samples[d], 99)) for d in DIRECTIONS}
-    worst = {d: h.rnd(max(samples[d], default=None)) for d in DIRECTIONS}
+    directions = (COMMENT,) if comments else DIRECTIONS
+    p99 = {d: h.rnd(h.percentile(samples[d], 99)) for d in directions}
+    worst = {d: h.rnd(max(samples[d], default=None)) for d in directions}
     judged = worst if drop else p99  # with deliveries lost: the last one must arrive too
     extra_writes = int(writes - 2 * made)
     return Run(
         poll_interval_s=poll_interval,
         incidents=incidents,
-        changes={d: len(samples[d]) + missed[d] for d in DIRECTIONS},
+        changes={d: len(samples[d]) + missed[d] for d in directions},
         missed=missed,
-        p50_s={d: h.rnd(h.percentile(samples[d], 50)) for d in DIRECTIONS},
-        p95_s={d: h.rnd(h.percentile(samples[d], 95)) for d in DIRECTIONS},
+        p50_s={d: h.rnd(h.percentile(samples[d], 50)) for d in directions},
+        p95_s={d: h.rnd(h.percentile(samples[d], 95)) for d in directions},
         p99_s=p99,
         max_s=worst,
         target_s=target,
-        target_met=all(not missed[d] and (judged[d] or float("inf")) <= target for d in DIRECTIONS)
+        target_met=all(not missed[d] and (judged[d] or float("inf")) <= target for d in directions)
         and (not push or extra_writes == 0),
         daemon_cpu_s=round(cpu, 2),
         daemon_peak_rss_mb=round(mem["peak_rss_mb"], 1),
         bp_429=int(bp_429),
-        samples={d: [round(s, 3) for s in samples[d]] for d in DIRECTIONS},
+        samples={d: [round(s, 3) for s in samples[d]] for d in directions},
         push=push,
         drop=drop,
         extra_writes=extra_writes,
@@ -330,26 +366,70 @@ async def _changes(
     return samples, missed
 
 
+async def _comments(
+    api: h.Api,
+    rng: random.Random,
+    *,
+    bp_ids: list[str],
+    sys_ids: dict[str, str],
+    count: int,
+    window_s: float,
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """``count`` BigPanda comments at uniform random times over ``window_s``, on any
+    incident; the latency until each one's work note is in ServiceNow."""
+    watcher = Watcher(api)
+    watch_task = asyncio.create_task(watcher.run())
+    samples: dict[str, list[float]] = {COMMENT: []}
+    missed = {COMMENT: 0}
+    times = sorted(rng.uniform(0, window_s) for _ in range(count))
+    loop_start = time.monotonic()
+
+    async def one(n: int) -> None:
+        bp = rng.choice(bp_ids)
+        token = f"bench comment {n} {rng.getrandbits(32):08x}"
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        await api.bp_comment(bp, token)
+        watcher.add(Pending(COMMENT, sys_ids[bp], token, started, done))
+        try:
+            samples[COMMENT].append(await asyncio.wait_for(done, 75))
+        except TimeoutError:
+            missed[COMMENT] += 1
+            watcher.pending = [p for p in watcher.pending if p.done is not done]
+            h.log(f"  missed: comment {n} on {bp}")
+
+    tasks = []
+    for n, at in enumerate(times):
+        await asyncio.sleep(max(0.0, loop_start + at - time.monotonic()))
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    watch_task.cancel()
+    return samples, missed
+
+
 def report(runs: list[Run], info: dict[str, Any]) -> None:
     print(f"propagation latency (s), machine: {info['nproc']} x {info['cpu_model']}")
     rows = []
     for r in runs:
-        for d in DIRECTIONS:
+        for d in r.changes:
             poll = f"{r.poll_interval_s:g} s"
             if r.push:
                 poll += f" + push ({r.drop:.0%} lost)" if r.drop else " + push"
             rows.append(
                 (
                     poll,
-                    d.replace("_to_", " -> ").replace("bp", "BigPanda").replace("sn", "ServiceNow"),
+                    d.replace("_to_", " -> ")
+                    .replace("bp_comment", "BigPanda comment")
+                    .replace("bp", "BigPanda")
+                    .replace("sn", "ServiceNow"),
                     r.changes[d],
                     r.missed[d],
                     r.p50_s[d],
                     r.p95_s[d],
                     r.p99_s[d],
                     r.max_s[d],
-                    f"{'max' if r.drop else 'p99'} <= {r.target_s:g}",
-                    "met" if r.target_met else "MISSED",
+                    "-" if d == COMMENT else f"{'max' if r.drop else 'p99'} <= {r.target_s:g}",
+                    "" if d == COMMENT else "met" if r.target_met else "MISSED",
                 )
             )
     h.print_table(
@@ -365,24 +445,27 @@ def report(runs: list[Run], info: dict[str, Any]) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> list[Run]:
-    plans: list[tuple[float, int, int, float, float]] = []  # poll, incidents, changes, window, drop
+    # poll, incidents, changes, window, drop, comments
+    plans: list[tuple[float, int, int, float, float, int]] = []
     if args.push and args.quick:
-        plans.append((3.0, 6, 16, 8.0, 0.0))
+        plans.append((3.0, 6, 16, 8.0, 0.0, 0))
     elif args.push:
-        plans.append((15.0, 20, args.changes, 60.0, 0.0))
-        plans.append((15.0, 20, args.changes, 90.0, args.drop))
+        plans.append((15.0, 20, args.changes, 60.0, 0.0, 0))
+        plans.append((15.0, 20, args.changes, 90.0, args.drop, 0))
+        if args.journal:
+            plans.append((15.0, 20, 0, 60.0, 0.0, args.journal))
     elif args.quick:
-        plans.append((1.0, 6, 16, 8.0, 0.0))
+        plans.append((1.0, 6, 16, 8.0, 0.0, 0))
     else:
-        plans.append((1.0, 20, args.changes, 60.0, 0.0))
-        plans.append((15.0, 20, args.changes_slow, 90.0, 0.0))
+        plans.append((1.0, 20, args.changes, 60.0, 0.0, 0))
+        plans.append((15.0, 20, args.changes_slow, 90.0, 0.0, 0))
     runs = []
-    for poll, incidents, changes, window, drop in plans:
+    for poll, incidents, changes, window, drop, comments in plans:
         mode = (f", push ({drop:.0%} lost)" if drop else ", push") if args.push else ""
-        h.log(
-            f"poll_interval {poll:g}s{mode}: {changes} changes over {window:g}s "
-            f"on {incidents} incidents"
-        )
+        what = f"{changes} changes"
+        if comments:
+            mode, what = ", push", f"{comments} BigPanda comments"
+        h.log(f"poll_interval {poll:g}s{mode}: {what} over {window:g}s on {incidents} incidents")
         runs.append(
             await measure(
                 poll,
@@ -392,6 +475,7 @@ async def main_async(args: argparse.Namespace) -> list[Run]:
                 seed=args.seed,
                 push=args.push,
                 drop=drop,
+                comments=comments,
             )
         )
     return runs
@@ -413,6 +497,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--drop", type=float, default=0.2, help="--push: share of deliveries lost, 2nd run"
+    )
+    parser.add_argument(
+        "--journal", type=int, default=0, help="--push: a 3rd run of N BigPanda comments"
     )
     args = parser.parse_args()
     started = time.perf_counter()

@@ -20,7 +20,9 @@
    has its people looked up first, :mod:`sync.assignee_reads`) and check the guards
    (:mod:`sync.guards`).
 5. Execute, oldest first, ``pair_concurrency`` pairs at a time, newcomers planned as
-   their batches arrive (:mod:`sync.execution`), and record progress as it goes: held
+   their batches arrive (:mod:`sync.execution`; a pair's conversation is read just
+   before it executes, push passes run beside it for other incidents), and record
+   progress as it goes: held
    links, then each cursor past what is finished (:func:`sync.progress.next_cursor`),
    every few seconds and at the end, however the cycle ends (``cycle_budget``, a stop,
    an error). A pair whose outcome is not recorded (an unexpected error) holds the
@@ -43,6 +45,7 @@ error is in the returned :class:`CycleReport` and was logged once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -57,7 +60,7 @@ from sync.clients.base import BigPandaAPI, ServiceNowAPI
 from sync.clock import Clock
 from sync.constants import BP_ID_PATTERN, Side
 from sync.errors import ApiError, BpsyncError, GuardTripped, NotFoundError
-from sync.execution import CycleRun
+from sync.execution import CycleRun, Planned
 from sync.executor import Executor
 from sync.followups import after_adoption
 from sync.guards import check_mass_resolve
@@ -65,7 +68,7 @@ from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.merge_reads import MergeReads
-from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
+from sync.model import LIVE_LINK_STATES, BPIncident, JournalInput, Link, LinkState, SNIncident
 from sync.newcomers import expand_changed_alerts
 from sync.pairs import Pair, oldest_change, pair_bp_id
 from sync.people import BigPandaUsers
@@ -183,8 +186,9 @@ class Coordinator:
         self.assignees = AssigneeReads(settings, self.users, self._lookups)
         self.journals = JournalReads(self)
         self.merges = MergeReads(self)
-        """the conversations of the changed pairs, read before they are planned"""
-        """the held pairs: which to hold, which to release, their checkpoint"""
+        self.host: CycleRun | None = None
+        """the cycle in flight that push passes may run beside (``CycleRun.open_to_guests``)"""
+        self.guests = asyncio.Lock()
 
     # ------------------------------------------------------------------ for the cycle's run
 
@@ -289,33 +293,42 @@ class Coordinator:
             pairs, held, preludes = await self.holds.hold_busy(pairs, held, environments)
             run.held = held
             pairs, fresh = await self.merges.read(pairs, fresh, environments)
+            pairs, aside = run.set_aside(pairs)
             await expand_changed_alerts(self._bp, self._settings, pairs, bp_polled.listed)
             # what no pair plans is finished: ignored records, history, and held pairs
             # (their links are in the held checkpoint and read again once released)
-            worked.update(c.key for pair in (*pairs, *fresh) for c in pair.changes)
+            worked.update(c.key for pair in (*pairs, *fresh, *aside) for c in pair.changes)
             progress.finish((k for k in progress.all_keys() if k not in worked), ok=True)
             await self.holds.run_preludes(preludes, live_links)
-            await self.journals.read(pairs, progress)
+            if via == "poll":
+                await run.open_to_guests(pairs, fresh)
+            # each pair's conversation is read by its worker, just before it executes
+            journals = await self.journals.pending(pairs, progress)
             now = self._clock.now()
-            plans: list[tuple[Pair, list[Action]]] = []
+            plans: list[Planned] = []
             for pair in sorted(pairs, key=oldest_change):
                 try:
-                    plans.append((pair, await self.plan_pair(pair, now)))
+                    inp = await self.plan_input(pair)
+                    todo = journals.get(pair_bp_id(pair))
+                    actions = self._plan(inp, self._settings, now)
+                    plans.append(Planned(pair, actions, inp, todo, now))
                 except ValueError as exc:  # a planner refusing odd data: this pair only
                     log.error("cannot plan %s: %s", self.pair_ids(pair), exc)  # noqa: TRY400
                     progress.finish((c.key for c in pair.changes), ok=False)
-            self.check_guards([actions for _, actions in plans], live_links)
+            self.check_guards([planned.actions for planned in plans], live_links)
             report.pairs = len(pairs) + len(fresh)
             deadline = polled.started + self._settings.cycle_budget
             await run.execute(plans, fresh, deadline=deadline, polled=bp_polled.listed)
         except BaseException:
             # an outage, a store error, a cancelled drain: what finished stays finished
             try:
+                await run.close_to_guests()
                 await run.checkpoint(final=False)
             except Exception as exc:  # noqa: BLE001 - the first error is the one to report
                 log.debug("progress not recorded: %s", exc)
             raise
         else:
+            await run.close_to_guests()
             await run.checkpoint(final=True)
         finally:
             report.actions += run.actions
@@ -326,9 +339,17 @@ class Coordinator:
     async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
         ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
+        return self._plan(await self.plan_input(pair, checked=checked), self._settings, now)
+
+    def replan(self, inp: PlanInput, journal: JournalInput | None, now: datetime) -> list[Action]:
+        """The pair planned again with its conversation, read since (pure, no I/O)."""
+        return self._plan(dataclasses.replace(inp, journal=journal), self._settings, now)
+
+    async def plan_input(self, pair: Pair, *, checked: bool = False) -> PlanInput:
+        """What the planner is given for one pair (its field states and people read)."""
         synced = await self._store.field_states(pair.link.id) if pair.link else {}
         assignee = await self.assignees.read(pair.link, pair.bp, pair.sn, synced)
-        inp = PlanInput(
+        return PlanInput(
             bp=pair.bp,
             sn=await self._named(pair.sn),
             link=pair.link,
@@ -342,7 +363,6 @@ class Coordinator:
             merge=pair.merge,
             assignee=assignee,
         )
-        return self._plan(inp, self._settings, now)
 
     async def _named(self, sn: SNIncident | None) -> SNIncident | None:
         """The incident as people see it: each mapped reference field's sys_id replaced

@@ -65,6 +65,11 @@ from sync.actions import (
     CarryEntryToBigPanda,
     CarryEntryToServiceNow,
     CreateServiceNowIncident,
+    FreezeField,
+    RecordConflict,
+    RecordSynced,
+    UpdateBigPandaTags,
+    UpdateServiceNowFields,
 )
 from sync.constants import BP_COMMENT_MAX, MIRROR_MARKER, SN_JOURNAL_MAX, Side, SNState
 from sync.fieldsync import LinkedPair, on_refused, on_success
@@ -81,6 +86,8 @@ __all__ = [
     "Ledger",
     "bigpanda_text",
     "digest",
+    "entries_of",
+    "fields_first",
     "is_own",
     "normalise",
     "plan_journal",
@@ -226,6 +233,30 @@ def reads_all(settings: JournalSettings, link: Link | None) -> tuple[bool, bool]
 
 def _oldest_first(entries: Sequence[JournalEntry]) -> list[JournalEntry]:
     return sorted(entries, key=lambda e: e.at)  # stable: the source's order in a second
+
+
+#: actions that only sync fields: a plan of these may write before its conversation is read
+FIELD_ACTIONS = (
+    UpdateServiceNowFields,
+    UpdateBigPandaTags,
+    RecordSynced,
+    RecordConflict,
+    FreezeField,
+)
+
+
+def fields_first(planned: Sequence[Action]) -> bool:
+    """May the pair's field writes go before its conversation is read and carried? Yes
+    when the plan (without the conversation) only syncs fields: nothing in it has to
+    read after an entry (a resolve, a reopen, a comment, a link's change or a create
+    stays behind the entries, :func:`plan_journal`). A change's fields then reach the
+    other side without waiting for the comment read (BigPanda paces it)."""
+    return bool(planned) and all(isinstance(a, FIELD_ACTIONS) for a in planned)
+
+
+def entries_of(actions: Sequence[Action]) -> list[Action]:
+    """The journal entries a plan carries (its field actions written already)."""
+    return [a for a in actions if isinstance(a, CarryEntryToServiceNow | CarryEntryToBigPanda)]
 
 
 def plan_journal(pair: LinkedPair, planned: Sequence[Action]) -> list[Action]:

@@ -5,10 +5,15 @@ to carry; this module only reads): for each pair :func:`sync.journal.reads_wante
 names, its BigPanda comments (``list_activities(types=["incident_commented"])``) and
 its ServiceNow journal entries (``sys_journal_field``) through the client protocols,
 and the ledger of its incident in one store read for the whole batch; the result is
-the pair's :class:`~sync.model.JournalInput`, planned with the pair. An idle cycle has
-no pair, so it reads nothing. A BigPanda comment not carried yet is named by its
-author's name (the activity carries only a user id; :class:`sync.people.BigPandaUsers`,
-cached), the id kept when the user cannot be found.
+the pair's :class:`~sync.model.JournalInput`, planned with the pair. Which pairs read
+what is decided for the batch (:meth:`JournalReads.pending`); each pair's own reads are
+made by the execution worker that takes the pair, just before the pair is planned with
+them and executed (:mod:`sync.execution`; a plan of field writes only writes them
+before the read, :func:`sync.journal.fields_first`): a burst's field writes do not wait
+for the burst's comment reads (BigPanda's ``activities`` are paced like every family,
+4.5 requests/s). An idle cycle has no pair, so it reads nothing. A BigPanda comment not
+carried yet is named by its author's name (the activity carries only a user id;
+:class:`sync.people.BigPandaUsers`, cached), the id kept when the user cannot be found.
 
 A side that cannot be read for one pair (the incident gone, a read refused: an ACL on
 ``sys_journal_field``) is left unread for that pair, with one WARNING per distinct
@@ -26,6 +31,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sync.actions import Action, CreateServiceNowIncident, PlanInput
@@ -75,6 +81,16 @@ def comment_entries(activities: Sequence[BPActivity]) -> tuple[JournalEntry, ...
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PendingJournal:
+    """One pair's journal reads still to make (which sides), and its ledger as the
+    batch's one store read found it."""
+
+    read_bp: bool
+    read_sn: bool
+    carried: tuple[CarriedEntry, ...]
+
+
 class JournalReads:
     """The coordinator's journal reads (see the module docstring)."""
 
@@ -89,13 +105,17 @@ class JournalReads:
         if (CreateServiceNowIncident.kind, "ok") in result.outcomes:
             self._fresh[pair_bp_id(pair)] = self._c.clock.now().timestamp()
 
-    async def read(self, pairs: Sequence[Pair], progress: Progress | None = None) -> None:
-        """Give each pair that needs it its :class:`JournalInput` (``pair.journal``).
+    async def pending(self, pairs: Sequence[Pair], progress: Progress) -> dict[str, PendingJournal]:
+        """What each pair that needs it has still to read (by BigPanda id), with its ledger
+        (one store read for the batch); nothing is read from the APIs here: each pair's
+        own reads come just before it is planned with them and executed
+        (:meth:`read_pair`), so a pair's field writes never wait for other pairs' reads.
 
         A BigPanda incident read in the second its snapshot is stamped may still get a
         comment in that second, which leaves its change key as it is: its key leaves
         ``seen`` (``progress.wrote_bp``, as for an incident bpsync wrote to), so the
-        next poll brings it again and it is read once more, a second later."""
+        next poll brings it again and it is read once more, a second later (a read made
+        later than this decision is later than that second too)."""
         c = self._c
         settings = c.settings.journal
         now_s = c.clock.now().timestamp()
@@ -109,37 +129,48 @@ class JournalReads:
             if read_bp or read_sn:
                 wanted.append((pair, read_bp, read_sn))
             stamp = pair.bp.updated_at if pair.bp is not None else None
-            if read_bp and progress is not None and stamp is not None and stamp >= int(now_s):
+            if read_bp and stamp is not None and stamp >= int(now_s):
                 progress.wrote_bp.add(pair_bp_id(pair))
-        await self._read(wanted)
+        return await self._pending(wanted)
 
     async def read_all(self, pairs: Sequence[Pair]) -> None:
         """Both sides of each linked pair, whatever changed (backfill ``--with-journal``)."""
         settings = self._c.settings.journal
         wanted = [(pair, *reads_all(settings, pair.link)) for pair in pairs]
-        await self._read([(pair, bp, sn) for pair, bp, sn in wanted if bp or sn])
+        pending = await self._pending([(pair, bp, sn) for pair, bp, sn in wanted if bp or sn])
+        limit = asyncio.Semaphore(self._c.settings.pair_concurrency)
 
-    async def _read(self, wanted: Sequence[tuple[Pair, bool, bool]]) -> None:
-        c = self._c
-        if not wanted:
-            return
-        ledger = await c.store.carried_entries([pair_bp_id(pair) for pair, _, _ in wanted])
-        limit = asyncio.Semaphore(c.settings.pair_concurrency)
-
-        async def one(pair: Pair, read_bp: bool, read_sn: bool) -> None:
-            carried: tuple[CarriedEntry, ...] = tuple(ledger.get(pair_bp_id(pair), ()))
+        async def one(pair: Pair, todo: PendingJournal) -> None:
             async with limit:
-                bp = await self._bigpanda(pair, carried) if read_bp else None
-                sn = await self._servicenow(pair) if read_sn else None
-            pair.journal = JournalInput(bp, sn, carried)
+                await self.read_pair(pair, todo)
 
-        tasks = [asyncio.ensure_future(one(*item)) for item in wanted]
+        items = [(pair, pending[pair_bp_id(pair)]) for pair in pairs if pair_bp_id(pair) in pending]
+        tasks = [asyncio.ensure_future(one(*item)) for item in items]
         try:
             await asyncio.gather(*tasks)
-        finally:  # an outage: the others stop too, the cycle stops
+        finally:  # an outage: the others stop too
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pending(
+        self, wanted: Sequence[tuple[Pair, bool, bool]]
+    ) -> dict[str, PendingJournal]:
+        if not wanted:
+            return {}
+        ids = [pair_bp_id(pair) for pair, _, _ in wanted]
+        ledger = await self._c.store.carried_entries(ids)
+        return {
+            bp_id: PendingJournal(read_bp, read_sn, tuple(ledger.get(bp_id, ())))
+            for bp_id, (_, read_bp, read_sn) in zip(ids, wanted, strict=True)
+        }
+
+    async def read_pair(self, pair: Pair, todo: PendingJournal) -> None:
+        """Read the pair's conversation as ``todo`` says: its :class:`JournalInput`
+        (``pair.journal``). An outage raises (the caller's cycle stops)."""
+        bp = await self._bigpanda(pair, todo.carried) if todo.read_bp else None
+        sn = await self._servicenow(pair) if todo.read_sn else None
+        pair.journal = JournalInput(bp, sn, todo.carried)
 
     async def _bigpanda(
         self, pair: Pair, carried: Sequence[CarriedEntry]

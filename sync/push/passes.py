@@ -1,7 +1,10 @@
 """The push pass: the incidents webhooks announced, read and worked as polled changes.
 
-The daemon runs a pass within ~100 ms of a delivery (:mod:`sync.runtime.daemon`), never
-at the same time as a cycle (one lock: per-incident work stays serial):
+The daemon runs a pass within ~100 ms of a delivery (:mod:`sync.runtime.daemon`). A
+cycle in flight, once polled and paired, has it as its guest (:class:`GuestRun`): the
+pass claims each incident before reading it (:meth:`CycleRun.claim`): one the cycle has
+not started writing is given up to the pass, one it is writing to (or a new incident, a
+held link) waits, unacknowledged, for the cycle's end; per-incident work stays serial:
 
 1. Take the recorded events (:class:`~sync.store.base.PushEvents`, oldest first). More
    than :data:`PASS_BATCH` at once (a storm) is cheaper to poll: the daemon runs a full
@@ -35,7 +38,7 @@ from sync.constants import Side
 from sync.errors import ApiError, BpsyncError, NotFoundError
 from sync.execution import CycleRun
 from sync.model import LIVE_LINK_STATES, BPIncident, SNIncident
-from sync.pairs import SN_SYS_ID_FORM, bp_change, sn_change
+from sync.pairs import SN_SYS_ID_FORM, Pair, bp_change, sn_change
 from sync.polling import BPPoll, Polled
 from sync.progress import Change, Progress, seen_after_push
 from sync.store.base import PushEvent
@@ -65,12 +68,17 @@ class PassResult:
     """Events about incidents that are not bpsync's (gone, not shared, no correlation)."""
     kept: bool = False
     """An outage: the events stay for the next pass."""
+    deferred: int = 0
+    """Events about incidents the cycle beside this pass works: left for after it."""
     report: CycleReport | None = None
 
 
 class PushRun(CycleRun):
     """A push pass's execution: the cycle's, but its progress moves no watermark: the
     finished keys join ``seen`` (:func:`seen_after_push`)."""
+
+    def reads_at_once(self) -> int:
+        return self._c.settings.pair_concurrency
 
     async def checkpoint(self, *, final: bool) -> None:
         c = self._c
@@ -90,6 +98,30 @@ class PushRun(CycleRun):
                 if moved is not None:
                     await c.store.advance_cursor(moved, c.clock.now())
                     self._cursors[side] = moved
+
+
+class GuestRun(PushRun):
+    """A push pass beside a cycle (its guest): its progress joins the cycle's run, which
+    writes it with its own next checkpoint (:meth:`CycleRun.adopt`)."""
+
+    def __init__(self, coordinator: Coordinator, progress: Progress, host: CycleRun) -> None:
+        super().__init__(coordinator, progress, {}, host.cursors)
+        self._host = host
+
+    def set_aside(self, pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
+        """A merged incident whose destination the cycle works is left to the poll (its
+        changes stay open: not in ``seen``)."""
+        host = self._host
+        aside = [
+            p for p in pairs if p.merge is not None and not host.claim([p.merge.destination_id])
+        ]
+        for pair in aside:
+            self.progress.finish((ch.key for ch in pair.changes), ok=False)
+        return [p for p in pairs if p not in aside], aside
+
+    async def checkpoint(self, *, final: bool) -> None:
+        self._last_checkpoint = self._c.clock.monotonic()
+        await self._host.adopt(self.held, self.progress)
 
 
 class PushPass:
@@ -114,32 +146,45 @@ class PushPass:
     async def ack(self, events: Sequence[PushEvent]) -> None:
         await self._c.store.ack_push_events(events)
 
-    async def work(self, events: Sequence[PushEvent]) -> PassResult:
-        """Read, de-duplicate and work ``events`` (at most :attr:`batch` of them)."""
+    async def work(self, events: Sequence[PushEvent], host: CycleRun | None = None) -> PassResult:
+        """Read, de-duplicate and work ``events`` (at most :attr:`batch` of them).
+
+        ``host``: a cycle in flight (:meth:`CycleRun.open_to_guests`); the events about
+        the incidents it works are left (not acknowledged) for a pass after it."""
         from sync.coordinator import CycleReport
 
         c = self._c
         result = PassResult(events=len(events))
         started = c.clock.monotonic()
+        deferred: list[PushEvent] = []
         try:
             environments = await self._environments()
-            cursors = {side: await c.store.get_cursor(side) for side in Side}
+            if host is not None:
+                seen = {side: host.seen(side) for side in Side}
+            else:
+                seen = {side: (await c.store.get_cursor(side)).seen for side in Side}
             bp_found: list[tuple[BPIncident, str]] = []
             sn_found: list[SNIncident] = []
             changes: dict[Side, list[Change]] = {Side.BIGPANDA: [], Side.SERVICENOW: []}
             for event in events:
+                if host is not None and not host.claim([event.object_id]):
+                    deferred.append(event)  # the cycle works it now: after the cycle
+                    continue
                 read = await self._read(event, environments)
                 if read is None:
                     result.dropped += 1
                     continue
                 incident, env = read
+                if host is not None and not host.claim(_ids(incident)):
+                    deferred.append(event)
+                    continue
                 now = c.clock.now()
                 if isinstance(incident, BPIncident):
                     change = bp_change(incident, now)
                 else:
                     change = sn_change(incident, now)
                 known = {ch.key for ch in changes[event.side]}
-                if change.key in cursors[event.side].seen or change.key in known:
+                if change.key in seen[event.side] or change.key in known:
                     result.duplicates += 1
                     continue
                 changes[event.side].append(change)
@@ -149,12 +194,16 @@ class PushPass:
                     sn_found.append(incident)
             result.changes = {side: len(found) for side, found in changes.items()}
             if bp_found or sn_found:
-                held = await c.holds.load()
                 live = await c.store.count_links(LIVE_LINK_STATES)
                 bp_polled = BPPoll(bp_found, changes[Side.BIGPANDA], list(bp_found))
                 sn_polled = (sn_found, changes[Side.SERVICENOW])
                 polled = Polled(bp_polled, sn_polled, environments, live, started)
-                run = PushRun(c, Progress(changes), held, cursors)
+                run: PushRun
+                if host is not None:  # no held link of its own to release: the cycle's
+                    run = GuestRun(c, Progress(changes), host)
+                else:
+                    cursors = {side: await c.store.get_cursor(side) for side in Side}
+                    run = PushRun(c, Progress(changes), await c.holds.load(), cursors)
                 result.report = CycleReport()
                 await c.work(result.report, run, polled, via="push")
         except ApiError as exc:
@@ -170,7 +219,9 @@ class PushPass:
         if self._stopped:
             self._stopped = False
             log.info("push passes work again")
-        await self.ack(events)
+        result.deferred = len(deferred)
+        left = {id(event) for event in deferred}
+        await self.ack([event for event in events if id(event) not in left])
         return result
 
     async def _environments(self) -> list[str]:
@@ -209,4 +260,12 @@ class PushPass:
         return (sn, None) if sn.correlation_id else None
 
 
-__all__ = ["PASS_BATCH", "PassResult", "PushPass", "PushRun"]
+def _ids(incident: BPIncident | SNIncident) -> tuple[str, ...]:
+    """The ids that name the incident's pair: its own, and a ServiceNow incident's
+    ``correlation_id`` (the BigPanda incident it belongs to)."""
+    if isinstance(incident, BPIncident):
+        return (incident.id,)
+    return (incident.sys_id, incident.correlation_id or "")
+
+
+__all__ = ["PASS_BATCH", "GuestRun", "PassResult", "PushPass", "PushRun"]

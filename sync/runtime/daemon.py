@@ -25,8 +25,10 @@ Start-up, in order; each failure is ONE line naming the problem and exit code 1:
 7. Push mode: a delivery recorded by a receiver wakes the push loop, which runs a push
    pass (:mod:`sync.push.passes`) at once, or a whole tick when a burst is cheaper to
    poll; it also looks for events every :data:`PUSH_LOOK_S` (those recorded by a
-   standby replica, or left by a kill). A pass and a cycle never run at once (one
-   lock), so per-incident work stays serial; only the leader works events.
+   standby replica, or left by a kill). A pass waits for a cycle until the cycle has
+   polled and paired, then runs beside it for the incidents the cycle is not writing
+   to (``CycleRun.open_to_guests``); the rest wait for the cycle's end, so per-incident
+   work stays serial; only the leader works events.
 
 Sync pairs (``[[pairs]]``, :mod:`sync.pairconfig`): steps 2-4 and 6-7 run per pair, in
 a :class:`~sync.runtime.pairrun.PairRunner` each (own database or schema, clients,

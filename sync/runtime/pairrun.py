@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from sync.clients.pacing import SideHealth
@@ -32,6 +33,9 @@ from sync.runtime.share import LeadershipShare
 from sync.settings import Settings
 from sync.store.base import FencedError
 from sync.store.engines import is_postgres
+
+#: how often a push pass waiting for the cycle in flight looks whether it may run beside it (s)
+GUEST_LOOK_S = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,8 @@ class PairRunner:
         self.current: asyncio.Task[Any] | None = None
         """the tick in flight (the stop drains it)"""
         self._work = asyncio.Lock()
-        """held by a cycle and by a push pass: never both at once"""
+        """held by a cycle and by a push pass; a pass runs beside a cycle only as its
+        guest (``CycleRun.open_to_guests``), for the incidents the cycle leaves it"""
         self.wake_event = asyncio.Event()
         self.migrations = asyncio.Lock()
         """held while this pair's database is upgraded: the daemon gives every pair the
@@ -213,6 +218,7 @@ class PairRunner:
                     report = await self.engine.coordinator.run_cycle()
                 finally:
                     self.health.cycle_started = None
+            self.wake_event.set()  # push deliveries left for after the cycle
             if isinstance(report.error, FencedError):
                 await self.step_down(f"fenced: {report.error}")
             if report.ok:
@@ -337,11 +343,30 @@ class PairRunner:
             if report is not None and report.ok:
                 await self.push.ack(events)
             return report is not None and report.ok
+        if self._work.locked():  # a cycle in flight: beside it, for its other incidents
+            guest = await self._guest_pass(events)
+            if guest is not None:
+                # only the cycle's incidents left: the cycle's end wakes the loop
+                return guest.events > guest.deferred and not guest.kept
         async with self._work:
             if self.stopping:
                 return False
             result = await self.push.work(events)
         return not result.kept
+
+    async def _guest_pass(self, events: Sequence[Any]) -> Any:
+        """A push pass beside the cycle in flight, once it is open to guests
+        (``CycleRun.open_to_guests``: polled and paired); None when it ends first."""
+        assert self.engine is not None
+        coordinator = self.engine.coordinator
+        while self._work.locked() and not self.stopping:
+            host = coordinator.host
+            if host is not None:
+                async with coordinator.guests:
+                    if coordinator.host is host:
+                        return await self.push.work(events, host=host)
+            await self.clock.sleep(GUEST_LOOK_S)
+        return None
 
     # ------------------------------------------------------------------ stop
 

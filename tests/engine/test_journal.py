@@ -240,6 +240,92 @@ async def test_idle_cycles_read_nothing(engine: Engine) -> None:
     assert (engine.bp.count("list_activities"), engine.sn.count("list_journal")) == reads
 
 
+TEAM = {
+    "tag_mapping": [{"bigpanda_tag": "team", "servicenow_field": "u_team", "direction": "both"}]
+}
+
+
+async def test_field_writes_do_not_wait_for_the_batchs_comment_reads(engine: Engine) -> None:
+    """Each pair's conversation is read just before the pair is planned and executed:
+    the first pair's field write lands while the other pairs' activities reads are still
+    in flight (they wait for it here; reading the whole batch first would never end)."""
+    engine.restart(**TEAM, pair_concurrency=2)
+    linked = dict([await engine.linked() for _ in range(4)])
+    first = min(linked)  # the batch's first pair (same second: by BigPanda id)
+    for bp_id in linked:
+        engine.bp.comment(bp_id, f"said on {bp_id}")
+        engine.bp.change_tag(bp_id, "team", "db")
+
+    landed = asyncio.Event()  # the first pair's field write is in ServiceNow
+    real = engine.sn.update_incident
+
+    async def update(sys_id: str, fields: Any) -> Any:
+        record = await real(sys_id, fields)
+        if sys_id == linked[first] and fields.get("u_team") == "db":
+            landed.set()
+        return record
+
+    engine.sn.update_incident = update  # type: ignore[method-assign]
+    waited: list[str] = []
+
+    async def slow_activities(method: str, args: tuple[Any, ...]) -> None:
+        if method == "list_activities" and args[0] != first:
+            await asyncio.wait_for(landed.wait(), timeout=5)
+            waited.append(args[0])
+
+    engine.bp.before_call = slow_activities
+    await engine.cycles(1)
+    engine.bp.before_call = None
+    assert sorted(waited) == sorted(set(linked) - {first})
+    for bp_id, sys_id in linked.items():
+        assert engine.sn.incidents[sys_id]["u_team"] == "db"
+        assert len(copies(engine.notes(sys_id), f"said on {bp_id}")) == 1
+    await engine.cycles(3)
+    for bp_id, sys_id in linked.items():  # and never again
+        assert len(copies(engine.notes(sys_id), f"said on {bp_id}")) == 1
+
+
+async def test_an_outage_in_one_pairs_read_keeps_what_finished(engine: Engine) -> None:
+    """The comment reads of a batch go down after the first pair: the cycle stops. The
+    first pair stays finished (nothing of it is written again); the second, whose field
+    write went first (a plan of field writes only), is left open with its comment; the
+    third is not started. Once BigPanda is back each comment is carried once and no
+    field is written twice."""
+    engine.restart(**TEAM, pair_concurrency=1)
+    linked = dict([await engine.linked() for _ in range(3)])
+    for bp_id in linked:
+        engine.bp.comment(bp_id, f"said on {bp_id}")
+        engine.bp.change_tag(bp_id, "team", "web")
+    reads: list[str] = []
+
+    def down_after_one(method: str, args: tuple[Any, ...]) -> None:
+        if method == "list_activities":
+            reads.append(args[0])
+            if len(reads) > 1:  # an outage (pacing gave up): the cycle stops
+                raise TransientError("bigpanda", "503 Service Unavailable (injected)")
+
+    engine.bp.before_call = down_after_one
+    assert engine.coordinator is not None
+    report = await engine.coordinator.run_cycle()
+    assert not report.ok
+    first, second = reads
+    written = {
+        b for b, sys_id in linked.items() if engine.sn.incidents[sys_id].get("u_team") == "web"
+    }
+    assert written == {first, second}
+    assert len(copies(engine.notes(linked[first]), f"said on {first}")) == 1
+    assert not copies(engine.notes(linked[second]), f"said on {second}")
+    engine.bp.before_call = None
+    engine.clock.advance(1)
+    updates = engine.sn.count("update_incident")
+    await engine.cycles(3)
+    # the second: its entry; the third: its field and its entry; the first: nothing
+    assert engine.sn.count("update_incident") - updates == 3
+    for bp_id, sys_id in linked.items():
+        assert engine.sn.incidents[sys_id]["u_team"] == "web"
+        assert len(copies(engine.notes(sys_id), f"said on {bp_id}")) == 1
+
+
 # --------------------------------------------------------------------------- backfill
 
 

@@ -374,6 +374,130 @@ async def test_duplicated_replayed_and_stale_deliveries_write_once(world: World,
         assert (await emu.tags(bp_id))["service_area"] == "database"
 
 
+async def test_a_pass_runs_beside_a_cycle_for_the_incidents_it_does_not_work(
+    world: World, emu: Emu
+) -> None:
+    """A cycle whose write is slow does not hold up a delivery about another incident:
+    the pass runs beside it and writes while the cycle's write waits. An incident the
+    cycle has not reached yet is given up to the pass (written once, by the pass); a
+    delivery about the incident the cycle is writing to is left for after it. The
+    cycle's checkpoint records the pass's changes as seen: nothing is written twice."""
+    assert isinstance(world.clock, FakeClock)
+    async with pushing(world, pair_concurrency=1) as push:
+        in_cycle = await emu.new_incident("beside-1", check="cpu")
+        queued = await emu.new_incident("beside-2", check="disk")
+        other = await emu.new_incident("beside-3", check="mem")
+        await world.settle()
+        other_sys_id = (await emu.sn_one_for(other))["sys_id"]
+        in_cycle_sys_id = (await emu.sn_one_for(in_cycle))["sys_id"]
+        queued_sys_id = (await emu.sn_one_for(queued))["sys_id"]
+        world.clock.advance(1)
+        await emu.set_tags(in_cycle, impact_level="high")  # the next cycle works it first
+        world.clock.advance(1)
+        await emu.set_tags(queued, impact_level="high")  # and this one after it
+        assert world.engine is not None
+        coordinator = world.engine.coordinator
+        client = coordinator.servicenow
+        real = client.update_incident
+        release = asyncio.Event()
+        slowed: list[str] = []
+
+        async def slow(sys_id: str, fields: Any) -> Any:
+            if sys_id == in_cycle_sys_id:
+                slowed.append(sys_id)
+                await asyncio.wait_for(release.wait(), timeout=10)
+            return await real(sys_id, fields)
+
+        client.update_incident = slow  # type: ignore[method-assign]
+        writes = await world.writes()
+        running = asyncio.create_task(world.cycle())
+        while coordinator.host is None or not slowed:  # open to guests, writing in_cycle
+            assert not running.done()
+            await asyncio.sleep(0.01)
+        host = coordinator.host
+        await emu.sn_patch(other_sys_id, {"category": "network"})
+        body = {"table": "incident", "sys_id": other_sys_id, "sys_mod_count": "1"}
+        assert (await push.post("servicenow", body))[0] == 202
+        for bp_id in (in_cycle, queued):
+            assert (await push.post("bigpanda", {"incident_id": bp_id}))[0] == 202
+        async with coordinator.guests:
+            result = await push.passes.work(await push.passes.take(), host=host)
+        assert result.changes == {Side.BIGPANDA: 1, Side.SERVICENOW: 1}
+        assert result.deferred == 1
+        assert (await emu.tags(other))["service_area"] == "network"  # written beside it
+        assert (await emu.sn_get(queued_sys_id))["impact"] == "1"
+        assert not running.done()  # the cycle's write still waits
+        assert await world.writes() == writes + 3  # the PATCH above, and the two writes
+        assert [e.object_id for e in await push.store.pending_push_events(limit=5)] == [in_cycle]
+        release.set()
+        report = await running
+        assert report.ok, report.error
+        client.update_incident = real  # type: ignore[method-assign]
+        assert report.actions == 1  # in_cycle's own write; queued was the pass's
+        # the cycle's checkpoint wrote the pass's changes as seen: the poll drops them
+        cursor = await push.store.get_cursor(Side.SERVICENOW)
+        assert any(key.startswith(f"{other_sys_id}:1:") for key in cursor.seen)
+        await push.run()  # the delivery left for after the cycle: synced already
+        written = await world.writes()
+        world.clock.advance(1)
+        await cycle(world)
+        assert await world.writes() == written
+        assert coordinator.host is None
+
+
+async def test_a_pair_the_cycle_is_still_reading_is_given_up_to_the_pass(
+    world: World, emu: Emu
+) -> None:
+    """A cycle reading a comment thread has written nothing of that pair yet: a delivery
+    about it is worked by the pass beside it, and the cycle, its read done, leaves the
+    pair to the pass (the comment is carried once, by the pass)."""
+    assert isinstance(world.clock, FakeClock)
+    async with pushing(world) as push:
+        bp_id = await emu.new_incident("given-up-1", check="cpu")
+        await world.settle()
+        sys_id = (await emu.sn_one_for(bp_id))["sys_id"]
+        world.clock.advance(1)
+        await emu._bp(
+            "POST",
+            f"/resources/v2.0/environments/{ENV}/incidents/{bp_id}/comments",
+            json={"comment": "only once, by whoever"},
+            expect=204,
+        )
+        assert world.engine is not None
+        coordinator = world.engine.coordinator
+        client = coordinator.bigpanda
+        real = client.list_activities
+        release = asyncio.Event()
+        reading: list[str] = []
+
+        async def slow(incident_id: str, **kw: Any) -> Any:
+            if not reading:  # the cycle's read waits; the pass's goes through
+                reading.append(incident_id)
+                await asyncio.wait_for(release.wait(), timeout=10)
+            return await real(incident_id, **kw)
+
+        client.list_activities = slow  # type: ignore[method-assign]
+        running = asyncio.create_task(world.cycle())
+        while coordinator.host is None or not reading:
+            assert not running.done()
+            await asyncio.sleep(0.01)
+        assert (await push.post("bigpanda", {"incident_id": bp_id}))[0] == 202
+        async with coordinator.guests:
+            result = await push.passes.work(await push.passes.take(), host=coordinator.host)
+        assert (result.changes[Side.BIGPANDA], result.deferred) == (1, 0)
+        notes = [n for n in await emu.journal(sys_id) if "only once, by whoever" in n]
+        assert len(notes) == 1
+        release.set()
+        report = await running
+        client.list_activities = real  # type: ignore[method-assign]
+        assert report.ok, report.error
+        assert report.actions == 0  # the cycle left it to the pass
+        world.clock.advance(1)
+        await cycle(world)
+        notes = [n for n in await emu.journal(sys_id) if "only once, by whoever" in n]
+        assert len(notes) == 1
+
+
 async def test_a_dropped_delivery_is_caught_by_the_poll(world: World, emu: Emu) -> None:
     assert isinstance(world.clock, FakeClock)
     async with pushing(world) as push:

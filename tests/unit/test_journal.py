@@ -25,6 +25,8 @@ from sync.journal import (
     Ledger,
     bigpanda_text,
     digest,
+    entries_of,
+    fields_first,
     is_own,
     normalise,
     reads_all,
@@ -302,6 +304,23 @@ def test_entries_come_before_the_pairs_other_actions() -> None:
     actions = journal_plan(journal, bp=bp_incident(active=False, status="ok"))
     assert isinstance(actions[0], CarryEntryToServiceNow)
     assert isinstance(actions[-1], ResolveServiceNow)  # the note reads before the resolve
+
+
+def test_only_a_plan_of_field_writes_goes_before_its_entries() -> None:
+    """Field writes may go before the conversation is read (and its entries after them);
+    a resolve (or a reopen, a comment, a create) still reads after its entries."""
+    team = settings(tag_mapping=[{"bigpanda_tag": "team", "servicenow_field": "u_team"}])
+    fields = journal_plan(None, team, bp=bp_incident(tags={"team": "db"}))
+    assert fields
+    assert fields_first(fields)
+    assert not fields_first([])
+    resolve = journal_plan(None, bp=bp_incident(active=False, status="ok"))
+    assert any(isinstance(a, ResolveServiceNow) for a in resolve)
+    assert not fields_first(resolve)
+    journal = JournalInput(bigpanda=(bp_entry(1),))
+    full = journal_plan(journal, team, bp=bp_incident(tags={"team": "db"}))
+    assert entries_of(full) == full[: len(full) - len(fields)]  # the same fields after
+    assert full[len(full) - len(fields) :] == fields
 
 
 def test_a_closed_servicenow_incident_gets_no_journal() -> None:
