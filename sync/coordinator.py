@@ -64,7 +64,7 @@ from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.merge_reads import MergeReads
-from sync.model import LIVE_LINK_STATES, BPIncident, Link, LinkState, SNIncident
+from sync.model import LIVE_LINK_STATES, BPIncident, FieldState, Link, LinkState, SNIncident
 from sync.newcomers import expand_changed_alerts
 from sync.pairs import Pair, oldest_change, pair_bp_id
 from sync.people import BigPandaUsers
@@ -292,9 +292,12 @@ class Coordinator:
             await self.journals.read(pairs, progress)
             now = self._clock.now()
             plans: list[tuple[Pair, list[Action]]] = []
+            # what was last synced, for every linked pair in one read
+            synced = await self._store.field_states_for([p.link.id for p in pairs if p.link])
             for pair in sorted(pairs, key=oldest_change):
+                known = synced.get(pair.link.id) if pair.link else None
                 try:
-                    plans.append((pair, await self.plan_pair(pair, now)))
+                    plans.append((pair, await self.plan_pair(pair, now, synced=known)))
                 except ValueError as exc:  # a planner refusing odd data: this pair only
                     log.error("cannot plan %s: %s", self.pair_ids(pair), exc)  # noqa: TRY400
                     progress.finish((c.key for c in pair.changes), ok=False)
@@ -317,10 +320,19 @@ class Coordinator:
                 report.outcomes[outcome] = report.outcomes.get(outcome, 0) + count
             count_changes(self._metrics, progress, worked, via)
 
-    async def plan_pair(self, pair: Pair, now: datetime, *, checked: bool = False) -> list[Action]:
+    async def plan_pair(
+        self,
+        pair: Pair,
+        now: datetime,
+        *,
+        checked: bool = False,
+        synced: Mapping[tuple[Side, str], FieldState] | None = None,
+    ) -> list[Action]:
         """The planner's actions for one pair (ValueError: the planner refuses its data);
-        ``checked``: a batched ServiceNow search found no incident for it (newcomers)."""
-        synced = await self._store.field_states(pair.link.id) if pair.link else {}
+        ``checked``: a batched ServiceNow search found no incident for it (newcomers);
+        ``synced``: its link's field states, when the caller read them already."""
+        if synced is None:
+            synced = await self._store.field_states(pair.link.id) if pair.link else {}
         assignee = await self.assignees.read(pair.link, pair.bp, pair.sn, synced)
         inp = PlanInput(
             bp=pair.bp,

@@ -57,6 +57,8 @@ from sync.store.sql_push import SqlPushEvents
 from sync.store.sql_status import SqlStatus
 from sync.store.statements import (
     CONFIRM_LINK,
+    FIELD_STATES_CHUNK,
+    FIELD_STATES_FOR,
     INSERT_AUDIT,
     INSERT_LINK,
     LINK_BY_ID,
@@ -297,11 +299,22 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
     # --- field state
 
     async def field_states(self, link_id: int) -> dict[tuple[Side, str], FieldState]:
-        query = select(t.field_state).where(t.field_state.c.link_id == link_id)
+        return (await self.field_states_for([link_id]))[link_id]
+
+    async def field_states_for(
+        self, link_ids: Collection[int]
+    ) -> dict[int, dict[tuple[Side, str], FieldState]]:
+        wanted = sorted(set(link_ids))
+        out: dict[int, dict[tuple[Side, str], FieldState]] = {lid: {} for lid in wanted}
+        if not wanted:
+            return out
         async with self._read() as conn:
-            rows = list(await conn.execute(query))
-        states = [to_field_state(row) for row in rows]
-        return {(fs.side, fs.name): fs for fs in states}
+            for start in range(0, len(wanted), FIELD_STATES_CHUNK):
+                chunk = wanted[start : start + FIELD_STATES_CHUNK]
+                for row in await conn.execute(FIELD_STATES_FOR, {"b_ids": chunk}):
+                    fs = to_field_state(row)
+                    out[fs.link_id][(fs.side, fs.name)] = fs
+        return out
 
     async def _record_states(
         self,

@@ -43,6 +43,12 @@ LINKS_FOR_BP = (
     .order_by(t.links.c.id.desc())
 )
 INSERT_LINK = insert(t.links).returning(t.links)
+#: the field states of a batch of links (a cycle's pairs: one read, not one per pair)
+FIELD_STATES_FOR = select(t.field_state).where(
+    t.field_state.c.link_id.in_(bindparam("b_ids", expanding=True))
+)
+#: links per statement of ``field_states_for`` (bound parameters have a limit)
+FIELD_STATES_CHUNK = 5000
 #: a live link gets its ServiceNow incident (pending -> linked, another live state kept);
 #: no row: the link is not live, or there is none (one statement: its row lock is the
 #: UPDATE's own)
