@@ -156,6 +156,11 @@ def unique_violation(exc: IntegrityError) -> bool:
     return "unique" in text or "duplicate key" in text
 
 
+def foreign_key_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a foreign key refusing a row (e.g. an unknown link)."""
+    return "foreign key" in str(exc.orig).lower()
+
+
 @contextlib.asynccontextmanager
 async def mapped_errors(url: str) -> AsyncIterator[None]:
     """Driver / connection failures as one-line StoreErrors (IntegrityError passes through)."""
@@ -171,6 +176,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "WRITE_OPTION",
     "describe",
+    "foreign_key_violation",
     "make_engine",
     "make_sqlite_thread_engine",
     "mapped_errors",

@@ -32,7 +32,7 @@ from sync.settings import redact_url
 from sync.store.base import as_utc, fenced_error
 from sync.store.engines import SQLITE_BUSY_TIMEOUT_MS, WRITE_OPTION, mapped_errors
 from sync.store.rows import to_link
-from sync.store.statements import LEADER_ID, LINK_BY_ID
+from sync.store.statements import LEADER_EPOCH, LEADER_ID, LINK_BY_ID
 from sync.store.threads import (
     InlineConnection,
     LockBusy,
@@ -53,6 +53,11 @@ class SqlCore:
         self._postgres = engine.dialect.name == "postgresql"
         self._fenced_epoch: int | None = None
         self._link_for_update = self._lock(LINK_BY_ID)
+        # FOR SHARE on Postgres: concurrent writes of the leader do not wait on each
+        # other, but take_epoch's UPDATE waits for them, and they for it.
+        self._leader_epoch = (
+            LEADER_EPOCH.with_for_update(read=True) if self._postgres else LEADER_EPOCH
+        )
         # SQLite file: every store call runs whole on the synchronous driver, on the event
         # loop, or in one thread of its own when another process holds the lock
         self._thread_engine = thread_engine
@@ -145,12 +150,7 @@ class SqlCore:
                 yield conn
 
     async def _check_fence(self, conn: AsyncConnection, epoch: int) -> None:
-        query = select(t.leader.c.epoch).where(t.leader.c.id == LEADER_ID)
-        if self._postgres:
-            # FOR SHARE: concurrent writes of the leader do not wait on each other, but
-            # take_epoch's UPDATE waits for them, and they for it.
-            query = query.with_for_update(read=True)
-        stored = (await conn.execute(query)).scalar_one_or_none() or 0
+        stored = (await conn.execute(self._leader_epoch)).scalar_one_or_none() or 0
         if stored != epoch:
             raise fenced_error(stored, epoch)
 
