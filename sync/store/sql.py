@@ -8,8 +8,8 @@ them, part by part:
   IMMEDIATE`` for writes; a Postgres ``search_path`` schema); driver and connection
   errors become :class:`StoreError` naming the database with its password masked.
 - :mod:`sync.store.threads`: on a SQLite file every store call runs whole, on the
-  synchronous pysqlite driver, in one thread of the store's own; Postgres (asyncpg) and
-  in-memory SQLite use the async engine.
+  synchronous pysqlite driver, on the event loop while the lock is free, else in one
+  thread of the store's own; Postgres (asyncpg) and in-memory SQLite use the async engine.
 - :mod:`sync.store.sql_core`: one short transaction per call, and fencing by epoch.
 - :mod:`sync.store.sql_outbox`: the outbox and dead letters.
 - :mod:`sync.store.sql_push`: the changes webhooks announced (push mode).
