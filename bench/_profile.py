@@ -4,11 +4,12 @@ Usage (what ``bench/backfill.py --profile OUT`` runs)::
 
     python bench/_profile.py OUT -m sync backfill --since 2d
 
-cProfile sees only the thread it was enabled in; a SQLite store runs its calls in a
-thread of its own (:mod:`sync.store.threads`). Written at exit:
+cProfile sees only the thread it was enabled in; a SQLite store runs its calls on the
+event loop, or in a thread of its own while another process holds the lock
+(:mod:`sync.store.threads`). Written at exit:
 
-- ``OUT``: the event loop's thread (``python -m pstats OUT``);
-- ``OUT.store``: the store calls, as run in the store's thread;
+- ``OUT``: the event loop's thread, its store calls included (``python -m pstats OUT``);
+- ``OUT.store``: the store calls run in the store's thread;
 - ``OUT.calls.json``: per store method, its calls and the thread CPU seconds they took.
 """
 
@@ -40,14 +41,16 @@ def main() -> None:
     cpu_s: Counter[str] = Counter()
     original = threads.run_inline
 
-    def profiled(coro: Coroutine[Any, Any, Any]) -> Any:
+    def profiled(coro: Coroutine[Any, Any, Any], *, on_loop: bool = False) -> Any:
         name = coro.cr_code.co_name
         started = time.thread_time()
-        store_prof.enable()
+        if not on_loop:  # on the loop: in the loop's profile
+            store_prof.enable()
         try:
-            return original(coro)
+            return original(coro, on_loop=on_loop)
         finally:
-            store_prof.disable()
+            if not on_loop:
+                store_prof.disable()
             calls[name] += 1
             cpu_s[name] += time.thread_time() - started
 

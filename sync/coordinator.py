@@ -68,7 +68,15 @@ from sync.held import HeldPairs
 from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.merge_reads import MergeReads
-from sync.model import LIVE_LINK_STATES, BPIncident, JournalInput, Link, LinkState, SNIncident
+from sync.model import (
+    LIVE_LINK_STATES,
+    BPIncident,
+    FieldState,
+    JournalInput,
+    Link,
+    LinkState,
+    SNIncident,
+)
 from sync.newcomers import expand_changed_alerts
 from sync.pairs import Pair, oldest_change, pair_bp_id
 from sync.people import BigPandaUsers
@@ -306,9 +314,12 @@ class Coordinator:
             journals = await self.journals.pending(pairs, progress)
             now = self._clock.now()
             plans: list[Planned] = []
+            # what was last synced, for every linked pair in one read
+            synced = await self._store.field_states_for([p.link.id for p in pairs if p.link])
             for pair in sorted(pairs, key=oldest_change):
+                known = synced.get(pair.link.id) if pair.link else None
                 try:
-                    inp = await self.plan_input(pair)
+                    inp = await self.plan_input(pair, synced=known)
                     todo = journals.get(pair_bp_id(pair))
                     actions = self._plan(inp, self._settings, now)
                     plans.append(Planned(pair, actions, inp, todo, now))
@@ -345,9 +356,17 @@ class Coordinator:
         """The pair planned again with its conversation, read since (pure, no I/O)."""
         return self._plan(dataclasses.replace(inp, journal=journal), self._settings, now)
 
-    async def plan_input(self, pair: Pair, *, checked: bool = False) -> PlanInput:
-        """What the planner is given for one pair (its field states and people read)."""
-        synced = await self._store.field_states(pair.link.id) if pair.link else {}
+    async def plan_input(
+        self,
+        pair: Pair,
+        *,
+        checked: bool = False,
+        synced: Mapping[tuple[Side, str], FieldState] | None = None,
+    ) -> PlanInput:
+        """What the planner is given for one pair (its field states and people read);
+        ``synced``: its link's field states, when the caller read them already."""
+        if synced is None:
+            synced = await self._store.field_states(pair.link.id) if pair.link else {}
         assignee = await self.assignees.read(pair.link, pair.bp, pair.sn, synced)
         return PlanInput(
             bp=pair.bp,

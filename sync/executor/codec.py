@@ -93,7 +93,13 @@ _OMITTED_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: values that are JSON as they are (checked first: most of a payload)
+_PLAIN = (str, int, float, type(None))
+
+
 def _encode_value(value: Any) -> Any:
+    if isinstance(value, _PLAIN):
+        return value
     if isinstance(value, CommentBigPanda | SetLinkTag):
         return {"$action": encode_action(value)}
     if isinstance(value, datetime):

@@ -5,7 +5,7 @@
 - :mod:`sync.store.memory`: ``MemoryStore``, the in-memory twin (engine tests).
 - :mod:`sync.store.sql`: ``SqlStore`` on SQLite / Postgres, opened with :func:`open_store`;
   its parts: :mod:`~sync.store.engines` (engines and URLs), :mod:`~sync.store.admin`
-  (migrations), :mod:`~sync.store.threads` (the SQLite thread driver),
+  (migrations), :mod:`~sync.store.threads` (the SQLite call driver),
   :mod:`~sync.store.tables`, :mod:`~sync.store.statements` and :mod:`~sync.store.rows`
   (schema, prebuilt statements, rows to records), :mod:`~sync.store.sql_core`
   (transactions and fencing) and :mod:`~sync.store.sql_outbox` (the outbox).

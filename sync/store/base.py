@@ -33,6 +33,8 @@ The semantics both stores follow, where the protocols leave a choice:
   a link that names it already is returned unchanged; a link that is not live raises
   StoreError; a live link of the other incident raises DuplicateLinkError.
 - ``record_field_states``: upsert per (link, side, name); a None value is stored as None.
+  ``field_states_for``: ``field_states`` of several links in one read, every link asked
+  for in the answer (``{}`` when it has none, or is unknown).
 - ``enqueue``: new items are ``pending``, due ``now``, 0 attempts; an existing item with
   the key that is not ``done`` (pending, in flight or dead) is returned unchanged.
 - ``claim_due``: ``pending`` items with ``next_attempt_at <= now`` and ``in_flight``
@@ -247,6 +249,10 @@ class LinkRepository(Protocol):
 
     # --- field state (what was last synced, per side, so echoes are recognised)
     async def field_states(self, link_id: int) -> dict[tuple[Side, str], FieldState]: ...
+
+    async def field_states_for(
+        self, link_ids: Collection[int]
+    ) -> dict[int, dict[tuple[Side, str], FieldState]]: ...
 
     async def record_field_states(
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime

@@ -18,13 +18,14 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -110,7 +111,7 @@ def make_sqlite_thread_engine(url: str) -> Engine | None:
         return None
     engine = create_engine(parsed.set(drivername="sqlite+pysqlite"))
     event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_on_begin)
+    event.listen(engine, "begin", _sqlite_driver_begin)
     return engine
 
 
@@ -135,6 +136,18 @@ def _sqlite_on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+def _sqlite_driver_begin(conn: Connection) -> None:
+    """:func:`_sqlite_on_begin` on the synchronous driver itself: a statement through
+    SQLAlchemy costs more than the ``BEGIN``; its error is SQLAlchemy's all the same."""
+    statement = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE_OPTION) else "BEGIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        driver.execute(statement)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -149,6 +162,11 @@ def unique_violation(exc: IntegrityError) -> bool:
     """Whether ``exc`` is a unique index refusing a row (not another constraint)."""
     text = str(exc.orig).lower()
     return "unique" in text or "duplicate key" in text
+
+
+def foreign_key_violation(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is a foreign key refusing a row (e.g. an unknown link)."""
+    return "foreign key" in str(exc.orig).lower()
 
 
 @contextlib.asynccontextmanager
@@ -166,6 +184,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "WRITE_OPTION",
     "describe",
+    "foreign_key_violation",
     "make_engine",
     "make_sqlite_thread_engine",
     "mapped_errors",

@@ -248,6 +248,15 @@ class MemoryStore(MemoryRecords, MemoryStatus, MemoryPushEvents, MemoryJournal):
             if lid == link_id
         }
 
+    async def field_states_for(
+        self, link_ids: Collection[int]
+    ) -> dict[int, dict[tuple[Side, str], FieldState]]:
+        out: dict[int, dict[tuple[Side, str], FieldState]] = {lid: {} for lid in link_ids}
+        for (lid, side, name), fs in self._read().field_states.items():
+            if lid in out:
+                out[lid][(side, name)] = fs
+        return out
+
     async def record_field_states(
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
     ) -> None:

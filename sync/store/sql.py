@@ -8,8 +8,8 @@ them, part by part:
   IMMEDIATE`` for writes; a Postgres ``search_path`` schema); driver and connection
   errors become :class:`StoreError` naming the database with its password masked.
 - :mod:`sync.store.threads`: on a SQLite file every store call runs whole, on the
-  synchronous pysqlite driver, in one thread of the store's own; Postgres (asyncpg) and
-  in-memory SQLite use the async engine.
+  synchronous pysqlite driver, on the event loop while the lock is free, else in one
+  thread of the store's own; Postgres (asyncpg) and in-memory SQLite use the async engine.
 - :mod:`sync.store.sql_core`: one short transaction per call, and fencing by epoch.
 - :mod:`sync.store.sql_outbox`: the outbox and dead letters.
 - :mod:`sync.store.sql_push`: the changes webhooks announced (push mode).
@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select, update
+from sqlalchemy import ColumnElement, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -56,7 +56,13 @@ from sync.store.sql_outbox import SqlOutbox
 from sync.store.sql_push import SqlPushEvents
 from sync.store.sql_status import SqlStatus
 from sync.store.statements import (
+    CHECKPOINT_VALUE,
     CONFIRM_LINK,
+    COUNT_LINKS,
+    COUNT_LINKS_IN,
+    CURSOR_OF_SIDE,
+    FIELD_STATES_CHUNK,
+    FIELD_STATES_FOR,
     INSERT_AUDIT,
     INSERT_LINK,
     LINK_BY_ID,
@@ -290,18 +296,31 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
             return [to_link(row) for row in await conn.execute(query)]
 
     async def count_links(self, states: Collection[LinkState] | None = None) -> int:
-        query = select(func.count()).select_from(t.links).where(*self._link_filter(states))
+        query, params = COUNT_LINKS, {}
+        if states is not None:
+            query, params = COUNT_LINKS_IN, {"b_states": [LinkState(x).value for x in states]}
         async with self._read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            return int((await conn.execute(query, params)).scalar_one())
 
     # --- field state
 
     async def field_states(self, link_id: int) -> dict[tuple[Side, str], FieldState]:
-        query = select(t.field_state).where(t.field_state.c.link_id == link_id)
+        return (await self.field_states_for([link_id]))[link_id]
+
+    async def field_states_for(
+        self, link_ids: Collection[int]
+    ) -> dict[int, dict[tuple[Side, str], FieldState]]:
+        wanted = sorted(set(link_ids))
+        out: dict[int, dict[tuple[Side, str], FieldState]] = {lid: {} for lid in wanted}
+        if not wanted:
+            return out
         async with self._read() as conn:
-            rows = list(await conn.execute(query))
-        states = [to_field_state(row) for row in rows]
-        return {(fs.side, fs.name): fs for fs in states}
+            for start in range(0, len(wanted), FIELD_STATES_CHUNK):
+                chunk = wanted[start : start + FIELD_STATES_CHUNK]
+                for row in await conn.execute(FIELD_STATES_FOR, {"b_ids": chunk}):
+                    fs = to_field_state(row)
+                    out[fs.link_id][(fs.side, fs.name)] = fs
+        return out
 
     async def _record_states(
         self,
@@ -322,6 +341,21 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
             for name, value in values.items()
         ]
         await conn.execute(UPSERT_FIELD_STATE, rows)
+
+    async def _record_many_states(
+        self, conn: AsyncConnection, field_states: Sequence[FieldStates], now: datetime
+    ) -> None:
+        """Several links' and sides' field states in one statement (the foreign key
+        refuses an unknown link)."""
+        rows: list[dict[str, Any]] = [
+            {"link_id": fs.link_id, "side": Side(fs.side).value, "name": name, "value": value}
+            for fs in field_states
+            for name, value in fs.values.items()
+        ]
+        for row in rows:
+            row["synced_at"] = now
+        if rows:
+            await conn.execute(UPSERT_FIELD_STATE, rows)
 
     async def record_field_states(
         self, link_id: int, side: Side, values: Mapping[str, str | None], now: datetime
@@ -423,15 +457,7 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
                 async with self._write() as conn:
                     if confirm is not None:
                         await self._confirm_in(conn, confirm, now)
-                    for states in field_states:
-                        await self._record_states(
-                            conn,
-                            states.link_id,
-                            Side(states.side),
-                            states.values,
-                            now,
-                            check_link=False,
-                        )
+                    await self._record_many_states(conn, field_states, now)
                     items = [
                         await self._enqueue_in(conn, new, now, check_link=False)
                         for new in follow_ups
@@ -473,9 +499,7 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
     async def get_cursor(self, side: Side) -> Cursor:
         side = Side(side)
         async with self._read() as conn:
-            row = (
-                await conn.execute(select(t.cursors).where(t.cursors.c.side == side.value))
-            ).first()
+            row = (await conn.execute(CURSOR_OF_SIDE, {"b_side": side.value})).first()
         if row is None:
             return Cursor(side=side, watermark=None)
         m = row._mapping
@@ -497,9 +521,8 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
             await conn.execute(stmt)
 
     async def get_checkpoint(self, name: str) -> str | None:
-        query = select(t.checkpoints.c.value).where(t.checkpoints.c.name == name)
         async with self._read() as conn:
-            value = (await conn.execute(query)).scalar_one_or_none()
+            value = (await conn.execute(CHECKPOINT_VALUE, {"b_name": name})).scalar_one_or_none()
         return None if value is None else str(value)
 
     async def _put_checkpoint(

@@ -3,8 +3,9 @@ one short transaction per call (:meth:`SqlCore._read`, :meth:`SqlCore._write`), 
 leadership: the epoch a write checks first.
 
 - Every method is one short transaction on a pooled connection; on a SQLite file it
-  runs in the store's own thread (:mod:`sync.store.threads`), on the synchronous engine,
-  on one of the thread's two connections (reads, writes) kept open between calls.
+  runs on the synchronous engine, on the event loop or in the store's own thread
+  (:mod:`sync.store.threads`), on one of two connections (reads, writes) of each place,
+  kept open between calls (the event loop's never wait for a lock).
 - Fencing: once :meth:`SqlCore.fence` (or :meth:`take_epoch`) set an epoch, every write
   transaction first reads the leader row (``FOR SHARE`` on Postgres, so it waits for a
   concurrent ``take_epoch``) and raises :class:`FencedError` when it moved on.
@@ -29,10 +30,16 @@ from sync.errors import StoreError
 from sync.model import Link
 from sync.settings import redact_url
 from sync.store.base import as_utc, fenced_error
-from sync.store.engines import WRITE_OPTION, mapped_errors
+from sync.store.engines import SQLITE_BUSY_TIMEOUT_MS, WRITE_OPTION, mapped_errors
 from sync.store.rows import to_link
-from sync.store.statements import LEADER_ID, LINK_BY_ID
-from sync.store.threads import InlineConnection, in_store_thread
+from sync.store.statements import LEADER_EPOCH, LEADER_ID, LINK_BY_ID
+from sync.store.threads import (
+    InlineConnection,
+    LockBusy,
+    in_store_thread,
+    is_lock_busy,
+    on_event_loop,
+)
 
 
 class SqlCore:
@@ -46,11 +53,17 @@ class SqlCore:
         self._postgres = engine.dialect.name == "postgresql"
         self._fenced_epoch: int | None = None
         self._link_for_update = self._lock(LINK_BY_ID)
-        # SQLite file: every store call runs whole in one thread of its own, on the
-        # synchronous driver (one hand-over per call, not several per statement)
+        # FOR SHARE on Postgres: concurrent writes of the leader do not wait on each
+        # other, but take_epoch's UPDATE waits for them, and they for it.
+        self._leader_epoch = (
+            LEADER_EPOCH.with_for_update(read=True) if self._postgres else LEADER_EPOCH
+        )
+        # SQLite file: every store call runs whole on the synchronous driver, on the event
+        # loop, or in one thread of its own when another process holds the lock
         self._thread_engine = thread_engine
-        #: the thread's two connections, kept open (write: starts with BEGIN IMMEDIATE)
-        self._thread_conns: dict[bool, Connection] = {}
+        #: (on the event loop, write) -> its connection, kept open (write: starts with
+        #: BEGIN IMMEDIATE; on the event loop: busy timeout 0)
+        self._thread_conns: dict[tuple[bool, bool], Connection] = {}
         self._thread_pool = (
             None
             if thread_engine is None
@@ -70,24 +83,34 @@ class SqlCore:
 
     @contextlib.contextmanager
     def _thread_transaction(self, *, write: bool) -> Iterator[Connection]:
-        """A transaction on the SQLite thread's connection for reads or for writes. Both
-        stay open between calls (a checkout from the pool and its reset on return cost
-        more than a short transaction); one that failed is closed, the next call opens
-        a fresh one."""
+        """A transaction on the synchronous engine, on the connection for reads or for
+        writes of the place the call runs (the event loop, the store's thread). They stay
+        open between calls (a checkout from the pool and its reset on return cost more
+        than a short transaction); one that failed is closed, the next call opens a
+        fresh one. On the event loop a lock held by another process raises
+        :class:`LockBusy` at once (the call runs again in the thread)."""
         assert self._thread_engine is not None
-        assert in_store_thread(), "a store call outside its thread"
-        conn = self._thread_conns.get(write)
+        assert in_store_thread(), "a store call outside run_inline"
+        key = (on_event_loop(), write)
+        conn = self._thread_conns.get(key)
         if conn is None:
             conn = self._thread_engine.connect()
+            # every checkout: a pooled connection may have served the other place
+            timeout_ms = 0 if key[0] else SQLITE_BUSY_TIMEOUT_MS
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute(f"PRAGMA busy_timeout={timeout_ms}")
             if write:
                 conn.execution_options(**{WRITE_OPTION: True})
-            self._thread_conns[write] = conn
+            self._thread_conns[key] = conn
         try:
             with conn.begin():
                 yield conn
-        except BaseException:
-            del self._thread_conns[write]
+        except BaseException as exc:
+            del self._thread_conns[key]
             conn.close()
+            if key[0] and is_lock_busy(exc):
+                raise LockBusy(str(exc)) from exc
             raise
 
     def _close_thread(self) -> None:
@@ -127,12 +150,7 @@ class SqlCore:
                 yield conn
 
     async def _check_fence(self, conn: AsyncConnection, epoch: int) -> None:
-        query = select(t.leader.c.epoch).where(t.leader.c.id == LEADER_ID)
-        if self._postgres:
-            # FOR SHARE: concurrent writes of the leader do not wait on each other, but
-            # take_epoch's UPDATE waits for them, and they for it.
-            query = query.with_for_update(read=True)
-        stored = (await conn.execute(query)).scalar_one_or_none() or 0
+        stored = (await conn.execute(self._leader_epoch)).scalar_one_or_none() or 0
         if stored != epoch:
             raise fenced_error(stored, epoch)
 

@@ -3,22 +3,28 @@
 - ``record_carried`` inserts one row per (link, side, entry id) and keeps the first:
   ``ON CONFLICT DO NOTHING`` (the primary key decides, whatever the races), ``RETURNING``
   tells whether this call made it; ``record_carried_many`` does so for a batch in one
-  transaction (``bpsync backfill``'s history cutoffs: one per page, not two per incident).
+  transaction and one statement (``bpsync backfill``'s history cutoffs: one per page,
+  not two per incident), unknown links refused by the foreign key.
 - ``carried_entries`` joins the links of the given BigPanda incidents (their history
   too) in one read, in chunks of :data:`LEDGER_CHUNK` incidents.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import TextClause, bindparam, select, text
+from sqlalchemy.exc import IntegrityError
 
 import sync.store.tables as t
 from sync.constants import Side
+from sync.errors import StoreError
 from sync.model import CarriedEntry
 from sync.store.base import CarriedRecord, as_utc
+from sync.store.engines import describe, foreign_key_violation
 from sync.store.sql_core import SqlCore
 
 #: incidents per statement of ``carried_entries`` (bound parameters have a limit)
@@ -30,6 +36,24 @@ RECORD_CARRIED = text(
     "VALUES (:link_id, :side, :entry_id, :digest, :recorded_at) "
     "ON CONFLICT (link_id, side, entry_id) DO NOTHING RETURNING link_id"
 ).bindparams(bindparam("recorded_at", type_=t.journal_ledger.c.recorded_at.type))
+#: rows per statement of ``record_carried_many`` (bound parameters have a limit)
+CARRIED_CHUNK = 500
+
+
+@functools.cache
+def _record_carried_rows(count: int) -> TextClause:
+    """``RECORD_CARRIED`` for ``count`` rows in one statement (built once per count);
+    ``RETURNING`` names the rows it made."""
+    rows = ", ".join(f"(:l{n}, :s{n}, :e{n}, :d{n}, :recorded_at)" for n in range(count))
+    # placeholders only: the values are bound
+    sql = (
+        "INSERT INTO journal_ledger (link_id, side, entry_id, digest, recorded_at) "  # noqa: S608
+        f"VALUES {rows} ON CONFLICT (link_id, side, entry_id) DO NOTHING "
+        "RETURNING link_id, side, entry_id"
+    )
+    return text(sql).bindparams(bindparam("recorded_at", type_=t.journal_ledger.c.recorded_at.type))
+
+
 CARRIED_FOR_BPS = (
     select(t.journal_ledger, t.links.c.bp_incident_id)
     .join(t.links, t.links.c.id == t.journal_ledger.c.link_id)
@@ -66,20 +90,42 @@ class SqlJournal(SqlCore):
         now = as_utc(now)
         if not entries:
             return []
+        keys = [(e.link_id, Side(e.side).value, e.entry_id) for e in entries]
+        made: set[tuple[int, str, str]] = set()
+        try:
+            # no read of the links first: their foreign key refuses an unknown one
+            async with self._write() as conn:
+                for start in range(0, len(entries), CARRIED_CHUNK):
+                    chunk = entries[start : start + CARRIED_CHUNK]
+                    params: dict[str, Any] = {"recorded_at": now}
+                    for n, e in enumerate(chunk):
+                        params |= {
+                            f"l{n}": e.link_id,
+                            f"s{n}": Side(e.side).value,
+                            f"e{n}": e.entry_id,
+                            f"d{n}": e.digest,
+                        }
+                    for link_id, side, entry_id in await conn.execute(
+                        _record_carried_rows(len(chunk)), params
+                    ):
+                        made.add((int(link_id), str(side), str(entry_id)))
+        except IntegrityError as exc:
+            if not foreign_key_violation(exc):
+                raise StoreError(f"cannot record journal entries: {describe(exc)}") from exc
+            known = await self._known_links({e.link_id for e in entries})
+            unknown = sorted({e.link_id for e in entries} - known)
+            raise StoreError(f"no link {', '.join(map(str, unknown))}") from None
+        # a key twice in the batch: only its first row was made by this call
         fresh: list[bool] = []
-        async with self._write() as conn:
-            for link_id in dict.fromkeys(e.link_id for e in entries):
-                await self._get_link(conn, link_id, lock=False)
-            for e in entries:
-                values = {
-                    "link_id": e.link_id,
-                    "side": Side(e.side).value,
-                    "entry_id": e.entry_id,
-                    "digest": e.digest,
-                    "recorded_at": now,
-                }
-                fresh.append((await conn.execute(RECORD_CARRIED, values)).first() is not None)
+        for key in keys:
+            fresh.append(key in made)
+            made.discard(key)
         return fresh
+
+    async def _known_links(self, link_ids: Collection[int]) -> set[int]:
+        query = select(t.links.c.id).where(t.links.c.id.in_(sorted(link_ids)))
+        async with self._read() as conn:
+            return {int(link_id) for (link_id,) in await conn.execute(query)}
 
     async def carried_entries(
         self, bp_incident_ids: Collection[str]

@@ -15,18 +15,20 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import sync.store.tables as t
 from sync.errors import StoreError
 from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
-from sync.store.engines import describe, unique_violation
+from sync.store.engines import describe, foreign_key_violation, unique_violation
 from sync.store.rows import new_item_values, to_item
 from sync.store.sql_core import SqlCore
 from sync.store.statements import (
     COMPLETE_ITEM,
+    COUNT_OUTBOX,
+    COUNT_OUTBOX_IN,
     INSERT_ITEM_UNLESS_OPEN,
     NOT_DONE_WITH_KEY,
     OPEN_WRITES,
@@ -71,9 +73,12 @@ class SqlOutbox(SqlCore):
             kind, target, payload, idempotency_key, link_id, bp_incident_id, sn_sys_id
         )
         try:
+            # no read of the link first: its foreign key refuses an unknown one
             async with self._write() as conn:
-                return await self._enqueue_in(conn, new, now)
+                return await self._enqueue_in(conn, new, now, check_link=False)
         except IntegrityError as exc:
+            if link_id is not None and foreign_key_violation(exc):
+                raise StoreError(f"no link {link_id}") from None
             # A concurrent enqueue of the same key won the race: return its item.
             if not unique_violation(exc):
                 raise StoreError(f"cannot enqueue {kind}: {describe(exc)}") from exc
@@ -180,9 +185,12 @@ class SqlOutbox(SqlCore):
             return [to_item(row) for row in await conn.execute(query)]
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
-        query = select(func.count()).select_from(t.outbox).where(*self._outbox_filter(states))
+        query, params = COUNT_OUTBOX, {}
+        if states is not None:
+            query = COUNT_OUTBOX_IN
+            params = {"b_states": [OutboxState(x).value for x in states]}
         async with self._read() as conn:
-            return int((await conn.execute(query)).scalar_one())
+            return int((await conn.execute(query, params)).scalar_one())
 
     async def open_writes(
         self, targets: Collection[str], *, attempts: int

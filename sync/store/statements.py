@@ -7,7 +7,7 @@ The hot upserts are text, the same on SQLite and Postgres: SQLAlchemy cannot cac
 
 from __future__ import annotations
 
-from sqlalchemy import and_, bindparam, case, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
 
 import sync.store.tables as t
 from sync.model import LIVE_LINK_STATES, LinkState
@@ -18,6 +18,14 @@ LEADER_ID = 1
 
 _LIVE = [s.value for s in LIVE_LINK_STATES]
 
+#: the stored leader epoch (a fenced write checks it first; ``FOR SHARE`` on Postgres)
+LEADER_EPOCH = select(t.leader.c.epoch).where(t.leader.c.id == LEADER_ID)
+CHECKPOINT_VALUE = select(t.checkpoints.c.value).where(t.checkpoints.c.name == bindparam("b_name"))
+CURSOR_OF_SIDE = select(t.cursors).where(t.cursors.c.side == bindparam("b_side"))
+COUNT_LINKS = select(func.count()).select_from(t.links)
+COUNT_LINKS_IN = COUNT_LINKS.where(t.links.c.state.in_(bindparam("b_states", expanding=True)))
+COUNT_OUTBOX = select(func.count()).select_from(t.outbox)
+COUNT_OUTBOX_IN = COUNT_OUTBOX.where(t.outbox.c.state.in_(bindparam("b_states", expanding=True)))
 LINK_BY_ID = select(t.links).where(t.links.c.id == bindparam("b_id"))
 LIVE_BY_BP = (
     select(t.links)
@@ -43,6 +51,12 @@ LINKS_FOR_BP = (
     .order_by(t.links.c.id.desc())
 )
 INSERT_LINK = insert(t.links).returning(t.links)
+#: the field states of a batch of links (a cycle's pairs: one read, not one per pair)
+FIELD_STATES_FOR = select(t.field_state).where(
+    t.field_state.c.link_id.in_(bindparam("b_ids", expanding=True))
+)
+#: links per statement of ``field_states_for`` (bound parameters have a limit)
+FIELD_STATES_CHUNK = 5000
 #: a live link gets its ServiceNow incident (pending -> linked, another live state kept);
 #: no row: the link is not live, or there is none (one statement: its row lock is the
 #: UPDATE's own)

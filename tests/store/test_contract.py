@@ -31,6 +31,7 @@ from tests.store.conftest import Backend
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 BP1 = "a" * 24
 BP2 = "b" * 24
+BP3 = "c" * 24
 SYS1 = "1" * 32
 SYS2 = "2" * 32
 
@@ -327,6 +328,31 @@ async def test_field_states_round_trip_and_upsert(store: LinkStore) -> None:
     # field states belong to one link
     other = await store.create_pending_link(BP2, at(7))
     assert await store.field_states(other.id) == {}
+
+
+async def test_field_states_for_several_links_in_one_read(store: LinkStore) -> None:
+    first = await linked(store)
+    second = await store.create_pending_link(BP2, at(1))
+    bare = await store.create_pending_link(BP3, at(2))
+    await store.record_field_states(first.id, Side.SERVICENOW, {"impact": "2", "urgency": None}, T0)
+    await store.record_field_states(first.id, Side.BIGPANDA, {"impact_level": "high"}, at(3))
+    await store.record_field_states(second.id, Side.BIGPANDA, {"impact_level": "low"}, at(4))
+    states = await store.field_states_for([second.id, first.id, bare.id, 9_999, first.id])
+    assert set(states) == {first.id, second.id, bare.id, 9_999}
+    assert states[first.id] == await store.field_states(first.id)
+    assert set(states[first.id]) == {
+        (Side.SERVICENOW, "impact"),
+        (Side.SERVICENOW, "urgency"),
+        (Side.BIGPANDA, "impact_level"),
+    }
+    assert states[first.id][(Side.BIGPANDA, "impact_level")].synced_at == at(3)
+    assert states[first.id][(Side.SERVICENOW, "urgency")].value is None
+    low = states[second.id][(Side.BIGPANDA, "impact_level")]
+    assert (low.link_id, low.value, low.synced_at) == (second.id, "low", at(4))
+    assert len(states[second.id]) == 1
+    assert states[bare.id] == {}
+    assert states[9_999] == {}
+    assert await store.field_states_for([]) == {}
 
 
 async def test_field_states_of_unknown_link_fail(store: LinkStore) -> None:

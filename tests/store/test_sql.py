@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sqlite3
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -83,3 +87,34 @@ async def test_unwritable_sqlite_directory_is_a_store_error(tmp_path: Path) -> N
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create the database directory"):
         make_engine(f"sqlite+aiosqlite:///{(blocker / 'sub' / 'db.sqlite').as_posix()}")
+
+
+async def test_sqlite_call_waits_for_another_writer_in_its_thread_not_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A store call runs on the event loop while the lock is free; when another process
+    holds it, the call waits in the store's thread (busy timeout) and the loop runs on."""
+    path = tmp_path / "bpsync.db"
+    url = f"sqlite+aiosqlite:///{path.as_posix()}"
+    await upgrade_database(url)
+    store = await open_store(url)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        await store.set_checkpoint("free", "1", at)  # the lock is free: on the loop
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        write = asyncio.create_task(store.set_checkpoint("held", "2", at))
+        started = time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not write.done()  # waiting for the lock in the store's thread...
+        assert time.monotonic() - started < 5  # ...not on the loop (busy timeout 10 s)
+        assert await store.get_checkpoint("free") == "1"  # a read does not wait
+        other.execute("COMMIT")
+        await asyncio.wait_for(write, 5)
+        assert await store.get_checkpoint("held") == "2"
+        await store.set_checkpoint("free", "3", at)  # on the loop again
+        assert await store.get_checkpoint("free") == "3"
+    finally:
+        other.close()
+        await store.close()
