@@ -541,7 +541,7 @@ async def sync_incidents(
         pair = Pair(incident, None, live.get(incident.id), env)
         outcome = IncidentOutcome(incident.id, env, pair.link)
         outcomes.append(outcome)
-        await coordinator.expand_for_create(pair)
+        await coordinator.pairing.expand_for_create(pair)
         try:
             outcome.actions = await coordinator.plan_pair(pair, now, checked=incident.id in absent)
         except ValueError as exc:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sync.actions import ReopenServiceNow
 from sync.constants import SNState
 from sync.errors import NotFoundError
-from sync.model import LIVE_LINK_STATES, Link, LinkState, SNIncident
+from sync.model import LIVE_LINK_STATES, Link, LinkState
 from sync.pairs import HELD_CHECKPOINT, Held, Pair, pair_bp_id, resolved_prelude
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class HeldPairs:
                 continue
             released = known
             if released is None:
-                fetched = await c.fetch_bp(link.bp_incident_id, environments)
+                fetched = await c.pairing.fetch_bp(link.bp_incident_id, environments)
                 if fetched is None:
                     log.warning("held link %d: BigPanda incident not found, released", link_id)
                     continue
@@ -157,7 +157,7 @@ class HeldPairs:
             prelude = resolved_prelude(released, held[link_id])
             if prelude is not None:
                 preludes.append((prelude, released))
-            await c.expand_for_create(released)
+            await c.pairing.expand_for_create(released)
         return ready, still_held, preludes
 
     async def run_preludes(self, preludes: Sequence[tuple[Pair, Pair]], live: int) -> None:
@@ -170,7 +170,7 @@ class HeldPairs:
             if actions:
                 await c.executor.execute(actions, environment_id=prelude.environment_id)
             pair.link = await c.store.live_link_for_bp(pair_bp_id(pair))
-            await c.expand_for_create(pair)
+            await c.pairing.expand_for_create(pair)
 
     async def _read_both_sides(self, pair: Pair) -> None:
         """Give a released pair the side it lacks, as it is now: which side changed while
@@ -184,6 +184,6 @@ class HeldPairs:
                     pair.environment_id, link.bp_incident_id, expand_alerts=False
                 )
             if pair.sn is None and link.sn_sys_id:
-                pair.sn = SNIncident.from_record(await c.servicenow.get_incident(link.sn_sys_id))
+                pair.sn = await c.pairing.read_sn(link.sn_sys_id)
         except (NotFoundError, ValueError) as exc:
             log.warning("%s: a side cannot be read: %s", c.pair_ids(pair), exc)

@@ -70,7 +70,7 @@ class MergeReads:
                 if other is not None and other.bp is not None:
                     fact = replace(fact, destination=other.bp)
                     fact = replace(fact, destination_environment=other.environment_id)
-                elif (fetched := await self._c.fetch_bp(dest, environments)) is not None:
+                elif (fetched := await self._c.pairing.fetch_bp(dest, environments)) is not None:
                     fact = replace(fact, destination=fetched[0], destination_environment=fetched[1])
             elif (other := seen.get(dest)) is not None:
                 fact = replace(fact, destination_environment=other.environment_id)

@@ -247,11 +247,11 @@ class PushPass:
                 else:
                     return incident, env
             others = [e for e in environments if e != env]
-            return await c.fetch_bp(event.object_id, others)
+            return await c.pairing.fetch_bp(event.object_id, others)
         if not SN_SYS_ID_FORM.fullmatch(event.object_id):
             return None
         try:
-            sn = SNIncident.from_record(await c.servicenow.get_incident(event.object_id))
+            sn = await c.pairing.read_sn(event.object_id)
         except NotFoundError:
             return None
         except ValueError as exc:
