@@ -231,18 +231,10 @@ class Executor:
         for step in steps:
             new, meta = new_outbox_item(step, step.environment_id)
             enqueued.append((await self._delivery.enqueue(new), step, meta))
+        # the link confirmed with its "adopted" audit entry, in one transaction
         now = self._clock.now()
-        await self._store.confirm_link(link.id, adoption.sn_sys_id, adoption.sn_number, now)
-        await self._store.record_audit(
-            NewAuditEntry(
-                "action",
-                "adopted",
-                link_id=link.id,
-                bp_incident_id=link.bp_incident_id,
-                sn_sys_id=adoption.sn_sys_id,
-                detail={"reason": "pending link recovered by correlation_id"},
-            ),
-            now,
+        await self._store.confirm_link_and_record(
+            link.id, adoption.sn_sys_id, adoption.sn_number, now, audit_outcome="adopted"
         )
         log.info(
             "pending link recovered: adopted the ServiceNow incident found by correlation_id",

@@ -7,6 +7,7 @@ import inspect
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,9 +28,9 @@ from sync.constants import Side
 from sync.coordinator import recover
 from sync.errors import FatalError, PermanentError, StoreError, TransientError
 from sync.executor import Executor, decode_action, encode_action, link_tag_value
-from sync.model import LinkState
+from sync.model import Link, LinkState
 from sync.settings import Settings
-from sync.store.base import NewAuditEntry, OutboxItem, OutboxState
+from sync.store.base import FieldStates, OutboxItem, OutboxState
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import SN_URL, make_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
@@ -629,15 +630,32 @@ async def test_pending_link_recovery_adopts_instead_of_creating(
 
 
 class CrashAfterConfirm(MemoryStore):
-    """Killed right after the recovered link's confirmation (its audit entry is next)."""
+    """Killed right after the recovered link's confirmation (its tag is sent next)."""
 
     crash = True
 
-    async def record_audit(self, entry: NewAuditEntry, now: datetime) -> None:
-        if self.crash and entry.outcome == "adopted":
+    async def confirm_link_and_record(
+        self,
+        link_id: int,
+        sn_sys_id: str,
+        sn_number: str,
+        now: datetime,
+        *,
+        audit_outcome: str | None = None,
+        field_states: Sequence[FieldStates] = (),
+    ) -> Link:
+        link = await super().confirm_link_and_record(
+            link_id,
+            sn_sys_id,
+            sn_number,
+            now,
+            audit_outcome=audit_outcome,
+            field_states=field_states,
+        )
+        if self.crash and audit_outcome == "adopted":
             self.crash = False
             raise StoreError("killed")
-        await super().record_audit(entry, now)
+        return link
 
 
 async def test_a_recovered_links_tag_is_in_the_outbox_before_the_link_is_confirmed(
@@ -657,6 +675,9 @@ async def test_a_recovered_links_tag_is_in_the_outbox_before_the_link_is_confirm
     assert bp.incidents[incident.id].tags["servicenow_link"].startswith(record["number"])
     [tag] = [i for i in await store.list_outbox() if i.kind == "bp.link_tag"]
     assert tag.state == OutboxState.DONE
+    # the confirmation and its audit entry are one transaction: recorded once, not lost
+    audit = await store.list_audit()
+    assert [a.outcome for a in audit if a.outcome == "adopted"] == ["adopted"]
 
 
 async def test_pending_link_without_incident_is_handed_back_for_planning(
