@@ -128,9 +128,7 @@ class Pairing:
             return
         try:
             if pair.sn is None and pair.bp is not None and not pair.bp.active:
-                pair.sn = SNIncident.from_record(
-                    await self._c.servicenow.get_incident(link.sn_sys_id)
-                )
+                pair.sn = await self.read_sn(link.sn_sys_id)
             elif (
                 pair.bp is None and pair.sn is not None and pair.sn.resolved and pair.environment_id
             ):
@@ -159,9 +157,7 @@ class Pairing:
             and link.sn_sys_id
         ):
             try:
-                pair.sn = SNIncident.from_record(
-                    await self._c.servicenow.get_incident(link.sn_sys_id)
-                )
+                pair.sn = await self.read_sn(link.sn_sys_id)
             except NotFoundError:
                 log.warning("ServiceNow incident %s vanished while being synced", link.sn_sys_id)
             except ValueError as exc:
