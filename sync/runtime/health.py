@@ -4,7 +4,8 @@ Readiness rule (SPEC section 2, ``/readyz``):
 
 - the database is reachable (the server pings it on each request), and
 - the leader: a cycle succeeded within ``READY_INTERVALS`` poll intervals, or one is in
-  flight and within ``cycle_budget`` plus that allowance (a storm worked through at the
+  flight and within ``cycle_budget`` plus that allowance, at least
+  :data:`OVERRUN_ALLOWANCE_S` (a storm worked through at the
   APIs' pace is progress); a throttled side is reported (``throttled``) but does not
   make it unready: throttled is not down;
 - a standby replica (Postgres HA, not leading): the database alone; it reports
@@ -24,6 +25,11 @@ from sync.clock import Clock
 
 #: a leader is ready when a cycle succeeded within this many poll intervals
 READY_INTERVALS = 3
+#: the least a cycle in flight may run past its budget and still count as working: it
+#: finishes the pairs it started and the new incidents whose search page it read
+#: (``sync.execution.runs_after``): at most ``pair_concurrency`` pairs and one page, a
+#: few seconds at BigPanda's pace, more than 3 intervals of a 1 s poll
+OVERRUN_ALLOWANCE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,13 @@ class HealthState:
         if self.cycle_started is None or self.last_success is None:
             return False
         running_s = self.clock.monotonic() - self.cycle_started
-        return running_s <= self.cycle_budget + self.max_age_s
+        return running_s <= self.cycle_budget + max(self.max_age_s, OVERRUN_ALLOWANCE_S)
 
 
-__all__ = ["READY_INTERVALS", "HealthState", "Readiness", "ReadinessSource"]
+__all__ = [
+    "OVERRUN_ALLOWANCE_S",
+    "READY_INTERVALS",
+    "HealthState",
+    "Readiness",
+    "ReadinessSource",
+]

@@ -13,7 +13,7 @@ import pytest
 from sync.clock import FakeClock
 from sync.errors import ConfigError, StoreError
 from sync.metrics import Metrics
-from sync.runtime.health import READY_INTERVALS, HealthState
+from sync.runtime.health import OVERRUN_ALLOWANCE_S, READY_INTERVALS, HealthState
 from sync.runtime.server import HttpServer, start_http_server
 from sync.store import open_store, upgrade_database
 
@@ -208,4 +208,19 @@ async def test_a_long_storm_cycle_within_its_budget_stays_ready(clock: FakeClock
     clock.advance(60)  # past budget + allowance: stuck, not working
     assert not health.readiness().ready
     health.cycle_started = None
+    assert not health.readiness().ready
+
+
+async def test_a_storm_cycle_finishing_paid_pages_stays_ready_at_a_short_poll(
+    clock: FakeClock,
+) -> None:
+    """At a 1 s poll, 3 intervals are 3 s; a cycle that finishes the pages it paid for a
+    few seconds past its budget is working, not stuck (OVERRUN_ALLOWANCE_S)."""
+    health = HealthState(clock, 1.0, cycle_budget=60.0)
+    health.leader = True
+    health.cycle_succeeded()
+    health.cycle_started = clock.monotonic()
+    clock.advance(60 + 6)  # the budget, then ten pairs and a page at BigPanda's pace
+    assert health.readiness().ready
+    clock.advance(OVERRUN_ALLOWANCE_S)  # far past it: stuck
     assert not health.readiness().ready
