@@ -13,27 +13,37 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.model import BPIncident, JournalEntry, SNFieldInfo
+from sync.model import BPIncident, JournalEntry, SNFieldInfo, SNIncident
 
-#: a ServiceNow record as the Table API returns it with display_value=false
+#: a record of any ServiceNow table as the Table API returns it with display_value=false
+#: (look-up tables, the CLI's whole records, list_changed's rows); incidents are read as
+#: :class:`~sync.model.SNIncident`
 SNRecord = dict[str, Any]
 
 
 class ServiceNowAPI(Protocol):
-    """ServiceNow Table API, incident table plus reference look-ups."""
+    """ServiceNow Table API, incident table plus reference look-ups.
+
+    The incident-level methods answer :class:`~sync.model.SNIncident` values; an answer
+    that is not an incident (a required field missing or malformed) raises
+    ``MalformedRecord`` (a PermanentError that is also a ValueError).
+    ``list_changed`` alone answers raw rows: the poll skips an odd row, naming it and
+    counting it, and the client's keyset must still step over it (see its doc)."""
 
     def held_for(self) -> float:
         """Seconds before the next request may be sent (a 429's hold, a Retry-After, also
         one handed to the caller; 0: now). One hold for the instance."""
         ...
 
-    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord: ...
+    async def create_incident(self, fields: Mapping[str, str]) -> SNIncident:
+        """POST; returns the incident as stored (after business rules)."""
+        ...
 
-    async def get_incident(self, sys_id: str) -> SNRecord:
+    async def get_incident(self, sys_id: str) -> SNIncident:
         """Raises NotFoundError for an unknown sys_id."""
         ...
 
-    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNIncident:
         """PATCH with only ``fields``; returns the updated record."""
         ...
 
@@ -41,13 +51,13 @@ class ServiceNowAPI(Protocol):
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[SNIncident]:
         """Incidents whose ``correlation_id`` equals the value (escaped query)."""
         ...
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[SNIncident]:
         """Incidents whose ``correlation_id`` is one of the values: one
         ``correlation_idIN...`` query per page of ids (a storm's duplicate checks)."""
         ...
@@ -57,7 +67,11 @@ class ServiceNowAPI(Protocol):
     ) -> list[SNRecord]:
         """Incidents correlated with BigPanda updated at or after ``since - overlap_s``,
         ordered by (sys_updated_on, sys_id), keyset-paged, de-duplicated by
-        (sys_id, sys_mod_count). ``since=None`` lists from the beginning."""
+        (sys_id, sys_mod_count). ``since=None`` lists from the beginning.
+
+        Raw rows, not SNIncident: the poll (sync.polling) parses each, skipping a
+        malformed one with one warning and ``bpsync_skipped_records_total``; the rows
+        that cannot be parsed are still needed here, to step the keyset over them."""
         ...
 
     async def query(

@@ -135,7 +135,7 @@ async def test_crud_and_poll_miss_nothing_under_each_switch(
                     for i in range(start, start + 12)
                 )
             )
-            ids += [r["sys_id"] for r in batch]
+            ids += [r.sys_id for r in batch]
             clock.advance(1)
         for i in range(5):
             await client.create_incident({"short_description": f"manual {i}"})  # uncorrelated
@@ -144,9 +144,9 @@ async def test_crud_and_poll_miss_nothing_under_each_switch(
         touched = ids[::7]
         for sys_id in touched:
             got = await until_served(client.get_incident, sys_id)
-            assert got["sys_id"] == sys_id
+            assert got.sys_id == sys_id
             updated = await until_served(client.update_incident, sys_id, {"description": "edited"})
-            assert updated["sys_mod_count"] == "1"
+            assert updated.fields["sys_mod_count"] == "1"
         state = state_of(env)
 
         everything = await until_served(client.list_changed, None, overlap_s=0)
@@ -209,7 +209,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
                 created = await client.create_incident(
                     {"short_description": "ok", "correlation_id": f"ok{second}-{i}"}
                 )
-                normal.append(created["sys_id"])
+                normal.append(created.sys_id)
             run = 7 if second == 2 else 2
             for i in range(run):
                 odd = (
@@ -224,7 +224,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
                         "correlation_id": f"odd{second}-{i}",
                     }
                 )
-                assert created["sys_id"] == odd  # echoed exactly as sent
+                assert created.sys_id == odd  # echoed exactly as sent
                 odd_ids.append(odd)
             clock.advance(1)
         state = state_of(env)
@@ -328,7 +328,7 @@ async def test_semaphore_saturation_refuses_without_headers_and_loses_nothing(
         assert len(per_correlation) == len(set(per_correlation)) == 40  # each created once
         rows = await until_served(client.list_changed, None, overlap_s=0)
         assert_poll_is_exact(rows, correlated(state))
-        assert {r["sys_id"] for r in rows} == {c["sys_id"] for c in created}
+        assert {r["sys_id"] for r in rows} == {c.sys_id for c in created}
 
 
 # ---------------------------------------------------------------- OAuth client authentication
@@ -350,7 +350,7 @@ async def test_client_oauth_grant_against_each_client_auth_mode(
             assert "bpsync" not in str(info.value).replace("/oauth_token.do", "")
             continue
         created = await env.client.create_incident({"short_description": "x"})
-        assert (await env.client.get_incident(created["sys_id"]))["number"] == "INC0010001"
+        assert (await env.client.get_incident(created.sys_id)).number == "INC0010001"
 
 
 async def test_oauth_basic_header_round_trip_over_loopback(clock: FakeClock) -> None:

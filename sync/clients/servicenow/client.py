@@ -61,6 +61,8 @@ from sync.clients.servicenow.parsing import (
     check_payload,
     mod_count,
     parse_field_info,
+    parse_incident,
+    parse_incidents,
     parse_page,
     parse_record,
 )
@@ -85,7 +87,7 @@ from sync.clients.snquery import (
 )
 from sync.clock import Clock
 from sync.errors import ApiError, ConfigError, PermanentError, TransientError
-from sync.model import JournalEntry, SNFieldInfo
+from sync.model import JournalEntry, SNFieldInfo, SNIncident
 from sync.settings import ServiceNowSettings, redact_url
 
 # the package's name, as before the split: log filters and tests select on it
@@ -366,30 +368,31 @@ class ServiceNowClient:
         return page.records
 
     # ------------------------------------------------------------------ ServiceNowAPI
-    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord:
-        return await self.create(self._table, fields)
+    async def create_incident(self, fields: Mapping[str, str]) -> SNIncident:
+        return parse_incident(await self.create(self._table, fields), "the created incident")
 
-    async def get_incident(self, sys_id: str) -> SNRecord:
-        return await self.get(self._table, sys_id)
+    async def get_incident(self, sys_id: str) -> SNIncident:
+        return parse_incident(await self.get(self._table, sys_id), f"incident {sys_id}")
 
-    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
-        return await self.update(self._table, sys_id, fields)
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNIncident:
+        return parse_incident(await self.update(self._table, sys_id, fields), f"incident {sys_id}")
 
     async def delete_incident(self, sys_id: str) -> None:
         await self.delete(self._table, sys_id)
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[SNIncident]:
         query = EncodedQuery().eq("correlation_id", check_correlation_id(correlation_id))
         if active_only:
             query.eq("active", "true")
         query.order_by("sys_created_on").order_by("sys_id")
-        return await self.list_records(self._table, query, limit=self._settings.page_size)
+        records = await self.list_records(self._table, query, limit=self._settings.page_size)
+        return parse_incidents(records, f"incidents correlated with {correlation_id}")
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[SNIncident]:
         ids = sorted({check_correlation_id(c) for c in correlation_ids})
         found: list[SNRecord] = []
         size = CORRELATION_BATCH
@@ -411,7 +414,7 @@ class ServiceNowClient:
                     page.total is not None and offset >= page.total
                 ):
                     break
-        return found
+        return parse_incidents(found, "correlated incidents")
 
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
