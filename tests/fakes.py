@@ -59,6 +59,7 @@ from sync.clients.base import (
     BPSearchPage,
     BPTagDefinition,
     BPUser,
+    ChangedRow,
     SNRecord,
 )
 from sync.clients.bigpanda.paths import (
@@ -69,7 +70,7 @@ from sync.clients.bigpanda.paths import (
     Family,
 )
 from sync.clients.pacing import PacingPolicy, held_error
-from sync.clients.servicenow.parsing import parse_incident, parse_incidents
+from sync.clients.servicenow.parsing import parse_changed, parse_incident, parse_incidents
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
@@ -270,6 +271,12 @@ SN_LOOKUP_TABLES: Mapping[str, frozenset[str]] = {
 
 #: what the client always reads of a changed incident, whatever fields are asked for
 SN_KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
+
+
+def as_records(rows: Sequence[ChangedRow]) -> list[SNRecord]:
+    """``list_changed``'s rows as records (an incident's fields as the client parsed them,
+    a malformed row as it came): for tests about which rows a listing holds."""
+    return [dict(r.fields) if isinstance(r, SNIncident) else r.record for r in rows]
 
 
 class FakeServiceNow(_Faults):
@@ -494,7 +501,7 @@ class FakeServiceNow(_Faults):
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[ChangedRow]:
         await self._enter("list_changed", self.clock, since)
         floor = None if since is None else since - timedelta(seconds=overlap_s)
         rows = [
@@ -504,10 +511,10 @@ class FakeServiceNow(_Faults):
             and (floor is None or r["sys_updated_on"] >= floor.strftime(SN_DATETIME_FORMAT))
         ]
         rows.sort(key=lambda r: (r["sys_updated_on"], r["sys_id"]))
-        if fields is None:
-            return rows
-        wanted = {*fields, *SN_KEY_FIELDS}
-        return [{k: v for k, v in r.items() if k in wanted} for r in rows]
+        if fields is not None:
+            wanted = {*fields, *SN_KEY_FIELDS}
+            rows = [{k: v for k, v in r.items() if k in wanted} for r in rows]
+        return [parse_changed(r) for r in rows]
 
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int

@@ -16,9 +16,26 @@ from typing import Any, Protocol
 from sync.model import BPIncident, JournalEntry, SNFieldInfo, SNIncident
 
 #: a record of any ServiceNow table as the Table API returns it with display_value=false
-#: (look-up tables, the CLI's whole records, list_changed's rows); incidents are read as
+#: (look-up tables, the CLI's whole records); incidents are read as
 #: :class:`~sync.model.SNIncident`
 SNRecord = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedRow:
+    """A changed row of ``list_changed`` that is not an incident (a required field missing
+    or malformed): the poll skips it, naming it."""
+
+    name: str
+    """Its ``sys_id`` as it came, or "?"."""
+    problem: str
+    """What is wrong, naming the field (:meth:`SNIncident.from_record`'s words)."""
+    record: SNRecord
+    """The row as it came."""
+
+
+#: one row of ``list_changed``: the incident, or the row that is not one
+ChangedRow = SNIncident | MalformedRow
 
 
 class ServiceNowAPI(Protocol):
@@ -27,8 +44,9 @@ class ServiceNowAPI(Protocol):
     The incident-level methods answer :class:`~sync.model.SNIncident` values; an answer
     that is not an incident (a required field missing or malformed) raises
     ``MalformedRecord`` (a PermanentError that is also a ValueError).
-    ``list_changed`` alone answers raw rows: the poll skips an odd row, naming it and
-    counting it, and the client's keyset must still step over it (see its doc)."""
+    ``list_changed`` answers each row as an incident or, when it is not one, as a
+    :class:`MalformedRow` (the poll skips it, naming and counting it; the client's keyset
+    still steps over it)."""
 
     def held_for(self) -> float:
         """Seconds before the next request may be sent (a 429's hold, a Retry-After, also
@@ -64,14 +82,11 @@ class ServiceNowAPI(Protocol):
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[ChangedRow]:
         """Incidents correlated with BigPanda updated at or after ``since - overlap_s``,
         ordered by (sys_updated_on, sys_id), keyset-paged, de-duplicated by
-        (sys_id, sys_mod_count). ``since=None`` lists from the beginning.
-
-        Raw rows, not SNIncident: the poll (sync.polling) parses each, skipping a
-        malformed one with one warning and ``bpsync_skipped_records_total``; the rows
-        that cannot be parsed are still needed here, to step the keyset over them."""
+        (sys_id, sys_mod_count). ``since=None`` lists from the beginning. A row that is
+        not an incident comes as a :class:`MalformedRow` in its place."""
         ...
 
     async def query(

@@ -15,7 +15,7 @@ from datetime import UTC
 
 import pytest
 
-from sync.clients.base import BPTagDefinition, SNRecord
+from sync.clients.base import BPTagDefinition, ChangedRow, SNRecord
 from sync.clock import epoch_s
 from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
@@ -37,14 +37,14 @@ def bp_now(world: VendorWorld) -> int:
     return epoch_s(world.clock.now())
 
 
-def field(record: SNIncident | SNRecord, name: str) -> str:
+def field(record: ChangedRow, name: str) -> str:
     """A field as the engine reads it: a missing field reads as empty (an incident's
-    fields as the client parsed them, a raw row of list_changed as it came)."""
-    values = record.fields if isinstance(record, SNIncident) else record
+    fields as the client parsed them, a malformed row of list_changed as it came)."""
+    values = record.fields if isinstance(record, SNIncident) else record.record
     return str(values.get(name) or "")
 
 
-def ids(records: Sequence[SNIncident | SNRecord]) -> list[str]:
+def ids(records: Sequence[ChangedRow]) -> list[str]:
     return [field(r, "sys_id") for r in records]
 
 
@@ -248,6 +248,9 @@ async def test_sn_list_changed_after_the_cursor_with_its_overlap(world: VendorWo
 
     changed = await world.sn.list_changed(cursor, overlap_s=5)
     assert ids(changed) == [at_15.sys_id, new.sys_id]
+    first, second = changed
+    assert isinstance(first, SNIncident) and isinstance(second, SNIncident)
+    assert (first.sys_mod_count, second.sys_updated_on) == (1, new.sys_updated_on)
     assert field(changed[0], "sys_updated_on") < field(changed[1], "sys_updated_on")
     assert field(changed[0], "impact") == "1"
     assert field(changed[0], "sys_mod_count") == "1"
@@ -262,7 +265,8 @@ async def test_sn_list_changed_after_the_cursor_with_its_overlap(world: VendorWo
     narrowed = await world.sn.list_changed(cursor, overlap_s=5, fields=["impact"])
     assert ids(narrowed) == ids(changed)
     for record in narrowed:  # the keys the poll needs come whatever the fields asked
-        assert set(record) == {"sys_id", "sys_updated_on", "sys_mod_count", "impact"}
+        assert isinstance(record, SNIncident)
+        assert set(record.fields) == {"sys_id", "sys_updated_on", "sys_mod_count", "impact"}
 
 
 async def test_sn_query_sys_user_by_email(world: VendorWorld) -> None:

@@ -25,6 +25,7 @@ from sync.emulators.control import serve_app
 from sync.emulators.servicenow import create_app
 from sync.errors import FatalError, NotFoundError, PermanentError, TransientError
 from sync.settings import ServiceNowSettings
+from tests.fakes import as_records
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -303,7 +304,7 @@ async def test_incremental_listing_with_updates_between_pages(clock: FakeClock) 
             (await env.client.create_incident({"short_description": f"manual {i}"})).sys_id
             for i in range(20)
         ]
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
 
     listed = [r["sys_id"] for r in rows]
     assert len(listed) == len(set(listed)), "an incident was listed twice"
@@ -327,11 +328,11 @@ async def test_incremental_listing_since_with_overlap(env: Env) -> None:
     clock.advance(10)
     touched = await client.update_incident(early[0], {"description": "changed"})
 
-    rows = await client.list_changed(cursor, overlap_s=0, fields=["correlation_id"])
+    rows = as_records(await client.list_changed(cursor, overlap_s=0, fields=["correlation_id"]))
     assert {r["sys_id"] for r in rows} == {*late, touched.sys_id}
     assert set(rows[0]) == {"correlation_id", "sys_id", "sys_mod_count", "sys_updated_on"}
     # the overlap reaches back into the previous second(s)
-    overlapped = await client.list_changed(cursor, overlap_s=1)
+    overlapped = as_records(await client.list_changed(cursor, overlap_s=1))
     assert {r["sys_id"] for r in overlapped} == {*early[20:], *late, early[0]}
     assert await client.list_changed(clock.now() + timedelta(seconds=1), overlap_s=0) == []
 

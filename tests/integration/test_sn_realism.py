@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sync.clock import FakeClock
 from sync.emulators.servicenow import STATE_KEY, InstanceState, create_app
 from sync.errors import FatalError, TransientError
+from tests.fakes import as_records
 from tests.integration.test_sn_client import Env, Handler, _create_many, _env
 
 T = TypeVar("T")
@@ -149,10 +150,10 @@ async def test_crud_and_poll_miss_nothing_under_each_switch(
             assert updated.fields["sys_mod_count"] == "1"
         state = state_of(env)
 
-        everything = await until_served(client.list_changed, None, overlap_s=0)
+        everything = as_records(await until_served(client.list_changed, None, overlap_s=0))
         assert_poll_is_exact(everything, correlated(state))
 
-        since = await until_served(client.list_changed, cursor, overlap_s=0)
+        since = as_records(await until_served(client.list_changed, cursor, overlap_s=0))
         edited = {s: state.tables["incident"][s] for s in touched}
         assert_poll_is_exact(since, {k: v for k, v in correlated(state).items() if k in edited})
 
@@ -169,7 +170,7 @@ async def test_short_pages_lose_no_row_over_hundreds_of_incidents(clock: FakeClo
         hidden = set(ids) - set(visible)
         assert 80 < len(hidden) < 160
         env.observed.clear()
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, visible)
         pages = [o for o in env.observed if o[0] == "GET"]
         assert len(pages) > 400 // 25  # more requests than full pages would need
@@ -183,7 +184,7 @@ async def test_short_pages_with_whole_windows_hidden(clock: FakeClock) -> None:
     async for env in _env(app, clock, page_size=5):
         await _create_many(env.client, clock, 150, 10, "bp")
         lists.clear()
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state_of(env)))
         assert any(offset > 0 for _, offset in lists), "no window was stepped over"
 
@@ -234,7 +235,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
         state.tables["incident"][bad_date]["sys_updated_on"] = "garbage"
 
         lists.clear()
-        rows = await client.list_changed(None, overlap_s=0)
+        rows = as_records(await client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state))
         assert set(odd_ids) <= {r["sys_id"] for r in rows}
         for odd in [*odd_ids, "garbage"]:
@@ -242,7 +243,9 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
         assert any(offset > 0 for _, offset in lists), "a page of only odd rows was stepped over"
 
         # with a floor: the dateless row cannot match, the garbage one sorts last
-        rows = await client.list_changed(clock.now() - timedelta(seconds=3), overlap_s=0)
+        rows = as_records(
+            await client.list_changed(clock.now() - timedelta(seconds=3), overlap_s=0)
+        )
         expected = {
             s: r
             for s, r in correlated(state).items()
@@ -274,7 +277,7 @@ async def test_successive_polls_under_a_non_gmt_user(zone: str) -> None:
             for sys_id in ids[: round_no * 4]:
                 await client.update_incident(sys_id, {"description": f"round {round_no}"})
             clock.advance(37)  # polls at odd moments, minutes apart
-            rows = await client.list_changed(cursor, overlap_s=0)
+            rows = as_records(await client.list_changed(cursor, overlap_s=0))
             for row in rows:
                 again = seen.get(row["sys_id"])
                 if again is not None and again == row["sys_mod_count"]:
@@ -326,7 +329,7 @@ async def test_semaphore_saturation_refuses_without_headers_and_loses_nothing(
         state = state_of(env)
         per_correlation = [r["correlation_id"] for r in state.tables["incident"].values()]
         assert len(per_correlation) == len(set(per_correlation)) == 40  # each created once
-        rows = await until_served(client.list_changed, None, overlap_s=0)
+        rows = as_records(await until_served(client.list_changed, None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state))
         assert {r["sys_id"] for r in rows} == {c.sys_id for c in created}
 

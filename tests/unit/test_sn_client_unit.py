@@ -18,13 +18,16 @@ from pydantic import SecretStr
 from yarl import URL
 
 from sync.clients import http
+from sync.clients.base import MalformedRow
 from sync.clients.pacing import PacingPolicy
 from sync.clients.servicenow import ServiceNowClient, make_session
 from sync.clients.servicenow.parsing import MalformedRecord
 from sync.clients.snquery import QueryError
 from sync.clock import FakeClock
 from sync.errors import ConfigError, FatalError, NotFoundError, PermanentError, TransientError
+from sync.model import SNIncident
 from sync.settings import ServiceNowSettings
+from tests.fakes import as_records
 from tests.mocked_http import Recorder
 
 #: outage_after 0: the first transient answer reaches the caller (these tests classify;
@@ -495,7 +498,7 @@ async def test_list_changed_keyset_pages_and_dedup(
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
     since = datetime(2026, 1, 1, 10, 0, 30, 500_000, tzinfo=UTC)
-    rows = await client.list_changed(since, overlap_s=30.5, fields=["state"])
+    rows = as_records(await client.list_changed(since, overlap_s=30.5, fields=["state"]))
 
     assert [(r["sys_id"], r["sys_mod_count"]) for r in rows] == [
         (sid(2), "0"),
@@ -527,7 +530,7 @@ async def test_list_changed_without_total_reads_until_empty_page(
     listing = Recorder(page([rec(sid(1), "2026-01-01 00:00:00")], None), page([], None))
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
-    rows = await client.list_changed(None, overlap_s=0)
+    rows = as_records(await client.list_changed(None, overlap_s=0))
     assert [r["sys_id"] for r in rows] == [sid(1)]
     assert len(listing.calls) == 2
     assert listing.calls[0][0].query["sysparm_query"] == (
@@ -542,7 +545,7 @@ async def test_list_changed_steps_over_a_window_hidden_by_acls(
     listing = Recorder(page([], 5), page([rec(sid(9), "2026-01-01 00:00:00")], 5))
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
-    rows = await client.list_changed(None, overlap_s=0)
+    rows = as_records(await client.list_changed(None, overlap_s=0))
     assert [r["sys_id"] for r in rows] == [sid(9)]
     assert [url.query.get("sysparm_offset") for url, _ in listing.calls] == [None, "3"]
 
@@ -555,7 +558,7 @@ async def test_list_changed_refuses_a_server_ignoring_the_order(
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
     with pytest.raises(PermanentError, match="out of order"):
-        await client.list_changed(None, overlap_s=0)
+        as_records(await client.list_changed(None, overlap_s=0))
 
 
 async def test_list_changed_keeps_a_row_with_a_malformed_key_out_of_every_query(
@@ -565,9 +568,27 @@ async def test_list_changed_keeps_a_row_with_a_malformed_key_out_of_every_query(
     odd = rec("not-a-sys-id^NQactive=true", "2026-01-01 00:00:00")
     mocked.get(LIST_RE, payload={"result": [odd]}, headers={"X-Total-Count": "1"})
     client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
-    assert await client.list_changed(None, overlap_s=0) == [odd]
+    assert as_records(await client.list_changed(None, overlap_s=0)) == [odd]
     (url,) = [u for (m, u) in mocked.requests if m == "GET"]
     assert "not-a-sys-id" not in str(url)
+
+
+async def test_list_changed_answers_incidents_and_names_a_row_that_is_not_one(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """Each row in its place: an incident, or a MalformedRow naming it and its problem
+    (the poll skips that one, named, and syncs the others)."""
+    good = rec(sid(1), "2026-01-01 00:00:00", 3, number="INC1", state="2")
+    broken = rec(sid(2), "2026-01-01 00:00:01", state="resolved-ish")
+    mocked.get(LIST_RE, payload={"result": [good, broken]}, headers={"X-Total-Count": "2"})
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
+    first, second = await client.list_changed(None, overlap_s=0)
+    assert isinstance(first, SNIncident)
+    assert (first.sys_id, first.number, first.state, first.sys_mod_count) == (sid(1), "INC1", 2, 3)
+    assert first.sys_updated_on == datetime(2026, 1, 1, tzinfo=UTC)
+    assert second == MalformedRow(
+        sid(2), f"ServiceNow record {sid(2)}: bad state 'resolved-ish'", broken
+    )
 
 
 async def test_a_semaphore_429_halves_the_requests_at_once_and_is_sent_again(

@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from sync.clients.base import RequestObserver, SNRecord
+from sync.clients.base import ChangedRow, RequestObserver, SNRecord
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     ConcurrencyPacer,
@@ -60,6 +60,7 @@ from sync.clients.servicenow.parsing import (
     Page,
     check_payload,
     mod_count,
+    parse_changed,
     parse_field_info,
     parse_incident,
     parse_incidents,
@@ -498,7 +499,7 @@ class ServiceNowClient:
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[ChangedRow]:
         """Keyset-paged incremental listing; see :meth:`changed_query`.
 
         The loop ends when ``X-Total-Count`` shows the page covered every remaining row,
@@ -515,8 +516,9 @@ class ServiceNowClient:
 
         A row whose ``sys_id`` is not 32 lower-case hex digits, or whose
         ``sys_updated_on`` is missing or not a raw date-time, is kept in the result (the
-        engine skips it, naming it) but never goes into a query: the keyset moves to the
-        page's last well-formed row (the odd rows behind it are read again and
+        engine skips it, naming it; a row that is not an incident at all comes as a
+        :class:`~sync.clients.base.MalformedRow`) but never goes into a query: the keyset
+        moves to the page's last well-formed row (the odd rows behind it are read again and
         de-duplicated), or, when a page holds no well-formed row, the same keyset is
         asked again with an offset past that window.
         """
@@ -584,7 +586,8 @@ class ServiceNowClient:
                 offset = 0
             else:
                 offset += limit  # a window hidden by ACLs (or only odd rows): step over it
-        return sorted(
+        ordered = sorted(
             newest.values(),
             key=lambda r: (str(r.get("sys_updated_on") or ""), str(r.get("sys_id") or "")),
         )
+        return [parse_changed(record) for record in ordered]
