@@ -59,7 +59,7 @@ from sync.clients.base import (
     BPSearchPage,
     BPTagDefinition,
     BPUser,
-    ChangedRow,
+    IncidentRow,
     SNRecord,
 )
 from sync.clients.bigpanda.paths import (
@@ -70,7 +70,7 @@ from sync.clients.bigpanda.paths import (
     Family,
 )
 from sync.clients.pacing import PacingPolicy, held_error
-from sync.clients.servicenow.parsing import parse_changed, parse_incident, parse_incidents
+from sync.clients.servicenow.parsing import parse_changed, parse_incident
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
@@ -273,7 +273,7 @@ SN_LOOKUP_TABLES: Mapping[str, frozenset[str]] = {
 SN_KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
 
 
-def as_records(rows: Sequence[ChangedRow]) -> list[SNRecord]:
+def as_records(rows: Sequence[IncidentRow]) -> list[SNRecord]:
     """``list_changed``'s rows as records (an incident's fields as the client parsed them,
     a malformed row as it came): for tests about which rows a listing holds."""
     return [dict(r.fields) if isinstance(r, SNIncident) else r.record for r in rows]
@@ -466,14 +466,14 @@ class FakeServiceNow(_Faults):
             raise NotFoundError("servicenow", "No Record found", status=404)
 
     @staticmethod
-    def _oldest_first(records: list[dict[str, str]]) -> list[SNIncident]:
+    def _oldest_first(records: list[dict[str, str]]) -> list[IncidentRow]:
         """``ORDERBYsys_created_on^ORDERBYsys_id``, as the client asks."""
         ordered = sorted(records, key=lambda r: (r["sys_created_on"], r["sys_id"]))
-        return parse_incidents([dict(r) for r in ordered], "correlated incidents")
+        return [parse_changed(dict(r)) for r in ordered]
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         await self._enter("find_by_correlation_id", self.clock, correlation_id)
         check_correlation_id(correlation_id)
         return self._oldest_first(
@@ -487,7 +487,7 @@ class FakeServiceNow(_Faults):
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         await self._enter("find_by_correlation_ids", self.clock, sorted(correlation_ids))
         wanted = {check_correlation_id(c) for c in correlation_ids}
         return self._oldest_first(
@@ -501,7 +501,7 @@ class FakeServiceNow(_Faults):
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[ChangedRow]:
+    ) -> list[IncidentRow]:
         await self._enter("list_changed", self.clock, since)
         floor = None if since is None else since - timedelta(seconds=overlap_s)
         rows = [

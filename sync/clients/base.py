@@ -23,8 +23,8 @@ SNRecord = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class MalformedRow:
-    """A changed row of ``list_changed`` that is not an incident (a required field missing
-    or malformed): the poll skips it, naming it."""
+    """A listed row that is not an incident (a required field missing or malformed): the
+    poll skips it, naming it; a duplicate check still sees its ``correlation_id``."""
 
     name: str
     """Its ``sys_id`` as it came, or "?"."""
@@ -33,9 +33,27 @@ class MalformedRow:
     record: SNRecord
     """The row as it came."""
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """Its fields as strings (None: "")."""
+        return {k: "" if v is None else str(v) for k, v in self.record.items()}
 
-#: one row of ``list_changed``: the incident, or the row that is not one
-ChangedRow = SNIncident | MalformedRow
+    @property
+    def sys_id(self) -> str:
+        return str(self.record.get("sys_id", ""))
+
+    @property
+    def number(self) -> str:
+        return str(self.record.get("number", ""))
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.record.get("correlation_id", ""))
+
+
+#: one row of a list of incidents (``list_changed``, ``find_by_correlation_id(s)``): the
+#: incident, or the row that is not one
+IncidentRow = SNIncident | MalformedRow
 
 
 class ServiceNowAPI(Protocol):
@@ -44,9 +62,10 @@ class ServiceNowAPI(Protocol):
     The incident-level methods answer :class:`~sync.model.SNIncident` values; an answer
     that is not an incident (a required field missing or malformed) raises
     ``MalformedRecord`` (a PermanentError that is also a ValueError).
-    ``list_changed`` answers each row as an incident or, when it is not one, as a
-    :class:`MalformedRow` (the poll skips it, naming and counting it; the client's keyset
-    still steps over it)."""
+    The lists (``list_changed``, ``find_by_correlation_id(s)``) answer each row as an
+    incident or, when it is not one, as a :class:`MalformedRow` in its place: one odd row
+    never fails a listing (the poll skips it, naming and counting it; a duplicate check
+    still counts it; the client's keyset still steps over it)."""
 
     def held_for(self) -> float:
         """Seconds before the next request may be sent (a 429's hold, a Retry-After, also
@@ -69,20 +88,20 @@ class ServiceNowAPI(Protocol):
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         """Incidents whose ``correlation_id`` equals the value (escaped query)."""
         ...
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         """Incidents whose ``correlation_id`` is one of the values: one
         ``correlation_idIN...`` query per page of ids (a storm's duplicate checks)."""
         ...
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[ChangedRow]:
+    ) -> list[IncidentRow]:
         """Incidents correlated with BigPanda updated at or after ``since - overlap_s``,
         ordered by (sys_updated_on, sys_id), keyset-paged, de-duplicated by
         (sys_id, sys_mod_count). ``since=None`` lists from the beginning. A row that is

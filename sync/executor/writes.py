@@ -57,7 +57,7 @@ from sync.actions import (
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
-from sync.clients.base import BigPandaAPI, ServiceNowAPI
+from sync.clients.base import BigPandaAPI, IncidentRow, ServiceNowAPI
 from sync.clients.bigpanda.paths import Family
 from sync.clock import Clock
 from sync.constants import (
@@ -78,7 +78,7 @@ from sync.executor.journal_writes import carry_to_bigpanda, carry_to_servicenow
 from sync.followups import steps_after
 from sync.journal import is_own
 from sync.lookups import Lookups
-from sync.model import Link, LinkState, SNIncident
+from sync.model import Link, LinkState
 from sync.planner import resolve_still_wanted
 from sync.settings import Settings
 from sync.store.base import FieldStates, LinkConfirmation, LinkStore
@@ -308,7 +308,7 @@ class Writes:
 
     async def find_existing(
         self, bp_incident_id: str, link_id: int, links: Sequence[Link] | None = None
-    ) -> SNIncident | None:
+    ) -> IncidentRow | None:
         """An active incident with this correlation_id that no older link of the incident
         owns (after a reopen past the window, the old incident has the same id).
         ``links``: the incident's links, when the caller has just read them."""

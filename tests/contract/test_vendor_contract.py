@@ -15,7 +15,8 @@ from datetime import UTC
 
 import pytest
 
-from sync.clients.base import BPTagDefinition, ChangedRow, SNRecord
+from sync.clients.base import BPTagDefinition, IncidentRow, MalformedRow, SNRecord
+from sync.clients.servicenow.parsing import MalformedRecord
 from sync.clock import epoch_s
 from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
@@ -37,14 +38,14 @@ def bp_now(world: VendorWorld) -> int:
     return epoch_s(world.clock.now())
 
 
-def field(record: ChangedRow, name: str) -> str:
+def field(record: IncidentRow, name: str) -> str:
     """A field as the engine reads it: a missing field reads as empty (an incident's
     fields as the client parsed them, a malformed row of list_changed as it came)."""
     values = record.fields if isinstance(record, SNIncident) else record.record
     return str(values.get(name) or "")
 
 
-def ids(records: Sequence[ChangedRow]) -> list[str]:
+def ids(records: Sequence[IncidentRow]) -> list[str]:
     return [field(r, "sys_id") for r in records]
 
 
@@ -201,6 +202,31 @@ async def test_sn_closed_is_terminal_and_on_hold_needs_a_reason(world: VendorWor
     # other fields of a closed incident may still change
     noted = await world.sn.update_incident(record.sys_id, {"description": "post mortem"})
     assert field(noted, "description") == "post mortem"
+
+
+async def test_sn_a_row_that_is_not_an_incident_is_named_not_failing_a_list(
+    world: VendorWorld,
+) -> None:
+    """A state no choice list has (a broken import): a read of the incident names it; a
+    listing holds it as a MalformedRow in its place, so a duplicate check still counts
+    its correlation_id and the poll skips it, named."""
+    good = await correlated(world, "bp-15", short_description="fine")
+    world.clock.advance(1)
+    odd = await correlated(world, "bp-15", short_description="imported")
+    await world.sn_edit_by_hand(odd.sys_id, state="resolved-ish")
+    with pytest.raises(MalformedRecord, match=f"{odd.sys_id}: bad state 'resolved-ish'"):
+        await world.sn.get_incident(odd.sys_id)
+    for found in (
+        await world.sn.find_by_correlation_id("bp-15"),
+        await world.sn.find_by_correlation_ids(["bp-15"]),
+        await world.sn.list_changed(None, overlap_s=0),
+    ):
+        assert ids(found) == [good.sys_id, odd.sys_id]
+        first, second = found
+        assert isinstance(first, SNIncident)
+        assert isinstance(second, MalformedRow)
+        assert (second.name, second.correlation_id) == (odd.sys_id, "bp-15")
+        assert second.problem == f"ServiceNow record {odd.sys_id}: bad state 'resolved-ish'"
 
 
 async def test_sn_find_by_correlation_id_with_active_only(world: VendorWorld) -> None:

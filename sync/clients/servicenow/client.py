@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from sync.clients.base import ChangedRow, RequestObserver, SNRecord
+from sync.clients.base import IncidentRow, RequestObserver, SNRecord
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     ConcurrencyPacer,
@@ -63,7 +63,6 @@ from sync.clients.servicenow.parsing import (
     parse_changed,
     parse_field_info,
     parse_incident,
-    parse_incidents,
     parse_page,
     parse_record,
 )
@@ -383,17 +382,17 @@ class ServiceNowClient:
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         query = EncodedQuery().eq("correlation_id", check_correlation_id(correlation_id))
         if active_only:
             query.eq("active", "true")
         query.order_by("sys_created_on").order_by("sys_id")
         records = await self.list_records(self._table, query, limit=self._settings.page_size)
-        return parse_incidents(records, f"incidents correlated with {correlation_id}")
+        return [parse_changed(record) for record in records]
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNIncident]:
+    ) -> list[IncidentRow]:
         ids = sorted({check_correlation_id(c) for c in correlation_ids})
         found: list[SNRecord] = []
         size = CORRELATION_BATCH
@@ -415,7 +414,7 @@ class ServiceNowClient:
                     page.total is not None and offset >= page.total
                 ):
                     break
-        return parse_incidents(found, "correlated incidents")
+        return [parse_changed(record) for record in found]
 
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
@@ -499,7 +498,7 @@ class ServiceNowClient:
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[ChangedRow]:
+    ) -> list[IncidentRow]:
         """Keyset-paged incremental listing; see :meth:`changed_query`.
 
         The loop ends when ``X-Total-Count`` shows the page covered every remaining row,

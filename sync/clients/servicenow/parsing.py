@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sync.clients.base import ChangedRow, MalformedRow, SNRecord
+from sync.clients.base import IncidentRow, MalformedRow, SNRecord
 from sync.clients.servicenow.paths import SIDE
 from sync.clients.snquery import check_field
 from sync.errors import PermanentError
@@ -49,12 +49,8 @@ def parse_incident(value: Any, what: str) -> SNIncident:
         raise MalformedRecord(SIDE, str(exc)) from None
 
 
-def parse_incidents(records: list[SNRecord], what: str) -> list[SNIncident]:
-    return [parse_incident(record, what) for record in records]
-
-
-def parse_changed(record: SNRecord) -> ChangedRow:
-    """A row of the incremental listing: the incident, or the row that is not one."""
+def parse_changed(record: SNRecord) -> IncidentRow:
+    """A listed row: the incident, or the row that is not one."""
     try:
         return SNIncident.from_record(record)
     except ValueError as exc:
