@@ -194,7 +194,9 @@ def delete(
     settings = _settings(url, username, password)
     try:
         # read first: an unknown sys_id fails before the question, and the prompt names it
-        number = _call(settings, lambda client: client.get_incident(sys_id)).number
+        # the whole record, as read prints it: an odd one can still be deleted
+        record = _call(settings, lambda client: client.get(settings.table, sys_id))
+        number = str(record.get("number", ""))
         if not yes:
             label = f"{number} ({sys_id})" if number else sys_id
             click.confirm(f"Delete {settings.table} {label}?", abort=True, err=True)
