@@ -103,7 +103,7 @@ async def unmatched(servicenow: ServiceNowAPI, bp_incident_ids: Sequence[str]) -
     if not bp_incident_ids:
         return set()
     records = await servicenow.find_by_correlation_ids(bp_incident_ids, active_only=True)
-    matched = {str(r.get("correlation_id", "")) for r in records}
+    matched = {r.correlation_id for r in records}
     return set(bp_incident_ids) - matched
 
 

@@ -112,7 +112,7 @@ class Pairing:
 
     async def read_sn(self, sys_id: str) -> SNIncident:
         """The ServiceNow incident as it is now (NotFoundError; ValueError: malformed)."""
-        return SNIncident.from_record(await self._c.servicenow.get_incident(sys_id))
+        return await self._c.servicenow.get_incident(sys_id)
 
     async def _other_side(self, pair: Pair) -> None:
         """A linked pair whose changed side is now resolved: read the other side too.

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from sync.clients.base import BigPandaAPI, ServiceNowAPI
+from sync.clients.base import BigPandaAPI, MalformedRow, ServiceNowAPI
 from sync.clock import Clock, epoch_s
 from sync.constants import Side
 from sync.errors import ApiError, FatalError, GuardTripped
@@ -166,21 +166,21 @@ class Poller:
         self, cursor: Cursor, live_links: int
     ) -> tuple[list[SNIncident], list[Change]]:
         """Changed incidents (the latest version of each) and their change keys."""
-        records = await self._sn.list_changed(
+        rows = await self._sn.list_changed(
             cursor.watermark, overlap_s=self._settings.cursor_overlap
         )
         if cursor.watermark is None:
-            self._check_empty(Side.SERVICENOW, len(records), live_links)
+            self._check_empty(Side.SERVICENOW, len(rows), live_links)
         found: dict[str, SNIncident] = {}
         changes: list[Change] = []
         now = self._clock.now()
-        for record in records:
-            name = str(record.get("sys_id") or "?")
-            try:
-                incident = SNIncident.from_record(record)
-            except ValueError as exc:  # B19: one malformed record is skipped, named
-                self._skip_once(name, "malformed", f"ServiceNow record skipped: {exc}")
+        for incident in rows:
+            if isinstance(incident, MalformedRow):  # B19: one malformed record is skipped
+                self._skip_once(
+                    incident.name, "malformed", f"ServiceNow record skipped: {incident.problem}"
+                )
                 continue
+            name = incident.sys_id or "?"
             if not SN_SYS_ID_FORM.fullmatch(incident.sys_id):
                 self._skip_once(
                     name,

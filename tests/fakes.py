@@ -59,6 +59,7 @@ from sync.clients.base import (
     BPSearchPage,
     BPTagDefinition,
     BPUser,
+    IncidentRow,
     SNRecord,
 )
 from sync.clients.bigpanda.paths import (
@@ -69,12 +70,13 @@ from sync.clients.bigpanda.paths import (
     Family,
 )
 from sync.clients.pacing import PacingPolicy, held_error
+from sync.clients.servicenow.parsing import parse_changed, parse_incident
 from sync.clients.snquery import check_correlation_id, check_sys_id
 from sync.clock import Clock, epoch_s
 from sync.constants import MIRROR_MARKER, SN_DATETIME_FORMAT, SN_JOURNAL_MAX, SNState
 from sync.emulators.bigpanda.users import SEED_USERS
 from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
-from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo
+from sync.model import BPAlert, BPIncident, JournalEntry, SNFieldInfo, SNIncident
 
 Hook = Callable[[str, tuple[Any, ...]], Awaitable[None] | None]
 
@@ -271,6 +273,12 @@ SN_LOOKUP_TABLES: Mapping[str, frozenset[str]] = {
 SN_KEY_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
 
 
+def as_records(rows: Sequence[IncidentRow]) -> list[SNRecord]:
+    """``list_changed``'s rows as records (an incident's fields as the client parsed them,
+    a malformed row as it came): for tests about which rows a listing holds."""
+    return [dict(r.fields) if isinstance(r, SNIncident) else r.record for r in rows]
+
+
 class FakeServiceNow(_Faults):
     """The ServiceNow Table API in memory (incident table plus look-up tables)."""
 
@@ -426,19 +434,19 @@ class FakeServiceNow(_Faults):
         return old
 
     # --- ServiceNowAPI
-    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord:
+    async def create_incident(self, fields: Mapping[str, str]) -> SNIncident:
         await self._enter("create_incident", self.clock, dict(fields))
         record = self._insert(fields, user=self.api_user, enforce=True)
         self.writes.append(("create", record["sys_id"], dict(fields)))
-        return dict(record)
+        return parse_incident(dict(record), "the created incident")
 
-    async def get_incident(self, sys_id: str) -> SNRecord:
+    async def get_incident(self, sys_id: str) -> SNIncident:
         await self._enter("get_incident", self.clock, sys_id)
         if check_sys_id(sys_id) not in self.incidents:
             raise NotFoundError("servicenow", "No Record found", status=404)
-        return dict(self.incidents[sys_id])
+        return parse_incident(dict(self.incidents[sys_id]), f"incident {sys_id}")
 
-    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNIncident:
         await self._enter("update_incident", self.clock, sys_id, dict(fields))
         record = self.incidents.get(check_sys_id(sys_id))
         if record is None:
@@ -450,7 +458,7 @@ class FakeServiceNow(_Faults):
         if echo:
             self.echoes.append(("update", sys_id, values))
         self.writes.append(("update", sys_id, values))
-        return dict(updated)
+        return parse_incident(dict(updated), f"incident {sys_id}")
 
     async def delete_incident(self, sys_id: str) -> None:
         await self._enter("delete_incident", self.clock, sys_id)
@@ -458,14 +466,14 @@ class FakeServiceNow(_Faults):
             raise NotFoundError("servicenow", "No Record found", status=404)
 
     @staticmethod
-    def _oldest_first(records: list[dict[str, str]]) -> list[SNRecord]:
+    def _oldest_first(records: list[dict[str, str]]) -> list[IncidentRow]:
         """``ORDERBYsys_created_on^ORDERBYsys_id``, as the client asks."""
         ordered = sorted(records, key=lambda r: (r["sys_created_on"], r["sys_id"]))
-        return [dict(r) for r in ordered]
+        return [parse_changed(dict(r)) for r in ordered]
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         await self._enter("find_by_correlation_id", self.clock, correlation_id)
         check_correlation_id(correlation_id)
         return self._oldest_first(
@@ -479,7 +487,7 @@ class FakeServiceNow(_Faults):
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         await self._enter("find_by_correlation_ids", self.clock, sorted(correlation_ids))
         wanted = {check_correlation_id(c) for c in correlation_ids}
         return self._oldest_first(
@@ -493,7 +501,7 @@ class FakeServiceNow(_Faults):
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         await self._enter("list_changed", self.clock, since)
         floor = None if since is None else since - timedelta(seconds=overlap_s)
         rows = [
@@ -503,10 +511,10 @@ class FakeServiceNow(_Faults):
             and (floor is None or r["sys_updated_on"] >= floor.strftime(SN_DATETIME_FORMAT))
         ]
         rows.sort(key=lambda r: (r["sys_updated_on"], r["sys_id"]))
-        if fields is None:
-            return rows
-        wanted = {*fields, *SN_KEY_FIELDS}
-        return [{k: v for k, v in r.items() if k in wanted} for r in rows]
+        if fields is not None:
+            wanted = {*fields, *SN_KEY_FIELDS}
+            rows = [{k: v for k, v in r.items() if k in wanted} for r in rows]
+        return [parse_changed(r) for r in rows]
 
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int

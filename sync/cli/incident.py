@@ -138,7 +138,7 @@ def create(payload: str, url: str | None, username: str | None, password: str | 
     """Create an incident; prints the new record (sys_id, number, ...) as JSON."""
     fields = _payload(payload)
     settings = _settings(url, username, password)
-    record = _call(settings, lambda client: client.create_incident(fields))
+    record = _call(settings, lambda client: client.create(settings.table, fields))
     _warn_ignored(fields, record)
     echo_json(record)
 
@@ -151,7 +151,7 @@ def read(sys_id: str, url: str | None, username: str | None, password: str | Non
     sys_id = _sys_id(sys_id)
     settings = _settings(url, username, password)
     try:
-        record = _call(settings, lambda client: client.get_incident(sys_id))
+        record = _call(settings, lambda client: client.get(settings.table, sys_id))
     except NotFoundError:
         raise _not_found(settings, sys_id) from None
     echo_json(record)
@@ -175,7 +175,7 @@ def update(
         raise BpsyncError("payload is empty: nothing to update")
     settings = _settings(url, username, password)
     try:
-        record = _call(settings, lambda client: client.update_incident(sys_id, fields))
+        record = _call(settings, lambda client: client.update(settings.table, sys_id, fields))
     except NotFoundError:
         raise _not_found(settings, sys_id) from None
     _warn_ignored(fields, record)
@@ -194,7 +194,8 @@ def delete(
     settings = _settings(url, username, password)
     try:
         # read first: an unknown sys_id fails before the question, and the prompt names it
-        record = _call(settings, lambda client: client.get_incident(sys_id))
+        # the whole record, as read prints it: an odd one can still be deleted
+        record = _call(settings, lambda client: client.get(settings.table, sys_id))
         number = str(record.get("number", ""))
         if not yes:
             label = f"{number} ({sys_id})" if number else sys_id

@@ -13,27 +13,74 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.model import BPIncident, JournalEntry, SNFieldInfo
+from sync.model import BPIncident, JournalEntry, SNFieldInfo, SNIncident
 
-#: a ServiceNow record as the Table API returns it with display_value=false
+#: a record of any ServiceNow table as the Table API returns it with display_value=false
+#: (look-up tables, the CLI's whole records); incidents are read as
+#: :class:`~sync.model.SNIncident`
 SNRecord = dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class MalformedRow:
+    """A listed row that is not an incident (a required field missing or malformed): the
+    poll skips it, naming it; a duplicate check still sees its ``correlation_id``."""
+
+    name: str
+    """Its ``sys_id`` as it came, or "?"."""
+    problem: str
+    """What is wrong, naming the field (:meth:`SNIncident.from_record`'s words)."""
+    record: SNRecord
+    """The row as it came."""
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """Its fields as strings (None: "")."""
+        return {k: "" if v is None else str(v) for k, v in self.record.items()}
+
+    @property
+    def sys_id(self) -> str:
+        return str(self.record.get("sys_id", ""))
+
+    @property
+    def number(self) -> str:
+        return str(self.record.get("number", ""))
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.record.get("correlation_id", ""))
+
+
+#: one row of a list of incidents (``list_changed``, ``find_by_correlation_id(s)``): the
+#: incident, or the row that is not one
+IncidentRow = SNIncident | MalformedRow
+
+
 class ServiceNowAPI(Protocol):
-    """ServiceNow Table API, incident table plus reference look-ups."""
+    """ServiceNow Table API, incident table plus reference look-ups.
+
+    The incident-level methods answer :class:`~sync.model.SNIncident` values; an answer
+    that is not an incident (a required field missing or malformed) raises
+    ``MalformedRecord`` (a PermanentError that is also a ValueError).
+    The lists (``list_changed``, ``find_by_correlation_id(s)``) answer each row as an
+    incident or, when it is not one, as a :class:`MalformedRow` in its place: one odd row
+    never fails a listing (the poll skips it, naming and counting it; a duplicate check
+    still counts it; the client's keyset still steps over it)."""
 
     def held_for(self) -> float:
         """Seconds before the next request may be sent (a 429's hold, a Retry-After, also
         one handed to the caller; 0: now). One hold for the instance."""
         ...
 
-    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord: ...
+    async def create_incident(self, fields: Mapping[str, str]) -> SNIncident:
+        """POST; returns the incident as stored (after business rules)."""
+        ...
 
-    async def get_incident(self, sys_id: str) -> SNRecord:
+    async def get_incident(self, sys_id: str) -> SNIncident:
         """Raises NotFoundError for an unknown sys_id."""
         ...
 
-    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNIncident:
         """PATCH with only ``fields``; returns the updated record."""
         ...
 
@@ -41,23 +88,24 @@ class ServiceNowAPI(Protocol):
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         """Incidents whose ``correlation_id`` equals the value (escaped query)."""
         ...
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         """Incidents whose ``correlation_id`` is one of the values: one
         ``correlation_idIN...`` query per page of ids (a storm's duplicate checks)."""
         ...
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         """Incidents correlated with BigPanda updated at or after ``since - overlap_s``,
         ordered by (sys_updated_on, sys_id), keyset-paged, de-duplicated by
-        (sys_id, sys_mod_count). ``since=None`` lists from the beginning."""
+        (sys_id, sys_mod_count). ``since=None`` lists from the beginning. A row that is
+        not an incident comes as a :class:`MalformedRow` in its place."""
         ...
 
     async def query(

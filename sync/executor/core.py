@@ -213,8 +213,8 @@ class Executor:
             recovery.adoptions.append(
                 Adoption(
                     link,
-                    str(record.get("sys_id", "")),
-                    str(record.get("number", "")),
+                    record.sys_id,
+                    record.number,
                     await self.environment_of(link.bp_incident_id),
                 )
             )

@@ -57,14 +57,13 @@ from sync.actions import (
     UpdateBigPandaTags,
     UpdateServiceNowFields,
 )
-from sync.clients.base import BigPandaAPI, ServiceNowAPI, SNRecord
+from sync.clients.base import BigPandaAPI, IncidentRow, ServiceNowAPI
 from sync.clients.bigpanda.paths import Family
 from sync.clock import Clock
 from sync.constants import (
     LINK_TAG_ERROR_VALUE,
     MIRROR_MARKER,
     SN_CORRELATION_DISPLAY,
-    SN_RESOLVED_STATES,
     Side,
     SNState,
 )
@@ -226,10 +225,10 @@ class Writes:
         if action.sys_id is None:
             return None
         try:
-            record = await self.sn.get_incident(action.sys_id)
+            incident = await self.sn.get_incident(action.sys_id)
         except NotFoundError:
             return None
-        return int(str(record.get("state") or "1")) in SN_RESOLVED_STATES
+        return incident.resolved
 
     async def follow_ups(
         self,
@@ -309,7 +308,7 @@ class Writes:
 
     async def find_existing(
         self, bp_incident_id: str, link_id: int, links: Sequence[Link] | None = None
-    ) -> SNRecord | None:
+    ) -> IncidentRow | None:
         """An active incident with this correlation_id that no older link of the incident
         owns (after a reopen past the window, the old incident has the same id).
         ``links``: the incident's links, when the caller has just read them."""
@@ -317,11 +316,11 @@ class Writes:
         if links is None:
             links = await self.store.links_for_bp(bp_incident_id)
         history = {old.sn_sys_id for old in links if old.id != link_id and old.sn_sys_id}
-        candidates = [r for r in found if str(r.get("sys_id", "")) not in history]
+        candidates = [r for r in found if r.sys_id not in history]
         if not candidates:
             return None
         # the oldest wins, should a foreign tool have made two
-        candidates.sort(key=lambda r: (str(r.get("sys_created_on", "")), str(r.get("number", ""))))
+        candidates.sort(key=lambda r: (r.fields.get("sys_created_on", ""), r.number))
         return candidates[0]
 
     async def apply_create(
@@ -363,11 +362,11 @@ class Writes:
             )
             adopted = adopted_now = existing is not None
             if existing is not None:
-                current = {k: ("" if v is None else str(v)) for k, v in existing.items()}
+                current = existing.fields
                 differing = {k: v for k, v in values.items() if current.get(k) != v}
                 record = existing
                 if differing:
-                    record = await self.sn.update_incident(str(existing["sys_id"]), differing)
+                    record = await self.sn.update_incident(existing.sys_id, differing)
             else:
                 record = await self.sn.create_incident(
                     {
@@ -376,8 +375,8 @@ class Writes:
                         "correlation_display": SN_CORRELATION_DISPLAY,
                     }
                 )
-            sn_sys_id = str(record.get("sys_id", "") or (existing or {}).get("sys_id", ""))
-            number = str(record.get("number", "") or (existing or {}).get("number", ""))
+            sn_sys_id = record.sys_id or (existing.sys_id if existing else "")
+            number = record.number or (existing.number if existing else "")
             # confirmed with the audit entry, the field states and the item's completion
             effects.confirm = LinkConfirmation(
                 link_id, sn_sys_id, number, "adopted" if adopted else "created"
@@ -406,7 +405,7 @@ async def _update_servicenow(w: Writes, action: UpdateServiceNowFields, call: Wr
     values = {**action.fields, **found}
     if values and call.recheck:
         current = await w.sn.get_incident(action.sys_id)
-        values = {k: v for k, v in values.items() if ref_value(current.get(k)) != v}
+        values = {k: v for k, v in values.items() if ref_value(current.fields.get(k)) != v}
     if values:
         await w.sn.update_incident(action.sys_id, values)
     # a name without a record is not written: the field keeps its value, and its last
@@ -431,7 +430,7 @@ async def _resolve_servicenow(w: Writes, action: ResolveServiceNow, call: WriteC
         if resolved_by is not None:
             values["resolved_by"] = resolved_by
     record = await w.sn.update_incident(action.sys_id, values)
-    if resolved_by is not None and ref_value(record.get("resolved_by")) != resolved_by:
+    if resolved_by is not None and ref_value(record.fields.get("resolved_by")) != resolved_by:
         # the Resolved business rule stamps the API user on the state change:
         # resolved_by_email's user is set once the incident is Resolved (B7)
         await w.sn.update_incident(action.sys_id, {"resolved_by": resolved_by})

@@ -10,14 +10,17 @@ docs/servicenow-api.md and docs/bigpanda-api.md) fails here, not in production.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from datetime import UTC
 
 import pytest
 
-from sync.clients.base import BPTagDefinition, SNRecord
+from sync.clients.base import BPTagDefinition, IncidentRow, MalformedRow, SNRecord
+from sync.clients.servicenow.parsing import MalformedRecord
 from sync.clock import epoch_s
 from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import MissingTagError, NotFoundError, PermanentError, TransientError
-from sync.model import BPIncident, SNFieldInfo
+from sync.model import BPIncident, SNFieldInfo, SNIncident
 from tests.contract.conftest import VendorWorld
 
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,16 +38,18 @@ def bp_now(world: VendorWorld) -> int:
     return epoch_s(world.clock.now())
 
 
-def field(record: SNRecord, name: str) -> str:
-    """A field as the engine reads it: a missing field reads as empty."""
-    return str(record.get(name) or "")
+def field(record: IncidentRow, name: str) -> str:
+    """A field as the engine reads it: a missing field reads as empty (an incident's
+    fields as the client parsed them, a malformed row of list_changed as it came)."""
+    values = record.fields if isinstance(record, SNIncident) else record.record
+    return str(values.get(name) or "")
 
 
-def ids(records: list[SNRecord]) -> list[str]:
-    return [str(r["sys_id"]) for r in records]
+def ids(records: Sequence[IncidentRow]) -> list[str]:
+    return [field(r, "sys_id") for r in records]
 
 
-async def correlated(world: VendorWorld, correlation_id: str, **fields: str) -> SNRecord:
+async def correlated(world: VendorWorld, correlation_id: str, **fields: str) -> SNIncident:
     return await world.sn.create_incident(
         {"correlation_id": correlation_id, "correlation_display": "BigPanda", **fields}
     )
@@ -55,8 +60,8 @@ async def correlated(world: VendorWorld, correlation_id: str, **fields: str) -> 
 
 async def test_sn_create_returns_the_stored_record(world: VendorWorld) -> None:
     record = await correlated(world, "bp-1", short_description="disk full", impact="2", urgency="2")
-    assert SYS_ID.match(record["sys_id"])
-    assert NUMBER.match(record["number"])
+    assert SYS_ID.match(record.sys_id)
+    assert NUMBER.match(record.number)
     assert field(record, "correlation_id") == "bp-1"
     assert field(record, "correlation_display") == "BigPanda"
     assert field(record, "short_description") == "disk full"
@@ -64,16 +69,22 @@ async def test_sn_create_returns_the_stored_record(world: VendorWorld) -> None:
     assert field(record, "priority") == "3"  # impact x urgency (docs 3.3)
     assert field(record, "sys_mod_count") == "0"
     assert field(record, "sys_created_on") == field(record, "sys_updated_on") == sn_now(world)
+    # the typed incident, as the engine reads it, is the same from both
+    assert isinstance(record, SNIncident)
+    assert (record.state, record.active, record.resolved) == (1, True, False)
+    assert (record.sys_mod_count, record.correlation_id) == (0, "bp-1")
+    assert record.sys_updated_on.tzinfo is UTC
+    assert record.sys_updated_on.strftime(SN_DATETIME_FORMAT) == sn_now(world)
     second = await world.sn.create_incident({"short_description": "other"})
-    assert second["sys_id"] != record["sys_id"]
-    assert int(second["number"][3:]) == int(record["number"][3:]) + 1
+    assert second.sys_id != record.sys_id
+    assert int(second.number[3:]) == int(record.number[3:]) + 1
     # the table's defaults (docs 3.1): a mapped field bpsync did not write has a value
     defaults = {"impact": "3", "urgency": "3", "priority": "5", "category": "inquiry"}
     assert {name: field(second, name) for name in defaults} == defaults
     # a field of the table that nobody wrote is there, empty (the engine tells a field
     # it did not read from an empty one by its presence)
     for name in ("correlation_id", "subcategory", "assignment_group", "close_code"):
-        assert second.get(name) == "", name
+        assert second.fields.get(name) == "", name
 
 
 async def test_sn_create_ignores_sys_fields_and_cuts_to_the_field_size(
@@ -89,7 +100,7 @@ async def test_sn_create_ignores_sys_fields_and_cuts_to_the_field_size(
 
 async def test_sn_get_incident_answers_what_create_stored(world: VendorWorld) -> None:
     record = await correlated(world, "bp-2", short_description="cpu", impact="1")
-    got = await world.sn.get_incident(record["sys_id"])
+    got = await world.sn.get_incident(record.sys_id)
     for name in ("sys_id", "number", "correlation_id", "short_description", "impact", "state"):
         assert field(got, name) == field(record, name), name
     with pytest.raises(NotFoundError):
@@ -104,18 +115,19 @@ async def test_sn_update_changes_only_the_given_fields(world: VendorWorld) -> No
         world, "bp-3", short_description="before", description="keep", impact="2", urgency="3"
     )
     world.clock.advance(10)
-    updated = await world.sn.update_incident(record["sys_id"], {"short_description": "after"})
+    updated = await world.sn.update_incident(record.sys_id, {"short_description": "after"})
     assert field(updated, "short_description") == "after"
     for name in ("description", "impact", "urgency", "correlation_id", "number", "state"):
         assert field(updated, name) == field(record, name), name
     assert field(updated, "sys_mod_count") == "1"
     assert field(updated, "sys_updated_on") == sn_now(world)
+    assert updated.sys_mod_count == 1 and updated.sys_updated_on > record.sys_updated_on
     assert field(updated, "sys_created_on") == field(record, "sys_created_on")
-    got = await world.sn.get_incident(record["sys_id"])
+    got = await world.sn.get_incident(record.sys_id)
     assert field(got, "short_description") == "after"
     assert field(got, "description") == "keep"
     # priority follows impact and urgency when either is written (docs 3.3)
-    raised = await world.sn.update_incident(record["sys_id"], {"urgency": "1"})
+    raised = await world.sn.update_incident(record.sys_id, {"urgency": "1"})
     assert (field(raised, "impact"), field(raised, "priority")) == ("2", "2")
     with pytest.raises(NotFoundError):
         await world.sn.update_incident(UNKNOWN_SYS_ID, {"short_description": "x"})
@@ -125,17 +137,17 @@ async def test_sn_update_with_unchanged_values_is_not_a_change(world: VendorWorl
     record = await correlated(world, "bp-4", short_description="same", impact="2")
     world.clock.advance(30)
     again = await world.sn.update_incident(
-        record["sys_id"], {"short_description": "same", "impact": "2"}
+        record.sys_id, {"short_description": "same", "impact": "2"}
     )
     assert field(again, "sys_mod_count") == "0"
     assert field(again, "sys_updated_on") == field(record, "sys_updated_on")
     assert await world.sn.list_changed(world.clock.now(), overlap_s=5) == []
     # a journal entry alone is a change (docs 3.5), though the record keeps no value
-    noted = await world.sn.update_incident(record["sys_id"], {"work_notes": "a note"})
+    noted = await world.sn.update_incident(record.sys_id, {"work_notes": "a note"})
     assert field(noted, "work_notes") == ""
     assert field(noted, "sys_mod_count") == "1"
     assert field(noted, "sys_updated_on") == sn_now(world)
-    assert ids(await world.sn.list_changed(world.clock.now(), overlap_s=5)) == [record["sys_id"]]
+    assert ids(await world.sn.list_changed(world.clock.now(), overlap_s=5)) == [record.sys_id]
 
 
 async def test_sn_resolve_needs_close_code_and_notes_and_stamps_the_api_user(
@@ -145,28 +157,29 @@ async def test_sn_resolve_needs_close_code_and_notes_and_stamps_the_api_user(
     record = await correlated(world, "bp-5", short_description="x")
     for refused in ({"state": "6"}, {"state": "6", "close_notes": "fixed"}):
         with pytest.raises(PermanentError) as caught:
-            await world.sn.update_incident(record["sys_id"], refused)
+            await world.sn.update_incident(record.sys_id, refused)
         assert not isinstance(caught.value, NotFoundError)
     with pytest.raises(PermanentError):  # not a valid close code: as if missing (docs 3.4)
         await world.sn.update_incident(
-            record["sys_id"], {"state": "6", "close_code": "Fixed it", "close_notes": "x"}
+            record.sys_id, {"state": "6", "close_code": "Fixed it", "close_notes": "x"}
         )
-    unchanged = await world.sn.get_incident(record["sys_id"])
+    unchanged = await world.sn.get_incident(record.sys_id)
     assert (field(unchanged, "state"), field(unchanged, "sys_mod_count")) == ("1", "0")
     world.clock.advance(5)
     resolved = await world.sn.update_incident(
-        record["sys_id"], {"state": "6", **CLOSE, "resolved_by": person}
+        record.sys_id, {"state": "6", **CLOSE, "resolved_by": person}
     )
     assert (field(resolved, "state"), field(resolved, "active")) == ("6", "true")
+    assert (resolved.state, resolved.active, resolved.resolved) == (6, True, True)
     assert field(resolved, "resolved_at") == sn_now(world)
     # the Resolved business rule stamps the API user on the state change (B7): the
     # engine writes resolved_by again when it wants someone else
     stamped = field(resolved, "resolved_by")
     assert SYS_ID.match(stamped) and stamped != person
-    again = await world.sn.update_incident(record["sys_id"], {"resolved_by": person})
+    again = await world.sn.update_incident(record.sys_id, {"resolved_by": person})
     assert field(again, "resolved_by") == person
     # reopen: Resolved -> In Progress counts a reopen
-    reopened = await world.sn.update_incident(record["sys_id"], {"state": "2"})
+    reopened = await world.sn.update_incident(record.sys_id, {"state": "2"})
     assert (field(reopened, "state"), field(reopened, "active")) == ("2", "true")
     assert field(reopened, "reopen_count") == "1"
 
@@ -174,44 +187,70 @@ async def test_sn_resolve_needs_close_code_and_notes_and_stamps_the_api_user(
 async def test_sn_closed_is_terminal_and_on_hold_needs_a_reason(world: VendorWorld) -> None:
     record = await correlated(world, "bp-6", short_description="x")
     with pytest.raises(PermanentError):
-        await world.sn.update_incident(record["sys_id"], {"state": "3"})
-    held = await world.sn.update_incident(record["sys_id"], {"state": "3", "hold_reason": "1"})
+        await world.sn.update_incident(record.sys_id, {"state": "3"})
+    held = await world.sn.update_incident(record.sys_id, {"state": "3", "hold_reason": "1"})
     assert (field(held, "state"), field(held, "active")) == ("3", "true")
-    closed = await world.sn.update_incident(record["sys_id"], {"state": "7", **CLOSE})
+    closed = await world.sn.update_incident(record.sys_id, {"state": "7", **CLOSE})
     assert (field(closed, "state"), field(closed, "active")) == ("7", "false")
+    assert (closed.state, closed.active, closed.resolved) == (7, False, True)
     assert field(closed, "closed_at") == sn_now(world)
     assert field(closed, "resolved_at") == sn_now(world)
     with pytest.raises(PermanentError) as caught:
-        await world.sn.update_incident(record["sys_id"], {"state": "2"})
+        await world.sn.update_incident(record.sys_id, {"state": "2"})
     assert not isinstance(caught.value, NotFoundError)
-    assert field(await world.sn.get_incident(record["sys_id"]), "state") == "7"
+    assert field(await world.sn.get_incident(record.sys_id), "state") == "7"
     # other fields of a closed incident may still change
-    noted = await world.sn.update_incident(record["sys_id"], {"description": "post mortem"})
+    noted = await world.sn.update_incident(record.sys_id, {"description": "post mortem"})
     assert field(noted, "description") == "post mortem"
+
+
+async def test_sn_a_row_that_is_not_an_incident_is_named_not_failing_a_list(
+    world: VendorWorld,
+) -> None:
+    """A state no choice list has (a broken import): a read of the incident names it; a
+    listing holds it as a MalformedRow in its place, so a duplicate check still counts
+    its correlation_id and the poll skips it, named."""
+    good = await correlated(world, "bp-15", short_description="fine")
+    world.clock.advance(1)
+    odd = await correlated(world, "bp-15", short_description="imported")
+    await world.sn_edit_by_hand(odd.sys_id, state="resolved-ish")
+    with pytest.raises(MalformedRecord, match=f"{odd.sys_id}: bad state 'resolved-ish'"):
+        await world.sn.get_incident(odd.sys_id)
+    for found in (
+        await world.sn.find_by_correlation_id("bp-15"),
+        await world.sn.find_by_correlation_ids(["bp-15"]),
+        await world.sn.list_changed(None, overlap_s=0),
+    ):
+        assert ids(found) == [good.sys_id, odd.sys_id]
+        first, second = found
+        assert isinstance(first, SNIncident)
+        assert isinstance(second, MalformedRow)
+        assert (second.name, second.correlation_id) == (odd.sys_id, "bp-15")
+        assert second.problem == f"ServiceNow record {odd.sys_id}: bad state 'resolved-ish'"
 
 
 async def test_sn_find_by_correlation_id_with_active_only(world: VendorWorld) -> None:
     first = await correlated(world, "bp-7", short_description="first")
     world.clock.advance(1)
     resolved = await correlated(world, "bp-7", short_description="resolved")
-    await world.sn.update_incident(resolved["sys_id"], {"state": "6", **CLOSE})
+    await world.sn.update_incident(resolved.sys_id, {"state": "6", **CLOSE})
     world.clock.advance(1)
     closed = await correlated(world, "bp-7", short_description="closed")
-    await world.sn.update_incident(closed["sys_id"], {"state": "7", **CLOSE})
+    await world.sn.update_incident(closed.sys_id, {"state": "7", **CLOSE})
     other = await correlated(world, "bp-8", short_description="other")
     await world.sn.create_incident({"short_description": "not correlated"})
 
     # oldest first (ORDERBYsys_created_on); Resolved is still active, Closed is not
-    all_of_7 = [first["sys_id"], resolved["sys_id"], closed["sys_id"]]
+    all_of_7 = [first.sys_id, resolved.sys_id, closed.sys_id]
     assert ids(await world.sn.find_by_correlation_id("bp-7")) == all_of_7
-    active_7 = [first["sys_id"], resolved["sys_id"]]
+    active_7 = [first.sys_id, resolved.sys_id]
     assert ids(await world.sn.find_by_correlation_id("bp-7", active_only=True)) == active_7
     assert await world.sn.find_by_correlation_id("bp-9") == []
 
     found = await world.sn.find_by_correlation_ids(["bp-8", "bp-7", "bp-9"])
-    assert sorted(ids(found)) == sorted([*all_of_7, other["sys_id"]])
+    assert sorted(ids(found)) == sorted([*all_of_7, other.sys_id])
     found = await world.sn.find_by_correlation_ids(["bp-7", "bp-8"], active_only=True)
-    assert sorted(ids(found)) == sorted([*active_7, other["sys_id"]])
+    assert sorted(ids(found)) == sorted([*active_7, other.sys_id])
     assert await world.sn.find_by_correlation_ids([]) == []
     with pytest.raises(PermanentError):  # an id bpsync could not have written
         await world.sn.find_by_correlation_id("bp 7^ORDERBYnumber")
@@ -224,32 +263,36 @@ async def test_sn_list_changed_after_the_cursor_with_its_overlap(world: VendorWo
     at_15 = await correlated(world, "bp-12", short_description="edited at 15")
     uncorrelated = await world.sn.create_incident({"short_description": "no correlation"})
     world.clock.advance(14)
-    await world.sn_edit_by_hand(at_14["sys_id"], impact="1")
+    await world.sn_edit_by_hand(at_14.sys_id, impact="1")
     world.clock.advance(1)
-    await world.sn_edit_by_hand(at_15["sys_id"], impact="1")
+    await world.sn_edit_by_hand(at_15.sys_id, impact="1")
     world.clock.advance(5)
     cursor = world.clock.now()  # t+20; overlap 5: changes from t+15 on count
     world.clock.advance(5)
     new = await correlated(world, "bp-13", short_description="created at 25")
-    await world.sn_edit_by_hand(uncorrelated["sys_id"], impact="1")
+    await world.sn_edit_by_hand(uncorrelated.sys_id, impact="1")
 
     changed = await world.sn.list_changed(cursor, overlap_s=5)
-    assert ids(changed) == [at_15["sys_id"], new["sys_id"]]
+    assert ids(changed) == [at_15.sys_id, new.sys_id]
+    first, second = changed
+    assert isinstance(first, SNIncident) and isinstance(second, SNIncident)
+    assert (first.sys_mod_count, second.sys_updated_on) == (1, new.sys_updated_on)
     assert field(changed[0], "sys_updated_on") < field(changed[1], "sys_updated_on")
     assert field(changed[0], "impact") == "1"
     assert field(changed[0], "sys_mod_count") == "1"
 
     everything = await world.sn.list_changed(None, overlap_s=5)
-    assert set(ids(everything)) == {old["sys_id"], at_14["sys_id"], at_15["sys_id"], new["sys_id"]}
+    assert set(ids(everything)) == {old.sys_id, at_14.sys_id, at_15.sys_id, new.sys_id}
     stamps = [(field(r, "sys_updated_on"), field(r, "sys_id")) for r in everything]
     assert stamps == sorted(stamps)
-    assert ids(everything)[0] == old["sys_id"]
+    assert ids(everything)[0] == old.sys_id
     assert ids(await world.sn.list_changed(start, overlap_s=0))[-2:] == ids(changed)
 
     narrowed = await world.sn.list_changed(cursor, overlap_s=5, fields=["impact"])
     assert ids(narrowed) == ids(changed)
     for record in narrowed:  # the keys the poll needs come whatever the fields asked
-        assert set(record) == {"sys_id", "sys_updated_on", "sys_mod_count", "impact"}
+        assert isinstance(record, SNIncident)
+        assert set(record.fields) == {"sys_id", "sys_updated_on", "sys_mod_count", "impact"}
 
 
 async def test_sn_query_sys_user_by_email(world: VendorWorld) -> None:
@@ -309,11 +352,11 @@ async def test_sn_field_dictionary_has_sizes_and_reference_fields(world: VendorW
 
 async def test_sn_delete_then_the_incident_is_gone(world: VendorWorld) -> None:
     record = await correlated(world, "bp-14", short_description="x")
-    await world.sn.delete_incident(record["sys_id"])
+    await world.sn.delete_incident(record.sys_id)
     with pytest.raises(NotFoundError):
-        await world.sn.get_incident(record["sys_id"])
+        await world.sn.get_incident(record.sys_id)
     with pytest.raises(NotFoundError):
-        await world.sn.delete_incident(record["sys_id"])
+        await world.sn.delete_incident(record.sys_id)
     assert await world.sn.find_by_correlation_id("bp-14") == []
     assert await world.sn.list_changed(None, overlap_s=5) == []
 
@@ -329,7 +372,7 @@ async def test_sn_a_retry_after_past_the_outage_window_holds_the_instance(
     and the instance stays held for it (what the executor asks before a write): until
     it has passed, a request is refused, not sent."""
     record = await correlated(world, "bp-ra")
-    sys_id = str(record["sys_id"])
+    sys_id = str(record.sys_id)
     assert world.sn.held_for() == 0.0
     await world.sn_rate_rule(3600)
     with pytest.raises(TransientError) as limited:

@@ -16,6 +16,7 @@ from sync.constants import Side
 from sync.coordinator import Coordinator
 from sync.errors import FatalError
 from sync.executor import Executor
+from sync.newcomers import unmatched
 from sync.settings import Settings
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import make_settings
@@ -225,3 +226,14 @@ async def test_a_create_sent_by_a_killed_process_is_searched_before_it_is_sent_a
         assert report.ok, report.error
         clock.advance(1)
     assert _per_incident(sn) == dict.fromkeys(ids, 1)
+
+
+async def test_the_batched_duplicate_check_counts_a_row_that_is_not_an_incident(
+    sn: FakeServiceNow,
+) -> None:
+    """A broken import's incident carrying a BigPanda id is still a match: the batch is
+    neither failed by it nor blind to it (no duplicate created)."""
+    imported = await sn.create_incident({"correlation_id": "65397b2eede0a80012631e01"})
+    sn.change(imported.sys_id, state="resolved-ish")
+    wanted = ["65397b2eede0a80012631e01", "65397b2eede0a80012631e02"]
+    assert await unmatched(sn, wanted) == {"65397b2eede0a80012631e02"}

@@ -26,8 +26,8 @@ async def small_pages(clock: FakeClock) -> AsyncIterator[Env]:
 async def test_list_journal_is_every_entry_of_the_kinds_oldest_first(small_pages: Env) -> None:
     client = small_pages.client
     created = await client.create_incident({"short_description": "a", "work_notes": "n0"})
-    sys_id = created["sys_id"]
-    other = (await client.create_incident({"short_description": "b", "work_notes": "x"}))["sys_id"]
+    sys_id = created.sys_id
+    other = (await client.create_incident({"short_description": "b", "work_notes": "x"})).sys_id
     small_pages.clock.advance(2)
     # three entries in one second, and more: every page (size 2), in the order written
     await client.update_incident(sys_id, {"comments": "c1", "work_notes": "n1"})

@@ -25,6 +25,7 @@ from sync.emulators.control import serve_app
 from sync.emulators.servicenow import create_app
 from sync.errors import FatalError, NotFoundError, PermanentError, TransientError
 from sync.settings import ServiceNowSettings
+from tests.fakes import as_records
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,22 +87,22 @@ async def test_crud_round_trip(env: Env) -> None:
     created = await client.create_incident(
         {"short_description": "Disk full", "correlation_id": "bp-1", "impact": "1"}
     )
-    sys_id = created["sys_id"]
-    assert created["number"] == "INC0010001"
-    assert created["sys_mod_count"] == "0"
-    assert created["correlation_id"] == "bp-1"
+    sys_id = created.sys_id
+    assert created.number == "INC0010001"
+    assert created.fields["sys_mod_count"] == "0"
+    assert created.fields["correlation_id"] == "bp-1"
 
     fetched = await client.get_incident(sys_id)
-    assert fetched["short_description"] == "Disk full"
-    assert isinstance(fetched["opened_by"], str)  # exclude_reference_link: a bare sys_id
+    assert fetched.fields["short_description"] == "Disk full"
+    assert isinstance(fetched.fields["opened_by"], str)  # exclude_reference_link: a bare sys_id
 
     env.clock.advance(5)
     updated = await client.update_incident(sys_id, {"urgency": "1"})
-    assert updated["priority"] == "1"  # derived by the business rule from impact x urgency
-    assert updated["sys_mod_count"] == "1"
+    assert updated.fields["priority"] == "1"  # derived by the business rule from impact x urgency
+    assert updated.fields["sys_mod_count"] == "1"
 
     found = await client.find_by_correlation_id("bp-1", active_only=True)
-    assert [r["sys_id"] for r in found] == [sys_id]
+    assert [r.sys_id for r in found] == [sys_id]
     assert await client.find_by_correlation_id("bp-2") == []
 
     await client.delete_incident(sys_id)
@@ -119,7 +120,7 @@ async def test_crud_round_trip(env: Env) -> None:
 async def test_data_policy_is_permanent_with_servicenow_words(env: Env) -> None:
     created = await env.client.create_incident({"short_description": "x"})
     with pytest.raises(PermanentError) as info:
-        await env.client.update_incident(created["sys_id"], {"state": "6"})
+        await env.client.update_incident(created.sys_id, {"state": "6"})
     assert info.value.status == 403
     assert info.value.message == "Operation Failed"
     assert "Data Policy Exception" in (info.value.detail or "")
@@ -155,7 +156,7 @@ async def test_caret_values_cannot_widen_a_query(env: Env) -> None:
     hits = await client.query(
         "incident", {"short_description": tricky}, fields=["sys_id"], limit=50
     )
-    assert [h["sys_id"] for h in hits] == [target["sys_id"]]
+    assert [h["sys_id"] for h in hits] == [target.sys_id]
     for attempt in ["nomatch^NQactive=true", "nomatch^ORactive=true", "nomatch^ORDERBYnumber"]:
         assert (
             await client.query(
@@ -177,7 +178,7 @@ async def test_429_retry_after_is_waited_out_and_sent_again(env: Env) -> None:
         "POST", "faults", {"status": 429, "retry_after_s": 7, "count": 1, "methods": ["GET"]}
     )
     before = env.clock.monotonic()
-    assert (await env.client.get_incident(created["sys_id"]))["sys_id"] == created["sys_id"]
+    assert (await env.client.get_incident(created.sys_id)).sys_id == created.sys_id
     assert env.clock.monotonic() - before >= 7.0  # nothing sent before Retry-After
     assert env.client.health.throttled_families() == ["rate_rule"]
 
@@ -258,7 +259,7 @@ async def _create_many(
                 for i in range(start, min(count, start + per_second))
             )
         )
-        ids.extend(r["sys_id"] for r in batch)
+        ids.extend(r.sys_id for r in batch)
         clock.advance(1)
     return ids
 
@@ -290,7 +291,7 @@ async def test_incremental_listing_with_updates_between_pages(clock: FakeClock) 
                     )
                 )
                 for record in records:
-                    state["updated"][record["sys_id"]] = record["sys_mod_count"]
+                    state["updated"][record.sys_id] = record.fields["sys_mod_count"]
                 state["updates_left"] -= 50
         return response
 
@@ -300,10 +301,10 @@ async def test_incremental_listing_with_updates_between_pages(clock: FakeClock) 
         holder["client"] = env.client
         state["ids"] = await _create_many(env.client, clock, 2500, 40, "bp")
         uncorrelated = [
-            (await env.client.create_incident({"short_description": f"manual {i}"}))["sys_id"]
+            (await env.client.create_incident({"short_description": f"manual {i}"})).sys_id
             for i in range(20)
         ]
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
 
     listed = [r["sys_id"] for r in rows]
     assert len(listed) == len(set(listed)), "an incident was listed twice"
@@ -327,11 +328,11 @@ async def test_incremental_listing_since_with_overlap(env: Env) -> None:
     clock.advance(10)
     touched = await client.update_incident(early[0], {"description": "changed"})
 
-    rows = await client.list_changed(cursor, overlap_s=0, fields=["correlation_id"])
-    assert {r["sys_id"] for r in rows} == {*late, touched["sys_id"]}
+    rows = as_records(await client.list_changed(cursor, overlap_s=0, fields=["correlation_id"]))
+    assert {r["sys_id"] for r in rows} == {*late, touched.sys_id}
     assert set(rows[0]) == {"correlation_id", "sys_id", "sys_mod_count", "sys_updated_on"}
     # the overlap reaches back into the previous second(s)
-    overlapped = await client.list_changed(cursor, overlap_s=1)
+    overlapped = as_records(await client.list_changed(cursor, overlap_s=1))
     assert {r["sys_id"] for r in overlapped} == {*early[20:], *late, early[0]}
     assert await client.list_changed(clock.now() + timedelta(seconds=1), overlap_s=0) == []
 

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from sync.clock import FakeClock
 from sync.emulators.servicenow import STATE_KEY, InstanceState, create_app
 from sync.errors import FatalError, TransientError
+from tests.fakes import as_records
 from tests.integration.test_sn_client import Env, Handler, _create_many, _env
 
 T = TypeVar("T")
@@ -135,7 +136,7 @@ async def test_crud_and_poll_miss_nothing_under_each_switch(
                     for i in range(start, start + 12)
                 )
             )
-            ids += [r["sys_id"] for r in batch]
+            ids += [r.sys_id for r in batch]
             clock.advance(1)
         for i in range(5):
             await client.create_incident({"short_description": f"manual {i}"})  # uncorrelated
@@ -144,15 +145,15 @@ async def test_crud_and_poll_miss_nothing_under_each_switch(
         touched = ids[::7]
         for sys_id in touched:
             got = await until_served(client.get_incident, sys_id)
-            assert got["sys_id"] == sys_id
+            assert got.sys_id == sys_id
             updated = await until_served(client.update_incident, sys_id, {"description": "edited"})
-            assert updated["sys_mod_count"] == "1"
+            assert updated.fields["sys_mod_count"] == "1"
         state = state_of(env)
 
-        everything = await until_served(client.list_changed, None, overlap_s=0)
+        everything = as_records(await until_served(client.list_changed, None, overlap_s=0))
         assert_poll_is_exact(everything, correlated(state))
 
-        since = await until_served(client.list_changed, cursor, overlap_s=0)
+        since = as_records(await until_served(client.list_changed, cursor, overlap_s=0))
         edited = {s: state.tables["incident"][s] for s in touched}
         assert_poll_is_exact(since, {k: v for k, v in correlated(state).items() if k in edited})
 
@@ -169,7 +170,7 @@ async def test_short_pages_lose_no_row_over_hundreds_of_incidents(clock: FakeClo
         hidden = set(ids) - set(visible)
         assert 80 < len(hidden) < 160
         env.observed.clear()
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, visible)
         pages = [o for o in env.observed if o[0] == "GET"]
         assert len(pages) > 400 // 25  # more requests than full pages would need
@@ -183,7 +184,7 @@ async def test_short_pages_with_whole_windows_hidden(clock: FakeClock) -> None:
     async for env in _env(app, clock, page_size=5):
         await _create_many(env.client, clock, 150, 10, "bp")
         lists.clear()
-        rows = await env.client.list_changed(None, overlap_s=0)
+        rows = as_records(await env.client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state_of(env)))
         assert any(offset > 0 for _, offset in lists), "no window was stepped over"
 
@@ -209,7 +210,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
                 created = await client.create_incident(
                     {"short_description": "ok", "correlation_id": f"ok{second}-{i}"}
                 )
-                normal.append(created["sys_id"])
+                normal.append(created.sys_id)
             run = 7 if second == 2 else 2
             for i in range(run):
                 odd = (
@@ -224,7 +225,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
                         "correlation_id": f"odd{second}-{i}",
                     }
                 )
-                assert created["sys_id"] == odd  # echoed exactly as sent
+                assert created.sys_id == odd  # echoed exactly as sent
                 odd_ids.append(odd)
             clock.advance(1)
         state = state_of(env)
@@ -234,7 +235,7 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
         state.tables["incident"][bad_date]["sys_updated_on"] = "garbage"
 
         lists.clear()
-        rows = await client.list_changed(None, overlap_s=0)
+        rows = as_records(await client.list_changed(None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state))
         assert set(odd_ids) <= {r["sys_id"] for r in rows}
         for odd in [*odd_ids, "garbage"]:
@@ -242,7 +243,9 @@ async def test_odd_sys_ids_and_dates_are_kept_and_never_queried(clock: FakeClock
         assert any(offset > 0 for _, offset in lists), "a page of only odd rows was stepped over"
 
         # with a floor: the dateless row cannot match, the garbage one sorts last
-        rows = await client.list_changed(clock.now() - timedelta(seconds=3), overlap_s=0)
+        rows = as_records(
+            await client.list_changed(clock.now() - timedelta(seconds=3), overlap_s=0)
+        )
         expected = {
             s: r
             for s, r in correlated(state).items()
@@ -274,7 +277,7 @@ async def test_successive_polls_under_a_non_gmt_user(zone: str) -> None:
             for sys_id in ids[: round_no * 4]:
                 await client.update_incident(sys_id, {"description": f"round {round_no}"})
             clock.advance(37)  # polls at odd moments, minutes apart
-            rows = await client.list_changed(cursor, overlap_s=0)
+            rows = as_records(await client.list_changed(cursor, overlap_s=0))
             for row in rows:
                 again = seen.get(row["sys_id"])
                 if again is not None and again == row["sys_mod_count"]:
@@ -326,9 +329,9 @@ async def test_semaphore_saturation_refuses_without_headers_and_loses_nothing(
         state = state_of(env)
         per_correlation = [r["correlation_id"] for r in state.tables["incident"].values()]
         assert len(per_correlation) == len(set(per_correlation)) == 40  # each created once
-        rows = await until_served(client.list_changed, None, overlap_s=0)
+        rows = as_records(await until_served(client.list_changed, None, overlap_s=0))
         assert_poll_is_exact(rows, correlated(state))
-        assert {r["sys_id"] for r in rows} == {c["sys_id"] for c in created}
+        assert {r["sys_id"] for r in rows} == {c.sys_id for c in created}
 
 
 # ---------------------------------------------------------------- OAuth client authentication
@@ -350,7 +353,7 @@ async def test_client_oauth_grant_against_each_client_auth_mode(
             assert "bpsync" not in str(info.value).replace("/oauth_token.do", "")
             continue
         created = await env.client.create_incident({"short_description": "x"})
-        assert (await env.client.get_incident(created["sys_id"]))["number"] == "INC0010001"
+        assert (await env.client.get_incident(created.sys_id)).number == "INC0010001"
 
 
 async def test_oauth_basic_header_round_trip_over_loopback(clock: FakeClock) -> None:

@@ -18,12 +18,16 @@ from pydantic import SecretStr
 from yarl import URL
 
 from sync.clients import http
+from sync.clients.base import MalformedRow
 from sync.clients.pacing import PacingPolicy
 from sync.clients.servicenow import ServiceNowClient, make_session
+from sync.clients.servicenow.parsing import MalformedRecord
 from sync.clients.snquery import QueryError
 from sync.clock import FakeClock
 from sync.errors import ConfigError, FatalError, NotFoundError, PermanentError, TransientError
+from sync.model import SNIncident
 from sync.settings import ServiceNowSettings
+from tests.fakes import as_records
 from tests.mocked_http import Recorder
 
 #: outage_after 0: the first transient answer reaches the caller (these tests classify;
@@ -35,6 +39,8 @@ LIST_RE = re.compile(r"^http://sn\.test/api/now/table/incident(\?.*)?$")
 RECORD_RE = re.compile(r"^http://sn\.test/api/now/table/incident/[0-9a-f]{32}(\?.*)?$")
 TOKEN_URL = f"{BASE}/oauth_token.do"
 SYS_ID = "0123456789abcdef0123456789abcdef"
+#: the fields an incident answer needs to be an SNIncident
+STAMPED = {"sys_updated_on": "2026-01-02 03:04:05"}
 PASSWORD = "s3cret-pw"
 CLIENT_SECRET = "c-secret-xyz"
 
@@ -134,7 +140,9 @@ async def test_make_session_no_cookies_timeout_and_tls_warning_once(
 async def test_get_sends_basic_auth_and_sync_params(
     session: aiohttp.ClientSession, mocked: aioresponses
 ) -> None:
-    recorder = Recorder(CallbackResult(payload={"result": {"sys_id": SYS_ID, "number": "INC1"}}))
+    recorder = Recorder(
+        CallbackResult(payload={"result": {**STAMPED, "sys_id": SYS_ID, "number": "INC1"}})
+    )
     mocked.get(RECORD_RE, callback=recorder)
     seen: list[tuple[str, str, str, int | None]] = []
 
@@ -143,7 +151,7 @@ async def test_get_sends_basic_auth_and_sync_params(
 
     client = ServiceNowClient(session, settings(), FakeClock(), observer=observer)
     record = await client.get_incident(SYS_ID)
-    assert record["number"] == "INC1"
+    assert record.number == "INC1"
     url, kwargs = recorder.calls[0]
     assert url.path == f"/api/now/table/incident/{SYS_ID}"
     assert url.query["sysparm_display_value"] == "false"
@@ -155,21 +163,44 @@ async def test_get_sends_basic_auth_and_sync_params(
     assert seen == [("servicenow", "GET", "/api/now/table/{table}/{sys_id}", 200)]
 
 
+async def test_incident_answers_are_typed_and_a_malformed_one_is_named(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    full = {**STAMPED, "sys_id": SYS_ID, "number": "INC1", "state": "6", "sys_mod_count": "4"}
+    mocked.get(RECORD_RE, payload={"result": full})
+    mocked.get(RECORD_RE, payload={"result": {"sys_id": SYS_ID, "number": "INC1"}})
+    mocked.get(RECORD_RE, payload={"result": {**full, "state": "resolved-ish"}})
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
+    incident = await client.get_incident(SYS_ID)
+    assert (incident.number, incident.state, incident.resolved) == ("INC1", 6, True)
+    assert incident.sys_mod_count == 4
+    assert incident.sys_updated_on == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    with pytest.raises(MalformedRecord, match="lacks field sys_updated_on") as missing:
+        await client.get_incident(SYS_ID)
+    assert isinstance(missing.value, PermanentError) and isinstance(missing.value, ValueError)
+    with pytest.raises(MalformedRecord, match=f"{SYS_ID}: bad state 'resolved-ish'"):
+        await client.get_incident(SYS_ID)
+
+
 async def test_create_update_delete(session: aiohttp.ClientSession, mocked: aioresponses) -> None:
-    created = Recorder(CallbackResult(status=201, payload={"result": {"sys_id": SYS_ID}}))
-    patched = Recorder(CallbackResult(payload={"result": {"sys_id": SYS_ID, "priority": "2"}}))
+    created = Recorder(
+        CallbackResult(status=201, payload={"result": {**STAMPED, "sys_id": SYS_ID}})
+    )
+    patched = Recorder(
+        CallbackResult(payload={"result": {**STAMPED, "sys_id": SYS_ID, "priority": "2"}})
+    )
     deleted = Recorder(CallbackResult(status=204, body=b"", content_type=""))
     mocked.post(LIST_RE, callback=created)
     mocked.patch(RECORD_RE, callback=patched)
     mocked.delete(RECORD_RE, callback=deleted)
     client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
 
-    assert (await client.create_incident({"short_description": "x^y"}))["sys_id"] == SYS_ID
+    assert (await client.create_incident({"short_description": "x^y"})).sys_id == SYS_ID
     _, kwargs = created.calls[0]
     assert kwargs["data"] == b'{"short_description": "x^y"}'
     assert kwargs["headers"]["Content-Type"] == "application/json"
 
-    assert (await client.update_incident(SYS_ID, {"priority": "2"}))["priority"] == "2"
+    assert (await client.update_incident(SYS_ID, {"priority": "2"})).fields["priority"] == "2"
     url, kwargs = patched.calls[0]
     assert url.path.endswith(SYS_ID)
     assert kwargs["data"] == b'{"priority": "2"}'
@@ -290,7 +321,7 @@ async def test_concurrency_is_bounded(session: aiohttp.ClientSession, mocked: ai
         peak = max(peak, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
-        return CallbackResult(payload={"result": {"sys_id": SYS_ID}})
+        return CallbackResult(payload={"result": {**STAMPED, "sys_id": SYS_ID}})
 
     mocked.get(RECORD_RE, callback=slow, repeat=True)
     client = ServiceNowClient(session, settings(max_concurrency=2), FakeClock())
@@ -320,7 +351,7 @@ def form(kwargs: dict[str, Any]) -> dict[str, str]:
 
 
 def ok_record() -> CallbackResult:
-    return CallbackResult(payload={"result": {"sys_id": SYS_ID}})
+    return CallbackResult(payload={"result": {**STAMPED, "sys_id": SYS_ID}})
 
 
 async def test_oauth_password_grant_then_proactive_refresh(
@@ -376,7 +407,7 @@ async def test_oauth_401_refreshes_once_and_replays_once(
     mocked.get(RECORD_RE, callback=api, repeat=True)
     client = ServiceNowClient(session, oauth_settings(), FakeClock())
 
-    assert (await client.get_incident(SYS_ID))["sys_id"] == SYS_ID
+    assert (await client.get_incident(SYS_ID)).sys_id == SYS_ID
     assert len(tokens.calls) == 2
     assert form(tokens.calls[1][1])["grant_type"] == "refresh_token"
     assert [kw["headers"]["Authorization"] for _, kw in api.calls] == ["Bearer a1", "Bearer a2"]
@@ -467,7 +498,7 @@ async def test_list_changed_keyset_pages_and_dedup(
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
     since = datetime(2026, 1, 1, 10, 0, 30, 500_000, tzinfo=UTC)
-    rows = await client.list_changed(since, overlap_s=30.5, fields=["state"])
+    rows = as_records(await client.list_changed(since, overlap_s=30.5, fields=["state"]))
 
     assert [(r["sys_id"], r["sys_mod_count"]) for r in rows] == [
         (sid(2), "0"),
@@ -499,7 +530,7 @@ async def test_list_changed_without_total_reads_until_empty_page(
     listing = Recorder(page([rec(sid(1), "2026-01-01 00:00:00")], None), page([], None))
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
-    rows = await client.list_changed(None, overlap_s=0)
+    rows = as_records(await client.list_changed(None, overlap_s=0))
     assert [r["sys_id"] for r in rows] == [sid(1)]
     assert len(listing.calls) == 2
     assert listing.calls[0][0].query["sysparm_query"] == (
@@ -514,7 +545,7 @@ async def test_list_changed_steps_over_a_window_hidden_by_acls(
     listing = Recorder(page([], 5), page([rec(sid(9), "2026-01-01 00:00:00")], 5))
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
-    rows = await client.list_changed(None, overlap_s=0)
+    rows = as_records(await client.list_changed(None, overlap_s=0))
     assert [r["sys_id"] for r in rows] == [sid(9)]
     assert [url.query.get("sysparm_offset") for url, _ in listing.calls] == [None, "3"]
 
@@ -527,7 +558,7 @@ async def test_list_changed_refuses_a_server_ignoring_the_order(
     mocked.get(LIST_RE, callback=listing, repeat=True)
     client = ServiceNowClient(session, settings(page_size=3), FakeClock())
     with pytest.raises(PermanentError, match="out of order"):
-        await client.list_changed(None, overlap_s=0)
+        as_records(await client.list_changed(None, overlap_s=0))
 
 
 async def test_list_changed_keeps_a_row_with_a_malformed_key_out_of_every_query(
@@ -537,9 +568,27 @@ async def test_list_changed_keeps_a_row_with_a_malformed_key_out_of_every_query(
     odd = rec("not-a-sys-id^NQactive=true", "2026-01-01 00:00:00")
     mocked.get(LIST_RE, payload={"result": [odd]}, headers={"X-Total-Count": "1"})
     client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
-    assert await client.list_changed(None, overlap_s=0) == [odd]
+    assert as_records(await client.list_changed(None, overlap_s=0)) == [odd]
     (url,) = [u for (m, u) in mocked.requests if m == "GET"]
     assert "not-a-sys-id" not in str(url)
+
+
+async def test_list_changed_answers_incidents_and_names_a_row_that_is_not_one(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """Each row in its place: an incident, or a MalformedRow naming it and its problem
+    (the poll skips that one, named, and syncs the others)."""
+    good = rec(sid(1), "2026-01-01 00:00:00", 3, number="INC1", state="2")
+    broken = rec(sid(2), "2026-01-01 00:00:01", state="resolved-ish")
+    mocked.get(LIST_RE, payload={"result": [good, broken]}, headers={"X-Total-Count": "2"})
+    client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
+    first, second = await client.list_changed(None, overlap_s=0)
+    assert isinstance(first, SNIncident)
+    assert (first.sys_id, first.number, first.state, first.sys_mod_count) == (sid(1), "INC1", 2, 3)
+    assert first.sys_updated_on == datetime(2026, 1, 1, tzinfo=UTC)
+    assert second == MalformedRow(
+        sid(2), f"ServiceNow record {sid(2)}: bad state 'resolved-ish'", broken
+    )
 
 
 async def test_a_semaphore_429_halves_the_requests_at_once_and_is_sent_again(
@@ -547,10 +596,10 @@ async def test_a_semaphore_429_halves_the_requests_at_once_and_is_sent_again(
 ) -> None:
     busy = {"error": {"message": "Rate limit exceeded"}, "status": "failure"}
     mocked.get(RECORD_RE, status=429, payload=busy)  # a full semaphore queue: no headers
-    mocked.get(RECORD_RE, status=200, payload={"result": {"sys_id": SYS_ID}})
+    mocked.get(RECORD_RE, status=200, payload={"result": {**STAMPED, "sys_id": SYS_ID}})
     clock = FakeClock()
     client = ServiceNowClient(session, settings(), clock)
-    assert (await client.get_incident(SYS_ID))["sys_id"] == SYS_ID
+    assert (await client.get_incident(SYS_ID)).sys_id == SYS_ID
     assert clock.monotonic() >= 1.0  # held one second, then sent again
     assert client.health.throttled_families() == ["semaphore"]
 
@@ -581,9 +630,9 @@ async def test_batched_correlation_check_reads_past_a_window_acls_emptied(
 ) -> None:
     """A page emptied by ACLs (after the limit) is not the end while X-Total-Count says
     more rows match: a duplicate check that stopped there would let a create through."""
-    found = {"sys_id": SYS_ID, "correlation_id": "65397b2eede0a80012631c01"}
+    found = {**STAMPED, "sys_id": SYS_ID, "correlation_id": "65397b2eede0a80012631c01"}
     mocked.get(LIST_RE, payload={"result": []}, headers={"X-Total-Count": "4"})
     mocked.get(LIST_RE, payload={"result": [found]}, headers={"X-Total-Count": "4"})
     client = ServiceNowClient(session, settings(), FakeClock(), pacing=NO_RESEND)
     records = await client.find_by_correlation_ids(["65397b2eede0a80012631c01"], active_only=True)
-    assert records == [found]
+    assert [(r.sys_id, r.correlation_id) for r in records] == [(SYS_ID, found["correlation_id"])]

@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from sync.clients.base import RequestObserver, SNRecord
+from sync.clients.base import IncidentRow, RequestObserver, SNRecord
 from sync.clients.http import HttpAnswer, Parsed, new_session, send
 from sync.clients.pacing import (
     ConcurrencyPacer,
@@ -60,7 +60,9 @@ from sync.clients.servicenow.parsing import (
     Page,
     check_payload,
     mod_count,
+    parse_changed,
     parse_field_info,
+    parse_incident,
     parse_page,
     parse_record,
 )
@@ -85,7 +87,7 @@ from sync.clients.snquery import (
 )
 from sync.clock import Clock
 from sync.errors import ApiError, ConfigError, PermanentError, TransientError
-from sync.model import JournalEntry, SNFieldInfo
+from sync.model import JournalEntry, SNFieldInfo, SNIncident
 from sync.settings import ServiceNowSettings, redact_url
 
 # the package's name, as before the split: log filters and tests select on it
@@ -366,30 +368,31 @@ class ServiceNowClient:
         return page.records
 
     # ------------------------------------------------------------------ ServiceNowAPI
-    async def create_incident(self, fields: Mapping[str, str]) -> SNRecord:
-        return await self.create(self._table, fields)
+    async def create_incident(self, fields: Mapping[str, str]) -> SNIncident:
+        return parse_incident(await self.create(self._table, fields), "the created incident")
 
-    async def get_incident(self, sys_id: str) -> SNRecord:
-        return await self.get(self._table, sys_id)
+    async def get_incident(self, sys_id: str) -> SNIncident:
+        return parse_incident(await self.get(self._table, sys_id), f"incident {sys_id}")
 
-    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNRecord:
-        return await self.update(self._table, sys_id, fields)
+    async def update_incident(self, sys_id: str, fields: Mapping[str, str]) -> SNIncident:
+        return parse_incident(await self.update(self._table, sys_id, fields), f"incident {sys_id}")
 
     async def delete_incident(self, sys_id: str) -> None:
         await self.delete(self._table, sys_id)
 
     async def find_by_correlation_id(
         self, correlation_id: str, *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         query = EncodedQuery().eq("correlation_id", check_correlation_id(correlation_id))
         if active_only:
             query.eq("active", "true")
         query.order_by("sys_created_on").order_by("sys_id")
-        return await self.list_records(self._table, query, limit=self._settings.page_size)
+        records = await self.list_records(self._table, query, limit=self._settings.page_size)
+        return [parse_changed(record) for record in records]
 
     async def find_by_correlation_ids(
         self, correlation_ids: Sequence[str], *, active_only: bool = False
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         ids = sorted({check_correlation_id(c) for c in correlation_ids})
         found: list[SNRecord] = []
         size = CORRELATION_BATCH
@@ -411,7 +414,7 @@ class ServiceNowClient:
                     page.total is not None and offset >= page.total
                 ):
                     break
-        return found
+        return [parse_changed(record) for record in found]
 
     async def query(
         self, table: str, conditions: Mapping[str, str], *, fields: Sequence[str], limit: int
@@ -495,7 +498,7 @@ class ServiceNowClient:
 
     async def list_changed(
         self, since: datetime | None, *, overlap_s: float, fields: Sequence[str] | None = None
-    ) -> list[SNRecord]:
+    ) -> list[IncidentRow]:
         """Keyset-paged incremental listing; see :meth:`changed_query`.
 
         The loop ends when ``X-Total-Count`` shows the page covered every remaining row,
@@ -512,8 +515,9 @@ class ServiceNowClient:
 
         A row whose ``sys_id`` is not 32 lower-case hex digits, or whose
         ``sys_updated_on`` is missing or not a raw date-time, is kept in the result (the
-        engine skips it, naming it) but never goes into a query: the keyset moves to the
-        page's last well-formed row (the odd rows behind it are read again and
+        engine skips it, naming it; a row that is not an incident at all comes as a
+        :class:`~sync.clients.base.MalformedRow`) but never goes into a query: the keyset
+        moves to the page's last well-formed row (the odd rows behind it are read again and
         de-duplicated), or, when a page holds no well-formed row, the same keyset is
         asked again with an offset past that window.
         """
@@ -581,7 +585,8 @@ class ServiceNowClient:
                 offset = 0
             else:
                 offset += limit  # a window hidden by ACLs (or only odd rows): step over it
-        return sorted(
+        ordered = sorted(
             newest.values(),
             key=lambda r: (str(r.get("sys_updated_on") or ""), str(r.get("sys_id") or "")),
         )
+        return [parse_changed(record) for record in ordered]

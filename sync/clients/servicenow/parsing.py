@@ -1,6 +1,6 @@
-"""ServiceNow Table API answers as typed values (records, pages, dictionary entries),
-and the field values sent: a malformed shape is a :class:`~sync.errors.PermanentError`
-naming the problem."""
+"""ServiceNow Table API answers as typed values (incidents, records, pages, dictionary
+entries), and the field values sent: a malformed shape is a
+:class:`~sync.errors.PermanentError` naming the problem."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sync.clients.base import SNRecord
+from sync.clients.base import IncidentRow, MalformedRow, SNRecord
 from sync.clients.servicenow.paths import SIDE
 from sync.clients.snquery import check_field
 from sync.errors import PermanentError
-from sync.model import SNFieldInfo
+from sync.model import SNFieldInfo, SNIncident
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,34 @@ def parse_record(value: Any, what: str) -> SNRecord:
     if not isinstance(value, dict):
         raise PermanentError(SIDE, f"unexpected answer shape for {what}: result is not an object")
     return value
+
+
+class MalformedRecord(PermanentError, ValueError):  # noqa: N818 - reads as what it is
+    """An incident record that is not an incident (a required field missing or odd).
+
+    Also a ``ValueError``, as :meth:`SNIncident.from_record` raises: the engine skips such a
+    record, naming it, wherever it reads one. Its text is the problem alone."""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def parse_incident(value: Any, what: str) -> SNIncident:
+    """An incident record as :class:`SNIncident` (:class:`MalformedRecord` naming the
+    field when a required one is missing or malformed)."""
+    record = parse_record(value, what)
+    try:
+        return SNIncident.from_record(record)
+    except ValueError as exc:
+        raise MalformedRecord(SIDE, str(exc)) from None
+
+
+def parse_changed(record: SNRecord) -> IncidentRow:
+    """A listed row: the incident, or the row that is not one."""
+    try:
+        return SNIncident.from_record(record)
+    except ValueError as exc:
+        return MalformedRow(str(record.get("sys_id") or "?"), str(exc), record)
 
 
 def parse_page(body: Any, headers: Mapping[str, str], table: str) -> Page:
