@@ -7,8 +7,7 @@ import inspect
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -30,7 +29,7 @@ from sync.errors import FatalError, PermanentError, StoreError, TransientError
 from sync.executor import Executor, decode_action, encode_action, link_tag_value
 from sync.model import Link, LinkState
 from sync.settings import Settings
-from sync.store.base import FieldStates, OutboxItem, OutboxState
+from sync.store.base import OutboxItem, OutboxState
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import SN_URL, make_settings
 from tests.fakes import FakeBigPanda, FakeServiceNow
@@ -634,25 +633,9 @@ class CrashAfterConfirm(MemoryStore):
 
     crash = True
 
-    async def confirm_link_and_record(
-        self,
-        link_id: int,
-        sn_sys_id: str,
-        sn_number: str,
-        now: datetime,
-        *,
-        audit_outcome: str | None = None,
-        field_states: Sequence[FieldStates] = (),
-    ) -> Link:
-        link = await super().confirm_link_and_record(
-            link_id,
-            sn_sys_id,
-            sn_number,
-            now,
-            audit_outcome=audit_outcome,
-            field_states=field_states,
-        )
-        if self.crash and audit_outcome == "adopted":
+    async def confirm_link_and_record(self, *args: Any, **kwargs: Any) -> Link:
+        link = await super().confirm_link_and_record(*args, **kwargs)
+        if self.crash and kwargs.get("audit_outcome") == "adopted":
             self.crash = False
             raise StoreError("killed")
         return link
