@@ -64,6 +64,16 @@ class BPIncident:
     """The assignee's e-mail as the incident carries it (``assignee.email``), if any."""
 
 
+def flat_fields(record: Mapping[str, Any]) -> dict[str, str]:
+    """A Table API record's fields as strings: a reference that still comes as
+    ``{"link": ..., "value": ...}`` reduced to its value, None as ""."""
+    flat: dict[str, str] = {}
+    for key, raw in record.items():
+        value = raw.get("value", "") if isinstance(raw, Mapping) else raw
+        flat[key] = "" if value is None else str(value)
+    return flat
+
+
 @dataclass(frozen=True, slots=True)
 class SNIncident:
     """A ServiceNow incident (read with ``sysparm_display_value=false``)."""
@@ -90,10 +100,7 @@ class SNIncident:
         their value. Raises ``ValueError`` naming the field when a required one is missing
         or malformed.
         """
-        flat: dict[str, str] = {}
-        for key, raw in record.items():
-            value = raw.get("value", "") if isinstance(raw, Mapping) else raw
-            flat[key] = "" if value is None else str(value)
+        flat = flat_fields(record)
         try:
             sys_id = flat["sys_id"]
             updated = datetime.strptime(flat["sys_updated_on"], SN_DATETIME_FORMAT)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sync.model import BPIncident, JournalEntry, SNFieldInfo, SNIncident
+from sync.model import BPIncident, JournalEntry, SNFieldInfo, SNIncident, flat_fields
 
 #: a record of any ServiceNow table as the Table API returns it with display_value=false
 #: (look-up tables, the CLI's whole records); incidents are read as
@@ -35,20 +35,20 @@ class MalformedRow:
 
     @property
     def fields(self) -> dict[str, str]:
-        """Its fields as strings (None: "")."""
-        return {k: "" if v is None else str(v) for k, v in self.record.items()}
+        """Its fields as strings, as :class:`SNIncident` has them (:func:`flat_fields`)."""
+        return flat_fields(self.record)
 
     @property
     def sys_id(self) -> str:
-        return str(self.record.get("sys_id", ""))
+        return self.fields.get("sys_id", "")
 
     @property
     def number(self) -> str:
-        return str(self.record.get("number", ""))
+        return self.fields.get("number", "")
 
     @property
     def correlation_id(self) -> str:
-        return str(self.record.get("correlation_id", ""))
+        return self.fields.get("correlation_id", "")
 
 
 #: one row of a list of incidents (``list_changed``, ``find_by_correlation_id(s)``): the
