@@ -32,7 +32,7 @@ from sync.settings import redact_url
 from sync.store.base import as_utc, fenced_error
 from sync.store.engines import SQLITE_BUSY_TIMEOUT_MS, WRITE_OPTION, mapped_errors
 from sync.store.rows import to_link
-from sync.store.statements import LEADER_EPOCH, LEADER_ID, LINK_BY_ID
+from sync.store.statements import LEADER_EPOCH, LEADER_ID, LINK_BY_ID, PREPARED
 from sync.store.threads import (
     InlineConnection,
     LockBusy,
@@ -127,7 +127,7 @@ class SqlCore:
         if self._thread_engine is not None:
             async with mapped_errors(self._url):
                 with self._thread_transaction(write=False) as sync_conn:
-                    yield cast(AsyncConnection, InlineConnection(sync_conn))
+                    yield cast(AsyncConnection, InlineConnection(sync_conn, PREPARED))
             return
         async with mapped_errors(self._url), self._engine.connect() as conn, conn.begin():
             yield conn
@@ -137,7 +137,7 @@ class SqlCore:
         if self._thread_engine is not None:
             async with mapped_errors(self._url):
                 with self._thread_transaction(write=True) as sync_conn:
-                    conn = cast(AsyncConnection, InlineConnection(sync_conn))
+                    conn = cast(AsyncConnection, InlineConnection(sync_conn, PREPARED))
                     if fenced and self._fenced_epoch is not None:
                         await self._check_fence(conn, self._fenced_epoch)
                     yield conn

@@ -12,6 +12,7 @@ from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, u
 import sync.store.tables as t
 from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import PERMANENT_ERROR_PREFIX, OutboxState
+from sync.store.prepared import PreparedStatements
 
 #: the leader table's only row
 LEADER_ID = 1
@@ -130,3 +131,27 @@ UPSERT_CHECKPOINT = text(
     "INSERT INTO checkpoints (name, value, updated_at) VALUES (:name, :value, :updated_at) "
     "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 ).bindparams(bindparam("updated_at", type_=t.checkpoints.c.updated_at.type))
+
+#: the statements that run prepared on a SQLite file (:mod:`sync.store.prepared`): those
+#: of a create, a carried change and a cycle's bookkeeping
+PREPARED = PreparedStatements(
+    [
+        LEADER_EPOCH,
+        CHECKPOINT_VALUE,
+        CURSOR_OF_SIDE,
+        COUNT_LINKS,
+        COUNT_OUTBOX,
+        LINK_BY_ID,
+        LIVE_BY_BP,
+        LIVE_BY_SN,
+        LINKS_FOR_BP,
+        INSERT_LINK,
+        CONFIRM_LINK,
+        NOT_DONE_WITH_KEY,
+        INSERT_ITEM_UNLESS_OPEN,
+        COMPLETE_ITEM,
+        INSERT_AUDIT,
+        UPSERT_FIELD_STATE,
+        UPSERT_CHECKPOINT,
+    ]
+)

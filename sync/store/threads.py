@@ -34,6 +34,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection
 
 from sync.errors import StoreError
+from sync.store.prepared import PreparedStatements
 
 _T = TypeVar("_T")
 _C = TypeVar("_C", bound=type)
@@ -72,14 +73,22 @@ def is_lock_busy(exc: BaseException) -> bool:
 
 class InlineConnection:
     """What the store code needs of an AsyncConnection, over a synchronous Connection:
-    its ``execute`` never suspends, so a whole store call runs in one ``send``."""
+    its ``execute`` never suspends, so a whole store call runs in one ``send``. A
+    statement of ``prepared`` runs straight on the driver (:mod:`sync.store.prepared`),
+    in the same transaction."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_driver", "_prepared")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, prepared: PreparedStatements | None = None) -> None:
         self._conn = conn
+        self._prepared = prepared
+        self._driver = cast(sqlite3.Connection, conn.connection.driver_connection)
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if self._prepared is not None:
+            ready = self._prepared.get(statement, parameters, self._conn.dialect)
+            if ready is not None:
+                return ready.run(self._driver, parameters)
         return self._conn.execute(statement, parameters)
 
 
