@@ -3,7 +3,8 @@
 Every statement of ``PREPARED`` is run twice on the same database state, once through
 SQLAlchemy's ``Connection.execute`` and once prepared, each in a transaction rolled
 back afterwards: the same rows, the same row count, the same database afterwards. And a
-driver error is raised as SQLAlchemy raises it.
+driver error is raised as SQLAlchemy raises it. Also: SQLite plans the live links of a
+page of ids by id.
 """
 
 from __future__ import annotations
@@ -193,3 +194,20 @@ def test_a_parameter_it_cannot_bind_is_a_statement_error(conn: Connection) -> No
             prepared.run(driver, {"b_id": 1})
     assert OutboxState.DONE.value == "done"
     assert conn.execute(text("SELECT count(*) FROM outbox WHERE state = 'done'")).scalar() == 0
+
+
+@pytest.mark.parametrize("statement", [s.LIVE_BY_BPS, s.LIVE_BY_SNS], ids=["bp", "sn"])
+def test_live_links_of_a_page_of_ids_are_looked_up_by_id_not_by_state(
+    conn: Connection, statement: Any
+) -> None:
+    """A page's ids: by the id index (O(log n) each), never by scanning the state index
+    (every live link, on each call), which SQLite's planner takes without statistics."""
+    ids = [f"bp-{i}" for i in range(10)]
+    sql = str(
+        statement.params(b_values=ids).compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True}
+        )
+    )
+    plan = " ".join(row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "ix_links_state" not in plan
+    assert "_bp_incident_id" in plan or "_sn_sys_id" in plan, plan
