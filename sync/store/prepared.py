@@ -11,8 +11,8 @@ processors: the same SQL, the same values in and out as through
 ``Connection.execute``, in the transaction SQLAlchemy opened on the same connection.
 
 - Only the statements listed in :data:`sync.store.statements.PREPARED` run this way;
-  any other statement (and one whose parameters vary, an ``IN`` list given at
-  execution) goes through SQLAlchemy as before.
+  any other statement goes through SQLAlchemy as before. An ``IN`` list given at
+  execution gets as many places as it has values (an empty one: SQLAlchemy's way).
 - A driver error is raised as SQLAlchemy raises it (``IntegrityError`` with the
   driver's error as ``orig``), so the store's handling of unique and foreign-key
   violations and of a busy lock is unchanged.
@@ -36,8 +36,9 @@ _POSTCOMPILE = re.compile(r"__\[POSTCOMPILE_(\w+)\]")
 #: a parameter the statement does not carry: the execution must give it
 _REQUIRED: Any = object()
 
-#: a parameter's place: (its name, a value when the statement carries it, processor)
-_Slot = tuple[str | None, Any, Callable[[Any], Any] | None]
+#: a parameter's place: (its name, a value when the statement carries it, processor,
+#: whether it is an IN list given at execution: as many places as it has values)
+_Slot = tuple[str | None, Any, Callable[[Any], Any] | None, bool]
 
 
 class PreparedRow:
@@ -116,6 +117,8 @@ class Prepared:
     slots: tuple[_Slot, ...]
     #: how each result column is read back (empty: the statement returns no rows)
     readers: tuple[Callable[[Any], Any] | None, ...]
+    #: the IN lists given at execution (their places in ``sql`` are filled in then)
+    lists: frozenset[str] = frozenset()
 
     @classmethod
     def compile(
@@ -130,18 +133,23 @@ class Prepared:
             return None  # Python-side column defaults: SQLAlchemy computes them
         binds = compiled.binds
         slots: list[_Slot] = []
+        lists: set[str] = set()
         for name in compiled.positiontup:
             bind = binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if bind.expanding:
-                if bind.required or bind.value is None:
-                    return None  # an IN list given at execution
-                slots.extend((None, v if process is None else process(v), None) for v in bind.value)
-                continue
-            fixed = _REQUIRED if bind.required else bind.effective_value
-            slots.append((name, fixed, process))
+            own: list[Any] | None = bind.value if bind.expanding and not bind.required else None
+            if bind.expanding and own is None:
+                slots.append((name, _REQUIRED, process, True))  # an IN list given then
+                lists.add(name)
+            elif own is not None:  # an IN list of the statement's own: its values now
+                slots.extend((None, v if process is None else process(v), None, False) for v in own)
+            else:
+                fixed = _REQUIRED if bind.required else bind.effective_value
+                slots.append((name, fixed, process, False))
 
         def placeholders(match: re.Match[str]) -> str:
+            if match.group(1) in lists:
+                return match.group(0)
             return ", ".join(["?"] * len(binds[match.group(1)].value or ()))
 
         sql = _POSTCOMPILE.sub(placeholders, compiled.string)
@@ -149,35 +157,45 @@ class Prepared:
         readers = tuple(
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
         )
-        return cls(sql, tuple(slots), readers)
+        return cls(sql, tuple(slots), readers, frozenset(lists))
 
-    def _values(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for name, fixed, process in self.slots:
+    def _values(self, params: Mapping[str, Any]) -> list[Any]:
+        out: list[Any] = []
+        for name, fixed, process, many in self.slots:
             value = fixed if name is None else params.get(name, fixed)
             if value is _REQUIRED:
                 raise KeyError(f"a value is required for bind parameter {name!r}")
-            out.append(value if process is None else process(value))
-        return tuple(out)
+            if many:
+                out.extend(value if process is None else [process(v) for v in value])
+            else:
+                out.append(value if process is None else process(value))
+        return out
+
+    def _sql(self, params: Mapping[str, Any]) -> str:
+        if not self.lists:
+            return self.sql
+        return _POSTCOMPILE.sub(lambda m: ", ".join(["?"] * len(params[m.group(1)])), self.sql)
 
     def run(self, driver: sqlite3.Connection, params: Any) -> PreparedResult:
         """Execute with ``params`` (a mapping, or a list of mappings for a statement
-        without rows) in the connection's current transaction."""
+        without rows or IN lists) in the connection's current transaction."""
+        sql = self.sql
         try:
             if isinstance(params, list):
                 values = [self._values(p) for p in params]
             else:
+                sql = self._sql(params or {})
                 values = [self._values(params or {})]
         except Exception as exc:  # as SQLAlchemy reports a parameter it cannot bind
-            raise StatementError(str(exc), self.sql, params, exc) from exc
+            raise StatementError(str(exc), sql, params, exc) from exc
         try:
             if isinstance(params, list):
-                cursor = driver.executemany(self.sql, values)
+                cursor = driver.executemany(sql, values)
                 return PreparedResult([], cursor.rowcount)
-            cursor = driver.execute(self.sql, values[0])
+            cursor = driver.execute(sql, values[0])
             raw = cursor.fetchall()
         except sqlite3.Error as exc:
-            raise DBAPIError.instance(self.sql, params, exc, sqlite3.Error) from exc
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
         if not raw:
             return PreparedResult([], cursor.rowcount)
         # the names the SQL gives its columns (an unnamed one is labelled, as count_1)
@@ -216,6 +234,10 @@ class PreparedStatements:
         except KeyError:
             prepared = Prepared.compile(statement, dialect, cache_key[1])
             self._compiled[cache_key] = prepared
-        if prepared is not None and many and prepared.readers:
-            return None  # rows of several executions: SQLAlchemy's
+        if prepared is None:
+            return None
+        if many and (prepared.readers or prepared.lists):
+            return None  # rows of several executions, IN lists of several: SQLAlchemy's
+        if any(not first.get(name) for name in prepared.lists):
+            return None  # an empty IN list: SQLAlchemy's own SQL for it
         return prepared

@@ -161,18 +161,24 @@ UPSERT_CHECKPOINT = text(
 ).bindparams(bindparam("updated_at", type_=t.checkpoints.c.updated_at.type))
 
 #: the statements that run prepared on a SQLite file (:mod:`sync.store.prepared`): those
-#: of a create, a carried change and a cycle's bookkeeping
+#: of a create, a carried change and a cycle's reads and bookkeeping
 PREPARED = PreparedStatements(
     [
         LEADER_EPOCH,
         CHECKPOINT_VALUE,
         CURSOR_OF_SIDE,
         COUNT_LINKS,
+        COUNT_LINKS_IN,
         COUNT_OUTBOX,
+        COUNT_OUTBOX_IN,
         LINK_BY_ID,
         LIVE_BY_BP,
         LIVE_BY_SN,
         LINKS_FOR_BP,
+        LIVE_BY_BPS,
+        LIVE_BY_SNS,
+        FIELD_STATES_FOR,
+        OPEN_WRITES,
         INSERT_LINK,
         CONFIRM_LINK,
         NOT_DONE_WITH_KEY,

@@ -50,6 +50,12 @@ CASES: list[tuple[str, Any]] = [
     ("LIVE_BY_BP", {"b_value": "bp-1"}),
     ("LIVE_BY_SN", {"b_value": "sys-1"}),
     ("LINKS_FOR_BP", {"b_value": "bp-1"}),
+    ("COUNT_LINKS_IN", {"b_states": ["linked", "pending"]}),
+    ("COUNT_OUTBOX_IN", {"b_states": ["pending"]}),
+    ("LIVE_BY_BPS", {"b_values": ["bp-1", "bp-2", "bp-3", "bp-none"]}),
+    ("LIVE_BY_SNS", {"b_values": ["sys-1"]}),
+    ("FIELD_STATES_FOR", {"b_ids": [1, 2]}),
+    ("OPEN_WRITES", {"b_targets": ["sn:abc", "sn:other"], "b_attempts": 5}),
     ("INSERT_LINK", pending_link_values("bp-9", NOW, None, "env-1")),
     ("INSERT_LINK", pending_link_values("bp-8", NOW, 1)),
     (
@@ -102,6 +108,10 @@ def conn(tmp_path: Path) -> Iterator[Connection]:
                 t.links.update().where(t.links.c.id == 3).values(state=LinkState.SUPERSEDED.value)
             )
             connection.execute(s.INSERT_ITEM_UNLESS_OPEN, _item("key-1"))
+            state = {"side": "bigpanda", "name": "impact", "value": "low", "synced_at": NOW}
+            connection.execute(
+                s.UPSERT_FIELD_STATE, [{"link_id": 1, **state}, {"link_id": 2, **state}]
+            )
             connection.execute(
                 s.UPSERT_CHECKPOINT, {"name": "backfill:env", "value": "[]", "updated_at": NOW}
             )
@@ -155,9 +165,12 @@ def test_every_listed_statement_is_prepared_and_others_are_not(conn: Connection)
         name for name in dir(s) if any(getattr(s, name) is x for x in s.PREPARED._wanted.values())
     }
     assert listed == names
-    assert s.PREPARED.get(s.LIVE_BY_BPS, {"b_values": ["bp-1"]}, conn.dialect) is None
-    only = PreparedStatements([s.LIVE_BY_BPS])  # an IN list given at execution
-    assert only.get(s.LIVE_BY_BPS, {"b_values": ["bp-1"]}, conn.dialect) is None
+    # an empty IN list: through SQLAlchemy (its own SQL for it)
+    assert s.PREPARED.get(s.LIVE_BY_BPS, {"b_values": []}, conn.dialect) is None
+    assert s.PREPARED.get(s.LIVE_BY_BPS, {"b_values": ["bp-1"]}, conn.dialect) is not None
+    # a statement not listed: through SQLAlchemy
+    only = PreparedStatements([s.LIVE_BY_BPS])
+    assert only.get(s.LIVE_BY_SNS, {"b_values": ["bp-1"]}, conn.dialect) is None
     # rows of several executions at once: through SQLAlchemy
     assert (
         s.PREPARED.get(s.INSERT_LINK, [pending_link_values("x", NOW, None)], conn.dialect) is None
