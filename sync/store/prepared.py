@@ -119,6 +119,8 @@ class Prepared:
     readers: tuple[Callable[[Any], Any] | None, ...]
     #: the IN lists given at execution (their places in ``sql`` are filled in then)
     lists: frozenset[str] = frozenset()
+    #: the result columns a reader changes: (position, reader)
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
     @classmethod
     def compile(
@@ -157,7 +159,8 @@ class Prepared:
         readers = tuple(
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
         )
-        return cls(sql, tuple(slots), readers, frozenset(lists))
+        converted = tuple((i, read) for i, read in enumerate(readers) if read is not None)
+        return cls(sql, tuple(slots), readers, frozenset(lists), converted)
 
     def _values(self, params: Mapping[str, Any]) -> list[Any]:
         out: list[Any] = []
@@ -204,10 +207,13 @@ class Prepared:
         return PreparedResult(rows, cursor.rowcount)
 
     def _read(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
-        return tuple(
-            value if read is None else read(value)
-            for read, value in zip(self.readers, row, strict=True)
-        )
+        """The row with each column read back by its type (only those that need it)."""
+        if not self.converted:
+            return row
+        values = list(row)
+        for index, read in self.converted:
+            values[index] = read(values[index])
+        return tuple(values)
 
 
 class PreparedStatements:
