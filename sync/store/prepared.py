@@ -231,10 +231,10 @@ class PreparedStatements:
         many = isinstance(params, list)
         if many and not params:
             return None
-        first = params[0] if many else params
+        first: Mapping[str, Any] = (params[0] if many else params) or {}
         # compiled for these parameter names, as SQLAlchemy does (an INSERT without
         # VALUES of its own takes its columns from them)
-        cache_key = (id(statement), tuple(sorted(first)) if first else None)
+        cache_key = (id(statement), tuple(sorted(first)) or None)
         try:
             prepared = self._compiled[cache_key]
         except KeyError:
