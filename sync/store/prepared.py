@@ -223,6 +223,9 @@ class PreparedStatements:
         self._wanted = {id(s): s for s in statements}
         self._compiled: dict[tuple[int, tuple[str, ...] | None], Prepared | None] = {}
 
+    def __contains__(self, statement: object) -> bool:
+        return id(statement) in self._wanted
+
     def get(self, statement: Any, params: Any, dialect: Dialect) -> Prepared | None:
         """The prepared form of ``statement`` for these parameters, or None: run it
         through SQLAlchemy."""
