@@ -61,6 +61,8 @@ class PreparedRow:
         return len(self._values)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # (a slot not set yet: copy, pickle)
+            raise AttributeError(name)
         try:
             return self._mapping[name]
         except KeyError:
@@ -184,7 +186,7 @@ class Prepared:
         without rows or IN lists) in the connection's current transaction."""
         sql = self.sql
         try:
-            if isinstance(params, list):
+            if isinstance(params, (list, tuple)):
                 values = [self._values(p) for p in params]
             else:
                 sql = self._sql(params or {})
@@ -192,7 +194,7 @@ class Prepared:
         except Exception as exc:  # as SQLAlchemy reports a parameter it cannot bind
             raise StatementError(str(exc), sql, params, exc) from exc
         try:
-            if isinstance(params, list):
+            if isinstance(params, (list, tuple)):
                 cursor = driver.executemany(sql, values)
                 return PreparedResult([], cursor.rowcount)
             cursor = driver.execute(sql, values[0])
@@ -231,7 +233,7 @@ class PreparedStatements:
         through SQLAlchemy."""
         if id(statement) not in self._wanted:
             return None
-        many = isinstance(params, list)
+        many = isinstance(params, (list, tuple))
         if many and not params:
             return None
         first: Mapping[str, Any] = (params[0] if many else params) or {}
