@@ -117,11 +117,11 @@ class Prepared:
 
     sql: str
     slots: tuple[_Slot, ...]
-    #: how each result column is read back (empty: the statement returns no rows)
-    readers: tuple[Callable[[Any], Any] | None, ...]
+    #: whether the statement returns rows (a SELECT, a RETURNING)
+    returns_rows: bool
     #: the IN lists given at execution (their places in ``sql`` are filled in then)
     lists: frozenset[str] = frozenset()
-    #: the result columns a reader changes: (position, reader)
+    #: the result columns whose type reads them back: (position, reader)
     converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
     @classmethod
@@ -158,11 +158,9 @@ class Prepared:
 
         sql = _POSTCOMPILE.sub(placeholders, compiled.string)
         columns = list(getattr(statement, "exported_columns", ()))
-        readers = tuple(
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
-        )
+        readers = (c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
         converted = tuple((i, read) for i, read in enumerate(readers) if read is not None)
-        return cls(sql, tuple(slots), readers, frozenset(lists), converted)
+        return cls(sql, tuple(slots), bool(columns), frozenset(lists), converted)
 
     def _values(self, params: Mapping[str, Any]) -> list[Any]:
         out: list[Any] = []
@@ -247,7 +245,7 @@ class PreparedStatements:
             self._compiled[cache_key] = prepared
         if prepared is None:
             return None
-        if many and (prepared.readers or prepared.lists):
+        if many and (prepared.returns_rows or prepared.lists):
             return None  # rows of several executions, IN lists of several: SQLAlchemy's
         if any(not first.get(name) for name in prepared.lists):
             return None  # an empty IN list: SQLAlchemy's own SQL for it

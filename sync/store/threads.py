@@ -79,16 +79,15 @@ class InlineConnection:
 
     __slots__ = ("_conn", "_driver", "_prepared")
 
-    def __init__(self, conn: Connection, prepared: PreparedStatements | None = None) -> None:
+    def __init__(self, conn: Connection, prepared: PreparedStatements) -> None:
         self._conn = conn
         self._prepared = prepared
         self._driver = cast(sqlite3.Connection, conn.connection.driver_connection)
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        if self._prepared is not None:
-            ready = self._prepared.get(statement, parameters, self._conn.dialect)
-            if ready is not None:
-                return ready.run(self._driver, parameters)
+        ready = self._prepared.get(statement, parameters, self._conn.dialect)
+        if ready is not None:
+            return ready.run(self._driver, parameters)
         return self._conn.execute(statement, parameters)
 
 

@@ -139,7 +139,7 @@ def test_a_prepared_statement_runs_as_sqlalchemy_runs_it(
     statement = getattr(s, name)
     prepared = s.PREPARED.get(statement, params, conn.dialect)
     assert isinstance(prepared, Prepared), f"{name} does not run prepared"
-    rows_expected = bool(prepared.readers)
+    rows_expected = prepared.returns_rows
 
     with conn.begin() as tx:
         expected = _outcome(conn.execute(statement, params), rows_expected)
