@@ -29,6 +29,7 @@ from sync.clients.bigpanda import (
     parse_incident,
     rate_limit_delay_s,
 )
+from sync.clients.bigpanda.parsing import stamped_before
 from sync.clients.http import HttpAnswer, Parsed
 from sync.clients.pacing import PacingPolicy, RatePacer
 from sync.clock import FakeClock, SystemClock
@@ -771,6 +772,56 @@ async def test_list_changed_stops_on_an_empty_page(
     client = BigPandaClient(session, settings(), FakeClock())
     assert len(await client.list_changed(ENV, 100, overlap_s=0, page_size=1)) == 1
     assert len(rec.calls) == 2
+
+
+async def test_list_changed_skips_items_older_than_the_window_unparsed(
+    session: aiohttp.ClientSession, mocked: aioresponses
+) -> None:
+    """An idle poll reads every active incident; those not updated in the window are not
+    parsed: an old malformed one is not reported (it was when it was new), a new one is.
+    A page of old items only is not the end of the poll."""
+    floor = 1_000
+    old_poison = {"id": "b" * 24, "status": "active", "updated_at": floor - 1}  # no alerts
+    new_poison = {"id": "c" * 24, "status": "active", "updated_at": floor + 1}
+    unreadable = incident(5, updated_at=floor - 1) | {"updated_at": "yesterday"}
+    rec = Recorder(
+        CallbackResult(
+            payload={"total": 5, "items": [incident(1, updated_at=floor - 5), old_poison]}
+        ),
+        CallbackResult(payload={"total": 5, "items": [new_poison, incident(2, updated_at=floor)]}),
+        CallbackResult(payload={"total": 5, "items": [unreadable]}),
+    )
+    mocked.get(re_path(f"/resources/v2.0/environments/{ENV}/incidents"), callback=rec, repeat=True)
+    skipped: list[tuple[str, str]] = []
+    client = BigPandaClient(
+        session, settings(), FakeClock(), skip_observer=lambda s, r: skipped.append((s, r))
+    )
+    changed = await client.list_changed(ENV, floor, overlap_s=0, page_size=2)
+    assert [i.id[-1] for i in changed] == ["2"]
+    assert len(rec.calls) == 3
+    # the old malformed item is not looked at; the new one and the unreadable stamp are
+    assert skipped == [("bigpanda", "no_alerts"), ("bigpanda", "malformed")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "floor", "expected"),
+    [
+        ({"updated_at": 99}, 100, True),
+        ({"updated_at": 100}, 100, False),
+        ({"updated_at": "99"}, 100, True),
+        ({"updated_at": 99_000}, 100, False),  # not milliseconds: below the threshold
+        ({"updated_at": 1_700_000_000_000}, 1_700_000_001, True),  # milliseconds
+        ({"updated_at": None}, 100, False),
+        ({"updated_at": True}, 100, False),
+        ({"updated_at": "soon"}, 100, False),
+        ({}, 100, False),
+        ([], 100, False),
+    ],
+)
+def test_stamped_before_reads_the_stamp_as_the_parser_does(
+    raw: Any, floor: int, expected: bool
+) -> None:
+    assert stamped_before(raw, floor) is expected
 
 
 # ---------------------------------------------------------------- pacer

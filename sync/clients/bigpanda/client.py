@@ -79,6 +79,7 @@ from sync.clients.bigpanda.parsing import (
     parse_environment,
     parse_incident,
     poison_reason,
+    stamped_before,
 )
 from sync.clients.bigpanda.paths import (
     ACTIVITIES_MAX_PAGES,
@@ -319,20 +320,20 @@ class BigPandaClient(PeopleCalls, TagCalls):
         await self._request(Family.ENVIRONMENTS, "GET", ENVIRONMENTS_PATH, ENVIRONMENTS_PATH)
 
     # ------------------------------------------------------------------ incidents
-    async def search_incidents(
+    async def _search_raw(
         self,
         environment_id: str,
         *,
-        query: str | None = None,
-        from_s: int | None = None,
-        to_s: int | None = None,
-        sort_by: str | None = None,
-        folder: str | None = None,
-        page: int = 1,
-        page_size: int = 10,
-        expand_alerts: bool = False,
-    ) -> BPSearchPage:
-        """One page of ``GET /environments/{env}/incidents`` (docs 4.1)."""
+        query: str | None,
+        from_s: int | None,
+        to_s: int | None,
+        sort_by: str | None,
+        folder: str | None,
+        page: int,
+        page_size: int,
+        expand_alerts: bool,
+    ) -> tuple[int, list[Any]]:
+        """(total, the page's items unparsed) of one search (:meth:`search_incidents`)."""
         limit = SEARCH_EXPANDED_PAGE_SIZE_MAX if expand_alerts else SEARCH_PAGE_SIZE_MAX
         if not 1 <= page_size <= limit:
             raise PermanentError(
@@ -371,14 +372,38 @@ class BigPandaClient(PeopleCalls, TagCalls):
             raise PermanentError(
                 SIDE, "unexpected answer shape for an incident search: no 'items' list"
             )
-        items: list[BPIncident] = []
-        for raw in body["items"]:
-            incident = self._parse_polled(raw)
-            if incident is not None:
-                items.append(incident)
+        raws: list[Any] = body["items"]
         total = body.get("total")
         if isinstance(total, bool) or not isinstance(total, int):
-            total = len(items) + (page - 1) * page_size
+            total = len(raws) + (page - 1) * page_size  # skipped items were on the page too
+        return total, raws
+
+    async def search_incidents(
+        self,
+        environment_id: str,
+        *,
+        query: str | None = None,
+        from_s: int | None = None,
+        to_s: int | None = None,
+        sort_by: str | None = None,
+        folder: str | None = None,
+        page: int = 1,
+        page_size: int = 10,
+        expand_alerts: bool = False,
+    ) -> BPSearchPage:
+        """One page of ``GET /environments/{env}/incidents`` (docs 4.1)."""
+        total, raws = await self._search_raw(
+            environment_id,
+            query=query,
+            from_s=from_s,
+            to_s=to_s,
+            sort_by=sort_by,
+            folder=folder,
+            page=page,
+            page_size=page_size,
+            expand_alerts=expand_alerts,
+        )
+        items = [incident for raw in raws if (incident := self._parse_polled(raw)) is not None]
         return BPSearchPage(total=total, items=items)
 
     def _parse_polled(self, raw: Any) -> BPIncident | None:
@@ -436,26 +461,36 @@ class BigPandaClient(PeopleCalls, TagCalls):
         found: dict[str, BPIncident] = {}
         page = 1
         while True:
-            result = await self.search_incidents(
-                environment_id, from_s=floor, sort_by="start", page=page, page_size=size
+            total, raws = await self._search_raw(
+                environment_id,
+                query=None,
+                from_s=floor,
+                to_s=None,
+                sort_by="start",
+                folder=None,
+                page=page,
+                page_size=size,
+                expand_alerts=False,
             )
-            for incident in result.items:
-                if floor is not None and (
-                    incident.updated_at is not None and incident.updated_at < floor
-                ):
+            for raw in raws:
+                # outside the window: not parsed (an idle poll reads every active incident)
+                if floor is not None and stamped_before(raw, floor):
+                    continue
+                incident = self._parse_polled(raw)
+                if incident is None:
                     continue
                 seen = found.get(incident.id)
                 if seen is None or (incident.updated_at or 0) >= (seen.updated_at or 0):
                     found[incident.id] = incident
             read = page * size
-            if not result.items or read >= result.total:
+            if not raws or read >= total:
                 break
             if read >= SEARCH_RESULT_CAP:
                 log.warning(
                     "BigPanda search in environment %s matched %s incidents; only the first "
                     "%s can be paged through (lower bigpanda cursor overlap or poll more often)",
                     environment_id,
-                    result.total,
+                    total,
                     SEARCH_RESULT_CAP,
                 )
                 break

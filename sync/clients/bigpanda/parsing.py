@@ -194,6 +194,19 @@ def parse_incident(data: Any) -> BPIncident:
         raise PermanentError(SIDE, f"unexpected incident shape: {exc}") from None
 
 
+def stamped_before(data: Any, floor: int) -> bool:
+    """Is this raw search item's ``updated_at`` known and older than ``floor`` (epoch s),
+    as :func:`parse_incident` would read it? A poll skips such an item unparsed (it is
+    outside the window anyway); an item whose stamp cannot be read is parsed as usual."""
+    if not isinstance(data, Mapping):
+        return False
+    try:
+        stamp = _epoch(data.get("updated_at"), "updated_at")
+    except _ShapeError:
+        return False
+    return stamp is not None and stamp < floor
+
+
 def _parse_activity(data: Any) -> BPActivity:
     if not isinstance(data, Mapping):
         raise _ShapeError(f"activity is a JSON {type(data).__name__}")
