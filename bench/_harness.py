@@ -364,9 +364,13 @@ class CycleStats:
 class Daemon:
     """``python -m sync run`` in a subprocess."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, env: Mapping[str, str], *, profile: Path | None = None
+    ) -> None:
+        """``profile``: run under ``bench/_profile.py`` writing there (see its docstring)."""
         self.workdir = workdir
         self.env = dict(env)
+        self.profile = profile
         self.http_port = int(self.env["BPSYNC_HTTP_PORT"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "daemon.log"
@@ -380,7 +384,10 @@ class Daemon:
     async def start(
         self, http: aiohttp.ClientSession, *, first_cycle: bool = True, timeout_s: float = 60
     ) -> None:
-        self.proc = spawn([PYTHON, "-m", "sync", "run"], self.workdir, self.env, self.log_path)
+        cmd = [PYTHON, "-m", "sync", "run"]
+        if self.profile is not None:
+            cmd[1:1] = [str(ROOT / "bench" / "_profile.py"), str(self.profile)]
+        self.proc = spawn(cmd, self.workdir, self.env, self.log_path)
         try:
             await wait_port(self.http_port, timeout_s, self.proc)
             if first_cycle:

@@ -11,6 +11,10 @@ event loop, or in a thread of its own while another process holds the lock
 - ``OUT``: the event loop's thread, its store calls included (``python -m pstats OUT``);
 - ``OUT.store``: the store calls run in the store's thread;
 - ``OUT.calls.json``: per store method, its calls and the thread CPU seconds they took.
+
+``SIGUSR1`` starts all three afresh: what ran before it is dropped (``bench/scale.py
+--pairs --profile`` sends it when its change phase starts, so start-up and idle cycles
+stay out of the figures).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import atexit
 import cProfile
 import json
 import runpy
+import signal
 import sys
 import time
 from collections import Counter
@@ -36,30 +41,39 @@ def main() -> None:
         raise SystemExit(__doc__)
     out = Path(sys.argv[1])
     module = sys.argv[3]
-    main_prof, store_prof = cProfile.Profile(), cProfile.Profile()
+    profs = {"main": cProfile.Profile(), "store": cProfile.Profile()}
     calls: Counter[str] = Counter()
     cpu_s: Counter[str] = Counter()
+
+    def restart(_signum: int, _frame: object) -> None:
+        profs["main"].disable()
+        profs["main"], profs["store"] = cProfile.Profile(), cProfile.Profile()
+        calls.clear()
+        cpu_s.clear()
+        profs["main"].enable()
+
+    signal.signal(signal.SIGUSR1, restart)
     original = threads.run_inline
 
     def profiled(coro: Coroutine[Any, Any, Any], *, on_loop: bool = False) -> Any:
         name = coro.cr_code.co_name
         started = time.thread_time()
         if not on_loop:  # on the loop: in the loop's profile
-            store_prof.enable()
+            profs["store"].enable()
         try:
             return original(coro, on_loop=on_loop)
         finally:
             if not on_loop:
-                store_prof.disable()
+                profs["store"].disable()
             calls[name] += 1
             cpu_s[name] += time.thread_time() - started
 
     threads.run_inline = profiled  # type: ignore[assignment]
 
     def dump() -> None:
-        main_prof.disable()
-        main_prof.dump_stats(str(out))
-        store_prof.dump_stats(f"{out}.store")
+        profs["main"].disable()
+        profs["main"].dump_stats(str(out))
+        profs["store"].dump_stats(f"{out}.store")
         table = {
             name: {"calls": calls[name], "cpu_s": round(cpu_s[name], 4)}
             for name, _ in cpu_s.most_common()
@@ -68,7 +82,7 @@ def main() -> None:
 
     atexit.register(dump)
     sys.argv = [module, *sys.argv[4:]]
-    main_prof.enable()
+    profs["main"].enable()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -6,6 +6,8 @@ Usage::
     python bench/scale.py --pairs --quick       # 4 pairs x 200 links; 3 replicas x 6 pairs
     python bench/scale.py --pairs --json        # one JSON object
     python bench/scale.py --pairs --phase one-process   # or: replicas (Postgres)
+    python bench/scale.py --pairs --phase one-process --count 1 --changes-per-min 600 \
+        --profile OUT                           # cProfile of the change phase (bench/_profile.py)
 
 **One process** (this module). The emulators are one ``bench/_emu_host.py`` process
 serving one ServiceNow instance and one BigPanda organisation per pair, each on its own
@@ -50,6 +52,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -185,9 +188,11 @@ async def arrived(api: h.Api, changes: list[tuple[int, str]]) -> set[int]:
     bp_changed = [(i, v) for i, v in changes if i % 2]
     sn_changed = [(i, v) for i, v in changes if not i % 2]
     if bp_changed:
-        ids = ",".join(h.sn_sys_id(i) for i, _ in bp_changed)
-        rows = await api.sn_query(f"sys_idIN{ids}", "sys_id,impact")
-        impact = {row["sys_id"]: row.get("impact") for row in rows}
+        impact: dict[str, Any] = {}
+        for start in range(0, len(bp_changed), 100):  # a URL stays under 8 KB
+            ids = ",".join(h.sn_sys_id(i) for i, _ in bp_changed[start : start + 100])
+            rows = await api.sn_query(f"sys_idIN{ids}", "sys_id,impact")
+            impact |= {row["sys_id"]: row.get("impact") for row in rows}
         out |= {i for i, v in bp_changed if impact.get(h.sn_sys_id(i)) == h.IMPACT_MAP[v]}
     if sn_changed:
         tags = {str(inc.get("id")): h.tag_values(inc) for inc in await api.bp_dump()}
@@ -202,6 +207,8 @@ async def run_changes(
     total = min(int(args.change_seconds * args.changes_per_min / 60), len(apis) * args.pool)
     plan = plan_changes(len(apis), total)
     gap = 60.0 / args.changes_per_min
+    if daemon.profile is not None:  # profile the change phase only
+        os.kill(daemon.pid, signal.SIGUSR1)
     cpu0, t0 = daemon.cpu_s(), time.monotonic()
     tasks = []
     for k, (pair, incident, value) in enumerate(plan):
@@ -268,7 +275,8 @@ async def measure(pairs: int, args: argparse.Namespace, template: Path, tmp: Pat
             }
             config = work / "bpsync.toml"
             config.write_text(p.config_text(top, sections, host.sets, pairs=many))
-            daemon = h.Daemon(work, p.process_env(config, state, h.free_port()))
+            profile = args.profile if pairs == args.count else None
+            daemon = h.Daemon(work, p.process_env(config, state, h.free_port()), profile=profile)
             await daemon.start(http, timeout_s=120 + pairs)
             h.log(f"  {pairs} pair(s) x {args.links:,} links up in {run.setup_s}s; settling")
             settle_s = await p.settle_pairs(apis, daemon, names, timeout_s=300)
@@ -407,12 +415,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-cycles", type=int, default=6, help="idle cycles of every pair")
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--cursor-overlap", type=float, default=5.0)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="cProfile the one-process daemon's change phase into this file (bench/_profile.py)",
+    )
     scale_replicas.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.links, args.change_seconds = 4, 200, 9.0
         args.idle_cycles, args.poll_interval, args.cursor_overlap = 3, 1.0, 3.0
         args.replica_pairs = 6
+    if args.profile is not None:
+        args.profile = args.profile.resolve()  # the daemon runs in a temporary directory
     needed = -(-int(args.change_seconds * args.changes_per_min / 60) // args.count)
     args.pool = max(args.pool, needed)
     return args
