@@ -72,6 +72,7 @@ from sync.store.statements import (
     LIVE_BY_SN,
     LIVE_BY_SNS,
     UPSERT_CHECKPOINT,
+    UPSERT_CURSOR,
     UPSERT_FIELD_STATE,
 )
 from sync.store.threads import run_calls_in_thread
@@ -513,12 +514,7 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
             "updated_at": as_utc(now),
         }
         async with self._write() as conn:
-            stmt = self._upsert(t.cursors).values(values)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["side"],
-                set_={k: stmt.excluded[k] for k in ("watermark", "seen", "updated_at")},
-            )
-            await conn.execute(stmt)
+            await conn.execute(UPSERT_CURSOR, values)
 
     async def get_checkpoint(self, name: str) -> str | None:
         async with self._read() as conn:

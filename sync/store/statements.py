@@ -159,6 +159,16 @@ UPSERT_CHECKPOINT = text(
     "INSERT INTO checkpoints (name, value, updated_at) VALUES (:name, :value, :updated_at) "
     "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
 ).bindparams(bindparam("updated_at", type_=t.checkpoints.c.updated_at.type))
+UPSERT_CURSOR = text(
+    "INSERT INTO cursors (side, watermark, seen, updated_at) "
+    "VALUES (:side, :watermark, :seen, :updated_at) "
+    "ON CONFLICT (side) DO UPDATE SET watermark = excluded.watermark, "
+    "seen = excluded.seen, updated_at = excluded.updated_at"
+).bindparams(
+    bindparam("watermark", type_=t.cursors.c.watermark.type),
+    bindparam("seen", type_=t.cursors.c.seen.type),
+    bindparam("updated_at", type_=t.cursors.c.updated_at.type),
+)
 
 #: the statements that run prepared on a SQLite file (:mod:`sync.store.prepared`): those
 #: of a create, a carried change and a cycle's reads and bookkeeping
@@ -187,5 +197,6 @@ PREPARED = PreparedStatements(
         INSERT_AUDIT,
         UPSERT_FIELD_STATE,
         UPSERT_CHECKPOINT,
+        UPSERT_CURSOR,
     ]
 )

@@ -86,6 +86,11 @@ CASES: list[tuple[str, Any]] = [
         {"link_id": 1, "side": "bigpanda", "name": "x", "value": "1", "synced_at": NOW},
     ),
     ("UPSERT_CHECKPOINT", {"name": "backfill:env", "value": "{}", "updated_at": LATER}),
+    (
+        "UPSERT_CURSOR",
+        {"side": "bigpanda", "watermark": LATER, "seen": ["k:2", "k:3"], "updated_at": LATER},
+    ),
+    ("UPSERT_CURSOR", {"side": "servicenow", "watermark": None, "seen": [], "updated_at": NOW}),
 ]
 
 
@@ -115,12 +120,14 @@ def conn(tmp_path: Path) -> Iterator[Connection]:
             connection.execute(
                 s.UPSERT_CHECKPOINT, {"name": "backfill:env", "value": "[]", "updated_at": NOW}
             )
+            cursor = {"side": "bigpanda", "watermark": NOW, "seen": ["k:1"], "updated_at": NOW}
+            connection.execute(s.UPSERT_CURSOR, cursor)
         yield connection
     engine.dispose()
 
 
 def _snapshot(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
-    tables = (t.links, t.outbox, t.audit, t.field_state, t.checkpoints)
+    tables = (t.links, t.outbox, t.audit, t.field_state, t.checkpoints, t.cursors)
     return {table.name: [tuple(r) for r in conn.execute(select(table))] for table in tables}
 
 
