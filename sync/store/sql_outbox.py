@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,10 +26,13 @@ from sync.store.engines import describe, foreign_key_violation, unique_violation
 from sync.store.rows import new_item_values, to_item
 from sync.store.sql_core import SqlCore
 from sync.store.statements import (
+    CLAIM_DUE,
+    CLAIM_DUE_LOCKED,
     COMPLETE_ITEM,
     COUNT_OUTBOX,
     COUNT_OUTBOX_IN,
     INSERT_ITEM_UNLESS_OPEN,
+    MARK_IN_FLIGHT,
     NOT_DONE_WITH_KEY,
     OPEN_WRITES,
 )
@@ -92,31 +95,14 @@ class SqlOutbox(SqlCore):
         now = as_utc(now)
         if limit <= 0:
             return []
-        lease_cutoff = now - timedelta(seconds=lease_s)
-        c = t.outbox.c
-        query = (
-            select(t.outbox)
-            .where(
-                or_(
-                    and_(c.state == OutboxState.PENDING.value, c.next_attempt_at <= now),
-                    and_(c.state == OutboxState.IN_FLIGHT.value, c.updated_at <= lease_cutoff),
-                )
-            )
-            .order_by(c.next_attempt_at, c.id)
-            .limit(limit)
-        )
-        if self._postgres:
-            query = query.with_for_update(skip_locked=True)
+        query = CLAIM_DUE_LOCKED if self._postgres else CLAIM_DUE
+        params = {"b_now": now, "b_cutoff": now - timedelta(seconds=lease_s), "b_limit": limit}
         async with self._write() as conn:
-            rows = list(await conn.execute(query))
+            rows = list(await conn.execute(query, params))
             if not rows:
                 return []
             ids = [row._mapping["id"] for row in rows]
-            await conn.execute(
-                update(t.outbox)
-                .where(c.id.in_(ids))
-                .values(state=OutboxState.IN_FLIGHT.value, updated_at=now)
-            )
+            await conn.execute(MARK_IN_FLIGHT, {"b_ids": ids, "b_updated_at": now})
         return [
             dataclasses.replace(to_item(row), state=OutboxState.IN_FLIGHT, updated_at=now)
             for row in rows

@@ -148,6 +148,35 @@ OPEN_WRITES = (
     .distinct()
 )
 INSERT_AUDIT = insert(t.audit)
+#: outbox items due (their retry time passed, or their lease expired), oldest first
+CLAIM_DUE = (
+    select(t.outbox)
+    .where(
+        or_(
+            and_(
+                t.outbox.c.state == OutboxState.PENDING.value,
+                t.outbox.c.next_attempt_at <= bindparam("b_now", type_=t.outbox.c.updated_at.type),
+            ),
+            and_(
+                t.outbox.c.state == OutboxState.IN_FLIGHT.value,
+                t.outbox.c.updated_at <= bindparam("b_cutoff", type_=t.outbox.c.updated_at.type),
+            ),
+        )
+    )
+    .order_by(t.outbox.c.next_attempt_at, t.outbox.c.id)
+    .limit(bindparam("b_limit"))
+)
+#: the same, each row locked and locked rows skipped (Postgres: replicas claim apart)
+CLAIM_DUE_LOCKED = CLAIM_DUE.with_for_update(skip_locked=True)
+#: claimed: in flight from now
+MARK_IN_FLIGHT = (
+    update(t.outbox)
+    .where(t.outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+    .values(
+        state=OutboxState.IN_FLIGHT.value,
+        updated_at=bindparam("b_updated_at", type_=t.outbox.c.updated_at.type),
+    )
+)
 
 UPSERT_FIELD_STATE = text(
     "INSERT INTO field_state (link_id, side, name, value, synced_at) "
@@ -198,5 +227,7 @@ PREPARED = PreparedStatements(
         UPSERT_FIELD_STATE,
         UPSERT_CHECKPOINT,
         UPSERT_CURSOR,
+        CLAIM_DUE,
+        MARK_IN_FLIGHT,
     ]
 )

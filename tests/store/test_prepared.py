@@ -31,6 +31,7 @@ from sync.store.rows import audit_values, new_item_values, pending_link_values
 
 NOW = datetime(2026, 12, 1, 9, 30, 15, 123456, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
+EARLIER = NOW - timedelta(seconds=1)
 
 
 def _item(key: str, link_id: int | None = 1) -> dict[str, Any]:
@@ -91,6 +92,11 @@ CASES: list[tuple[str, Any]] = [
         {"side": "bigpanda", "watermark": LATER, "seen": ["k:2", "k:3"], "updated_at": LATER},
     ),
     ("UPSERT_CURSOR", {"side": "servicenow", "watermark": None, "seen": [], "updated_at": NOW}),
+    ("CLAIM_DUE", {"b_now": LATER, "b_cutoff": LATER, "b_limit": 10}),  # both
+    ("CLAIM_DUE", {"b_now": EARLIER, "b_cutoff": LATER, "b_limit": 10}),  # the lease only
+    ("CLAIM_DUE", {"b_now": EARLIER, "b_cutoff": EARLIER, "b_limit": 10}),  # none
+    ("CLAIM_DUE", {"b_now": LATER, "b_cutoff": LATER, "b_limit": 1}),
+    ("MARK_IN_FLIGHT", {"b_ids": [1, 99], "b_updated_at": LATER}),
 ]
 
 
@@ -113,6 +119,8 @@ def conn(tmp_path: Path) -> Iterator[Connection]:
                 t.links.update().where(t.links.c.id == 3).values(state=LinkState.SUPERSEDED.value)
             )
             connection.execute(s.INSERT_ITEM_UNLESS_OPEN, _item("key-1"))
+            connection.execute(s.INSERT_ITEM_UNLESS_OPEN, _item("key-2"))
+            connection.execute(s.MARK_IN_FLIGHT, {"b_ids": [2], "b_updated_at": NOW})
             state = {"side": "bigpanda", "name": "impact", "value": "low", "synced_at": NOW}
             connection.execute(
                 s.UPSERT_FIELD_STATE, [{"link_id": 1, **state}, {"link_id": 2, **state}]
