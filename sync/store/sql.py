@@ -67,6 +67,8 @@ from sync.store.statements import (
     INSERT_LINK,
     LINK_BY_ID,
     LINKS_FOR_BP,
+    LINKS_IN_NEWEST,
+    LINKS_NEWEST,
     LIVE_BY_BP,
     LIVE_BY_BPS,
     LIVE_BY_SN,
@@ -277,24 +279,16 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
                 f"BigPanda incident {to_bp_incident_id} already has a live link"
             ) from None
 
-    @staticmethod
-    def _link_filter(states: Collection[LinkState] | None) -> list[ColumnElement[bool]]:
-        if states is None:
-            return []
-        return [t.links.c.state.in_([LinkState(s).value for s in states])]
-
     async def list_links(
         self, states: Collection[LinkState] | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[Link]:
-        query = (
-            select(t.links)
-            .where(*self._link_filter(states))
-            .order_by(t.links.c.id.desc())
-            .limit(max(0, limit))
-            .offset(max(0, offset))
-        )
+        query = LINKS_NEWEST
+        params: dict[str, Any] = {"b_limit": max(0, limit), "b_offset": max(0, offset)}
+        if states is not None:
+            query = LINKS_IN_NEWEST
+            params["b_states"] = [LinkState(x).value for x in states]
         async with self._read() as conn:
-            return [to_link(row) for row in await conn.execute(query)]
+            return [to_link(row) for row in await conn.execute(query, params)]
 
     async def count_links(self, states: Collection[LinkState] | None = None) -> int:
         query, params = COUNT_LINKS, {}

@@ -53,6 +53,14 @@ COUNT_LINKS_IN = COUNT_LINKS.where(t.links.c.state.in_(bindparam("b_states", exp
 COUNT_OUTBOX = select(func.count()).select_from(t.outbox)
 COUNT_OUTBOX_IN = COUNT_OUTBOX.where(t.outbox.c.state.in_(bindparam("b_states", expanding=True)))
 LINK_BY_ID = select(t.links).where(t.links.c.id == bindparam("b_id"))
+#: a page of links, newest first (every cycle asks for the pending ones)
+LINKS_NEWEST = (
+    select(t.links)
+    .order_by(t.links.c.id.desc())
+    .limit(bindparam("b_limit"))
+    .offset(bindparam("b_offset"))
+)
+LINKS_IN_NEWEST = LINKS_NEWEST.where(t.links.c.state.in_(bindparam("b_states", expanding=True)))
 LIVE_BY_BP = (
     select(t.links)
     .where(t.links.c.bp_incident_id == bindparam("b_value"), t.links.c.state.in_(_LIVE))
@@ -211,6 +219,8 @@ PREPARED = PreparedStatements(
         COUNT_OUTBOX,
         COUNT_OUTBOX_IN,
         LINK_BY_ID,
+        LINKS_NEWEST,
+        LINKS_IN_NEWEST,
         LIVE_BY_BP,
         LIVE_BY_SN,
         LINKS_FOR_BP,
