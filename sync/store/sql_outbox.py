@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +35,8 @@ from sync.store.statements import (
     MARK_IN_FLIGHT,
     NOT_DONE_WITH_KEY,
     OPEN_WRITES,
+    OUTBOX_IN_OLDEST,
+    OUTBOX_OLDEST,
 )
 
 #: targets per statement of ``open_writes`` (bound parameters have a limit per statement)
@@ -152,23 +154,16 @@ class SqlOutbox(SqlCore):
             updated_at=as_utc(now),
         )
 
-    @staticmethod
-    def _outbox_filter(states: Collection[OutboxState] | None) -> list[ColumnElement[bool]]:
-        if states is None:
-            return []
-        return [t.outbox.c.state.in_([OutboxState(s).value for s in states])]
-
     async def list_outbox(
         self, states: Collection[OutboxState] | None = None, *, limit: int = 100
     ) -> list[OutboxItem]:
-        query = (
-            select(t.outbox)
-            .where(*self._outbox_filter(states))
-            .order_by(t.outbox.c.id)
-            .limit(max(0, limit))
-        )
+        query = OUTBOX_OLDEST
+        params: dict[str, Any] = {"b_limit": max(0, limit)}
+        if states is not None:
+            query = OUTBOX_IN_OLDEST
+            params["b_states"] = [OutboxState(x).value for x in states]
         async with self._read() as conn:
-            return [to_item(row) for row in await conn.execute(query)]
+            return [to_item(row) for row in await conn.execute(query, params)]
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
         query, params = COUNT_OUTBOX, {}

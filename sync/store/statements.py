@@ -156,6 +156,9 @@ OPEN_WRITES = (
     .distinct()
 )
 INSERT_AUDIT = insert(t.audit)
+#: outbox items, oldest first (every cycle reads the open ones)
+OUTBOX_OLDEST = select(t.outbox).order_by(t.outbox.c.id).limit(bindparam("b_limit"))
+OUTBOX_IN_OLDEST = OUTBOX_OLDEST.where(t.outbox.c.state.in_(bindparam("b_states", expanding=True)))
 #: outbox items due (their retry time passed, or their lease expired), oldest first
 CLAIM_DUE = (
     select(t.outbox)
@@ -239,5 +242,7 @@ PREPARED = PreparedStatements(
         UPSERT_CURSOR,
         CLAIM_DUE,
         MARK_IN_FLIGHT,
+        OUTBOX_OLDEST,
+        OUTBOX_IN_OLDEST,
     ]
 )

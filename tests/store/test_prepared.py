@@ -101,6 +101,9 @@ CASES: list[tuple[str, Any]] = [
     ("CLAIM_DUE", {"b_now": EARLIER, "b_cutoff": EARLIER, "b_limit": 10}),  # none
     ("CLAIM_DUE", {"b_now": LATER, "b_cutoff": LATER, "b_limit": 1}),
     ("MARK_IN_FLIGHT", {"b_ids": [1, 99], "b_updated_at": LATER}),
+    ("OUTBOX_OLDEST", {"b_limit": 1}),
+    ("OUTBOX_IN_OLDEST", {"b_states": ["pending", "in_flight", "dead"], "b_limit": 1_000_000}),
+    ("OUTBOX_IN_OLDEST", {"b_states": ["in_flight"], "b_limit": 10}),
 ]
 
 
