@@ -95,7 +95,7 @@ def load_incident(st: State, data: Mapping[str, Any]) -> Incident:
     st.incidents[inc.id] = inc
     inc.activities.append(Activity(st.new_id(32), "incident_created", start, None, {}))
     inc.environments = tuple(env.id for env in st.environments.values() if env.matcher(inc, st))
-    st.version += 1
+    st.search_index.touched(inc.id)
     return inc
 
 

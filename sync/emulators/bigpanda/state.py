@@ -25,6 +25,7 @@ from sync.emulators.bigpanda.model import (
     TagDefinition,
     TagValue,
 )
+from sync.emulators.bigpanda.search import SearchIndex
 from sync.emulators.bigpanda.users import SEED_USERS, User
 
 
@@ -91,8 +92,7 @@ class State:
         self.pending: list[tuple[float, Callable[[], None]]] = []
         """Accepted merges/splits: (due on the monotonic clock, apply)."""
         self.recent_async: dict[tuple[str, ...], float] = {}
-        self.version = 0
-        self._search_cache: dict[tuple[Any, ...], list[str]] = {}
+        self.search_index = SearchIndex()
         now = self.now()
         self.tag_definitions: dict[str, TagDefinition] = {
             "priority": TagDefinition(
@@ -128,7 +128,7 @@ class State:
         inc.environments = tuple(
             env.id for env in self.environments.values() if env.matcher(inc, self)
         )
-        self.version += 1
+        self.search_index.touched(inc.id)
 
     def add_activity(
         self, inc: Incident, type_: str, params: dict[str, Any], *, by: str | None = None
@@ -664,33 +664,29 @@ class State:
         sort_by: str,
         folder: str | None,
     ) -> list[str]:
-        """Ids of the matching incidents in order; cached until the next mutation, so
-        paging through a large result costs one sort, not one per page."""
+        """Ids of the matching incidents in order (sort key, then id; newest first). The
+        result is kept and brought up to date with the incidents changed since
+        (:mod:`sync.emulators.bigpanda.search`): paging through a large result does not
+        work every incident out again for each page."""
         self.tick()
-        cache_key = (self.version, env_id, query, from_s, to_s, sort_by, folder)
-        cached = self._search_cache.get(cache_key)
-        if cached is not None:
-            return cached
         predicate = compile_bpql(query)
-        rows: list[tuple[tuple[int, ...], str]] = []
-        for inc in self.incidents.values():
-            if env_id not in inc.environments:
-                continue
+
+        def matches(inc_id: str) -> tuple[int, ...] | None:
+            inc = self.incidents.get(inc_id)
+            if inc is None or env_id not in inc.environments:
+                return None
             if to_s is not None and inc.start > to_s:
-                continue
+                return None
             if from_s is not None and inc.end is not None and inc.end < from_s:
-                continue
+                return None
             if folder is not None and folder not in inc.folders():
-                continue
+                return None
             if not predicate(inc, self):
-                continue
-            rows.append((self._sort_key(inc, sort_by), inc.id))
-        rows.sort(reverse=True)
-        ids = [inc_id for _, inc_id in rows]
-        if len(self._search_cache) > 32 or any(k[0] != self.version for k in self._search_cache):
-            self._search_cache.clear()
-        self._search_cache[cache_key] = ids
-        return ids
+                return None
+            return self._sort_key(inc, sort_by)
+
+        params = (env_id, query, from_s, to_s, sort_by, folder)
+        return self.search_index.search(params, matches, lambda: list(self.incidents))
 
     def _sort_key(self, inc: Incident, sort_by: str) -> tuple[int, ...]:
         if sort_by == "start":
