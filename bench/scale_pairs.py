@@ -8,6 +8,8 @@ Usage::
     python bench/scale.py --pairs --phase one-process   # or: replicas (Postgres)
     python bench/scale.py --pairs --phase one-process --count 1 --changes-per-min 600 \
         --profile OUT                           # cProfile of the change phase (bench/_profile.py)
+    python bench/scale.py --pairs --phase one-process --change-seconds 0 \
+        --profile OUT --profile-phase idle      # cProfile of 50 pairs' idle cycles
 
 **One process** (this module). The emulators are one ``bench/_emu_host.py`` process
 serving one ServiceNow instance and one BigPanda organisation per pair, each on its own
@@ -132,6 +134,8 @@ async def measure_idle(
     await asyncio.sleep(2 * args.cursor_overlap + 2)
     http = apis[0].http
     await p.wait_every_pair(daemon, http, names, 1, 60)  # start on a cycle boundary
+    if daemon.profile is not None and args.profile_phase == "idle":
+        os.kill(daemon.pid, signal.SIGUSR1)
     c0, s0, cpu0, t0 = (
         await p.pair_cycles(daemon, http),
         await p.snapshots(apis),
@@ -207,7 +211,7 @@ async def run_changes(
     total = min(int(args.change_seconds * args.changes_per_min / 60), len(apis) * args.pool)
     plan = plan_changes(len(apis), total)
     gap = 60.0 / args.changes_per_min
-    if daemon.profile is not None:  # profile the change phase only
+    if daemon.profile is not None and args.profile_phase == "changes":
         os.kill(daemon.pid, signal.SIGUSR1)
     cpu0, t0 = daemon.cpu_s(), time.monotonic()
     tasks = []
@@ -418,7 +422,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="cProfile the one-process daemon's change phase into this file (bench/_profile.py)",
+        help="cProfile the one-process daemon into this file (bench/_profile.py)",
+    )
+    parser.add_argument(
+        "--profile-phase",
+        choices=("changes", "idle"),
+        default="changes",
+        help="what --profile covers: the change phase, or from the idle window on "
+        "(with --change-seconds 0: the idle cycles only)",
     )
     scale_replicas.add_arguments(parser)
     args = parser.parse_args(argv)
