@@ -32,5 +32,7 @@ def run(ctx: click.Context, force: bool, once: bool, poll_interval: float | None
 
     settings = get_ctx(ctx).settings(poll_interval=poll_interval)
     setup_logging(settings.log_level, settings.log_format, secret_values(settings))
-    code = run_async(run_daemon(settings, DaemonOptions(force=force, once=once)))
+    code = run_async(
+        run_daemon(settings, DaemonOptions(force=force, once=once, freeze_start_up=True))
+    )
     ctx.exit(code)

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -93,6 +94,12 @@ PUSH_LOOK_S = 2.0
 class DaemonOptions:
     force: bool = False
     once: bool = False
+    freeze_start_up: bool = False
+    """Once started, move every object start-up made out of the cyclic garbage
+    collector's sight (``gc.freeze``): modules, settings, engines and compiled
+    statements live as long as the process, and a full collection walked all of them
+    (tens of ms each time, on the event loop). The process's own choice (``bpsync
+    run``), not an embedding program's."""
 
 
 class ProcessHealth:
@@ -311,6 +318,9 @@ class Daemon:
         from sync.runtime.notify import SystemdNotifier
 
         self.install_signal_handlers()
+        if self.options.freeze_start_up:
+            gc.collect()
+            gc.freeze()
         self._notifier = SystemdNotifier.from_env()
         self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         for runner in self.runners:

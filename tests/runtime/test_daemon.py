@@ -7,6 +7,7 @@ The real-process tests (``python -m sync run`` against the emulators) are in
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -96,6 +97,35 @@ async def test_serves_health_then_stops_on_request(daemon: Daemon, tmp_path: Pat
     lock = SqliteSingleInstanceLock(tmp_path / "state" / "bpsync.db")
     lock.acquire()  # released by close()
     lock.release()
+
+
+async def test_start_up_objects_are_frozen_when_asked(tmp_path: Path) -> None:
+    """``bpsync run`` asks: what start-up made is out of the collector's sight."""
+    settings = make_settings(tmp_path / "state")
+    engine, _ = make_engine(settings)
+    d = Daemon(settings, DaemonOptions(freeze_start_up=True), engine=engine)
+    gc.unfreeze()
+    try:
+        await d.start()
+        assert gc.get_freeze_count() == 0
+        serving = asyncio.create_task(d.serve())
+        await wait_ready(f"http://127.0.0.1:{d._server.port}")
+        assert gc.get_freeze_count() > 0
+        d.request_stop()
+        await asyncio.wait_for(serving, 10)
+    finally:
+        gc.unfreeze()
+        await d.close()
+
+
+async def test_start_up_objects_are_not_frozen_by_default(daemon: Daemon) -> None:
+    gc.unfreeze()
+    await daemon.start()
+    serving = asyncio.create_task(daemon.serve())
+    await wait_ready(f"http://127.0.0.1:{daemon._server.port}")
+    assert gc.get_freeze_count() == 0
+    daemon.request_stop()
+    await asyncio.wait_for(serving, 10)
 
 
 async def test_sigterm_stops_serving(daemon: Daemon) -> None:
