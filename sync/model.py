@@ -69,6 +69,9 @@ def flat_fields(record: Mapping[str, Any]) -> dict[str, str]:
     ``{"link": ..., "value": ...}`` reduced to its value, None as ""."""
     flat: dict[str, str] = {}
     for key, raw in record.items():
+        if type(raw) is str:  # nearly every field: no Mapping check (an ABC's is slow)
+            flat[key] = raw
+            continue
         value = raw.get("value", "") if isinstance(raw, Mapping) else raw
         flat[key] = "" if value is None else str(value)
     return flat
