@@ -166,7 +166,8 @@ CLAIM_DUE = (
         or_(
             and_(
                 t.outbox.c.state == OutboxState.PENDING.value,
-                t.outbox.c.next_attempt_at <= bindparam("b_now", type_=t.outbox.c.updated_at.type),
+                t.outbox.c.next_attempt_at
+                <= bindparam("b_now", type_=t.outbox.c.next_attempt_at.type),
             ),
             and_(
                 t.outbox.c.state == OutboxState.IN_FLIGHT.value,
