@@ -186,7 +186,9 @@ def test_scale_pairs_quick() -> None:
         # an idle cycle of every pair: 1 list request per side, 0 writes
         assert all(0 < r <= 1.25 for r in idle["sn_reads_per_cycle"] + idle["bp_reads_per_cycle"])
         assert not any(idle["sn_writes_per_cycle"] + idle["bp_writes_per_cycle"])
-        assert idle["cpu_s_per_min"] > 0
+        # an idle daemon is not busy; its CPU over the 3 s window may be below one clock
+        # tick (10 ms) since idle cycles cost ~0.05 CPU s a minute: 0 is a reading
+        assert 0 <= idle["cpu_s_per_min"] < 30
         changes = run["changes"]
         assert changes["made"] > 0
         assert changes["carried"] == changes["made"]  # every change seen on the other side
