@@ -13,8 +13,8 @@ event loop, or in a thread of its own while another process holds the lock
 - ``OUT.calls.json``: per store method, its calls and the thread CPU seconds they took.
 
 ``SIGUSR1`` starts all three afresh: what ran before it is dropped (``bench/scale.py
---pairs --profile`` sends it when its change phase starts, so start-up and idle cycles
-stay out of the figures).
+--pairs --profile`` sends it when the phase it profiles starts, the change phase or the
+idle window, so start-up stays out of the figures).
 """
 
 from __future__ import annotations
