@@ -59,6 +59,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ class Changes:
     seconds_to_all_carried: float | None
     cpu_s: float
     cpu_ms_per_change: float | None
+    #: the daemon's requests over the change window, per carried change (the benchmark's
+    #: own changes and look-ups not counted): "servicenow writes", "bigpanda reads"...
+    requests_per_change: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,6 +208,17 @@ async def arrived(api: h.Api, changes: list[tuple[int, str]]) -> set[int]:
     return out
 
 
+async def daemon_requests(apis: list[h.Api]) -> Counter[str]:
+    """Every pair's requests so far, by "<side> reads|writes", less the benchmark's own."""
+    out: Counter[str] = Counter()
+    for api, snap in zip(apis, await p.snapshots(apis), strict=True):
+        for side, stats in snap.items():
+            theirs = stats - api.own[side]
+            out[f"{side} reads"] += theirs.reads
+            out[f"{side} writes"] += theirs.writes
+    return out
+
+
 async def run_changes(
     apis: list[h.Api], daemon: h.Daemon, idle: Idle, args: argparse.Namespace
 ) -> Changes:
@@ -213,6 +228,7 @@ async def run_changes(
     gap = 60.0 / args.changes_per_min
     if daemon.profile is not None and args.profile_phase == "changes":
         os.kill(daemon.pid, signal.SIGUSR1)
+    before = await daemon_requests(apis)
     cpu0, t0 = daemon.cpu_s(), time.monotonic()
     tasks = []
     for k, (pair, incident, value) in enumerate(plan):
@@ -237,6 +253,7 @@ async def run_changes(
         await asyncio.sleep(0.5)
     t1 = done_at if done_at is not None else time.monotonic()
     cpu1 = daemon.cpu_s()
+    requests = await daemon_requests(apis) - before
     carried = sum(len(s) for s in seen.values())
     cpu = cpu1 - cpu0 - idle.cpu_s_per_min / 60 * (t1 - t0)
     return Changes(
@@ -247,6 +264,9 @@ async def run_changes(
         seconds_to_all_carried=round(t1 - t0, 1) if done_at is not None else None,
         cpu_s=round(cpu1 - cpu0, 3),
         cpu_ms_per_change=round(1000 * cpu / carried, 2) if carried else None,
+        requests_per_change={k: round(n / carried, 2) for k, n in sorted(requests.items())}
+        if carried
+        else {},
     )
 
 
@@ -294,7 +314,8 @@ async def measure(pairs: int, args: argparse.Namespace, template: Path, tmp: Pat
             run.changes = await run_changes(apis, daemon, run.idle, args)
             h.log(
                 f"  changes: {run.changes.carried}/{run.changes.made} carried, "
-                f"{run.changes.cpu_ms_per_change} CPU ms each"
+                f"{run.changes.cpu_ms_per_change} CPU ms each; daemon requests per change "
+                f"{run.changes.requests_per_change}"
             )
             run.peak_rss_mb = round(daemon.mem()["peak_rss_mb"], 1)
             run.failed_cycles = int(await p.failed_cycles(daemon, http))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from sync.clients.base import RequestObserver
 from sync.clock import Clock
@@ -38,6 +39,24 @@ EXCERPT_CHARS = 160
 TLS_WARNED: set[str] = set()
 
 
+def encode_json(value: Any) -> bytes:
+    """A request's JSON body in UTF-8 (orjson; the standard library for what orjson
+    refuses to encode: an integer beyond 64 bits, a key that is not a string)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode("utf-8")
+
+
+def decode_json(body: bytes) -> Any:
+    """An answer's JSON (orjson; the standard library for what orjson refuses and it
+    takes: an integer beyond 64 bits, NaN): a ``ValueError`` when neither can read it."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def parse_json_body(content_type: str, body: bytes) -> tuple[Any, str | None]:
     """(the decoded JSON or None, the problem with the body or None): an empty body is
     None without a problem; a non-JSON content type or malformed JSON is a problem."""
@@ -46,7 +65,7 @@ def parse_json_body(content_type: str, body: bytes) -> tuple[Any, str | None]:
     if not is_json_type(content_type):
         return None, f"expected JSON, got {content_type or 'no content type'}"
     try:
-        return json.loads(body), None
+        return decode_json(body), None
     except (ValueError, UnicodeDecodeError) as exc:
         return None, f"malformed JSON in the answer ({exc})"
 

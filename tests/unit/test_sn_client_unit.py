@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -197,13 +198,13 @@ async def test_create_update_delete(session: aiohttp.ClientSession, mocked: aior
 
     assert (await client.create_incident({"short_description": "x^y"})).sys_id == SYS_ID
     _, kwargs = created.calls[0]
-    assert kwargs["data"] == b'{"short_description": "x^y"}'
+    assert json.loads(kwargs["data"]) == {"short_description": "x^y"}
     assert kwargs["headers"]["Content-Type"] == "application/json"
 
     assert (await client.update_incident(SYS_ID, {"priority": "2"})).fields["priority"] == "2"
     url, kwargs = patched.calls[0]
     assert url.path.endswith(SYS_ID)
-    assert kwargs["data"] == b'{"priority": "2"}'
+    assert json.loads(kwargs["data"]) == {"priority": "2"}
 
     assert await client.delete_incident(SYS_ID) is None
     assert len(deleted.calls) == 1

@@ -57,7 +57,6 @@ assignment and SCIM Users calls in :mod:`sync.clients.bigpanda.people`, both mix
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -106,7 +105,7 @@ from sync.clients.bigpanda.paths import (
 )
 from sync.clients.bigpanda.people import PeopleCalls
 from sync.clients.bigpanda.tags import TagCalls
-from sync.clients.http import HttpAnswer, Parsed, new_session, send
+from sync.clients.http import HttpAnswer, Parsed, encode_json, new_session, send
 from sync.clients.pacing import (
     PacingPolicy,
     RatePacer,
@@ -231,7 +230,7 @@ class BigPandaClient(PeopleCalls, TagCalls):
         }
         data = None
         if json_body is not None:
-            data = json.dumps(json_body).encode("utf-8")
+            data = encode_json(json_body)
             headers["Content-Type"] = "application/json; charset=utf-8"
         while True:
             held = held_error(

@@ -44,7 +44,7 @@ from typing import Any
 import aiohttp
 
 from sync.clients.base import IncidentRow, RequestObserver, SNRecord
-from sync.clients.http import HttpAnswer, Parsed, new_session, send
+from sync.clients.http import HttpAnswer, Parsed, encode_json, new_session, send
 from sync.clients.pacing import (
     ConcurrencyPacer,
     PacingPolicy,
@@ -219,7 +219,7 @@ class ServiceNowClient:
         json_body: Mapping[str, Any] | None = None,
     ) -> Parsed:
         """One Table API call (plus at most one OAuth refresh and replay on a 401)."""
-        data = None if json_body is None else json.dumps(json_body).encode("utf-8")
+        data = None if json_body is None else encode_json(json_body)
         shown = self._shown_base + path
         replayed = False
         while True:
