@@ -6,6 +6,7 @@ store returns :class:`Link` and :class:`FieldState`. No I/O here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +14,19 @@ from enum import StrEnum
 from typing import Any
 
 from sync.constants import SN_DATETIME_FORMAT, SN_RESOLVED_STATES, Side
+
+#: ``SN_DATETIME_FORMAT`` written in full (zero-padded): what ``fromisoformat`` reads
+_SN_DATETIME_FULL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+def sn_datetime(text: str) -> datetime:
+    """A ServiceNow ``YYYY-MM-DD HH:MM:SS`` (naive, as written): what ``strptime`` with
+    :data:`~sync.constants.SN_DATETIME_FORMAT` reads, the usual zero-padded form read
+    without it (ten times faster; every polled record has one). ``ValueError`` as
+    ``strptime``."""
+    if _SN_DATETIME_FULL.fullmatch(text):
+        return datetime.fromisoformat(text)
+    return datetime.strptime(text, SN_DATETIME_FORMAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +120,7 @@ class SNIncident:
         flat = flat_fields(record)
         try:
             sys_id = flat["sys_id"]
-            updated = datetime.strptime(flat["sys_updated_on"], SN_DATETIME_FORMAT)
+            updated = sn_datetime(flat["sys_updated_on"])
         except KeyError as exc:
             raise ValueError(f"ServiceNow record lacks field {exc.args[0]}") from None
         except ValueError:

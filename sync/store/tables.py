@@ -17,6 +17,7 @@ stores ``timestamptz``; SQLite has no time zone type, so it stores naive UTC tex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,10 @@ NOT_DONE_SQL = text("state <> 'done'")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+_BindProcessor = Callable[[datetime | None], Any]
+_ResultProcessor = Callable[[Any], datetime | None]
+
+
 class UtcDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every backend; a naive datetime is refused (a caller bug)."""
 
@@ -70,6 +75,44 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Dialect) -> _BindProcessor | None:
+        """On SQLite, one step: the text SQLAlchemy's SQLite ``DATETIME`` stores
+        (``YYYY-MM-DD HH:MM:SS.ffffff``, naive UTC), made by ``isoformat`` (a store call
+        binds several datetimes; the two processors in a row cost twice as much)."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"naive datetime given to the store: {value.isoformat()}")
+            return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> _ResultProcessor | None:
+        """On SQLite, the stored text read back in one step (``fromisoformat``; what it
+        cannot read goes through SQLAlchemy's own processors)."""
+        slow = super().result_processor(dialect, coltype)
+        if dialect.name != "sqlite" or slow is None:
+            return slow
+
+        def process(value: Any) -> datetime | None:
+            if isinstance(value, str):
+                try:
+                    parsed = datetime.fromisoformat(value)
+                except ValueError:
+                    pass
+                else:
+                    if parsed.tzinfo is None:
+                        return parsed.replace(tzinfo=UTC)
+                    return parsed.astimezone(UTC)
+            result: datetime | None = slow(value)
+            return result
+
+        return process
 
 
 # Stable constraint names, so migrations can drop them by name on every backend.

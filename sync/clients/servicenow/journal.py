@@ -10,15 +10,14 @@ the limit is applied, docs 1.5). A row without an id, an element or a valid
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Protocol
 
 from sync.clients.servicenow.parsing import Page
 from sync.clients.servicenow.paths import SIDE
 from sync.clients.snquery import EncodedQuery, check_sys_id
-from sync.constants import SN_DATETIME_FORMAT
 from sync.errors import PermanentError
-from sync.model import JournalEntry
+from sync.model import JournalEntry, sn_datetime
 
 #: the journal table and the fields bpsync reads from it
 JOURNAL_TABLE = "sys_journal_field"
@@ -43,7 +42,7 @@ def journal_entry(row: dict[str, Any]) -> JournalEntry:
     element = str(row.get("element") or "")
     created = str(row.get("sys_created_on") or "")
     try:
-        at = datetime.strptime(created, SN_DATETIME_FORMAT).replace(tzinfo=UTC)
+        at = sn_datetime(created).replace(tzinfo=UTC)
     except ValueError:
         at = None
     if not sys_id or not element or at is None:
