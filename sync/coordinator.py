@@ -72,7 +72,6 @@ from sync.model import (
     FieldState,
     JournalInput,
     Link,
-    LinkState,
     SNIncident,
 )
 from sync.newcomers import expand_changed_alerts
@@ -83,7 +82,7 @@ from sync.polling import Polled, Poller, count_changes
 from sync.progress import Progress, next_cursor
 from sync.settings import Settings
 from sync.sizes import DEFAULT_SIZES, FieldSizes
-from sync.store.base import Cursor, LinkStore, OutboxState
+from sync.store.base import Cursor, LinkStore
 
 log = logging.getLogger(__name__)
 
@@ -468,18 +467,19 @@ class Coordinator:
     async def _report_state(self) -> None:
         assert self._metrics is not None
         try:
-            depth = await self._store.count_outbox([OutboxState.PENDING, OutboxState.IN_FLIGHT])
-            dead = await self._store.count_outbox([OutboxState.DEAD])
-            live = await self._store.count_links([LinkState.LINKED, LinkState.RESOLVED])
-            now = self._clock.now()
-            lag: dict[str, float] = {}
-            for side in Side:
-                cursor = await self._store.get_cursor(side)
-                if cursor.watermark is not None:
-                    lag[side.value] = max(0.0, (now - cursor.watermark).total_seconds())
+            summary = await self._store.summary()  # one read
         except BpsyncError as exc:
             log.debug("metrics not refreshed: %s", exc)
             return
+        now = self._clock.now()
+        lag = {
+            side.value: max(0.0, (now - cursor.watermark).total_seconds())
+            for side, cursor in summary.cursors.items()
+            if cursor.watermark is not None
+        }
         self._metrics.state(
-            outbox_depth=depth, dead_letters=dead, live_links=live, cursor_lag_s=lag
+            outbox_depth=summary.outbox_depth,
+            dead_letters=summary.dead_letters,
+            live_links=summary.links,
+            cursor_lag_s=lag,
         )

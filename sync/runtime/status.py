@@ -305,15 +305,14 @@ class PairStatusReader:
             epoch=None if record is None else record.epoch,
             since=None if record is None else record.at,
         )
+        summary = await store.summary()
         cursors = []
         for side in Side:
-            cursor = await store.get_cursor(side)
+            cursor = summary.cursors[side]
             lag = None
             if cursor.watermark is not None:
                 lag = max(0.0, (now - cursor.watermark).total_seconds())
             cursors.append(CursorStatus(side.value, cursor.watermark, lag))
-        depth = await store.count_outbox([OutboxState.PENDING, OutboxState.IN_FLIGHT])
-        dead_total = await store.count_outbox([OutboxState.DEAD])
         dead = [
             DeadLetter(
                 id=item.id,
@@ -337,8 +336,8 @@ class PairStatusReader:
             last_cycle_error=self._health.last_error,
             cursors=cursors,
             throttled=self._health.throttled(),
-            outbox_depth=depth,
-            dead_letters_total=dead_total,
+            outbox_depth=summary.outbox_depth,
+            dead_letters_total=summary.dead_letters,
             dead_letters=dead,
             links_by_state={state.value: by_state.get(state, 0) for state in LinkState},
             last_actions=[_write_row(item) for item in recent],

@@ -60,7 +60,9 @@ The semantics both stores follow, where the protocols leave a choice:
   write. ``record_carried_many``: the same for a batch, in one transaction (all or
   nothing). ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
-- ``count_links_by_state``: every state, 0 for a state without links.
+- ``count_links_by_state``: every state, 0 for a state without links. ``summary``: the
+  figures of a cycle's metrics and of the status page (outbox depth, dead letters, links
+  linked or resolved, both cursors) in one read transaction.
   ``recent_outbox``: newest first (id descending), every state, optionally only the
   items of the given links. ``links_for_sn_number``: every link with that ServiceNow
   number, newest first. ``leader_record``: None until an epoch was ever taken.
@@ -93,6 +95,7 @@ from sync.store.records import (
     OutboxItem,
     OutboxState,
     PushEvent,
+    StoreSummary,
 )
 
 
@@ -394,6 +397,11 @@ class JournalLedger(Protocol):
 class StatusReads(Protocol):
     """Read-only views for the status page (``sync.runtime.status``)."""
 
+    async def summary(self) -> StoreSummary:
+        """Outbox depth, dead letters, links linked or resolved and both cursors, in
+        one read (each cycle's metrics; the status page)."""
+        ...
+
     async def count_links_by_state(self) -> dict[LinkState, int]:
         """Links per state, every state (0 when none), in one read."""
         ...
@@ -524,6 +532,7 @@ __all__ = [
     "PushEvent",
     "PushEvents",
     "StatusReads",
+    "StoreSummary",
     "as_utc",
     "fenced_error",
     "link_times_for",

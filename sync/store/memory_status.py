@@ -8,8 +8,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from sync.constants import Side
 from sync.model import Link, LinkState
-from sync.store.base import LeaderRecord, OutboxItem
+from sync.store.base import Cursor, LeaderRecord, OutboxItem, OutboxState, StoreSummary
 from sync.store.memory_core import MemoryCore
 
 
@@ -30,6 +31,23 @@ class MemoryStatus(MemoryCore):
     def _status_data(self) -> StatusData:
         data = self._read()
         return StatusData(data.links, data.outbox, data.epoch, data.holder, data.leader_at)
+
+    async def summary(self) -> StoreSummary:
+        data = self._read()
+        outbox = [item.state for item in data.outbox.values()]
+        open_states = (OutboxState.PENDING, OutboxState.IN_FLIGHT)
+        return StoreSummary(
+            outbox_depth=sum(1 for state in outbox if state in open_states),
+            dead_letters=sum(1 for state in outbox if state == OutboxState.DEAD),
+            links=sum(
+                1
+                for link in data.links.values()
+                if link.state in (LinkState.LINKED, LinkState.RESOLVED)
+            ),
+            cursors={
+                side: data.cursors.get(side, Cursor(side=side, watermark=None)) for side in Side
+            },
+        )
 
     async def count_links_by_state(self) -> dict[LinkState, int]:
         counts = dict.fromkeys(LinkState, 0)

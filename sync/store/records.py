@@ -156,6 +156,21 @@ class LeaderRecord:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    """What a cycle reports of the store, read at once
+    (:meth:`sync.store.base.StatusReads.summary`)."""
+
+    #: outbox items pending or in flight
+    outbox_depth: int
+    #: outbox items dead-lettered
+    dead_letters: int
+    #: links linked or resolved (``bpsync_live_links``)
+    links: int
+    #: each side's cursor (one without a watermark when the side was never polled)
+    cursors: Mapping[Side, Cursor]
+
+
 __all__ = [
     "AuditEntry",
     "CarriedRecord",
@@ -168,4 +183,5 @@ __all__ = [
     "OutboxItem",
     "OutboxState",
     "PushEvent",
+    "StoreSummary",
 ]

@@ -60,7 +60,6 @@ from sync.store.statements import (
     CONFIRM_LINK,
     COUNT_LINKS,
     COUNT_LINKS_IN,
-    CURSOR_OF_SIDE,
     FIELD_STATES_CHUNK,
     FIELD_STATES_FOR,
     INSERT_AUDIT,
@@ -492,13 +491,8 @@ class SqlStore(SqlStatus, SqlPushEvents, SqlJournal, SqlOutbox):
     # --- cursors and checkpoints
 
     async def get_cursor(self, side: Side) -> Cursor:
-        side = Side(side)
         async with self._read() as conn:
-            row = (await conn.execute(CURSOR_OF_SIDE, {"b_side": side.value})).first()
-        if row is None:
-            return Cursor(side=side, watermark=None)
-        m = row._mapping
-        return Cursor(side=side, watermark=m["watermark"], seen=frozenset(m["seen"] or ()))
+            return await self._cursor_in(conn, Side(side))
 
     async def advance_cursor(self, cursor: Cursor, now: datetime) -> None:
         values = {

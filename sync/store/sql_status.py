@@ -6,19 +6,41 @@ links by state (``ix_links_state``), the newest outbox items (the primary key, o
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import sync.store.tables as t
+from sync.constants import Side
 from sync.model import Link, LinkState
-from sync.store.base import LeaderRecord, OutboxItem
+from sync.store.base import Cursor, LeaderRecord, OutboxItem, OutboxState, StoreSummary
 from sync.store.rows import to_item, to_link
 from sync.store.sql_core import SqlCore
-from sync.store.statements import LEADER_ID
+from sync.store.statements import COUNT_LINKS_IN, COUNT_OUTBOX_IN, CURSOR_OF_SIDE, LEADER_ID
 
 
 class SqlStatus(SqlCore):
     """The :class:`~sync.store.base.StatusReads` part of ``SqlStore``."""
+
+    async def _cursor_in(self, conn: AsyncConnection, side: Side) -> Cursor:
+        row = (await conn.execute(CURSOR_OF_SIDE, {"b_side": side.value})).first()
+        if row is None:
+            return Cursor(side=side, watermark=None)
+        m = row._mapping
+        return Cursor(side=side, watermark=m["watermark"], seen=frozenset(m["seen"] or ()))
+
+    async def summary(self) -> StoreSummary:
+        async def count(statement: Any, states: Collection[LinkState | OutboxState]) -> int:
+            params = {"b_states": [state.value for state in states]}
+            return int((await conn.execute(statement, params)).scalar_one())
+
+        async with self._read() as conn:
+            depth = await count(COUNT_OUTBOX_IN, [OutboxState.PENDING, OutboxState.IN_FLIGHT])
+            dead = await count(COUNT_OUTBOX_IN, [OutboxState.DEAD])
+            links = await count(COUNT_LINKS_IN, [LinkState.LINKED, LinkState.RESOLVED])
+            cursors = {side: await self._cursor_in(conn, side) for side in Side}
+        return StoreSummary(depth, dead, links, cursors)
 
     async def count_links_by_state(self) -> dict[LinkState, int]:
         query = select(t.links.c.state, func.count()).group_by(t.links.c.state)

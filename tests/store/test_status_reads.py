@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from sync.constants import Side
 from sync.model import LinkState
-from sync.store.base import LinkStore, OutboxState
+from sync.store.base import Cursor, LinkStore, OutboxState
 from tests.store.conftest import Backend
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -77,3 +78,34 @@ async def test_leader_record(backend: Backend) -> None:
     assert record is not None
     assert (record.epoch, record.holder, record.at) == (2, "host-b:2", at(30))
     assert record.at.tzinfo is not None
+
+
+async def test_summary_is_the_single_reads_at_once(store: LinkStore) -> None:
+    empty = await store.summary()
+    assert (empty.outbox_depth, empty.dead_letters, empty.links) == (0, 0, 0)
+    assert empty.cursors == {side: Cursor(side=side, watermark=None) for side in Side}
+    one = await store.create_pending_link(BP1, T0)
+    await store.confirm_link(one.id, "1" * 32, "INC0010001", at(1))
+    two = await store.create_pending_link(BP2, T0)
+    await store.confirm_link(two.id, "2" * 32, "INC0010002", at(1))
+    await store.set_link_state(two.id, LinkState.RESOLVED, at(2))
+    await store.create_pending_link(BP3, T0)  # pending: not counted
+    done = await store.enqueue("sn.create", "servicenow:x", {"a": 1}, "k1", T0, link_id=one.id)
+    dead = await store.enqueue("bp.tags", "bigpanda:y", {"b": 2}, "k2", at(1), link_id=two.id)
+    await store.enqueue("sn.update", "servicenow:x", {"c": 3}, "k3", at(2), link_id=one.id)
+    await store.enqueue("sn.update", "servicenow:z", {"d": 4}, "k4", at(2), link_id=two.id)
+    claimed = await store.claim_due(at(3), limit=1, lease_s=60)
+    assert len(claimed) == 1
+    await store.complete(done.id, at(3))
+    await store.dead_letter(dead.id, "permanent: refused", at(4))
+    bp = Cursor(side=Side.BIGPANDA, watermark=at(5), seen=frozenset({"x:1:5"}))
+    await store.advance_cursor(bp, at(5))
+    summary = await store.summary()
+    assert summary.outbox_depth == await store.count_outbox(
+        [OutboxState.PENDING, OutboxState.IN_FLIGHT]
+    )
+    assert summary.outbox_depth == 2
+    assert summary.dead_letters == await store.count_outbox([OutboxState.DEAD]) == 1
+    assert summary.links == await store.count_links([LinkState.LINKED, LinkState.RESOLVED]) == 2
+    assert summary.cursors == {side: await store.get_cursor(side) for side in Side}
+    assert summary.cursors[Side.BIGPANDA] == bp
