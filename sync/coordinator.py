@@ -68,7 +68,6 @@ from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.merge_reads import MergeReads
 from sync.model import (
-    LIVE_LINK_STATES,
     FieldState,
     JournalInput,
     Link,
@@ -271,9 +270,9 @@ class Coordinator:
         started = self._clock.monotonic()
         replan = await recover(self._executor, self._settings)
         held = await self.holds.load()
-        live_links = await self._store.count_links(LIVE_LINK_STATES)
-        bp_cursor = await self._store.get_cursor(Side.BIGPANDA)
-        sn_cursor = await self._store.get_cursor(Side.SERVICENOW)
+        start = await self._store.summary()  # live links and both cursors: one read
+        live_links = start.live
+        bp_cursor, sn_cursor = start.cursors[Side.BIGPANDA], start.cursors[Side.SERVICENOW]
         poll = self._poll
         environments = await poll.guarded(Side.BIGPANDA, poll.environments(live_links))
         bp_polled = await poll.guarded(
@@ -480,6 +479,6 @@ class Coordinator:
         self._metrics.state(
             outbox_depth=summary.outbox_depth,
             dead_letters=summary.dead_letters,
-            live_links=summary.links,
+            live_links=summary.linked,
             cursor_lag_s=lag,
         )

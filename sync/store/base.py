@@ -61,8 +61,8 @@ The semantics both stores follow, where the protocols leave a choice:
   nothing). ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
 - ``count_links_by_state``: every state, 0 for a state without links. ``summary``: the
-  figures of a cycle's metrics and of the status page (outbox depth, dead letters, links
-  linked or resolved, both cursors) in one read transaction.
+  figures a cycle starts from and reports, and the status page's (outbox depth, dead
+  letters, links linked or resolved, live links, both cursors) in one read transaction.
   ``recent_outbox``: newest first (id descending), every state, optionally only the
   items of the given links. ``links_for_sn_number``: every link with that ServiceNow
   number, newest first. ``leader_record``: None until an epoch was ever taken.
@@ -398,8 +398,8 @@ class StatusReads(Protocol):
     """Read-only views for the status page (``sync.runtime.status``)."""
 
     async def summary(self) -> StoreSummary:
-        """Outbox depth, dead letters, links linked or resolved and both cursors, in
-        one read (each cycle's metrics; the status page)."""
+        """Outbox depth, dead letters, links linked or resolved, live links and both
+        cursors, in one read (a cycle's start and its metrics; the status page)."""
         ...
 
     async def count_links_by_state(self) -> dict[LinkState, int]:

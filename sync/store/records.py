@@ -166,7 +166,9 @@ class StoreSummary:
     #: outbox items dead-lettered
     dead_letters: int
     #: links linked or resolved (``bpsync_live_links``)
-    links: int
+    linked: int
+    #: live links: pending, linked or resolved (the cycle's guards against an empty poll)
+    live: int
     #: each side's cursor (one without a watermark when the side was never polled)
     cursors: Mapping[Side, Cursor]
 

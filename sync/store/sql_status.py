@@ -38,9 +38,10 @@ class SqlStatus(SqlCore):
         async with self._read() as conn:
             depth = await count(COUNT_OUTBOX_IN, [OutboxState.PENDING, OutboxState.IN_FLIGHT])
             dead = await count(COUNT_OUTBOX_IN, [OutboxState.DEAD])
-            links = await count(COUNT_LINKS_IN, [LinkState.LINKED, LinkState.RESOLVED])
+            linked = await count(COUNT_LINKS_IN, [LinkState.LINKED, LinkState.RESOLVED])
+            live = linked + await count(COUNT_LINKS_IN, [LinkState.PENDING])
             cursors = {side: await self._cursor_in(conn, side) for side in Side}
-        return StoreSummary(depth, dead, links, cursors)
+        return StoreSummary(depth, dead, linked, live, cursors)
 
     async def count_links_by_state(self) -> dict[LinkState, int]:
         query = select(t.links.c.state, func.count()).group_by(t.links.c.state)

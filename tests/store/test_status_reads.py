@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sync.constants import Side
-from sync.model import LinkState
+from sync.model import LIVE_LINK_STATES, LinkState
 from sync.store.base import Cursor, LinkStore, OutboxState
 from tests.store.conftest import Backend
 
@@ -82,7 +82,7 @@ async def test_leader_record(backend: Backend) -> None:
 
 async def test_summary_is_the_single_reads_at_once(store: LinkStore) -> None:
     empty = await store.summary()
-    assert (empty.outbox_depth, empty.dead_letters, empty.links) == (0, 0, 0)
+    assert (empty.outbox_depth, empty.dead_letters, empty.linked, empty.live) == (0, 0, 0, 0)
     assert empty.cursors == {side: Cursor(side=side, watermark=None) for side in Side}
     one = await store.create_pending_link(BP1, T0)
     await store.confirm_link(one.id, "1" * 32, "INC0010001", at(1))
@@ -106,6 +106,7 @@ async def test_summary_is_the_single_reads_at_once(store: LinkStore) -> None:
     )
     assert summary.outbox_depth == 2
     assert summary.dead_letters == await store.count_outbox([OutboxState.DEAD]) == 1
-    assert summary.links == await store.count_links([LinkState.LINKED, LinkState.RESOLVED]) == 2
+    assert summary.linked == await store.count_links([LinkState.LINKED, LinkState.RESOLVED]) == 2
+    assert summary.live == await store.count_links(LIVE_LINK_STATES) == 3
     assert summary.cursors == {side: await store.get_cursor(side) for side in Side}
     assert summary.cursors[Side.BIGPANDA] == bp
