@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from sync.constants import Side
 from sync.errors import ApiError, BpsyncError, NotFoundError
 from sync.execution import CycleRun
-from sync.model import LIVE_LINK_STATES, BPIncident, SNIncident
+from sync.model import BPIncident, SNIncident
 from sync.pairs import SN_SYS_ID_FORM, Pair, bp_change, sn_change
 from sync.polling import BPPoll, Polled
 from sync.progress import Change, Progress, seen_after_push
@@ -194,7 +194,7 @@ class PushPass:
                     sn_found.append(incident)
             result.changes = {side: len(found) for side, found in changes.items()}
             if bp_found or sn_found:
-                live = await c.store.count_links(LIVE_LINK_STATES)
+                live = (await c.link_counts()).live
                 bp_polled = BPPoll(bp_found, changes[Side.BIGPANDA], list(bp_found))
                 sn_polled = (sn_found, changes[Side.SERVICENOW])
                 polled = Polled(bp_polled, sn_polled, environments, live, started)
@@ -202,7 +202,7 @@ class PushPass:
                 if host is not None:  # no held link of its own to release: the cycle's
                     run = GuestRun(c, Progress(changes), host)
                 else:
-                    cursors = {side: await c.store.get_cursor(side) for side in Side}
+                    cursors = await c.store.cursors()
                     run = PushRun(c, Progress(changes), await c.holds.load(), cursors)
                 result.report = CycleReport()
                 await c.work(result.report, run, polled, via="push")

@@ -61,8 +61,8 @@ The semantics both stores follow, where the protocols leave a choice:
   nothing). ``carried_entries``: keyed by BigPanda incident id, the rows of all its links,
   ordered by (link id, time, side, entry id); incidents without rows are left out.
 - ``count_links_by_state``: every state, 0 for a state without links. ``summary``: the
-  figures a cycle starts from and reports, and the status page's (outbox depth, dead
-  letters, links linked or resolved, live links, both cursors) in one read transaction.
+  figures a cycle reports and the status page's (outbox depth, dead letters, both
+  cursors) in one read transaction. ``cursors``: both sides' cursors in one read.
   ``recent_outbox``: newest first (id descending), every state, optionally only the
   items of the given links. ``links_for_sn_number``: every link with that ServiceNow
   number, newest first. ``leader_record``: None until an epoch was ever taken.
@@ -331,6 +331,11 @@ class Cursors(Protocol):
 
     async def get_cursor(self, side: Side) -> Cursor: ...
 
+    async def cursors(self) -> dict[Side, Cursor]:
+        """Every side's cursor (one without a watermark for a side never polled), in
+        one read."""
+        ...
+
     async def advance_cursor(self, cursor: Cursor, now: datetime) -> None: ...
 
     async def get_checkpoint(self, name: str) -> str | None:
@@ -398,8 +403,8 @@ class StatusReads(Protocol):
     """Read-only views for the status page (``sync.runtime.status``)."""
 
     async def summary(self) -> StoreSummary:
-        """Outbox depth, dead letters, links linked or resolved, live links and both
-        cursors, in one read (a cycle's start and its metrics; the status page)."""
+        """Outbox depth, dead letters and both cursors, in one read (a cycle's metrics;
+        the status page)."""
         ...
 
     async def count_links_by_state(self) -> dict[LinkState, int]:

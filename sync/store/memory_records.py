@@ -54,6 +54,10 @@ class MemoryRecords(MemoryCore):
         side = Side(side)
         return self._read().cursors.get(side, Cursor(side=side, watermark=None))
 
+    async def cursors(self) -> dict[Side, Cursor]:
+        found = self._read().cursors
+        return {side: found.get(side, Cursor(side=side, watermark=None)) for side in Side}
+
     async def advance_cursor(self, cursor: Cursor, now: datetime) -> None:
         as_utc(now)
         data = self._write()

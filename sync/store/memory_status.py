@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sync.constants import Side
-from sync.model import LIVE_LINK_STATES, Link, LinkState
+from sync.model import Link, LinkState
 from sync.store.base import Cursor, LeaderRecord, OutboxItem, OutboxState, StoreSummary
 from sync.store.memory_core import MemoryCore
 
@@ -39,12 +39,6 @@ class MemoryStatus(MemoryCore):
         return StoreSummary(
             outbox_depth=sum(1 for state in outbox if state in open_states),
             dead_letters=sum(1 for state in outbox if state == OutboxState.DEAD),
-            linked=sum(
-                1
-                for link in data.links.values()
-                if link.state in (LinkState.LINKED, LinkState.RESOLVED)
-            ),
-            live=sum(1 for link in data.links.values() if link.state in LIVE_LINK_STATES),
             cursors={
                 side: data.cursors.get(side, Cursor(side=side, watermark=None)) for side in Side
             },

@@ -165,10 +165,6 @@ class StoreSummary:
     outbox_depth: int
     #: outbox items dead-lettered
     dead_letters: int
-    #: links linked or resolved (``bpsync_live_links``)
-    linked: int
-    #: live links: pending, linked or resolved (the cycle's guards against an empty poll)
-    live: int
     #: each side's cursor (one without a watermark when the side was never polled)
     cursors: Mapping[Side, Cursor]
 

@@ -17,7 +17,7 @@ from sync.model import Link, LinkState
 from sync.store.base import Cursor, LeaderRecord, OutboxItem, OutboxState, StoreSummary
 from sync.store.rows import to_item, to_link
 from sync.store.sql_core import SqlCore
-from sync.store.statements import COUNT_LINKS_IN, COUNT_OUTBOX_IN, CURSOR_OF_SIDE, LEADER_ID
+from sync.store.statements import COUNT_OUTBOX_IN, CURSOR_OF_SIDE, LEADER_ID
 
 
 class SqlStatus(SqlCore):
@@ -31,17 +31,19 @@ class SqlStatus(SqlCore):
         return Cursor(side=side, watermark=m["watermark"], seen=frozenset(m["seen"] or ()))
 
     async def summary(self) -> StoreSummary:
-        async def count(statement: Any, states: Collection[LinkState | OutboxState]) -> int:
+        async def count(statement: Any, states: Collection[OutboxState]) -> int:
             params = {"b_states": [state.value for state in states]}
             return int((await conn.execute(statement, params)).scalar_one())
 
         async with self._read() as conn:
             depth = await count(COUNT_OUTBOX_IN, [OutboxState.PENDING, OutboxState.IN_FLIGHT])
             dead = await count(COUNT_OUTBOX_IN, [OutboxState.DEAD])
-            linked = await count(COUNT_LINKS_IN, [LinkState.LINKED, LinkState.RESOLVED])
-            live = linked + await count(COUNT_LINKS_IN, [LinkState.PENDING])
             cursors = {side: await self._cursor_in(conn, side) for side in Side}
-        return StoreSummary(depth, dead, linked, live, cursors)
+        return StoreSummary(depth, dead, cursors)
+
+    async def cursors(self) -> dict[Side, Cursor]:
+        async with self._read() as conn:
+            return {side: await self._cursor_in(conn, side) for side in Side}
 
     async def count_links_by_state(self) -> dict[LinkState, int]:
         query = select(t.links.c.state, func.count()).group_by(t.links.c.state)

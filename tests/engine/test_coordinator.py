@@ -18,10 +18,11 @@ from sync.actions import (
 from sync.clients.base import BPEnvironment
 from sync.clock import FakeClock
 from sync.constants import Side
-from sync.coordinator import Coordinator
+from sync.coordinator import LINK_COUNT_TTL_S, Coordinator
 from sync.errors import TransientError
 from sync.executor import Executor
 from sync.guards import EMPTY_SIDE, MASS_RESOLVE
+from sync.model import LinkState
 from sync.settings import Settings
 from sync.store.memory import MemoryStore
 from tests.engine.conftest import make_settings
@@ -286,3 +287,78 @@ async def test_outage_logged_once_and_recovery_once(
     up = [r for r in caplog.records if "servicenow is available again" in r.getMessage()]
     stopped = [r for r in caplog.records if "cycle stopped" in r.getMessage()]
     assert (len(down), len(up), len(stopped)) == (1, 1, 0)
+
+
+class StateMetrics:
+    """A CoordinatorMetrics that keeps what ``state`` was last told."""
+
+    def __init__(self) -> None:
+        self.live_links: int | None = None
+        self.outbox_depth: int | None = None
+
+    def cycle_done(self, outcome: str, duration_s: float) -> None:
+        pass
+
+    def state(
+        self,
+        *,
+        outbox_depth: int,
+        dead_letters: int,
+        live_links: int,
+        cursor_lag_s: Any,
+    ) -> None:
+        self.live_links, self.outbox_depth = live_links, outbox_depth
+
+    def backlog(self, side: str, count: int) -> None:
+        pass
+
+    def skipped(self, side: str, reason: str) -> None:
+        pass
+
+
+async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_again(
+    store: MemoryStore,
+    sn: FakeServiceNow,
+    bp: FakeBigPanda,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = make_settings()
+    metrics = StateMetrics()
+    executor = Executor(store, sn, bp, settings, clock)
+    coordinator = Coordinator(
+        store,
+        sn,
+        bp,
+        executor,
+        settings,
+        clock=clock,
+        planner=RecordingPlanner(_create_new),
+        metrics=metrics,
+    )
+    counts = 0
+    count_links_by_state = store.count_links_by_state
+
+    async def counted() -> Any:
+        nonlocal counts
+        counts += 1
+        return await count_links_by_state()
+
+    monkeypatch.setattr(store, "count_links_by_state", counted)
+    bp.add_incident()
+    assert (await coordinator.run_cycle()).actions == 1
+    assert metrics.live_links == 1  # the cycle made a link: counted again at its end
+    assert counts == 2  # at its start and at its end
+    for _ in range(3):  # idle cycles within LINK_COUNT_TTL_S: no count
+        clock.advance(10)
+        assert (await coordinator.run_cycle()).actions == 0
+    assert counts == 2
+    # another process ends the link: shown once the count is older than the TTL
+    (link,) = await store.list_links([LinkState.LINKED], limit=10)
+    await store.set_link_state(link.id, LinkState.SUPERSEDED, clock.now())
+    clock.advance(10)
+    await coordinator.run_cycle()
+    assert (counts, metrics.live_links) == (2, 1)
+    clock.advance(LINK_COUNT_TTL_S)
+    await coordinator.run_cycle()
+    assert (counts, metrics.live_links) == (3, 0)
