@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from sync.constants import Side
-from sync.model import LinkState
+from sync.model import Link, LinkState
 from sync.store.base import Cursor, LinkStore, OutboxState
 from tests.store.conftest import Backend
 
@@ -17,14 +17,20 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-async def test_count_links_by_state_names_every_state(store: LinkStore) -> None:
-    assert await store.count_links_by_state() == dict.fromkeys(LinkState, 0)
+async def linked_resolved_pending(store: LinkStore) -> tuple[Link, Link]:
+    """Three links: linked, resolved (returned) and pending."""
     one = await store.create_pending_link(BP1, T0)
     await store.confirm_link(one.id, "1" * 32, "INC0010001", at(1))
     two = await store.create_pending_link(BP2, T0)
     await store.confirm_link(two.id, "2" * 32, "INC0010002", at(1))
-    await store.set_link_state(two.id, LinkState.RESOLVED, at(2))
+    two = await store.set_link_state(two.id, LinkState.RESOLVED, at(2))
     await store.create_pending_link(BP3, T0)
+    return one, two
+
+
+async def test_count_links_by_state_names_every_state(store: LinkStore) -> None:
+    assert await store.count_links_by_state() == dict.fromkeys(LinkState, 0)
+    await linked_resolved_pending(store)
     counts = await store.count_links_by_state()
     assert counts == {
         LinkState.PENDING: 1,
@@ -85,12 +91,7 @@ async def test_summary_is_the_single_reads_at_once(store: LinkStore) -> None:
     assert (empty.outbox_depth, empty.dead_letters) == (0, 0)
     assert await store.cursors() == empty.cursors
     assert empty.cursors == {side: Cursor(side=side, watermark=None) for side in Side}
-    one = await store.create_pending_link(BP1, T0)
-    await store.confirm_link(one.id, "1" * 32, "INC0010001", at(1))
-    two = await store.create_pending_link(BP2, T0)
-    await store.confirm_link(two.id, "2" * 32, "INC0010002", at(1))
-    await store.set_link_state(two.id, LinkState.RESOLVED, at(2))
-    await store.create_pending_link(BP3, T0)
+    one, two = await linked_resolved_pending(store)
     done = await store.enqueue("sn.create", "servicenow:x", {"a": 1}, "k1", T0, link_id=one.id)
     dead = await store.enqueue("bp.tags", "bigpanda:y", {"b": 2}, "k2", at(1), link_id=two.id)
     await store.enqueue("sn.update", "servicenow:x", {"c": 3}, "k3", at(2), link_id=one.id)
