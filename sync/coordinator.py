@@ -68,6 +68,7 @@ from sync.journal_reads import JournalReads
 from sync.lookups import Lookups
 from sync.merge_reads import MergeReads
 from sync.model import (
+    LIVE_LINK_STATES,
     FieldState,
     JournalInput,
     Link,
@@ -490,7 +491,7 @@ class Coordinator:
         counts = self._link_counts
         now = self._clock.monotonic()
         if counts is None or now - counts.at >= LINK_COUNT_TTL_S or now < counts.at:
-            by_state = await self._store.count_links_by_state()
+            by_state = await self._store.count_links_by_state(LIVE_LINK_STATES)
             linked = by_state[LinkState.LINKED] + by_state[LinkState.RESOLVED]
             counts = LinkCounts(linked, linked + by_state[LinkState.PENDING], now)
             self._link_counts = counts

@@ -407,8 +407,11 @@ class StatusReads(Protocol):
         the status page)."""
         ...
 
-    async def count_links_by_state(self) -> dict[LinkState, int]:
-        """Links per state, every state (0 when none), in one read."""
+    async def count_links_by_state(
+        self, states: Collection[LinkState] | None = None
+    ) -> dict[LinkState, int]:
+        """Links per state, every state (0 when none), in one read; with ``states``
+        only those are counted (the others read 0: their rows are not scanned)."""
         ...
 
     async def recent_outbox(

@@ -44,10 +44,14 @@ class MemoryStatus(MemoryCore):
             },
         )
 
-    async def count_links_by_state(self) -> dict[LinkState, int]:
+    async def count_links_by_state(
+        self, states: Collection[LinkState] | None = None
+    ) -> dict[LinkState, int]:
+        wanted = set(LinkState) if states is None else {LinkState(x) for x in states}
         counts = dict.fromkeys(LinkState, 0)
         for link in self._status_data().links.values():
-            counts[link.state] += 1
+            if link.state in wanted:
+                counts[link.state] += 1
         return counts
 
     async def recent_outbox(

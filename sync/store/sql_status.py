@@ -45,8 +45,12 @@ class SqlStatus(SqlCore):
         async with self._read() as conn:
             return {side: await self._cursor_in(conn, side) for side in Side}
 
-    async def count_links_by_state(self) -> dict[LinkState, int]:
+    async def count_links_by_state(
+        self, states: Collection[LinkState] | None = None
+    ) -> dict[LinkState, int]:
         query = select(t.links.c.state, func.count()).group_by(t.links.c.state)
+        if states is not None:
+            query = query.where(t.links.c.state.in_(sorted(LinkState(x).value for x in states)))
         async with self._read() as conn:
             rows = list(await conn.execute(query))
         counts = dict.fromkeys(LinkState, 0)

@@ -339,10 +339,10 @@ async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_aga
     counts = 0
     count_links_by_state = store.count_links_by_state
 
-    async def counted() -> Any:
+    async def counted(*args: Any) -> Any:
         nonlocal counts
         counts += 1
-        return await count_links_by_state()
+        return await count_links_by_state(*args)
 
     monkeypatch.setattr(store, "count_links_by_state", counted)
     bp.add_incident()

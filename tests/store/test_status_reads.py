@@ -40,6 +40,18 @@ async def test_count_links_by_state_names_every_state(store: LinkStore) -> None:
     }
 
 
+async def test_count_links_by_state_of_some_states(store: LinkStore) -> None:
+    await linked_resolved_pending(store)
+    live = await store.count_links_by_state([LinkState.LINKED, LinkState.PENDING])
+    assert live == {
+        LinkState.PENDING: 1,
+        LinkState.LINKED: 1,
+        LinkState.RESOLVED: 0,
+        LinkState.SUPERSEDED: 0,
+    }
+    assert await store.count_links_by_state([]) == dict.fromkeys(LinkState, 0)
+
+
 async def test_recent_outbox_is_newest_first_and_filters_by_link(store: LinkStore) -> None:
     one = await store.create_pending_link(BP1, T0)
     two = await store.create_pending_link(BP2, T0)
