@@ -39,11 +39,17 @@ EXCERPT_CHARS = 160
 TLS_WARNED: set[str] = set()
 
 
+#: what orjson would encode and the standard library refuses stays refused (a datetime
+#: or a dataclass in a body is a caller's bug, not a string the vendor should parse)
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def encode_json(value: Any) -> bytes:
     """A request's JSON body in UTF-8 (orjson; the standard library for what orjson
-    refuses to encode: an integer beyond 64 bits, a key that is not a string)."""
+    refuses to encode: an integer beyond 64 bits, a key that is not a string). A value
+    neither encodes (a datetime, an object) raises ``TypeError``."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, option=_STRICT)
     except TypeError:
         return json.dumps(value).encode("utf-8")
 

@@ -4,8 +4,10 @@ refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -64,3 +66,15 @@ def test_empty_and_non_json_answers() -> None:
     assert parse_json_body("application/json", b"  ") == (None, None)
     assert parse_json_body("text/html", b"<html>") == (None, "expected JSON, got text/html")
     assert parse_json_body("application/json", b'{"result": []}') == ({"result": []}, None)
+
+
+def test_what_neither_encodes_is_refused_as_before() -> None:
+    @dataclasses.dataclass
+    class Thing:
+        a: int
+
+    for value in ({"at": datetime(2026, 12, 1, tzinfo=UTC)}, [Thing(1)], {"x": object()}):
+        with pytest.raises(TypeError):
+            json.dumps(value)
+        with pytest.raises(TypeError):
+            encode_json(value)
