@@ -194,6 +194,10 @@ def test_scale_pairs_quick() -> None:
         assert changes["carried"] == changes["made"]  # every change seen on the other side
         assert changes["missed"] == 0
         assert changes["cpu_s"] > 0
+        # each carried change is one write on the other side: no echo written back
+        per_change = changes["requests_per_change"]
+        writes = per_change.get("servicenow writes", 0) + per_change.get("bigpanda writes", 0)
+        assert writes == pytest.approx(1.0, abs=0.011)  # (each figure rounded to 0.01)
     assert many["changes"]["made"] == 15  # 100/min for 9 s over 4 pairs
     verdict = data["verdict"]
     assert verdict["idle_requests_same_as_single"] == {"servicenow": True, "bigpanda": True}
