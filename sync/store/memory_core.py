@@ -68,5 +68,10 @@ class MemoryCore:
         self._check_open()
         return self._data
 
+    def _cursors(self) -> dict[Side, Cursor]:
+        """Every side's cursor as stored, or one without a watermark (never polled)."""
+        stored = self._read().cursors
+        return {side: stored.get(side, Cursor(side=side, watermark=None)) for side in Side}
+
 
 __all__ = ["Data", "JournalRows", "MemoryCore", "PushRows"]

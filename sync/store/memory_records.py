@@ -51,12 +51,10 @@ class MemoryRecords(MemoryCore):
     # --- cursors and checkpoints
 
     async def get_cursor(self, side: Side) -> Cursor:
-        side = Side(side)
-        return self._read().cursors.get(side, Cursor(side=side, watermark=None))
+        return self._cursors()[Side(side)]
 
     async def cursors(self) -> dict[Side, Cursor]:
-        found = self._read().cursors
-        return {side: found.get(side, Cursor(side=side, watermark=None)) for side in Side}
+        return self._cursors()
 
     async def advance_cursor(self, cursor: Cursor, now: datetime) -> None:
         as_utc(now)

@@ -8,9 +8,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sync.constants import Side
 from sync.model import Link, LinkState
-from sync.store.base import Cursor, LeaderRecord, OutboxItem, OutboxState, StoreSummary
+from sync.store.base import LeaderRecord, OutboxItem, OutboxState, StoreSummary
 from sync.store.memory_core import MemoryCore
 
 
@@ -39,9 +38,7 @@ class MemoryStatus(MemoryCore):
         return StoreSummary(
             outbox_depth=sum(1 for state in outbox if state in open_states),
             dead_letters=sum(1 for state in outbox if state == OutboxState.DEAD),
-            cursors={
-                side: data.cursors.get(side, Cursor(side=side, watermark=None)) for side in Side
-            },
+            cursors=self._cursors(),
         )
 
     async def count_links_by_state(
