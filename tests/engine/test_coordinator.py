@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sync.actions import (
     Action,
@@ -22,6 +23,7 @@ from sync.coordinator import LINK_COUNT_TTL_S, Coordinator
 from sync.errors import TransientError
 from sync.executor import Executor
 from sync.guards import EMPTY_SIDE, MASS_RESOLVE
+from sync.metrics import Metrics
 from sync.model import LinkState
 from sync.settings import Settings
 from sync.store.memory import MemoryStore
@@ -289,31 +291,13 @@ async def test_outage_logged_once_and_recovery_once(
     assert (len(down), len(up), len(stopped)) == (1, 1, 0)
 
 
-class StateMetrics:
-    """A CoordinatorMetrics that keeps what ``state`` was last told."""
-
-    def __init__(self) -> None:
-        self.live_links: int | None = None
-        self.outbox_depth: int | None = None
-
-    def cycle_done(self, outcome: str, duration_s: float) -> None:
-        pass
-
-    def state(
-        self,
-        *,
-        outbox_depth: int,
-        dead_letters: int,
-        live_links: int,
-        cursor_lag_s: Any,
-    ) -> None:
-        self.live_links, self.outbox_depth = live_links, outbox_depth
-
-    def backlog(self, side: str, count: int) -> None:
-        pass
-
-    def skipped(self, side: str, reason: str) -> None:
-        pass
+def live_links(metrics: Metrics) -> float:
+    """The ``bpsync_live_links`` gauge as ``/metrics`` shows it."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == "bpsync_live_links":
+                return sample.value
+    raise AssertionError("no bpsync_live_links")
 
 
 async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_again(
@@ -324,7 +308,7 @@ async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_aga
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = make_settings()
-    metrics = StateMetrics()
+    metrics = Metrics()
     executor = Executor(store, sn, bp, settings, clock)
     coordinator = Coordinator(
         store,
@@ -347,7 +331,7 @@ async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_aga
     monkeypatch.setattr(store, "count_links_by_state", counted)
     bp.add_incident()
     assert (await coordinator.run_cycle()).actions == 1
-    assert metrics.live_links == 1  # the cycle made a link: counted again at its end
+    assert live_links(metrics) == 1  # the cycle made a link: counted again at its end
     assert counts == 2  # at its start and at its end
     for _ in range(3):  # idle cycles within LINK_COUNT_TTL_S: no count
         clock.advance(10)
@@ -358,7 +342,7 @@ async def test_idle_cycles_reuse_the_link_count_and_a_cycle_that_acts_counts_aga
     await store.set_link_state(link.id, LinkState.SUPERSEDED, clock.now())
     clock.advance(10)
     await coordinator.run_cycle()
-    assert (counts, metrics.live_links) == (2, 1)
+    assert (counts, live_links(metrics)) == (2, 1)
     clock.advance(LINK_COUNT_TTL_S)
     await coordinator.run_cycle()
-    assert (counts, metrics.live_links) == (3, 0)
+    assert (counts, live_links(metrics)) == (3, 0)
