@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Iterator
 
@@ -25,7 +24,14 @@ from rich.table import Table
 from rich.text import Text
 
 from sync.backfill import OUTCOMES, Backfill, BackfillSummary
-from sync.cli.common import fail, get_ctx, require, run_async, with_pair_option
+from sync.cli.common import (
+    fail,
+    get_ctx,
+    on_stop_signals,
+    require,
+    run_async,
+    with_pair_option,
+)
 from sync.clock import SystemClock
 from sync.logs import setup_logging
 from sync.redaction import secret_values
@@ -155,9 +161,7 @@ async def _run(
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, on_signal, signum)
+    on_stop_signals(on_signal)
 
     # what the clients would refuse, before any session or store is opened
     require(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Coroutine
+import logging
+import signal
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,6 +15,8 @@ import click
 
 from sync.errors import BpsyncError, ConfigError
 from sync.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -92,6 +96,22 @@ def with_pair_option(command: click.Command) -> click.Command:
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; Ctrl-C is handled by main()."""
     return asyncio.run(coro)
+
+
+def on_stop_signals(handler: Callable[[int], object]) -> bool:
+    """Call ``handler(signum)`` on SIGINT and SIGTERM in the running loop (a command
+    stops after its current step instead of at once). False where the loop cannot take
+    them (no signal support on the platform: NotImplementedError; a loop outside the
+    main thread: RuntimeError): there the signals keep their default (Ctrl-C stops at
+    once, through main()'s KeyboardInterrupt), logged at DEBUG."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, handler, signum)
+        except (NotImplementedError, RuntimeError) as exc:
+            log.debug("stop signals keep their default here: %s", exc or type(exc).__name__)
+            return False
+    return True
 
 
 def fail(message: str) -> click.ClickException:

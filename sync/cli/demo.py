@@ -3,16 +3,13 @@ engine and a live view of the pairs, in one command (see :mod:`sync.demo`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
 from pathlib import Path
 
 import click
 from rich.console import Console
 
-from sync.cli.common import run_async
+from sync.cli.common import on_stop_signals, run_async
 from sync.logs import setup_logging
 
 
@@ -96,10 +93,7 @@ def demo(  # noqa: PLR0917 - click passes every option
     runner = Demo(options, console=console)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, runner.request_stop)
+        on_stop_signals(lambda _signum: runner.request_stop())
         await runner.run()
 
     run_async(main())
