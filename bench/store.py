@@ -16,7 +16,11 @@ schema, dropped at the end):
    states) in batches, the way a migration or backfill import would;
 3. at 10k and at 100k: lookups of one live link by BigPanda id and by ServiceNow sys_id
    through the store API (random ids, one transaction each), the database size, and the
-   query plan of the lookup (it must use an index: O(log n), not a scan).
+   query plan of the lookup (it must use an index: O(log n), not a scan);
+4. ``backlog``: 10,000 open outbox writes (2,000 with ``--quick``), failed once and
+   waiting for their retry, as a ServiceNow outage leaves them; the CPU of the read every
+   cycle makes of them (``outbox_heads``: no payloads) beside reading them whole
+   (``list_outbox``), the median of 5 reads each.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -33,15 +38,22 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench._harness import machine
+from sync.actions import UpdateServiceNowFields
 from sync.constants import Side
+from sync.executor.codec import new_outbox_item
 from sync.model import LIVE_LINK_STATES
 from sync.store import open_store, upgrade_database
 from sync.store import tables as t
+from sync.store.base import OutboxState
 from sync.store.sql import SqlStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -71,12 +83,73 @@ class Checkpoint:
 
 
 @dataclass
+class Backlog:
+    items: int
+    heads_read: int
+    heads_cpu_ms: float
+    whole_cpu_ms: float
+
+
+@dataclass
 class Result:
     backend: str
     api_links: int
     api_links_per_s: float
     bulk_links_per_s: float
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    backlog: Backlog | None = None
+
+
+OPEN = (OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD)
+
+
+async def backlog(store: SqlStore, count: int) -> Backlog:
+    """``count`` ServiceNow updates in the outbox, failed once, due in 15 minutes (bulk
+    inserted: their payloads as the executor encodes them); then the CPU of reading them."""
+    due = T0 + timedelta(minutes=15)
+    rows = []
+    for i in range(1, count + 1):
+        write = UpdateServiceNowFields(
+            i,
+            bp_id(i),
+            sys_id(i),
+            {"short_description": f"incident {i} " + "x" * 60, "urgency": "2", "impact": "2"},
+            record_bp={"impact_level": "high"},
+            record_sn={"impact": "2", "urgency": "2"},
+        )
+        new, _ = new_outbox_item(write, "env-1")
+        rows.append(
+            {
+                "kind": new.kind,
+                "target": new.target,
+                "payload": new.payload,
+                "idempotency_key": new.idempotency_key,
+                "state": OutboxState.PENDING.value,
+                "attempts": 1,
+                "last_error": "servicenow: HTTP 503: Service Unavailable",
+                "next_attempt_at": due,
+                "created_at": T0,
+                "updated_at": T0,
+                "link_id": i,
+                "bp_incident_id": bp_id(i),
+                "sn_sys_id": sys_id(i),
+            }
+        )
+    for start in range(0, count, BATCH):
+        async with store.engine.begin() as conn:
+            await conn.execute(insert(t.outbox), rows[start : start + BATCH])
+
+    async def cpu_ms(read: Any) -> tuple[float, int]:
+        times, got = [], 0
+        for _ in range(5):
+            started = time.process_time()
+            got = len(await read())
+            times.append(1000 * (time.process_time() - started))
+        return statistics.median(times), got
+
+    heads_ms, heads = await cpu_ms(lambda: store.outbox_heads(OPEN))
+    whole_ms, _ = await cpu_ms(lambda: store.list_outbox(OPEN, limit=10 * count))
+    return Backlog(count, heads, round(heads_ms, 1), round(whole_ms, 1))
 
 
 async def api_insert(store: SqlStore, first: int, count: int) -> float:
@@ -223,6 +296,7 @@ async def run_backend(
     sizes: list[int],
     api_n: int,
     lookups_n: int,
+    backlog_n: int,
     sqlite_path: Path | None,
 ) -> Result:
     await upgrade_database(url)
@@ -239,12 +313,16 @@ async def run_backend(
             result.checkpoints.append(await checkpoint(store, size, lookups_n, sqlite_path))
             log(f"  {name}: {size:,} links measured")
         result.bulk_links_per_s = round(sum(bulk_rates) / len(bulk_rates), 1)
+        result.backlog = await backlog(store, backlog_n)
+        log(f"  {name}: backlog of {backlog_n:,} open writes measured")
         return result
     finally:
         await store.close()
 
 
-async def postgres_run(base_url: str, sizes: list[int], api_n: int, lookups_n: int) -> Result:
+async def postgres_run(
+    base_url: str, sizes: list[int], api_n: int, lookups_n: int, backlog_n: int
+) -> Result:
     schema = f"bpsync_bench_{uuid.uuid4().hex[:8]}"
     admin = create_async_engine(base_url)
     try:
@@ -257,6 +335,7 @@ async def postgres_run(base_url: str, sizes: list[int], api_n: int, lookups_n: i
             sizes=sizes,
             api_n=api_n,
             lookups_n=lookups_n,
+            backlog_n=backlog_n,
             sqlite_path=None,
         )
     finally:
@@ -294,12 +373,19 @@ def report(results: list[Result]) -> None:
         print(f"plan, lookup by sys_id at {last.links:,}:")
         for line in last.plan_sn:
             print(f"    {line}")
+        if r.backlog is not None:
+            b = r.backlog
+            print(
+                f"backlog of {b.items:,} open writes, a cycle's read (no payloads): "
+                f"{b.heads_cpu_ms:,.1f} CPU ms; read whole: {b.whole_cpu_ms:,.1f} CPU ms"
+            )
 
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
     sizes = [10_000] if args.quick else [10_000, 100_000]
     api_n = 500 if args.quick else 2_000
     lookups_n = args.lookups
+    backlog_n = 2_000 if args.quick else 10_000
     results = []
     with tempfile.TemporaryDirectory(prefix="bpsync-bench-") as tmp:
         path = Path(tmp) / "bpsync.db"
@@ -311,12 +397,13 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 sizes=sizes,
                 api_n=api_n,
                 lookups_n=lookups_n,
+                backlog_n=backlog_n,
                 sqlite_path=path,
             )
         )
     if args.postgres_url:
         log("postgres: temporary schema")
-        results.append(await postgres_run(args.postgres_url, sizes, api_n, lookups_n))
+        results.append(await postgres_run(args.postgres_url, sizes, api_n, lookups_n, backlog_n))
     else:
         log("postgres: skipped (no --postgres-url and no BPSYNC_TEST_POSTGRES_URL)")
     return results
@@ -336,7 +423,14 @@ def main() -> None:
     started = time.perf_counter()
     results = asyncio.run(main_async(args))
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+        payload = {
+            "benchmark": "store",
+            "quick": args.quick,
+            "machine": machine(),
+            "results": [asdict(r) for r in results],
+            "elapsed_s": round(time.perf_counter() - started, 1),
+        }
+        print(json.dumps(payload))
     else:
         report(results)
         print(f"\n(total {time.perf_counter() - started:.1f} s)")

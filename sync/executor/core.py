@@ -192,8 +192,8 @@ class Executor:
         pending = await self._store.list_links([LinkState.PENDING], limit=10_000)
         if not pending:
             return recovery
-        open_items = await self._store.list_outbox(
-            [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
+        open_items = await self._store.outbox_heads(
+            [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD]
         )
         owned = {item.link_id for item in open_items if item.kind == CreateServiceNowIncident.kind}
         for link in pending:

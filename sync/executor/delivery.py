@@ -170,21 +170,28 @@ class Delivery:
         claimed before it was killed (this one started later)."""
         report = DriveReport()
         now = self._clock.now()
-        open_items = await self._store.list_outbox(
-            [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD], limit=1_000_000
+        # the open items without their payloads: a deep backlog (an outage's) is read
+        # every cycle, its payloads only when sent
+        heads = await self._store.outbox_heads(
+            [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD]
         )
         self._open = {}
-        finals: list[OutboxItem] = []
+        final_ids: list[int] = []
         interval = timedelta(seconds=self._retry.interval)
-        self._dead_targets = {i.target for i in open_items if i.state == OutboxState.DEAD}
-        for item in open_items:
-            if item.state == OutboxState.DEAD:
-                exhausted = item.attempts >= self._retry.attempts
-                if exhausted or (item.last_error or "").startswith(PERMANENT_PREFIX):
+        self._dead_targets = {i.target for i in heads if i.state == OutboxState.DEAD}
+        for head in heads:
+            if head.state == OutboxState.DEAD:
+                exhausted = head.attempts >= self._retry.attempts
+                if exhausted or (head.last_error or "").startswith(PERMANENT_PREFIX):
                     continue  # waits for an operator (dlq retry|drop), blocks nothing
-                if item.updated_at + interval <= now:
-                    finals.append(item)
-            self._open.setdefault(item.target, {})[item.id] = item.kind
+                if head.updated_at + interval <= now:
+                    final_ids.append(head.id)
+            self._open.setdefault(head.target, {})[head.id] = head.kind
+        finals = [
+            item
+            for item in (await self._store.outbox_items(final_ids) if final_ids else [])
+            if item.state == OutboxState.DEAD  # still: nothing closed it since
+        ]
         # an item left in flight by a killed process is claimed again at once, not after
         # the lease (which protects this process's own claims, made since it started)
         since_start_s = (now - self._started_at).total_seconds()
@@ -337,12 +344,12 @@ class Delivery:
         """Dead letters of the same target that this success made pointless
         (:func:`sync.followups.supersedes`) are closed: ``dlq list`` keeps only what
         still needs a person."""
-        dead = await self._store.list_outbox([OutboxState.DEAD], limit=1_000_000)
+        dead = await self._store.list_outbox(
+            [OutboxState.DEAD], limit=1_000_000, target=done.target
+        )
         left = False
         now = self._clock.now()
         for item in dead:
-            if item.target != done.target:
-                continue
             try:
                 old = decode_action(item.payload.get("action", {}))
             except ValueError:

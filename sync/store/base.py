@@ -16,7 +16,7 @@ The semantics both stores follow, where the protocols leave a choice:
 - Every datetime given must be aware (:func:`as_utc`); every datetime returned is aware UTC.
 - Unknown link or outbox ids in a write raise :class:`StoreError` (``no link 7``).
 - ``links_for_bp``, ``list_links`` and ``list_audit`` are newest first (id descending);
-  ``list_outbox`` is queue order (id ascending).
+  ``list_outbox``, ``outbox_heads`` and ``outbox_items`` are queue order (id ascending).
 - ``create_pending_link``: state ``pending``, no sys_id, the BigPanda environment as
   given (``bp_environment_id``, None when not given); a live link for the incident
   raises :class:`DuplicateLinkError`; ``previous_link_id`` must name an existing link.
@@ -92,6 +92,7 @@ from sync.store.records import (
     LinkConfirmation,
     NewAuditEntry,
     NewOutboxItem,
+    OutboxHead,
     OutboxItem,
     OutboxState,
     PushEvent,
@@ -296,8 +297,23 @@ class Outbox(Protocol):
     async def dead_letter(self, item_id: int, error: str, now: datetime) -> OutboxItem: ...
 
     async def list_outbox(
-        self, states: Collection[OutboxState] | None = None, *, limit: int = 100
-    ) -> list[OutboxItem]: ...
+        self,
+        states: Collection[OutboxState] | None = None,
+        *,
+        limit: int = 100,
+        target: str | None = None,
+    ) -> list[OutboxItem]:
+        """Queue order; only the items of ``target`` when given."""
+        ...
+
+    async def outbox_heads(self, states: Collection[OutboxState]) -> list[OutboxHead]:
+        """Every item in ``states``, queue order, without payloads (a cycle's read of
+        its open writes: cheap however deep the backlog)."""
+        ...
+
+    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
+        """The items of these ids that exist, queue order."""
+        ...
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int: ...
 
@@ -535,6 +551,7 @@ __all__ = [
     "NewAuditEntry",
     "NewOutboxItem",
     "Outbox",
+    "OutboxHead",
     "OutboxItem",
     "OutboxState",
     "PushEvent",

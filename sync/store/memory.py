@@ -27,6 +27,7 @@ from sync.store.base import (
     LinkConfirmation,
     NewAuditEntry,
     NewOutboxItem,
+    OutboxHead,
     OutboxItem,
     OutboxState,
     as_utc,
@@ -465,13 +466,33 @@ class MemoryStore(MemoryRecords, MemoryStatus, MemoryPushEvents, MemoryJournal):
         return item
 
     async def list_outbox(
-        self, states: Collection[OutboxState] | None = None, *, limit: int = 100
+        self,
+        states: Collection[OutboxState] | None = None,
+        *,
+        limit: int = 100,
+        target: str | None = None,
     ) -> list[OutboxItem]:
         items = sorted(self._read().outbox.values(), key=lambda x: x.id)
         if states is not None:
             wanted = {OutboxState(s) for s in states}
             items = [x for x in items if x.state in wanted]
-        return items[:limit]
+        if target is not None:
+            items = [x for x in items if x.target == target]
+        return items[: max(0, limit)]
+
+    async def outbox_heads(self, states: Collection[OutboxState]) -> list[OutboxHead]:
+        wanted = {OutboxState(s) for s in states}
+        return [
+            OutboxHead(
+                x.id, x.kind, x.target, x.state, x.attempts, x.updated_at, x.link_id, x.last_error
+            )
+            for x in sorted(self._read().outbox.values(), key=lambda x: x.id)
+            if x.state in wanted
+        ]
+
+    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
+        outbox = self._read().outbox
+        return [outbox[i] for i in sorted(set(ids)) if i in outbox]
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
         items = self._read().outbox.values()

@@ -45,11 +45,19 @@ class PreparedRow:
     """A result row: by position, by column name (``row.name``) and ``row._mapping``,
     as SQLAlchemy's ``Row`` is used by the store."""
 
-    __slots__ = ("_mapping", "_values")
+    __slots__ = ("_keys", "_map", "_values")
 
     def __init__(self, keys: Sequence[str], values: tuple[Any, ...]) -> None:
+        self._keys = keys
         self._values = values
-        self._mapping: Mapping[str, Any] = dict(zip(keys, values, strict=True))
+        self._map: dict[str, Any] | None = None
+
+    @property
+    def _mapping(self) -> Mapping[str, Any]:
+        """By column name, made on first use (a row read by position never needs it)."""
+        if self._map is None:
+            self._map = dict(zip(self._keys, self._values, strict=True))
+        return self._map
 
     def __getitem__(self, index: int) -> Any:
         return self._values[index]

@@ -43,6 +43,22 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxHead:
+    """An outbox item without its payload: what orders the writes to each target and
+    says which dead items are due (:meth:`Outbox.outbox_heads`, read every cycle; the
+    payloads, the bulk of a deep backlog, only of the items sent)."""
+
+    id: int
+    kind: str
+    target: str
+    state: OutboxState
+    attempts: int
+    updated_at: datetime
+    link_id: int | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewOutboxItem:
     """A write to record (the arguments of :meth:`Outbox.enqueue` but ``now``)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -9,7 +10,31 @@ from sqlalchemy import Row
 
 from sync.constants import Side
 from sync.model import FieldState, Link, LinkState
-from sync.store.base import AuditEntry, NewAuditEntry, NewOutboxItem, OutboxItem, OutboxState
+from sync.store.base import (
+    AuditEntry,
+    NewAuditEntry,
+    NewOutboxItem,
+    OutboxHead,
+    OutboxItem,
+    OutboxState,
+)
+
+
+#: a state column's text to its enum member: a dict look-up costs a tenth of the enum's
+#: own constructor, which a deep outbox read runs per row (an unknown text still goes
+#: to the constructor, and its ValueError)
+_LINK_STATES: dict[str, LinkState] = {s.value: s for s in LinkState}
+_OUTBOX_STATES: dict[str, OutboxState] = {s.value: s for s in OutboxState}
+
+
+def _link_state(text: str) -> LinkState:
+    found = _LINK_STATES.get(text)
+    return LinkState(text) if found is None else found
+
+
+def _outbox_state(text: str) -> OutboxState:
+    found = _OUTBOX_STATES.get(text)
+    return OutboxState(text) if found is None else found
 
 
 def to_link(row: Row[Any]) -> Link:
@@ -19,7 +44,7 @@ def to_link(row: Row[Any]) -> Link:
         bp_incident_id=m["bp_incident_id"],
         sn_sys_id=m["sn_sys_id"],
         sn_number=m["sn_number"],
-        state=LinkState(m["state"]),
+        state=_link_state(m["state"]),
         created_at=m["created_at"],
         resolved_at=m["resolved_at"],
         reopen_deadline=m["reopen_deadline"],
@@ -37,7 +62,7 @@ def to_item(row: Row[Any]) -> OutboxItem:
         target=m["target"],
         payload=m["payload"],
         idempotency_key=m["idempotency_key"],
-        state=OutboxState(m["state"]),
+        state=_outbox_state(m["state"]),
         attempts=m["attempts"],
         next_attempt_at=m["next_attempt_at"],
         created_at=m["created_at"],
@@ -46,6 +71,14 @@ def to_item(row: Row[Any]) -> OutboxItem:
         bp_incident_id=m["bp_incident_id"],
         sn_sys_id=m["sn_sys_id"],
         last_error=m["last_error"],
+    )
+
+
+def to_head(row: Sequence[Any]) -> OutboxHead:
+    """A row of ``OUTBOX_HEADS_IN`` (its columns in that order)."""
+    item_id, kind, target, state, attempts, updated_at, link_id, last_error = row
+    return OutboxHead(
+        item_id, kind, target, _outbox_state(state), attempts, updated_at, link_id, last_error
     )
 
 

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 import sync.store.tables as t
 from sync.errors import StoreError
-from sync.store.base import NewOutboxItem, OutboxItem, OutboxState, as_utc
+from sync.store.base import NewOutboxItem, OutboxHead, OutboxItem, OutboxState, as_utc
 from sync.store.engines import describe, foreign_key_violation, unique_violation
-from sync.store.rows import new_item_values, to_item
+from sync.store.rows import new_item_values, to_head, to_item
 from sync.store.sql_core import SqlCore
 from sync.store.statements import (
     CLAIM_DUE,
@@ -35,7 +35,10 @@ from sync.store.statements import (
     MARK_IN_FLIGHT,
     NOT_DONE_WITH_KEY,
     OPEN_WRITES,
+    OUTBOX_BY_IDS,
+    OUTBOX_HEADS_IN,
     OUTBOX_IN_OLDEST,
+    OUTBOX_IN_OLDEST_FOR_TARGET,
     OUTBOX_OLDEST,
 )
 
@@ -155,15 +158,38 @@ class SqlOutbox(SqlCore):
         )
 
     async def list_outbox(
-        self, states: Collection[OutboxState] | None = None, *, limit: int = 100
+        self,
+        states: Collection[OutboxState] | None = None,
+        *,
+        limit: int = 100,
+        target: str | None = None,
     ) -> list[OutboxItem]:
         query = OUTBOX_OLDEST
         params: dict[str, Any] = {"b_limit": max(0, limit)}
-        if states is not None:
+        if states is not None or target is not None:
             query = OUTBOX_IN_OLDEST
-            params["b_states"] = [OutboxState(x).value for x in states]
+            params["b_states"] = [OutboxState(x).value for x in states or OutboxState]
+        if target is not None:
+            query = OUTBOX_IN_OLDEST_FOR_TARGET
+            params["b_target"] = target
         async with self._read() as conn:
             return [to_item(row) for row in await conn.execute(query, params)]
+
+    async def outbox_heads(self, states: Collection[OutboxState]) -> list[OutboxHead]:
+        params = {"b_states": [OutboxState(x).value for x in states]}
+        async with self._read() as conn:
+            return [to_head(row) for row in await conn.execute(OUTBOX_HEADS_IN, params)]
+
+    async def outbox_items(self, ids: Collection[int]) -> list[OutboxItem]:
+        wanted = sorted(set(ids))
+        items: list[OutboxItem] = []
+        if not wanted:
+            return items
+        async with self._read() as conn:
+            for start in range(0, len(wanted), OPEN_WRITES_CHUNK):
+                params = {"b_ids": wanted[start : start + OPEN_WRITES_CHUNK]}
+                items.extend(to_item(row) for row in await conn.execute(OUTBOX_BY_IDS, params))
+        return items
 
     async def count_outbox(self, states: Collection[OutboxState] | None = None) -> int:
         query, params = COUNT_OUTBOX, {}

@@ -156,9 +156,30 @@ OPEN_WRITES = (
     .distinct()
 )
 INSERT_AUDIT = insert(t.audit)
-#: outbox items, oldest first (every cycle reads the open ones)
+#: outbox items, oldest first
 OUTBOX_OLDEST = select(t.outbox).order_by(t.outbox.c.id).limit(bindparam("b_limit"))
 OUTBOX_IN_OLDEST = OUTBOX_OLDEST.where(t.outbox.c.state.in_(bindparam("b_states", expanding=True)))
+OUTBOX_IN_OLDEST_FOR_TARGET = OUTBOX_IN_OLDEST.where(t.outbox.c.target == bindparam("b_target"))
+OUTBOX_BY_IDS = (
+    select(t.outbox)
+    .where(t.outbox.c.id.in_(bindparam("b_ids", expanding=True)))
+    .order_by(t.outbox.c.id)
+)
+#: the open items without their payloads, oldest first (every cycle reads them)
+OUTBOX_HEADS_IN = (
+    select(
+        t.outbox.c.id,
+        t.outbox.c.kind,
+        t.outbox.c.target,
+        t.outbox.c.state,
+        t.outbox.c.attempts,
+        t.outbox.c.updated_at,
+        t.outbox.c.link_id,
+        t.outbox.c.last_error,
+    )
+    .where(t.outbox.c.state.in_(bindparam("b_states", expanding=True)))
+    .order_by(t.outbox.c.id)
+)
 #: outbox items due (their retry time passed, or their lease expired), oldest first
 CLAIM_DUE = (
     select(t.outbox)
@@ -245,5 +266,8 @@ PREPARED = PreparedStatements(
         MARK_IN_FLIGHT,
         OUTBOX_OLDEST,
         OUTBOX_IN_OLDEST,
+        OUTBOX_IN_OLDEST_FOR_TARGET,
+        OUTBOX_BY_IDS,
+        OUTBOX_HEADS_IN,
     ]
 )

@@ -230,3 +230,19 @@ def test_scale_pairs_replicas_quick(postgres_url: str) -> None:
     assert rep["failed_cycles"] == [0, 0]
     assert rep["survivor_exit_codes"] == [0, 0]
     assert rep["schemas_dropped"] == 6
+
+
+@pytest.mark.postgres
+def test_store_quick(postgres_url: str) -> None:
+    """The link store bench on SQLite and Postgres: lookups by index, and a backlog of
+    open writes read whole by the cycle's payload-free read (every item, none twice)."""
+    data = run_quick("store.py", "--postgres-url", postgres_url, timeout_s=240)
+    assert data["benchmark"] == "store"
+    assert [r["backend"] for r in data["results"]] == ["sqlite", "postgres"]
+    for result in data["results"]:
+        [checkpoint] = result["checkpoints"]
+        assert checkpoint["links"] == 10_000
+        assert checkpoint["index_used"] is True
+        backlog = result["backlog"]
+        assert backlog["items"] == backlog["heads_read"] == 2_000
+        assert backlog["heads_cpu_ms"] > 0 and backlog["whole_cpu_ms"] > 0

@@ -27,6 +27,7 @@ from sync.constants import Side
 from sync.coordinator import recover
 from sync.errors import FatalError, PermanentError, StoreError, TransientError
 from sync.executor import Executor, decode_action, encode_action, link_tag_value
+from sync.executor.codec import new_outbox_item
 from sync.model import Link, LinkState
 from sync.settings import Settings
 from sync.store.base import OutboxItem, OutboxState
@@ -727,3 +728,57 @@ def test_every_part_of_the_executor_logs_on_one_logger(module: str) -> None:
     """Log consumers (``sync.demo``, alerting on ``logger``) filter on ``sync.executor``."""
     part = importlib.import_module(f"sync.executor.{module}")
     assert part.log.name == "sync.executor"
+
+
+class _ReadsCounted(MemoryStore):
+    """A memory store that remembers which outbox payloads were read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed: list[str | None] = []
+        self.items_read: list[int] = []
+
+    async def list_outbox(self, *args: Any, **kwargs: Any) -> list[OutboxItem]:
+        self.listed.append(kwargs.get("target"))
+        return await super().list_outbox(*args, **kwargs)
+
+    async def outbox_items(self, ids: Any) -> list[OutboxItem]:
+        self.items_read.extend(ids)
+        return await super().outbox_items(ids)
+
+
+async def test_a_cycle_reads_the_payloads_of_what_it_sends_only(
+    sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """A deep backlog (writes waiting out an outage) is read each cycle without its
+    payloads: only the items sent again are read whole."""
+    store = _ReadsCounted()
+    settings = make_settings(**{"retry.in_cycle_attempts": 1, "retry.interval": 10.0})
+    executor = Executor(store, sn, bp, settings, clock)
+    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
+    sn.fail_next("update_incident", *[_transient() for _ in range(5)])
+    first = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
+    await executor.execute([first], environment_id="env1")
+    for _ in range(4):  # five failed attempts: dead, with a sixth left
+        clock.advance(10)
+        await executor.drive_due()
+    [dead] = await store.list_outbox([OutboxState.DEAD])
+    # the backlog: writes of other incidents, failed once, due in 15 minutes
+    for n in range(30):
+        write = UpdateServiceNowFields(link_id, f"bp-{n}", f"{n:032x}", {"impact": "3"})
+        new, _ = new_outbox_item(write, "env1")
+        item = await store.enqueue(
+            new.kind, new.target, new.payload, new.idempotency_key, clock.now()
+        )
+        await store.fail(
+            item.id, "servicenow: HTTP 503", clock.now() + timedelta(minutes=15), clock.now()
+        )
+    assert len(await store.list_outbox([OutboxState.PENDING])) == 30
+    store.listed, store.items_read = [], []
+    clock.advance(10)  # the dead item is due again; the backlog is not
+    report = await executor.drive_due()
+    assert (report.sent, report.completed) == (1, 1)
+    assert store.items_read == [dead.id]
+    # and the dead letters of its own target only (what its success made pointless)
+    assert store.listed == [f"servicenow:{sys_id}"]
+    assert sn.incidents[sys_id]["impact"] == "2"

@@ -24,6 +24,7 @@ from sync.store.base import (
     LinkStore,
     NewAuditEntry,
     NewOutboxItem,
+    OutboxHead,
     OutboxState,
 )
 from tests.store.conftest import Backend
@@ -476,6 +477,41 @@ async def test_fail_counts_the_attempt_and_schedules_a_retry(store: LinkStore) -
     assert await store.claim_due(at(899), limit=1, lease_s=30) == []
     [again] = await store.claim_due(at(900), limit=1, lease_s=30)
     assert (await store.fail(again.id, "timeout", at(1800), at(901))).attempts == 2
+
+
+async def test_outbox_heads_items_and_one_targets_items(store: LinkStore) -> None:
+    """What a cycle reads of its open writes: every open item's head (no payload),
+    queue order; the whole items of some ids; one target's items."""
+    link = await linked(store)
+    a = await store.enqueue("sn.update", "servicenow:1", {"x": 1}, "a", T0, link_id=link.id)
+    b = await store.enqueue("bp.tags", "bigpanda:2", {"x": 2}, "b", T0)
+    c = await store.enqueue("sn.update", "servicenow:1", {"x": 3}, "c", T0)
+    d = await store.enqueue("sn.update", "servicenow:3", {"x": 4}, "d", T0)
+    await store.dead_letter(b.id, "permanent: HTTP 400", at(5))
+    await store.complete(d.id, at(6))
+    open_states = [OutboxState.PENDING, OutboxState.IN_FLIGHT, OutboxState.DEAD]
+    heads = await store.outbox_heads(open_states)
+    assert heads == [
+        OutboxHead(a.id, "sn.update", "servicenow:1", OutboxState.PENDING, 0, T0, link.id),
+        OutboxHead(
+            b.id, "bp.tags", "bigpanda:2", OutboxState.DEAD, 1, at(5), None, "permanent: HTTP 400"
+        ),
+        OutboxHead(c.id, "sn.update", "servicenow:1", OutboxState.PENDING, 0, T0),
+    ]
+    assert heads[1].updated_at.tzinfo is not None
+    assert [h.id for h in await store.outbox_heads([OutboxState.DONE])] == [d.id]
+    assert await store.outbox_heads([]) == []
+    everything = {x.id: x for x in await store.list_outbox()}
+    assert await store.outbox_items([c.id, a.id, 424242, a.id]) == [
+        everything[a.id],
+        everything[c.id],
+    ]
+    assert await store.outbox_items([]) == []
+    one = await store.list_outbox(open_states, target="servicenow:1")
+    assert [x.id for x in one] == [a.id, c.id]
+    assert [x.id for x in await store.list_outbox(target="servicenow:3")] == [d.id]
+    assert [x.id for x in await store.list_outbox(target="servicenow:1", limit=1)] == [a.id]
+    assert await store.list_outbox([OutboxState.DEAD], target="servicenow:1") == []
 
 
 async def test_dead_letter_list_retry_and_drop(store: LinkStore) -> None:
