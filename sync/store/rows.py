@@ -19,7 +19,6 @@ from sync.store.base import (
     OutboxState,
 )
 
-
 #: a state column's text to its enum member: a dict look-up costs a tenth of the enum's
 #: own constructor, which a deep outbox read runs per row (an unknown text still goes
 #: to the constructor, and its ValueError)
