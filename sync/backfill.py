@@ -72,6 +72,7 @@ from sync.clock import Clock, epoch_s, from_epoch_s
 from sync.coordinator import Coordinator, recover
 from sync.errors import BpsyncError, NotFoundError
 from sync.executor import Executor, PairResult
+from sync.guards import resolving_links
 from sync.journal_reads import backfill_journals, mark_history
 from sync.model import LIVE_LINK_STATES, BPIncident, Link
 from sync.newcomers import unmatched
@@ -548,8 +549,10 @@ async def sync_incidents(
             outcome.error = f"cannot plan: {exc}"
             continue
         plans.append((pair, outcome))
-    live_links = await coordinator.store.count_links(LIVE_LINK_STATES)
-    coordinator.check_guards([o.actions for _, o in plans], live_links)
+    page = [o.actions for _, o in plans]
+    if resolving_links(page):  # the only guard of a page weighs its resolves against
+        # the live links: counting them (a scan) only then keeps a long backfill linear
+        coordinator.check_guards(page, await coordinator.store.count_links(LIVE_LINK_STATES))
     if not execute:
         return outcomes
     runnable = [(pair, outcome) for pair, outcome in plans if outcome.actions]

@@ -12,6 +12,7 @@ import pytest
 from sync.backfill import Backfill, BackfillSummary, checkpoint_name
 from sync.clock import FakeClock
 from sync.coordinator import Coordinator
+from sync.errors import GuardTripped
 from sync.executor import Executor
 from sync.model import LinkState
 from sync.settings import Settings
@@ -84,11 +85,13 @@ def _backfill(
     bp: FakeBigPanda,
     clock: FakeClock,
     settings: Settings | None = None,
+    *,
+    force: bool = False,
     **options: Any,
 ) -> Backfill:
     settings = settings or make_settings()
     executor = Executor(store, sn, bp, settings, clock)
-    coordinator = Coordinator(store, sn, bp, executor, settings, clock=clock)
+    coordinator = Coordinator(store, sn, bp, executor, settings, clock=clock, force=force)
     options.setdefault("since", "7d")
     return Backfill(
         store=store,
@@ -300,3 +303,42 @@ def test_bad_times_are_one_clear_line(since: str, until: str | None, message: st
     with pytest.raises(ValueError, match=message) as caught:
         resolve_window(since, until, NOW)
     assert "\n" not in str(caught.value)
+
+
+class CountingStore:
+    """A store proxy that counts the scans of the live links."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self._inner = inner
+        self.counts = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "count_links":
+            self.counts += 1
+        return getattr(self._inner, name)
+
+
+async def test_a_page_resolving_most_live_links_trips_the_guard(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    """The mass-resolve guard weighs a page's resolves against the live links (counted
+    only for a page that resolves: a backfill of creates never scans them)."""
+    counting = CountingStore(store)
+    clock.set(NOW - timedelta(days=2))
+    active = [bp.add_incident().id for _ in range(12)]
+    clock.set(NOW - timedelta(days=1))
+    created = await _backfill(counting, sn, bp, clock).run()
+    assert created.counts["created"] == 12
+    assert counting.counts == 0
+    for bp_id in active:  # every one resolved in BigPanda
+        bp.resolve(bp_id)
+    writes = list(sn.writes)
+    clock.set(NOW)
+    with pytest.raises(GuardTripped, match="would resolve 10 of 12 live links"):
+        await _backfill(counting, sn, bp, clock).run()
+    assert counting.counts == 1
+    assert sn.writes == writes  # nothing resolved
+    # confirmed by the operator (--force): each link resolved with its incident
+    assert (await _backfill(counting, sn, bp, clock, force=True).run()).counts["failed"] == 0
+    links = [await store.live_link_for_bp(bp_id) for bp_id in active]
+    assert [link.state if link else None for link in links] == [LinkState.RESOLVED] * 12
