@@ -444,15 +444,25 @@ async def test_attempts_dead_letter_and_notify_exactly(
         await sink.stop()
 
 
-async def test_a_dead_item_succeeding_on_its_last_attempt_leaves_the_dlq(
+async def _update_failing_five_times(
     store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
-) -> None:
+) -> tuple[Executor, str, str, int]:
+    """A linked pair's ServiceNow update, sent once and failed; it fails 4 times more
+    (in-cycle attempts 1, retry interval 10 s). Returns the executor, the incident ids
+    and the link id."""
     settings = make_settings(**{"retry.in_cycle_attempts": 1, "retry.interval": 10.0})
     executor = Executor(store, sn, bp, settings, clock)
     incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
     sn.fail_next("update_incident", *[_transient() for _ in range(5)])
     action = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
     await executor.execute([action], environment_id="env1")
+    return executor, incident_id, sys_id, link_id
+
+
+async def test_a_dead_item_succeeding_on_its_last_attempt_leaves_the_dlq(
+    store: MemoryStore, sn: FakeServiceNow, bp: FakeBigPanda, clock: FakeClock
+) -> None:
+    executor, incident_id, _, _ = await _update_failing_five_times(store, sn, bp, clock)
     # B14 at the first failure: the user hears of it now, once (not once per attempt)
     assert bp.incidents[incident_id].tags["servicenow_link"] == "error"
     comments = [w for w in bp.writes if w[0] == "comment"]
@@ -753,12 +763,7 @@ async def test_a_cycle_reads_the_payloads_of_what_it_sends_only(
     """A deep backlog (writes waiting out an outage) is read each cycle without its
     payloads: only the items sent again are read whole."""
     store = _ReadsCounted()
-    settings = make_settings(**{"retry.in_cycle_attempts": 1, "retry.interval": 10.0})
-    executor = Executor(store, sn, bp, settings, clock)
-    incident_id, sys_id, link_id = await _linked_pair(store, sn, bp, clock)
-    sn.fail_next("update_incident", *[_transient() for _ in range(5)])
-    first = UpdateServiceNowFields(link_id, incident_id, sys_id, {"impact": "2"})
-    await executor.execute([first], environment_id="env1")
+    executor, _, sys_id, link_id = await _update_failing_five_times(store, sn, bp, clock)
     for _ in range(4):  # five failed attempts: dead, with a sixth left
         clock.advance(10)
         await executor.drive_due()
