@@ -104,6 +104,17 @@ CASES: list[tuple[str, Any]] = [
     ("OUTBOX_OLDEST", {"b_limit": 1}),
     ("OUTBOX_IN_OLDEST", {"b_states": ["pending", "in_flight", "dead"], "b_limit": 1_000_000}),
     ("OUTBOX_IN_OLDEST", {"b_states": ["in_flight"], "b_limit": 10}),
+    (
+        "OUTBOX_IN_OLDEST_FOR_TARGET",
+        {"b_states": ["pending", "in_flight"], "b_limit": 10, "b_target": "sn:abc"},
+    ),
+    (
+        "OUTBOX_IN_OLDEST_FOR_TARGET",
+        {"b_states": ["pending", "in_flight"], "b_limit": 10, "b_target": "sn:other"},
+    ),
+    ("OUTBOX_BY_IDS", {"b_ids": [2, 1, 99]}),
+    ("OUTBOX_HEADS_IN", {"b_states": ["pending", "in_flight", "dead"]}),
+    ("OUTBOX_HEADS_IN", {"b_states": ["dead"]}),
 ]
 
 
