@@ -87,6 +87,9 @@ class Idle:
     bp_reads_per_cycle: list[float]
     sn_writes_per_cycle: list[float]
     bp_writes_per_cycle: list[float]
+    #: every pair's reads per second of the idle window, by "<side> reads" (what the
+    #: change window's reads are measured beyond)
+    reads_per_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +104,10 @@ class Changes:
     #: the daemon's requests over the change window, per carried change (the benchmark's
     #: own changes and look-ups not counted): "servicenow writes", "bigpanda reads"...
     requests_per_change: dict[str, float] = field(default_factory=dict)
+    #: the reads of the window beyond the idle polls' (``Idle.reads_per_s`` over the
+    #: window), per carried change: what a change costs in reads, which the whole
+    #: window's figure hides under every pair's polls when there are many pairs
+    reads_beyond_idle_per_change: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +171,7 @@ async def measure_idle(
         sn_writes_per_cycle=[],
         bp_writes_per_cycle=[],
     )
+    reads: Counter[str] = Counter()
     for name, before, after in zip(names, s0, s1, strict=True):
         n = c1[name] - c0.get(name, 0)
         if n < args.idle_cycles - 1:
@@ -174,6 +182,9 @@ async def measure_idle(
         idle.bp_reads_per_cycle.append(round(bp.reads / n, 3))
         idle.sn_writes_per_cycle.append(round(sn.writes / n, 3))
         idle.bp_writes_per_cycle.append(round(bp.writes / n, 3))
+        reads["servicenow reads"] += sn.reads
+        reads["bigpanda reads"] += bp.reads
+    idle.reads_per_s = {k: round(v / (t1 - t0), 4) for k, v in sorted(reads.items())}
     return idle
 
 
@@ -228,7 +239,7 @@ async def run_changes(
     gap = 60.0 / args.changes_per_min
     if daemon.profile is not None and args.profile_phase == "changes":
         os.kill(daemon.pid, signal.SIGUSR1)
-    before = await daemon_requests(apis)
+    before, r0 = await daemon_requests(apis), time.monotonic()
     cpu0, t0 = daemon.cpu_s(), time.monotonic()
     tasks = []
     for k, (pair, incident, value) in enumerate(plan):
@@ -253,9 +264,10 @@ async def run_changes(
         await asyncio.sleep(0.5)
     t1 = done_at if done_at is not None else time.monotonic()
     cpu1 = daemon.cpu_s()
-    requests = await daemon_requests(apis) - before
+    requests, r1 = await daemon_requests(apis) - before, time.monotonic()
     carried = sum(len(s) for s in seen.values())
     cpu = cpu1 - cpu0 - idle.cpu_s_per_min / 60 * (t1 - t0)
+    beyond = {k: requests[k] - rate * (r1 - r0) for k, rate in idle.reads_per_s.items()}
     return Changes(
         per_min=args.changes_per_min,
         made=total,
@@ -265,6 +277,10 @@ async def run_changes(
         cpu_s=round(cpu1 - cpu0, 3),
         cpu_ms_per_change=round(1000 * cpu / carried, 2) if carried else None,
         requests_per_change={k: round(n / carried, 2) for k, n in sorted(requests.items())}
+        if carried
+        else {},
+        # (+ 0.0: a difference rounded to zero prints as 0, not -0)
+        reads_beyond_idle_per_change={k: round(n / carried, 2) + 0.0 for k, n in beyond.items()}
         if carried
         else {},
     )
@@ -315,7 +331,8 @@ async def measure(pairs: int, args: argparse.Namespace, template: Path, tmp: Pat
             h.log(
                 f"  changes: {run.changes.carried}/{run.changes.made} carried, "
                 f"{run.changes.cpu_ms_per_change} CPU ms each; daemon requests per change "
-                f"{run.changes.requests_per_change}"
+                f"{run.changes.requests_per_change}, reads beyond the idle polls' "
+                f"{run.changes.reads_beyond_idle_per_change}"
             )
             run.peak_rss_mb = round(daemon.mem()["peak_rss_mb"], 1)
             run.failed_cycles = int(await p.failed_cycles(daemon, http))
@@ -386,6 +403,10 @@ def report(result: dict[str, Any]) -> None:
                 r["peak_rss_mb"],
                 idle["cpu_s_per_min"],
                 ch["cpu_ms_per_change"],
+                " / ".join(
+                    f"{ch['reads_beyond_idle_per_change'].get(k, 0):g}"
+                    for k in ("servicenow reads", "bigpanda reads")
+                ),
                 f"{min(idle['sn_reads_per_cycle']):g}..{max(idle['sn_reads_per_cycle']):g}",
                 f"{min(idle['bp_reads_per_cycle']):g}..{max(idle['bp_reads_per_cycle']):g}",
                 f"{ch['carried']}/{ch['made']}",
@@ -400,6 +421,7 @@ def report(result: dict[str, Any]) -> None:
             "peak RSS MB",
             "idle CPU s/min",
             "CPU ms/change",
+            "SN / BP reads/change",
             "SN req/cycle/pair",
             "BP req/cycle/pair",
             "carried",

@@ -198,6 +198,11 @@ def test_scale_pairs_quick() -> None:
         per_change = changes["requests_per_change"]
         writes = per_change.get("servicenow writes", 0) + per_change.get("bigpanda writes", 0)
         assert writes == pytest.approx(1.0, abs=0.011)  # (each figure rounded to 0.01)
+        # the reads beyond the idle polls' (too few cycles here for a bound on them)
+        beyond = changes["reads_beyond_idle_per_change"]
+        assert set(beyond) == {"servicenow reads", "bigpanda reads"}
+        assert set(idle["reads_per_s"]) == set(beyond)
+        assert all(rate > 0 for rate in idle["reads_per_s"].values())
     assert many["changes"]["made"] == 15  # 100/min for 9 s over 4 pairs
     verdict = data["verdict"]
     assert verdict["idle_requests_same_as_single"] == {"servicenow": True, "bigpanda": True}
