@@ -6,15 +6,18 @@ import asyncio
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from sync.errors import StoreError
 from sync.store import open_store, upgrade_database
-from sync.store.engines import is_postgres, make_engine, normalise_url
+from sync.store.engines import PING_AFTER_IDLE_S, is_postgres, make_engine, normalise_url
 from sync.store.sql import SqlStore
 
 
@@ -118,3 +121,90 @@ async def test_sqlite_call_waits_for_another_writer_in_its_thread_not_on_the_loo
     finally:
         other.close()
         await store.close()
+
+
+# --------------------------------------------------------------- Postgres pool pings
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+@pytest.fixture
+async def pg_engine(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[AsyncEngine, list[float], list[object]]]:
+    """A Postgres engine as the store makes it, its idle clock (``now[0]``, seconds) and
+    the pings its pool sends (the dialect's own ping, counted)."""
+    now = [100.0]
+    engine = make_engine(postgres_url, monotonic=lambda: now[0])
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    try:
+        yield engine, now, pings
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_pool_pings_a_connection_idle_for_a_second_not_one_just_used(
+    pg_engine: tuple[AsyncEngine, list[float], list[object]],
+) -> None:
+    engine, now, pings = pg_engine
+    assert engine.sync_engine.pool._pre_ping is False  # every checkout would cost 3 trips
+    pid = await _backend_pid(engine)  # a new connection: not pinged
+    for _ in range(5):  # a burst of store calls, each a checkout
+        now[0] += 0.5
+        assert await _backend_pid(engine) == pid
+    assert pings == []
+    now[0] += PING_AFTER_IDLE_S  # idle for the window: pinged, and it answers
+    assert await _backend_pid(engine) == pid
+    assert len(pings) == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_pool_replaces_a_connection_killed_while_idle(
+    pg_engine: tuple[AsyncEngine, list[float], list[object]], postgres_url: str
+) -> None:
+    """A restart or failover while the pool is idle: the next call gets a new connection
+    (the dead one's ping fails) instead of an error, as with ``pool_pre_ping``."""
+    engine, now, pings = pg_engine
+    pid = await _backend_pid(engine)
+    await _terminate(postgres_url, pid)
+    now[0] += 5.0
+    assert await _backend_pid(engine) != pid
+    assert len(pings) == 1
+
+
+@pytest.mark.postgres
+async def test_postgres_pool_connection_killed_within_the_window_fails_one_call(
+    pg_engine: tuple[AsyncEngine, list[float], list[object]], postgres_url: str
+) -> None:
+    """The price of skipping the ping: a connection killed less than a second after it
+    worked fails the one call that gets it (as a checked-out connection always could);
+    the pool drops it, and the next call (the cycle's retry) connects afresh."""
+    engine, now, pings = pg_engine
+    pid = await _backend_pid(engine)
+    await _terminate(postgres_url, pid)
+    now[0] += 0.1
+    with pytest.raises(DBAPIError):
+        await _backend_pid(engine)
+    assert await _backend_pid(engine) != pid
+    assert pings == []
+
+
+async def _terminate(postgres_url: str, pid: int) -> None:
+    admin = create_async_engine(postgres_url)
+    try:
+        async with admin.begin() as conn:
+            killed = await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert killed.scalar_one() is True
+    finally:
+        await admin.dispose()
