@@ -10,8 +10,18 @@ Usage::
 For each backend, in a fresh database (SQLite: a temporary file; Postgres: a temporary
 schema, dropped at the end):
 
-1. ``api insert``: links created the way the daemon does it, through the store API
-   (create_pending_link + confirm_link + record_field_states of 4 fields: 3 transactions);
+1. ``create path``: incidents created through the store the way the executor creates
+   one (a backfill's or a cycle's create): the pending link with the create's outbox item
+   (``create_pending_link_and_enqueue``); the confirmation, its audit entry, the field
+   states, the link tag's outbox item and the create's completion
+   (``complete_and_enqueue``); the link tag's completion with its field state (the
+   same). Outbox payloads are the executor's own encoding of the two actions. Reported:
+   incidents per second, the store's CPU per created incident (the part of issue 16's
+   2 ms target the store takes, without HTTP), and the transactions and statements
+   each costs, counted on the database connection (SQLite: the driver's trace of every
+   statement it runs, a row of an ``executemany`` counted as one; Postgres:
+   SQLAlchemy's cursor and commit events) over 100 incidents after the first (which
+   opens the connections), the CPU over the rest;
 2. ``bulk insert``: the rest up to 10,000 and then 100,000 links (each with 4 field
    states) in batches, the way a migration or backfill import would;
 3. at 10k and at 100k: lookups of one live link by BigPanda id and by ServiceNow sys_id
@@ -30,6 +40,7 @@ import asyncio
 import json
 import os
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -42,18 +53,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, insert, select, text
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench._harness import machine
-from sync.actions import UpdateServiceNowFields
+from sync.actions import CreateServiceNowIncident, SetLinkTag, UpdateServiceNowFields
 from sync.constants import Side
 from sync.executor.codec import new_outbox_item
 from sync.model import LIVE_LINK_STATES
 from sync.store import open_store, upgrade_database
 from sync.store import tables as t
 from sync.store.base import OutboxState
+from sync.store.records import FieldStates, LinkConfirmation
 from sync.store.sql import SqlStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -91,10 +103,19 @@ class Backlog:
 
 
 @dataclass
+class CreatePath:
+    incidents: int
+    per_s: float
+    cpu_ms_per_incident: float
+    counted: int  # incidents whose transactions and statements were counted
+    transactions_per_incident: float
+    statements_per_incident: float  # besides BEGIN and COMMIT
+
+
+@dataclass
 class Result:
     backend: str
-    api_links: int
-    api_links_per_s: float
+    create: CreatePath
     bulk_links_per_s: float
     checkpoints: list[Checkpoint] = field(default_factory=list)
     backlog: Backlog | None = None
@@ -152,16 +173,120 @@ async def backlog(store: SqlStore, count: int) -> Backlog:
     return Backlog(count, heads, round(heads_ms, 1), round(whole_ms, 1))
 
 
-async def api_insert(store: SqlStore, first: int, count: int) -> float:
-    started = time.perf_counter()
-    for i in range(first, first + count):
-        now = T0 + timedelta(seconds=i)
-        link = await store.create_pending_link(bp_id(i), now)
-        await store.confirm_link(link.id, sys_id(i), f"INC{i:07d}", now)
-        await store.record_field_states(
-            link.id, Side.SERVICENOW, {"short_description": f"incident {i}", "urgency": "2"}, now
-        )
-    return count / (time.perf_counter() - started)
+class StatementCounter:
+    """Transactions and statements run on the store's connections while counting.
+
+    SQLite: the hot statements run on the pysqlite driver itself (``sync.store.prepared``),
+    past SQLAlchemy's events, so every ``sqlite3`` connection opened while this is
+    installed gets the driver's trace callback (each statement the driver runs, BEGIN and
+    COMMIT included). Postgres: SQLAlchemy's cursor and commit events of the store's
+    engine (every statement runs through it there)."""
+
+    def __init__(self) -> None:
+        self.counting = False
+        self.transactions = 0
+        self.statements = 0
+        self._sqlite: list[sqlite3.Connection] = []
+        event.listen(Engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(self._traced)
+
+    def _traced(self, sql: str) -> None:
+        if not self.counting:
+            return
+        head = sql.lstrip()[:8].upper()
+        if head.startswith("COMMIT"):
+            self.transactions += 1
+        elif not head.startswith(("BEGIN", "ROLLBACK")):
+            self.statements += 1
+
+    def watch_postgres(self, store: SqlStore) -> None:
+        engine = store.engine.sync_engine
+        if engine.dialect.name != "postgresql":
+            return
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _statement(*_args: Any) -> None:
+            if self.counting:
+                self.statements += 1
+
+        @event.listens_for(engine, "commit")
+        def _commit(*_args: Any) -> None:
+            if self.counting:
+                self.transactions += 1
+
+    def close(self) -> None:
+        event.remove(Engine, "connect", self._on_connect)
+
+
+async def create_incident(store: SqlStore, i: int) -> None:
+    """The store calls of one created incident, as the executor makes them (see
+    ``sync.executor.core._start_create`` and ``sync.executor.delivery._drive``)."""
+    now = T0 + timedelta(seconds=i)
+    bp, sn, number = bp_id(i), sys_id(i), f"INC{i:07d}"
+    tag = SetLinkTag(bp, "", "servicenow_link", None)
+    create = CreateServiceNowIncident(
+        bp,
+        "env-1",
+        {"short_description": f"incident {i} " + "x" * 60, "impact": "2", "urgency": "2"},
+        record_bp={"impact_level": "high"},
+        record_sn={"impact": "2", "short_description": f"incident {i} " + "x" * 60},
+        checked_absent=True,
+        on_success=(tag,),
+    )
+    link, item = await store.create_pending_link_and_enqueue(
+        bp,
+        now,
+        lambda link: new_outbox_item(create, "env-1", {"link_id": link.id})[0],
+        bp_environment_id="env-1",
+    )
+    value = f"{number} https://example.service-now.com/nav_to.do?uri=incident.do?sys_id={sn}"
+    tag_new, _ = new_outbox_item(
+        SetLinkTag(bp, "env-1", "servicenow_link", value, link_id=link.id), "env-1"
+    )
+    [tag_item] = await store.complete_and_enqueue(
+        item.id,
+        now,
+        follow_ups=[tag_new],
+        field_states=[
+            FieldStates(link.id, Side.BIGPANDA, create.record_bp),
+            FieldStates(link.id, Side.SERVICENOW, create.record_sn),
+        ],
+        confirm=LinkConfirmation(link.id, sn, number, "created"),
+    )
+    await store.complete_and_enqueue(
+        tag_item.id,
+        now,
+        field_states=[FieldStates(link.id, Side.BIGPANDA, {"servicenow_link": value})],
+    )
+
+
+async def create_path(
+    store: SqlStore, counter: StatementCounter, first: int, count: int
+) -> CreatePath:
+    counted = min(100, count // 2)
+    counter.watch_postgres(store)
+    await create_incident(store, first)  # the connections opened (their set-up uncounted)
+    counter.counting = True
+    for i in range(first + 1, first + 1 + counted):
+        await create_incident(store, i)
+    counter.counting = False
+    rest = range(first + 1 + counted, first + count)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for i in rest:
+        await create_incident(store, i)
+    cpu = time.process_time() - cpu_started
+    wall = time.perf_counter() - started
+    return CreatePath(
+        incidents=count,
+        per_s=round(len(rest) / wall, 1),
+        cpu_ms_per_incident=round(1000 * cpu / len(rest), 3),
+        counted=counted,
+        transactions_per_incident=round(counter.transactions / counted, 2),
+        statements_per_incident=round(counter.statements / counted, 2),
+    )
 
 
 async def bulk_insert(store: SqlStore, first: int, last: int) -> float:
@@ -294,18 +419,19 @@ async def run_backend(
     url: str,
     *,
     sizes: list[int],
-    api_n: int,
+    create_n: int,
     lookups_n: int,
     backlog_n: int,
     sqlite_path: Path | None,
 ) -> Result:
     await upgrade_database(url)
+    counter = StatementCounter()
     store = await open_store(url)
     assert isinstance(store, SqlStore)
     try:
-        api_rate = await api_insert(store, 1, api_n)
-        result = Result(name, api_n, round(api_rate, 1), 0.0)
-        done = api_n
+        result = Result(name, await create_path(store, counter, 1, create_n), 0.0)
+        log(f"  {name}: {create_n:,} incidents created through the store")
+        done = create_n
         bulk_rates = []
         for size in sizes:
             bulk_rates.append(await bulk_insert(store, done + 1, size + 1))
@@ -317,11 +443,12 @@ async def run_backend(
         log(f"  {name}: backlog of {backlog_n:,} open writes measured")
         return result
     finally:
+        counter.close()
         await store.close()
 
 
 async def postgres_run(
-    base_url: str, sizes: list[int], api_n: int, lookups_n: int, backlog_n: int
+    base_url: str, sizes: list[int], create_n: int, lookups_n: int, backlog_n: int
 ) -> Result:
     schema = f"bpsync_bench_{uuid.uuid4().hex[:8]}"
     admin = create_async_engine(base_url)
@@ -333,7 +460,7 @@ async def postgres_run(
             "postgres",
             url.render_as_string(hide_password=False),
             sizes=sizes,
-            api_n=api_n,
+            create_n=create_n,
             lookups_n=lookups_n,
             backlog_n=backlog_n,
             sqlite_path=None,
@@ -351,9 +478,12 @@ def log(message: str) -> None:
 def report(results: list[Result]) -> None:
     for r in results:
         print(f"\n== {r.backend}")
+        c = r.create
         print(
-            f"insert via store API : {r.api_links_per_s:>10,.0f} links/s "
-            f"({r.api_links:,} links, 3 transactions each)"
+            f"create path          : {c.per_s:>10,.0f} incidents/s, "
+            f"{c.cpu_ms_per_incident:.3f} CPU ms each ({c.incidents:,} incidents; "
+            f"{c.transactions_per_incident:g} transactions and "
+            f"{c.statements_per_incident:g} statements each)"
         )
         print(f"bulk insert          : {r.bulk_links_per_s:>10,.0f} links/s (4 field states each)")
         print(
@@ -383,7 +513,7 @@ def report(results: list[Result]) -> None:
 
 async def main_async(args: argparse.Namespace) -> list[Result]:
     sizes = [10_000] if args.quick else [10_000, 100_000]
-    api_n = 500 if args.quick else 2_000
+    create_n = 500 if args.quick else 2_000
     lookups_n = args.lookups
     backlog_n = 2_000 if args.quick else 10_000
     results = []
@@ -395,7 +525,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
                 "sqlite",
                 f"sqlite+aiosqlite:///{path.as_posix()}",
                 sizes=sizes,
-                api_n=api_n,
+                create_n=create_n,
                 lookups_n=lookups_n,
                 backlog_n=backlog_n,
                 sqlite_path=path,
@@ -403,7 +533,7 @@ async def main_async(args: argparse.Namespace) -> list[Result]:
         )
     if args.postgres_url:
         log("postgres: temporary schema")
-        results.append(await postgres_run(args.postgres_url, sizes, api_n, lookups_n, backlog_n))
+        results.append(await postgres_run(args.postgres_url, sizes, create_n, lookups_n, backlog_n))
     else:
         log("postgres: skipped (no --postgres-url and no BPSYNC_TEST_POSTGRES_URL)")
     return results

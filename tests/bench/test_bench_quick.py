@@ -239,12 +239,19 @@ def test_scale_pairs_replicas_quick(postgres_url: str) -> None:
 
 @pytest.mark.postgres
 def test_store_quick(postgres_url: str) -> None:
-    """The link store bench on SQLite and Postgres: lookups by index, and a backlog of
+    """The link store bench on SQLite and Postgres: a created incident's store calls
+    (3 transactions, counted on the connection), lookups by index, and a backlog of
     open writes read whole by the cycle's payload-free read (every item, none twice)."""
     data = run_quick("store.py", "--postgres-url", postgres_url, timeout_s=240)
     assert data["benchmark"] == "store"
     assert [r["backend"] for r in data["results"]] == ["sqlite", "postgres"]
+    statements = {"sqlite": 11, "postgres": 9}  # SQLite: an executemany's rows one by one
     for result in data["results"]:
+        create = result["create"]
+        assert create["incidents"] == 500 and create["counted"] == 100
+        assert create["transactions_per_incident"] == 3
+        assert create["statements_per_incident"] == statements[result["backend"]]
+        assert create["cpu_ms_per_incident"] > 0 and create["per_s"] > 0
         [checkpoint] = result["checkpoints"]
         assert checkpoint["links"] == 10_000
         assert checkpoint["index_used"] is True
