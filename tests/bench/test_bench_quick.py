@@ -100,20 +100,37 @@ def test_cost_quick() -> None:
     assert kinds["journal_sn_to_bp"]["sn_writes"] == 0
 
 
+def _backfill_run(run: dict[str, Any], database: str) -> None:
+    assert run["database"] == database
+    assert run["exit_code"] == 0
+    assert run["created"] == run["incidents"] > 0
+    assert run["incidents_per_s"] > 0
+    assert run["cpu_ms_per_incident"] > 0
+    # the start-up's CPU, at the first create, and what the incidents after it cost
+    assert 0 < run["startup_cpu_s"] < run["cpu_s"]
+    assert run["cpu_ms_per_incident_after_start"] > 0
+    assert run["bp_requests"] >= run["incidents"]
+    assert run["bp_429"] == 0  # paced under the limit (limited); no limit (unlimited)
+
+
 def test_backfill_quick() -> None:
     data = run_quick("backfill.py")
     assert data["benchmark"] == "backfill"
     runs = {r["mode"]: r for r in data["runs"]}
     assert set(runs) == {"limited", "unlimited"}
     for run in runs.values():
-        assert run["exit_code"] == 0
-        assert run["created"] == run["incidents"] > 0
-        assert run["incidents_per_s"] > 0
-        assert run["cpu_ms_per_incident"] > 0
-        assert run["bp_requests"] >= run["incidents"]
-        assert run["bp_429"] == 0  # paced under the limit (limited); no limit (unlimited)
+        _backfill_run(run, "sqlite")
     assert 0 < runs["limited"]["ceiling_fraction"] <= 1.5
     assert runs["limited"]["busiest_endpoint"]
+
+
+@pytest.mark.postgres
+def test_backfill_quick_on_postgres(postgres_url: str) -> None:
+    """The unlimited backfill with its links on Postgres (a fresh schema, dropped after)."""
+    data = run_quick("backfill.py", "--limited", "0", "--postgres-url", postgres_url)
+    [run] = data["runs"]
+    assert run["mode"] == "unlimited"
+    _backfill_run(run, "postgres")
 
 
 def test_scale_quick() -> None:
