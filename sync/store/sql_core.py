@@ -5,7 +5,9 @@ leadership: the epoch a write checks first.
 - Every method is one short transaction on a pooled connection; on a SQLite file it
   runs on the synchronous engine, on the event loop or in the store's own thread
   (:mod:`sync.store.threads`), on one of two connections (reads, writes) of each place,
-  kept open between calls (the event loop's never wait for a lock).
+  kept open between calls (the event loop's never wait for a lock). On Postgres a read
+  runs without a transaction (autocommit: at READ COMMITTED each statement reads its
+  own snapshot either way).
 - Fencing: once :meth:`SqlCore.fence` (or :meth:`take_epoch`) set an epoch, every write
   transaction first reads the leader row (``FOR SHARE`` on Postgres, so it waits for a
   concurrent ``take_epoch``) and raises :class:`FencedError` when it moved on.
@@ -57,6 +59,12 @@ class SqlCore:
         # other, but take_epoch's UPDATE waits for them, and they for it.
         self._leader_epoch = (
             LEADER_EPOCH.with_for_update(read=True) if self._postgres else LEADER_EPOCH
+        )
+        # Postgres reads without a transaction: at READ COMMITTED (bpsync sets no other
+        # level) every statement reads its own snapshot inside a transaction as well, so
+        # a read's BEGIN and COMMIT are two round trips that buy nothing
+        self._read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self._postgres else engine
         )
         # SQLite file: every store call runs whole on the synchronous driver, on the event
         # loop, or in one thread of its own when another process holds the lock
@@ -128,6 +136,10 @@ class SqlCore:
             async with mapped_errors(self._url):
                 with self._thread_transaction(write=False) as sync_conn:
                     yield cast(AsyncConnection, InlineConnection(sync_conn, PREPARED))
+            return
+        if self._postgres:
+            async with mapped_errors(self._url), self._read_engine.connect() as conn:
+                yield conn
             return
         async with mapped_errors(self._url), self._engine.connect() as conn, conn.begin():
             yield conn

@@ -19,6 +19,7 @@ from sync.errors import StoreError
 from sync.store import open_store, upgrade_database
 from sync.store.engines import PING_AFTER_IDLE_S, is_postgres, make_engine, normalise_url
 from sync.store.sql import SqlStore
+from tests.store.conftest import postgres_schema
 
 
 def _free_port() -> int:
@@ -208,3 +209,35 @@ async def _terminate(postgres_url: str, pid: int) -> None:
             assert killed.scalar_one() is True
     finally:
         await admin.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_reads_run_without_a_transaction_and_writes_in_one(
+    postgres_url: str,
+) -> None:
+    """At READ COMMITTED a read's BEGIN and COMMIT buy nothing (each statement reads its
+    own snapshot either way) and cost two round trips: a read runs its statements alone."""
+    async with postgres_schema(postgres_url) as url:
+        await upgrade_database(url)
+        store = await open_store(url)
+        try:
+            assert isinstance(store, SqlStore)
+            async with store._read() as conn:
+                await conn.execute(text("SELECT 1"))
+                raw = await conn.get_raw_connection()
+                assert raw.driver_connection.is_in_transaction() is False
+            async with store._write() as conn:
+                await conn.execute(text("SELECT 1"))
+                raw = await conn.get_raw_connection()
+                assert raw.driver_connection.is_in_transaction() is True
+            # the pooled connection a read had is back to transactions for a write
+            for _ in range(3):
+                async with store._read() as conn:
+                    await conn.execute(text("SELECT 1"))
+                async with store._write() as conn:
+                    await conn.execute(text("SELECT 1"))
+                    raw = await conn.get_raw_connection()
+                    assert raw.driver_connection.is_in_transaction() is True
+            assert await store.live_link_for_bp("bp-none") is None
+        finally:
+            await store.close()
