@@ -186,7 +186,6 @@ class StatementCounter:
         self.counting = False
         self.transactions = 0
         self.statements = 0
-        self._sqlite: list[sqlite3.Connection] = []
         event.listen(Engine, "connect", self._on_connect)
 
     def _on_connect(self, dbapi_connection: Any, _record: Any) -> None:
