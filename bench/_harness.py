@@ -29,8 +29,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,28 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema(base_url: str, prefix: str = "bpsync_bench") -> AsyncIterator[str]:
+    """A fresh, empty schema ``<prefix>_<random>`` in the database at ``base_url``: yields
+    the URL whose connections use it (``search_path``), and drops it with what it holds
+    afterwards."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(base_url)
+    try:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base_url).update_query_dict({"search_path": schema})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        async with admin.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await admin.dispose()
 
 
 def tail(path: Path, lines: int = 30) -> str:

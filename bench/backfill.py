@@ -46,7 +46,6 @@ import random
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -54,9 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -139,25 +135,15 @@ def endpoint_rates(log: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 @contextlib.asynccontextmanager
-async def postgres_schema(base_url: str | None) -> AsyncIterator[dict[str, str]]:
+async def database_env(base_url: str | None) -> AsyncIterator[dict[str, str]]:
     """The environment of a backfill on a fresh, migrated Postgres schema (dropped after);
     nothing (the embedded SQLite file) without ``base_url``."""
     if not base_url:
         yield {}
         return
-    schema = f"bpsync_bench_backfill_{uuid.uuid4().hex[:8]}"
-    url = make_url(base_url).update_query_dict({"search_path": schema})
-    rendered = url.render_as_string(hide_password=False)
-    try:
-        await upgrade_database(rendered)  # creates the schema
-        yield {"BPSYNC_DATABASE_URL": rendered}
-    finally:
-        admin = create_async_engine(base_url)
-        try:
-            async with admin.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        finally:
-            await admin.dispose()
+    async with h.postgres_schema(base_url, "bpsync_bench_backfill") as url:
+        await upgrade_database(url)
+        yield {"BPSYNC_DATABASE_URL": url}
 
 
 async def one_run(
@@ -191,7 +177,7 @@ async def one_run(
                 h.log(f"  {mode}: {n:,} fixtures loaded in {time.monotonic() - loaded:.1f}s")
                 before = await api.snapshot()
                 config = h.write_config(tmp / "bpsync.toml", {}, h.MAPPING)
-                database = await stack.enter_async_context(postgres_schema(postgres_url))
+                database = await stack.enter_async_context(database_env(postgres_url))
                 env = h.daemon_env(
                     emus,
                     tmp / "state",

@@ -45,7 +45,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,10 +53,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import event, insert, select, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import Engine
 
-from bench._harness import machine
+from bench._harness import machine, postgres_schema
 from sync.actions import CreateServiceNowIncident, SetLinkTag, UpdateServiceNowFields
 from sync.constants import Side
 from sync.executor.codec import new_outbox_item
@@ -449,25 +447,16 @@ async def run_backend(
 async def postgres_run(
     base_url: str, sizes: list[int], create_n: int, lookups_n: int, backlog_n: int
 ) -> Result:
-    schema = f"bpsync_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_async_engine(base_url)
-    try:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base_url).update_query_dict({"search_path": schema})
+    async with postgres_schema(base_url) as url:
         return await run_backend(
             "postgres",
-            url.render_as_string(hide_password=False),
+            url,
             sizes=sizes,
             create_n=create_n,
             lookups_n=lookups_n,
             backlog_n=backlog_n,
             sqlite_path=None,
         )
-    finally:
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await admin.dispose()
 
 
 def log(message: str) -> None:
