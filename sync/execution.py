@@ -33,7 +33,7 @@ from sync.actions import Action, CreateServiceNowIncident, PlanInput
 from sync.constants import Side
 from sync.errors import BpsyncError
 from sync.held import keep_held
-from sync.journal import entries_of, fields_first
+from sync.journal import carries_nothing, entries_of, fields_first
 from sync.model import BPIncident, Link
 from sync.newcomers import expanded_oldest_first, unmatched
 from sync.pairs import Held, Pair, pair_bp_id
@@ -252,6 +252,8 @@ class CycleRun:
             log.exception("reading the conversation of %s failed", c.pair_ids(pair))
             self.progress.finish(keys, ok=False)
             return None
+        if carries_nothing(pair.journal) and carries_nothing(inp.journal):
+            return planned.actions  # no entry read, none planned with: the plan stands
         try:
             return c.replan(inp, pair.journal, planned.now)
         except ValueError as exc:  # a planner refusing odd data: this pair only

@@ -73,7 +73,15 @@ from sync.actions import (
 )
 from sync.constants import BP_COMMENT_MAX, MIRROR_MARKER, SN_JOURNAL_MAX, Side, SNState
 from sync.fieldsync import LinkedPair, on_refused, on_success
-from sync.model import BPIncident, CarriedEntry, JournalEntry, Link, LinkState, SNIncident
+from sync.model import (
+    BPIncident,
+    CarriedEntry,
+    JournalEntry,
+    JournalInput,
+    Link,
+    LinkState,
+    SNIncident,
+)
 from sync.sizes import fit
 
 if TYPE_CHECKING:  # settings pull in pydantic-settings (and asyncio): types only here
@@ -85,6 +93,7 @@ __all__ = [
     "JOURNAL_LINK_STATES",
     "Ledger",
     "bigpanda_text",
+    "carries_nothing",
     "digest",
     "entries_of",
     "fields_first",
@@ -252,6 +261,14 @@ def fields_first(planned: Sequence[Action]) -> bool:
     stays behind the entries, :func:`plan_journal`). A change's fields then reach the
     other side without waiting for the comment read (BigPanda paces it)."""
     return bool(planned) and all(isinstance(a, FIELD_ACTIONS) for a in planned)
+
+
+def carries_nothing(journal: JournalInput | None) -> bool:
+    """Is there no entry in this conversation as read (or was it not read)? Then a plan
+    with it is the plan without it (:func:`plan_journal` carries entries only, and the
+    planner reads nothing else of it): a pair planned before its read, with no entry
+    then either, need not be planned again (``sync.execution``)."""
+    return journal is None or (not journal.bigpanda and not journal.servicenow)
 
 
 def entries_of(actions: Sequence[Action]) -> list[Action]:

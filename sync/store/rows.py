@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,27 @@ def to_item(row: Row[Any]) -> OutboxItem:
         bp_incident_id=m["bp_incident_id"],
         sn_sys_id=m["sn_sys_id"],
         last_error=m["last_error"],
+    )
+
+
+def inserted_item(item_id: int, values: Mapping[str, Any]) -> OutboxItem:
+    """The item of a row just inserted with ``values`` (``new_item_values``): what a read
+    would give back, without the read (its payload is JSON-shaped already)."""
+    return OutboxItem(
+        id=item_id,
+        kind=values["kind"],
+        target=values["target"],
+        payload=values["payload"],
+        idempotency_key=values["idempotency_key"],
+        state=_outbox_state(values["state"]),
+        attempts=values["attempts"],
+        next_attempt_at=values["next_attempt_at"],
+        created_at=values["created_at"],
+        updated_at=values["updated_at"],
+        link_id=values["link_id"],
+        bp_incident_id=values["bp_incident_id"],
+        sn_sys_id=values["sn_sys_id"],
+        last_error=values["last_error"],
     )
 
 

@@ -23,7 +23,7 @@ import sync.store.tables as t
 from sync.errors import StoreError
 from sync.store.base import NewOutboxItem, OutboxHead, OutboxItem, OutboxState, as_utc
 from sync.store.engines import describe, foreign_key_violation, unique_violation
-from sync.store.rows import new_item_values, to_head, to_item
+from sync.store.rows import inserted_item, new_item_values, to_head, to_item
 from sync.store.sql_core import SqlCore
 from sync.store.statements import (
     CLAIM_DUE,
@@ -59,10 +59,14 @@ class SqlOutbox(SqlCore):
     ) -> OutboxItem:
         if check_link and new.link_id is not None:
             await self._get_link(conn, new.link_id, lock=False)
-        row = (await conn.execute(INSERT_ITEM_UNLESS_OPEN, new_item_values(new, now))).first()
-        if row is None:  # the key's not-done item: that one
-            row = (await conn.execute(NOT_DONE_WITH_KEY, {"b_key": new.idempotency_key})).one()
-        return to_item(row)
+        values = new_item_values(new, now)
+        row = (await conn.execute(INSERT_ITEM_UNLESS_OPEN, values)).first()
+        if row is not None:
+            return inserted_item(row._mapping["id"], values)
+        # the key's not-done item: that one
+        return to_item(
+            (await conn.execute(NOT_DONE_WITH_KEY, {"b_key": new.idempotency_key})).one()
+        )
 
     async def enqueue(
         self,

@@ -116,7 +116,8 @@ NOT_DONE_WITH_KEY = select(t.outbox).where(
     t.outbox.c.state != OutboxState.DONE.value,
 )
 #: a new item unless its key has a not-done one (then no row): one statement, not a read
-#: first; the conflict target is the partial unique index ``uq_outbox_live_idempotency_key``
+#: first; the conflict target is the partial unique index ``uq_outbox_live_idempotency_key``;
+#: it returns the new id only (the rest is what was inserted: ``rows.inserted_item``)
 INSERT_ITEM_UNLESS_OPEN = (
     text(
         "INSERT INTO outbox (kind, target, payload, idempotency_key, state, attempts, "
@@ -124,11 +125,10 @@ INSERT_ITEM_UNLESS_OPEN = (
         "updated_at) VALUES (:kind, :target, :payload, :idempotency_key, :state, :attempts, "
         ":next_attempt_at, :last_error, :link_id, :bp_incident_id, :sn_sys_id, :created_at, "
         ":updated_at) ON CONFLICT (idempotency_key) WHERE state <> 'done' DO NOTHING "
-        "RETURNING id, kind, target, payload, idempotency_key, state, attempts, "
-        "next_attempt_at, last_error, link_id, bp_incident_id, sn_sys_id, created_at, updated_at"
+        "RETURNING id"
     )
     .bindparams(*(bindparam(c.name, type_=c.type) for c in t.outbox.c if c.name != "id"))
-    .columns(*t.outbox.c)
+    .columns(t.outbox.c.id)
 )
 COMPLETE_ITEM = (
     update(t.outbox)

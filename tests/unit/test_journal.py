@@ -24,6 +24,7 @@ from sync.journal import (
     HISTORY,
     Ledger,
     bigpanda_text,
+    carries_nothing,
     digest,
     entries_of,
     fields_first,
@@ -358,6 +359,9 @@ def test_no_journal_without_a_live_pair(state: LinkState) -> None:
 def test_nothing_read_nothing_carried() -> None:
     assert carries(journal_plan(None, settings(**BOTH))) == []
     assert carries(journal_plan(JournalInput(), settings(**BOTH))) == []
+    assert carries_nothing(None) and carries_nothing(JournalInput(bigpanda=(), servicenow=()))
+    assert not carries_nothing(JournalInput(bigpanda=(bp_entry(1),)))
+    assert not carries_nothing(JournalInput(servicenow=(sn_entry(1),)))
 
 
 # --------------------------------------------------------------------------- settings

@@ -5,7 +5,9 @@
     planning again, gives no further write (convergence in one step); and every mapped
     value is then recorded as last-synced exactly as it stands on its side;
 (c) at most one CreateServiceNowIncident per plan;
-(d) plan is deterministic.
+(d) plan is deterministic;
+(e) a conversation read with no entry plans as one not read (``journal.carries_nothing``:
+    the cycle then keeps the plan made before the read).
 """
 
 from __future__ import annotations
@@ -34,8 +36,17 @@ from sync.actions import (
     UpdateServiceNowFields,
 )
 from sync.constants import Side
+from sync.journal import carries_nothing
 from sync.mapping import bp_value, compile_rules, norm, validate_mapping
-from sync.model import BPIncident, FieldState, Link, LinkState, SNIncident
+from sync.model import (
+    BPIncident,
+    CarriedEntry,
+    FieldState,
+    JournalInput,
+    Link,
+    LinkState,
+    SNIncident,
+)
 from sync.planner import plan
 from sync.settings import Settings, TagMappingRule
 
@@ -227,6 +238,34 @@ def test_at_most_one_create_and_deterministic(case: tuple[PlanInput, Settings]) 
     assert plan(inp, cfg, NOW) == first
     if inp.link is not None and inp.link.state in (LinkState.PENDING, LinkState.SUPERSEDED):
         assert first == []
+
+
+#: conversations without an entry: not read, read empty on either side, with a ledger
+EMPTY_CONVERSATIONS = st.sampled_from(
+    [
+        None,
+        JournalInput(),
+        JournalInput(bigpanda=()),
+        JournalInput(servicenow=()),
+        JournalInput(bigpanda=(), servicenow=()),
+        JournalInput(
+            bigpanda=(),
+            servicenow=(),
+            carried=(CarriedEntry(1, Side.BIGPANDA, "a1", "d" * 64, NOW),),
+        ),
+    ]
+)
+
+
+@FAST
+@given(scenarios(), EMPTY_CONVERSATIONS)
+def test_a_conversation_without_entries_plans_as_not_read(
+    case: tuple[PlanInput, Settings], journal: JournalInput | None
+) -> None:
+    inp, cfg = case
+    assert carries_nothing(journal)
+    with_it = dataclasses.replace(inp, journal=journal)
+    assert plan(with_it, cfg, NOW) == plan(dataclasses.replace(inp, journal=None), cfg, NOW)
 
 
 # ---------------------------------------------------------------- (b) the model
