@@ -236,6 +236,15 @@ class FieldRule:
         return self.to_sn(bp) == sn or (bp is not None and self.to_bp(sn) == bp)
 
 
+#: compiled rules by the identity of (settings, sizes, labels): a process plans each of
+#: its pairs with the same objects every time, so a pair's rules are compiled once, not
+#: once per plan (the objects are held here, so their ids cannot be reused meanwhile;
+#: settings are never changed in place: a new configuration is new objects)
+_COMPILED: dict[tuple[int, int, int], tuple[tuple[object, ...], tuple[FieldRule, ...]]] = {}
+#: entries kept (the oldest goes first): far more than a process has pairs
+_COMPILED_KEEP = 1024
+
+
 def compile_rules(
     settings: Settings,
     sizes: FieldSizes = DEFAULT_SIZES,
@@ -249,6 +258,20 @@ def compile_rules(
     ``severity``, ``status``) and read-only or journal fields are switched off. The rows
     themselves are reported by :func:`validate_mapping`.
     """
+    key = (id(settings), id(sizes), id(labels))
+    known = _COMPILED.get(key)
+    if known is not None:
+        return known[1]
+    rules = _compile_rules(settings, sizes, labels)
+    if len(_COMPILED) >= _COMPILED_KEEP:
+        del _COMPILED[next(iter(_COMPILED))]
+    _COMPILED[key] = ((settings, sizes, labels), rules)
+    return rules
+
+
+def _compile_rules(
+    settings: Settings, sizes: FieldSizes, labels: Mapping[str, Mapping[str, str]] | None
+) -> tuple[FieldRule, ...]:
     out: list[FieldRule] = []
     by_label = labels or {}
     for row in settings.tag_mapping:

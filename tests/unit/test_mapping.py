@@ -110,6 +110,18 @@ def test_compile_rules_keeps_order_and_narrows_directions() -> None:
     ]
 
 
+def test_compile_rules_compiles_once_per_settings_sizes_and_labels() -> None:
+    row = {"bigpanda_tag": "team", "servicenow_field": "u_team", "direction": "both"}
+    s = settings([row])
+    first = compile_rules(s)
+    assert compile_rules(s) is first  # the same objects: compiled once
+    labels = {"u_team": {"Database": "db"}}
+    assert compile_rules(s, labels=labels) is not first  # other labels: their own rules
+    other = settings([{**row, "direction": "sn_to_bp"}])
+    assert [r.to_servicenow for r in compile_rules(other)] == [False]  # a new configuration
+    assert [r.to_servicenow for r in compile_rules(s)] == [True]
+
+
 def test_a_row_writing_the_priority_tag_without_levels_is_refused() -> None:
     with pytest.raises(ValueError, match="priority is BigPanda's Priority-type tag"):
         settings([{"bigpanda_tag": "priority", "servicenow_field": "urgency", "direction": "both"}])
