@@ -133,6 +133,19 @@ def test_backfill_quick_on_postgres(postgres_url: str) -> None:
     _backfill_run(run, "postgres")
 
 
+def test_instructions_quick() -> None:
+    """Its plumbing (CPU seconds in the quick run: no valgrind in CI's time)."""
+    data = run_quick("instructions.py")
+    assert data["benchmark"] == "instructions"
+    assert data["counter"] == "cpu"
+    assert data["changes"] == 20
+    assert data["carried"] == 20
+    assert data["missed"] == 0
+    assert len(data["idle_runs"]) == len(data["change_runs"]) == 2
+    assert all(v > 0 for v in data["idle_runs"] + data["change_runs"])
+    assert data["per_change"] is not None
+
+
 def test_scale_quick() -> None:
     data = run_quick("scale.py")
     assert data["benchmark"] == "scale"
