@@ -16,10 +16,13 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+import orjson
 
 _STD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
@@ -70,7 +73,10 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:  # already formatted (and scrubbed) by RedactingFilter
             out["exc"] = record.exc_text
-        return json.dumps(out, default=str, ensure_ascii=False)
+        try:  # orjson: a line in a fifth of the standard library's time
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an int past 64 bits
+            return json.dumps(out, default=str, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
@@ -95,11 +101,11 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        # one pass over a text for all of them, the longest tried first at each place
+        self._pattern = re.compile("|".join(map(re.escape, self.secrets))) if self.secrets else None
 
     def _scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "****")
-        return text
+        return self._pattern.sub("****", text) if self._pattern is not None else text
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
@@ -135,6 +141,12 @@ def setup_logging(
     handler.addFilter(RedactingFilter(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # a record's source line, thread and process are in no line bpsync writes: not
+    # looked up for each record (the logging module's documented switches)
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # aiohttp's access log and alembic's per-start migration chatter ("Context impl
     # SQLiteImpl") are noisy and not bpsync's; keep them at WARNING unless DEBUG
     quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
