@@ -107,7 +107,12 @@ async def measure(args: argparse.Namespace, tmp: Path) -> Result:
             (api,) = await host.start(http)
             fill_stores(template, state, ["default"], host.sets)
             await create_pool(api, host.sets[0], args.changes)
-            top = {"poll_interval": 5.0, "retrieval_count": 100, "cursor_overlap": 5.0}
+            top = {
+                "poll_interval": 5.0,
+                "retrieval_count": 100,
+                "cursor_overlap": 5.0,
+                "log_level": args.log_level,
+            }
             sections = {
                 "bigpanda": {"rate_limit_per_s": 1_000_000},
                 "guard": {"empty_side_check": False, "min_links": 10_000_000},
@@ -170,6 +175,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=("instructions", "cpu"),
         default="instructions",
         help="callgrind's instruction count (default) or the runs' CPU seconds",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING"),
+        help="the daemon's (INFO, the default: a line per action, as in production)",
     )
     parser.add_argument(
         "--tree", default=str(h.ROOT), help="checkout whose sync/ the daemon runs (default: this)"

@@ -56,6 +56,9 @@ class Metrics:
     def __init__(self, namespace: str = "bpsync", *, pair: str = "default") -> None:
         self.pair = pair
         """the sync pair this view feeds (every series carries it as label ``pair``)"""
+        #: the labelled series of the per-request and per-action feeders, looked up once
+        #: (``labels()`` checks and locks on every call; a request is fed twice)
+        self._series: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         ns = namespace
@@ -188,6 +191,7 @@ class Metrics:
         """A view of the same registry whose series carry ``pair`` (one per sync pair)."""
         view = copy.copy(self)
         view.pair = pair
+        view._series = {}
         view._zero_changes()
         return view
 
@@ -203,14 +207,29 @@ class Metrics:
     ) -> None:
         """One HTTP request of a client (``status`` None: a transport error)."""
         code = "error" if status is None else str(status)
-        self.http_requests.labels(self.pair, side, method.upper(), endpoint, code).inc()
-        self.http_duration.labels(self.pair, side, method.upper(), endpoint).observe(
-            max(0.0, duration_s)
-        )
+        key = ("request", side, method, endpoint, code)
+        series = self._series.get(key)
+        if series is None:
+            upper = method.upper()
+            series = (
+                self.http_requests.labels(self.pair, side, upper, endpoint, code),
+                self.http_duration.labels(self.pair, side, upper, endpoint),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(max(0.0, duration_s))
 
     def action_done(self, kind: str, outcome: str, duration_s: float) -> None:
-        self.actions.labels(self.pair, kind, outcome).inc()
-        self.action_duration.labels(self.pair, kind).observe(max(0.0, duration_s))
+        key = ("action", kind, outcome)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.actions.labels(self.pair, kind, outcome),
+                self.action_duration.labels(self.pair, kind),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(max(0.0, duration_s))
 
     def cycle_done(self, outcome: str, duration_s: float) -> None:
         self.cycles.labels(self.pair, outcome).inc()
