@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/scale.py --pairs
 	$(BIN)/python bench/storm.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache
