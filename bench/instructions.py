@@ -113,12 +113,7 @@ async def measure(args: argparse.Namespace, tmp: Path) -> Result:
                 "cursor_overlap": 5.0,
                 "log_level": args.log_level,
             }
-            sections = {
-                "bigpanda": {"rate_limit_per_s": 1_000_000},
-                "guard": {"empty_side_check": False, "min_links": 10_000_000},
-            }
-            config = work / "bpsync.toml"
-            config.write_text(p.config_text(top, sections, host.sets, pairs=False))
+            config = p.write_config(work, top, host.sets, pairs=False)
             env = p.process_env(config, state, h.free_port())
             env["PYTHONPATH"] = str(tree)  # the code measured (--tree)
             env["PYTHONHASHSEED"] = "0"  # set and dict orders, so counts, run to run

@@ -309,12 +309,7 @@ async def measure(pairs: int, args: argparse.Namespace, template: Path, tmp: Pat
                 "retrieval_count": 100,
                 "cursor_overlap": args.cursor_overlap,
             }
-            sections = {
-                "bigpanda": {"rate_limit_per_s": 1_000_000},
-                "guard": {"empty_side_check": False, "min_links": 10_000_000},
-            }
-            config = work / "bpsync.toml"
-            config.write_text(p.config_text(top, sections, host.sets, pairs=many))
+            config = p.write_config(work, top, host.sets, pairs=many)
             profile = args.profile if pairs == args.count else None
             daemon = h.Daemon(work, p.process_env(config, state, h.free_port()), profile=profile)
             await daemon.start(http, timeout_s=120 + pairs)

@@ -55,8 +55,18 @@ def to_link(row: Row[Any]) -> Link:
 
 def to_item(row: Row[Any]) -> OutboxItem:
     m = row._mapping
+    return _item(m["id"], m)
+
+
+def inserted_item(item_id: int, values: Mapping[str, Any]) -> OutboxItem:
+    """The item of a row just inserted with ``values`` (``new_item_values``): what a read
+    would give back, without the read (its payload is JSON-shaped already)."""
+    return _item(item_id, values)
+
+
+def _item(item_id: int, m: Mapping[Any, Any]) -> OutboxItem:
     return OutboxItem(
-        id=m["id"],
+        id=item_id,
         kind=m["kind"],
         target=m["target"],
         payload=m["payload"],
@@ -70,27 +80,6 @@ def to_item(row: Row[Any]) -> OutboxItem:
         bp_incident_id=m["bp_incident_id"],
         sn_sys_id=m["sn_sys_id"],
         last_error=m["last_error"],
-    )
-
-
-def inserted_item(item_id: int, values: Mapping[str, Any]) -> OutboxItem:
-    """The item of a row just inserted with ``values`` (``new_item_values``): what a read
-    would give back, without the read (its payload is JSON-shaped already)."""
-    return OutboxItem(
-        id=item_id,
-        kind=values["kind"],
-        target=values["target"],
-        payload=values["payload"],
-        idempotency_key=values["idempotency_key"],
-        state=_outbox_state(values["state"]),
-        attempts=values["attempts"],
-        next_attempt_at=values["next_attempt_at"],
-        created_at=values["created_at"],
-        updated_at=values["updated_at"],
-        link_id=values["link_id"],
-        bp_incident_id=values["bp_incident_id"],
-        sn_sys_id=values["sn_sys_id"],
-        last_error=values["last_error"],
     )
 
 
