@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -24,14 +25,15 @@ from typing import Any, TextIO
 
 import orjson
 
-_STD_ATTRS = frozenset(
-    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
-    | {"message", "asctime", "taskName"}
-)
+_PLAIN_RECORD = vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
+_STD_ATTRS = frozenset(_PLAIN_RECORD.keys() | {"message", "asctime", "taskName"})
+#: a record's own attributes come first (its ``__init__`` sets them), the extras after
+_OWN_ATTRS = len(_PLAIN_RECORD)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STD_ATTRS and not k.startswith("_")}
+    tail = itertools.islice(vars(record).items(), _OWN_ATTRS, None)
+    return {k: v for k, v in tail if k not in _STD_ATTRS and not k.startswith("_")}
 
 
 #: the sync pair whose work the current task does (None: the process's own work)
@@ -73,7 +75,7 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:  # already formatted (and scrubbed) by RedactingFilter
             out["exc"] = record.exc_text
-        try:  # orjson: a line in a fifth of the standard library's time
+        try:  # orjson: the line at less cost than the standard library
             return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         except (TypeError, orjson.JSONEncodeError):  # e.g. an int past 64 bits
             return json.dumps(out, default=str, ensure_ascii=False)
